@@ -1,0 +1,410 @@
+//! A segment: one store file of frames plus its index, covering the offsets
+//! `base..next`.
+//!
+//! Sealed segments are immutable and were made durable before the next segment was
+//! created. The active (last) segment is written by the log's single appender, which
+//! publishes records to readers by advancing `next` (and `end`) with release stores
+//! after their bytes reached the OS.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::{
+    self, FRAME_HEADER_BYTES, Frame, INDEX_EXTENSION, STORE_EXTENSION, STORE_HEADER_BYTES, STORE_MAGIC,
+};
+use crate::index::Index;
+use crate::{Config, Record};
+
+/// What opening a segment found and repaired.
+#[derive(Debug, Default)]
+pub(crate) struct OpenReport {
+    /// Bytes cut from the end of the store (a torn or damaged tail).
+    pub(crate) truncated_bytes: u64,
+    /// The index was rebuilt from the store.
+    pub(crate) rebuilt_index: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base: u64,
+    store_path: PathBuf,
+    store: File,
+    index: Index,
+    /// Offsets `base..next` are readable.
+    next: AtomicU64,
+    /// Store bytes readable (at least the end of record `next - 1`).
+    end: AtomicU64,
+}
+
+pub(crate) fn store_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.{STORE_EXTENSION}", format::segment_stem(base)))
+}
+
+pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{}.{INDEX_EXTENSION}", format::segment_stem(base)))
+}
+
+fn open_store(path: &Path) -> Result<File> {
+    OpenOptions::new().read(true).write(true).open(path).at(path)
+}
+
+fn corrupt(path: &Path, position: u64, reason: &'static str) -> Error {
+    Error::Corrupt { path: path.to_path_buf(), position, reason }
+}
+
+/// Result of scanning a store's frames from the header on.
+struct Scan {
+    positions: Vec<u64>,
+    /// End of the last valid frame.
+    end: u64,
+}
+
+/// Reads frames from the start of the store until the end of the file or the first
+/// frame that is incomplete or fails its checksum. Lengths are bounded by the bytes
+/// left in the file before anything is allocated from them.
+fn scan_store(path: &Path, file: &File, base: u64, file_len: u64) -> Result<Scan> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(STORE_HEADER_BYTES)).at(path)?;
+    let mut positions = Vec::new();
+    let mut position = STORE_HEADER_BYTES;
+    let mut frame = Vec::new();
+    loop {
+        let left = file_len - position;
+        if left < FRAME_HEADER_BYTES {
+            break;
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
+        reader.read_exact(&mut header).at(path)?;
+        let len = format::frame_len(&header);
+        if len > left - FRAME_HEADER_BYTES {
+            break;
+        }
+        frame.clear();
+        frame.extend_from_slice(&header);
+        frame.resize((FRAME_HEADER_BYTES + len) as usize, 0);
+        reader.read_exact(&mut frame[FRAME_HEADER_BYTES as usize..]).at(path)?;
+        let offset = base + positions.len() as u64;
+        if format::decode_frame(&frame, offset) != (Frame::Valid { len }) {
+            break;
+        }
+        positions.push(position);
+        position += FRAME_HEADER_BYTES + len;
+    }
+    Ok(Scan { positions, end: position })
+}
+
+impl Segment {
+    /// Creates a new, empty segment and makes its store header durable.
+    pub(crate) fn create(dir: &Path, base: u64, config: &Config) -> Result<Self> {
+        let store_path = store_path(dir, base);
+        let store = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&store_path)
+            .at(&store_path)?;
+        store.write_all_at(&format::store_header(base), 0).at(&store_path)?;
+        store.sync_data().at(&store_path)?;
+        let index_path = index_path(dir, base);
+        // A stale index of an earlier incarnation must not leak into this one.
+        let _ = std::fs::remove_file(&index_path);
+        let index = Index::open_writable(&index_path, config.index_capacity())?;
+        Ok(Self::assemble(base, store_path, store, index, base, STORE_HEADER_BYTES))
+    }
+
+    fn assemble(base: u64, store_path: PathBuf, store: File, index: Index, next: u64, end: u64) -> Self {
+        Self { base, store_path, store, index, next: AtomicU64::new(next), end: AtomicU64::new(end) }
+    }
+
+    /// Checks the store header; returns the store's length.
+    fn check_header(path: &Path, file: &File, base: u64) -> Result<u64> {
+        let len = file.metadata().at(path)?.len();
+        if len < STORE_HEADER_BYTES {
+            return Err(corrupt(path, 0, "store file shorter than its header"));
+        }
+        let mut header = [0u8; STORE_HEADER_BYTES as usize];
+        file.read_exact_at(&mut header, 0).at(path)?;
+        if header[..8] != STORE_MAGIC {
+            return Err(corrupt(path, 0, "not a proglog store file (bad magic)"));
+        }
+        if header[8..] != base.to_le_bytes() {
+            return Err(corrupt(path, 8, "base offset in header does not match file name"));
+        }
+        Ok(len)
+    }
+
+    /// Checks, without scanning, that an index of `entries` entries agrees with a
+    /// store of `store_len` bytes: the first entry starts the frames, and the last
+    /// entry holds a valid frame that ends exactly at the end of the store.
+    fn index_matches_store(&self, entries: u64, store_len: u64) -> Result<bool> {
+        if entries == 0 {
+            return Ok(store_len == STORE_HEADER_BYTES);
+        }
+        if self.index.get(0) != STORE_HEADER_BYTES {
+            return Ok(false);
+        }
+        let last = self.index.get(entries - 1);
+        match self.read_frame(self.base + entries - 1, last, store_len) {
+            Ok(value) => Ok(last + FRAME_HEADER_BYTES + value.len() as u64 == store_len),
+            Err(Error::Corrupt { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Opens a sealed segment, which must hold exactly `expected` records (the next
+    /// segment starts at `base + expected`). Only the index's ends are checked
+    /// against the store; a missing or mismatched index is rebuilt by a scan. A
+    /// store that does not hold exactly `expected` valid records is corrupt.
+    pub(crate) fn open_sealed(dir: &Path, base: u64, expected: u64) -> Result<(Self, OpenReport)> {
+        let store_path = store_path(dir, base);
+        let store = open_store(&store_path)?;
+        let store_len = Self::check_header(&store_path, &store, base)?;
+        let index_path = index_path(dir, base);
+        if let Some((entries, whole)) = Index::file_entries(&index_path)?
+            && whole
+            && entries == expected
+        {
+            let index = Index::open_sealed(&index_path, entries)?;
+            let segment = Self::assemble(base, store_path.clone(), store, index, base + expected, store_len);
+            if segment.index_matches_store(expected, store_len)? {
+                return Ok((segment, OpenReport::default()));
+            }
+            let Segment { store, .. } = segment;
+            return Self::rebuild_sealed(store_path, store, index_path, base, expected, store_len);
+        }
+        Self::rebuild_sealed(store_path, store, index_path, base, expected, store_len)
+    }
+
+    fn rebuild_sealed(
+        store_path: PathBuf,
+        store: File,
+        index_path: PathBuf,
+        base: u64,
+        expected: u64,
+        store_len: u64,
+    ) -> Result<(Self, OpenReport)> {
+        let scan = scan_store(&store_path, &store, base, store_len)?;
+        let found = scan.positions.len() as u64;
+        if found < expected {
+            return Err(corrupt(&store_path, scan.end, "invalid record inside a sealed segment"));
+        }
+        if found > expected || scan.end != store_len {
+            let position = scan.positions.get(expected as usize).copied().unwrap_or(scan.end);
+            return Err(corrupt(&store_path, position, "sealed segment holds bytes past its last record"));
+        }
+        let index = Index::rebuild_sealed(&index_path, &scan.positions)?;
+        let segment = Self::assemble(base, store_path, store, index, base + expected, store_len);
+        Ok((segment, OpenReport { rebuilt_index: true, ..OpenReport::default() }))
+    }
+
+    /// Opens the active (last) segment for appending. After a clean shutdown its
+    /// trimmed index is trusted once its ends check out; otherwise the store is
+    /// scanned, cut back to its longest valid prefix, and the index rebuilt.
+    pub(crate) fn open_active(
+        dir: &Path,
+        base: u64,
+        clean: bool,
+        config: &Config,
+    ) -> Result<(Self, OpenReport)> {
+        let store_path = store_path(dir, base);
+        let store = open_store(&store_path)?;
+        let store_len = store.metadata().at(&store_path)?.len();
+        let index_path = index_path(dir, base);
+        let mut report = OpenReport::default();
+
+        // A crash while the segment was being created can leave a short or zeroed
+        // header; no record can follow it, so the segment is simply empty.
+        let mut header = [0u8; STORE_HEADER_BYTES as usize];
+        let header_ok = store_len >= STORE_HEADER_BYTES
+            && store.read_exact_at(&mut header, 0).is_ok()
+            && header == format::store_header(base);
+        if !header_ok {
+            if store_len > STORE_HEADER_BYTES {
+                Self::check_header(&store_path, &store, base)?;
+            }
+            store.set_len(0).at(&store_path)?;
+            store.write_all_at(&format::store_header(base), 0).at(&store_path)?;
+            store.sync_data().at(&store_path)?;
+            report.truncated_bytes = store_len.saturating_sub(STORE_HEADER_BYTES);
+            let _ = std::fs::remove_file(&index_path);
+            let index = Index::open_writable(&index_path, config.index_capacity())?;
+            return Ok((Self::assemble(base, store_path, store, index, base, STORE_HEADER_BYTES), report));
+        }
+
+        if clean && let Some((entries, true)) = Index::file_entries(&index_path)? {
+            let capacity = config.index_capacity().max(entries);
+            let index = Index::open_writable(&index_path, capacity)?;
+            let segment = Self::assemble(base, store_path.clone(), store, index, base + entries, store_len);
+            if segment.index_matches_store(entries, store_len)? {
+                return Ok((segment, report));
+            }
+            let Segment { store, .. } = segment;
+            return Self::recover_active(store_path, store, index_path, base, store_len, config);
+        }
+        Self::recover_active(store_path, store, index_path, base, store_len, config)
+    }
+
+    fn recover_active(
+        store_path: PathBuf,
+        store: File,
+        index_path: PathBuf,
+        base: u64,
+        store_len: u64,
+        config: &Config,
+    ) -> Result<(Self, OpenReport)> {
+        let scan = scan_store(&store_path, &store, base, store_len)?;
+        let mut report = OpenReport { rebuilt_index: true, ..OpenReport::default() };
+        if scan.end < store_len {
+            report.truncated_bytes = store_len - scan.end;
+            store.set_len(scan.end).at(&store_path)?;
+            store.sync_data().at(&store_path)?;
+        }
+        let entries = scan.positions.len() as u64;
+        let index = Index::open_writable(&index_path, config.index_capacity().max(entries))?;
+        for (i, &position) in scan.positions.iter().enumerate() {
+            // SAFETY: the segment is not shared yet; we are the only accessor.
+            unsafe { index.set(i as u64, position) };
+        }
+        let segment = Self::assemble(base, store_path, store, index, base + entries, scan.end);
+        Ok((segment, report))
+    }
+
+    /// Turns this segment (sealed or active) back into the active segment, holding
+    /// only offsets below `next`. The caller excludes all readers and the appender.
+    pub(crate) fn reactivate(&self, dir: &Path, next: u64, config: &Config) -> Result<Self> {
+        assert!(self.base <= next && next <= self.next(), "reactivate outside the segment");
+        let entries = next - self.base;
+        let end = if next == self.next() { self.end() } else { self.index.get(entries) };
+        let store = self.store.try_clone().at(&self.store_path)?;
+        store.set_len(end).at(&self.store_path)?;
+        store.sync_data().at(&self.store_path)?;
+        let positions: Vec<u64> = (0..entries).map(|i| self.index.get(i)).collect();
+        let index = Index::open_writable(&index_path(dir, self.base), config.index_capacity().max(entries))?;
+        for (i, &position) in positions.iter().enumerate() {
+            // SAFETY: the new segment is not shared yet.
+            unsafe { index.set(i as u64, position) };
+        }
+        Ok(Self::assemble(self.base, self.store_path.clone(), store, index, next, end))
+    }
+
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub(crate) fn next(&self) -> u64 {
+        self.next.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn store_path(&self) -> &Path {
+        &self.store_path
+    }
+
+    pub(crate) fn store(&self) -> &File {
+        &self.store
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Publishes records `..next`, whose bytes end at `end`, to readers.
+    pub(crate) fn publish(&self, next: u64, end: u64) {
+        debug_assert!(next >= self.next() && end >= self.end(), "publish never goes back");
+        self.end.store(end, Ordering::Release);
+        self.next.store(next, Ordering::Release);
+    }
+
+    /// Reads and validates the frame of `offset` at `position`; the frame must end
+    /// at or before `limit`.
+    fn read_frame(&self, offset: u64, position: u64, limit: u64) -> Result<Bytes> {
+        if position < STORE_HEADER_BYTES || position + FRAME_HEADER_BYTES > limit {
+            return Err(corrupt(&self.store_path, position, "index entry outside the store"));
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
+        self.store.read_exact_at(&mut header, position).at(&self.store_path)?;
+        let len = format::frame_len(&header);
+        if len > limit - position - FRAME_HEADER_BYTES {
+            return Err(corrupt(&self.store_path, position, "record length runs past the store"));
+        }
+        let mut frame = vec![0u8; (FRAME_HEADER_BYTES + len) as usize];
+        frame[..FRAME_HEADER_BYTES as usize].copy_from_slice(&header);
+        self.store
+            .read_exact_at(&mut frame[FRAME_HEADER_BYTES as usize..], position + FRAME_HEADER_BYTES)
+            .at(&self.store_path)?;
+        match format::decode_frame(&frame, offset) {
+            Frame::Valid { .. } => Ok(Bytes::from(frame).slice(FRAME_HEADER_BYTES as usize..)),
+            _ => Err(corrupt(&self.store_path, position, "record checksum mismatch")),
+        }
+    }
+
+    /// Reads the published record at `offset` (`base <= offset < next`).
+    pub(crate) fn read(&self, offset: u64) -> Result<Record> {
+        let next = self.next();
+        assert!(self.base <= offset && offset < next, "read of unpublished offset {offset}");
+        let i = offset - self.base;
+        let position = self.index.get(i);
+        let limit = if offset + 1 < next { self.index.get(i + 1) } else { self.end() };
+        let value = self.read_frame(offset, position, limit)?;
+        Ok(Record { offset, value })
+    }
+
+    /// Appends to `out` the published records from `offset` on whose frames fit in
+    /// `max_bytes` (at least one), reading them with a single positioned read.
+    pub(crate) fn read_batch(&self, offset: u64, max_bytes: u64, out: &mut Vec<Record>) -> Result<()> {
+        let next = self.next();
+        assert!(self.base <= offset && offset < next, "read of unpublished offset {offset}");
+        let start = self.index.get(offset - self.base);
+        let end = self.end();
+        if start < STORE_HEADER_BYTES || start > end {
+            return Err(corrupt(&self.store_path, start, "index entry outside the store"));
+        }
+        let len = (end - start).min(max_bytes);
+        let mut buf = vec![0u8; len as usize];
+        self.store.read_exact_at(&mut buf, start).at(&self.store_path)?;
+        let buf = Bytes::from(buf);
+        let before = out.len();
+        let mut at = 0usize;
+        let mut current = offset;
+        while current < next {
+            match format::decode_frame(&buf[at..], current) {
+                Frame::Valid { len } => {
+                    let value_start = at + FRAME_HEADER_BYTES as usize;
+                    let value_end = value_start + len as usize;
+                    out.push(Record { offset: current, value: buf.slice(value_start..value_end) });
+                    at = value_end;
+                    current += 1;
+                }
+                Frame::Incomplete { .. } => break,
+                Frame::BadChecksum => {
+                    return Err(corrupt(&self.store_path, start + at as u64, "record checksum mismatch"));
+                }
+            }
+        }
+        if out.len() == before {
+            // The first record alone is larger than `max_bytes`.
+            out.push(self.read(offset)?);
+        }
+        Ok(())
+    }
+
+    /// Removes both files of this segment (store first: an index without its
+    /// store is swept up at the next open).
+    pub(crate) fn remove_files(&self) -> Result<()> {
+        std::fs::remove_file(&self.store_path).at(&self.store_path)?;
+        match std::fs::remove_file(self.index.path()) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error).at(self.index.path()),
+            _ => Ok(()),
+        }
+    }
+}
