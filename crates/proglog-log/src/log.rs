@@ -82,6 +82,8 @@ pub struct Log {
     failure: OnceLock<String>,
     /// Bumped by `truncate_from` and `reset`; readers of whole files notice it.
     rewrites: AtomicU64,
+    /// fdatasyncs issued by `sync`.
+    sync_count: AtomicU64,
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -184,6 +186,7 @@ impl Log {
             synced: Condvar::new(),
             failure: OnceLock::new(),
             rewrites: AtomicU64::new(0),
+            sync_count: AtomicU64::new(0),
             recovery,
             _lock: lock,
             config,
@@ -314,6 +317,12 @@ impl Log {
         let parts = segments.iter().map(|segment| (Arc::clone(segment), segment.end())).collect();
         let first_offset = segments[0].base();
         Ok(LogReader::new(self, parts, first_offset, self.rewrites.load(Ordering::Acquire)))
+    }
+
+    /// How many fdatasyncs [`Log::sync`] has issued (fewer than its calls when
+    /// group commit merges them).
+    pub fn sync_count(&self) -> u64 {
+        self.sync_count.load(Ordering::Relaxed)
     }
 
     pub(crate) fn rewrites(&self) -> u64 {
@@ -583,6 +592,7 @@ impl Log {
             (Arc::clone(&writer.active), writer.next)
         };
         // Outside the writer lock: appenders go on while we wait for the disk.
+        self.sync_count.fetch_add(1, Ordering::Relaxed);
         active.store().sync_data().at(active.store_path()).map_err(|error| self.fail(error))?;
         Ok(next)
     }

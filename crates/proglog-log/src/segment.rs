@@ -328,7 +328,7 @@ impl Segment {
     /// Reads and validates the frame of `offset` at `position`; the frame must end
     /// at or before `limit`.
     fn read_frame(&self, offset: u64, position: u64, limit: u64) -> Result<Bytes> {
-        if position < STORE_HEADER_BYTES || position + FRAME_HEADER_BYTES > limit {
+        if position < STORE_HEADER_BYTES || position > limit.saturating_sub(FRAME_HEADER_BYTES) {
             return Err(corrupt(&self.store_path, position, "index entry outside the store"));
         }
         let mut header = [0u8; FRAME_HEADER_BYTES as usize];
@@ -384,6 +384,10 @@ impl Segment {
                     out.push(Record { offset: current, value: buf.slice(value_start..value_end) });
                     at = value_end;
                     current += 1;
+                }
+                // A published frame cannot run past the published end.
+                Frame::Incomplete { .. } if len == end - start => {
+                    return Err(corrupt(&self.store_path, start + at as u64, "record length runs past the store"));
                 }
                 Frame::Incomplete { .. } => break,
                 Frame::BadChecksum => {
