@@ -387,7 +387,11 @@ impl Segment {
                 }
                 // A published frame cannot run past the published end.
                 Frame::Incomplete { .. } if len == end - start => {
-                    return Err(corrupt(&self.store_path, start + at as u64, "record length runs past the store"));
+                    return Err(corrupt(
+                        &self.store_path,
+                        start + at as u64,
+                        "record length runs past the store",
+                    ));
                 }
                 Frame::Incomplete { .. } => break,
                 Frame::BadChecksum => {

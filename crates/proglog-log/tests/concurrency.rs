@@ -1,5 +1,7 @@
 //! One appender, many readers; many appenders sharing fsyncs.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;

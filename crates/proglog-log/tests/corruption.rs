@@ -3,6 +3,8 @@
 //! no crash explains is a `Corrupt` error naming the file, never a panic and never
 //! a damaged record served.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,8 @@
 //! the log, and checks that every acknowledged record is there, intact, and that
 //! appends continue densely. Several crash/restart cycles run on the same log.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -2,6 +2,8 @@
 //! a plain `Vec` model, with rolls forced by tiny segments and reopens (clean and
 //! unclean) in between. After every step the whole log must equal the model.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use proglog_log::{Config, Error, Log};
 use proptest::prelude::*;
 
