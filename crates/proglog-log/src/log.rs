@@ -36,12 +36,15 @@ pub struct Recovery {
     pub ignored_files: Vec<PathBuf>,
 }
 
-/// The appender's state. Bytes of records `buffer_start_next..next` sit in `buf`,
-/// not yet written to the store.
+/// The appender's state. Records `buf_first..next` sit in `buf` (their frames) and
+/// `index_buf` (their index entries), not yet written to the segment's files.
 #[derive(Debug)]
 struct Writer {
     active: Arc<Segment>,
     buf: Vec<u8>,
+    index_buf: Vec<u8>,
+    /// Offset of the first buffered record.
+    buf_first: u64,
     /// Store position of `buf[0]`.
     buf_position: u64,
     /// Next offset to assign.
@@ -167,6 +170,8 @@ impl Log {
         let (next, end) = (active.next(), active.end());
         let writer = Writer {
             buf: Vec::with_capacity(config.write_buffer_bytes),
+            index_buf: Vec::new(),
+            buf_first: next,
             buf_position: end,
             next,
             end,
@@ -347,8 +352,11 @@ impl Log {
 
     /// Bytes held in store files (framing included).
     pub fn size_bytes(&self) -> u64 {
-        let Ok(segments) = self.read_segments() else { return 0 };
-        let written: u64 = segments.iter().map(|segment| segment.end() - STORE_HEADER_BYTES).sum();
+        let written: u64 = match self.read_segments() {
+            Ok(segments) => segments.iter().map(|segment| segment.end() - STORE_HEADER_BYTES).sum(),
+            Err(_) => return 0,
+        };
+        // Not under the segment lock: the writer lock is always taken first.
         let buffered = self.writer.lock().map(|writer| writer.buf.len() as u64).unwrap_or(0);
         written + buffered
     }
@@ -427,6 +435,7 @@ impl Log {
         })();
         let active = result.map_err(|error| self.fail(error))?;
         writer.buf.clear();
+        writer.index_buf.clear();
         self.restart_writer(&mut writer, active)
     }
 
@@ -435,6 +444,7 @@ impl Log {
         writer.next = active.next();
         writer.end = active.end();
         writer.buf_position = writer.end;
+        writer.buf_first = writer.next;
         writer.active = active;
         self.appended_next.store(writer.next, Ordering::Release);
         self.rewrites.fetch_add(1, Ordering::AcqRel);
@@ -532,9 +542,7 @@ impl Log {
             self.roll(writer)?;
         }
         let offset = writer.next;
-        // SAFETY: we hold the writer lock, so we are the index's only writer, and
-        // entry `offset - base` is not published until `flush_locked`.
-        unsafe { writer.active.index().set(offset - writer.active.base(), writer.end) };
+        writer.index_buf.extend_from_slice(&writer.end.to_le_bytes());
         format::encode_frame(&mut writer.buf, offset, value);
         writer.end += frame_bytes;
         writer.next += 1;
@@ -550,9 +558,12 @@ impl Log {
                 .store()
                 .write_all_at(&writer.buf, writer.buf_position)
                 .at(active.store_path())
+                .and_then(|()| active.index().write(writer.buf_first - active.base(), &writer.index_buf))
                 .map_err(|error| self.fail(error))?;
             writer.buf_position += writer.buf.len() as u64;
+            writer.buf_first = writer.next;
             writer.buf.clear();
+            writer.index_buf.clear();
             if writer.buf.capacity() > 4 * self.config.write_buffer_bytes.max(1 << 20) {
                 writer.buf = Vec::with_capacity(self.config.write_buffer_bytes);
             }

@@ -18,7 +18,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::format::{
     self, FRAME_HEADER_BYTES, Frame, INDEX_EXTENSION, STORE_EXTENSION, STORE_HEADER_BYTES, STORE_MAGIC,
 };
-use crate::index::Index;
+use crate::index::{self, Index};
 use crate::{Config, Record};
 
 /// What opening a segment found and repaired.
@@ -112,10 +112,8 @@ impl Segment {
             .at(&store_path)?;
         store.write_all_at(&format::store_header(base), 0).at(&store_path)?;
         store.sync_data().at(&store_path)?;
-        let index_path = index_path(dir, base);
-        // A stale index of an earlier incarnation must not leak into this one.
-        let _ = std::fs::remove_file(&index_path);
-        let index = Index::open_writable(&index_path, config.index_capacity())?;
+        // Cuts any stale index of an earlier incarnation to nothing.
+        let index = Index::open_writable(&index_path(dir, base), 0, config.index_capacity())?;
         Ok(Self::assemble(base, store_path, store, index, base, STORE_HEADER_BYTES))
     }
 
@@ -233,14 +231,13 @@ impl Segment {
             store.write_all_at(&format::store_header(base), 0).at(&store_path)?;
             store.sync_data().at(&store_path)?;
             report.truncated_bytes = store_len.saturating_sub(STORE_HEADER_BYTES);
-            let _ = std::fs::remove_file(&index_path);
-            let index = Index::open_writable(&index_path, config.index_capacity())?;
+            let index = Index::open_writable(&index_path, 0, config.index_capacity())?;
             return Ok((Self::assemble(base, store_path, store, index, base, STORE_HEADER_BYTES), report));
         }
 
         if clean && let Some((entries, true)) = Index::file_entries(&index_path)? {
             let capacity = config.index_capacity().max(entries);
-            let index = Index::open_writable(&index_path, capacity)?;
+            let index = Index::open_writable(&index_path, entries, capacity)?;
             let segment = Self::assemble(base, store_path.clone(), store, index, base + entries, store_len);
             if segment.index_matches_store(entries, store_len)? {
                 return Ok((segment, report));
@@ -267,11 +264,8 @@ impl Segment {
             store.sync_data().at(&store_path)?;
         }
         let entries = scan.positions.len() as u64;
-        let index = Index::open_writable(&index_path, config.index_capacity().max(entries))?;
-        for (i, &position) in scan.positions.iter().enumerate() {
-            // SAFETY: the segment is not shared yet; we are the only accessor.
-            unsafe { index.set(i as u64, position) };
-        }
+        let index = Index::open_writable(&index_path, 0, config.index_capacity().max(entries))?;
+        index.write(0, &index::encode(&scan.positions))?;
         let segment = Self::assemble(base, store_path, store, index, base + entries, scan.end);
         Ok((segment, report))
     }
@@ -285,12 +279,8 @@ impl Segment {
         let store = self.store.try_clone().at(&self.store_path)?;
         store.set_len(end).at(&self.store_path)?;
         store.sync_data().at(&self.store_path)?;
-        let positions: Vec<u64> = (0..entries).map(|i| self.index.get(i)).collect();
-        let index = Index::open_writable(&index_path(dir, self.base), config.index_capacity().max(entries))?;
-        for (i, &position) in positions.iter().enumerate() {
-            // SAFETY: the new segment is not shared yet.
-            unsafe { index.set(i as u64, position) };
-        }
+        let capacity = config.index_capacity().max(entries);
+        let index = Index::open_writable(&index_path(dir, self.base), entries, capacity)?;
         Ok(Self::assemble(self.base, self.store_path.clone(), store, index, next, end))
     }
 
