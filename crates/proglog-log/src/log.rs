@@ -14,6 +14,10 @@ use crate::reader::{LogReader, Records};
 use crate::segment::{self, Segment};
 use crate::{Config, Record};
 
+/// Most fsyncs one `sync` caller issues for others before handing over, which
+/// bounds how long the leader's own call can take.
+const MAX_LEADER_ROUNDS: u32 = 4;
+
 /// Name of the lock file that keeps two processes from opening one directory.
 const LOCK_FILE: &str = "LOCK";
 /// Written by [`Log::close`] after everything is durable; removed (durably) by
@@ -59,6 +63,8 @@ struct Durability {
     durable: u64,
     /// A thread is flushing and syncing on behalf of everyone waiting.
     syncing: bool,
+    /// Threads waiting for that thread.
+    waiting: usize,
     /// Bumped by suffix truncation so an in-flight sync does not vouch for
     /// offsets that were cut and re-appended meanwhile.
     epoch: u64,
@@ -183,6 +189,7 @@ impl Log {
                 // to be durable until the first sync.
                 durable: writer.active.base(),
                 syncing: false,
+                waiting: 0,
                 epoch: 0,
             }),
             appended_next: AtomicU64::new(next),
@@ -274,20 +281,34 @@ impl Log {
                 return Ok(());
             }
             if state.syncing {
+                state.waiting += 1;
                 state = self.synced.wait(state).map_err(poisoned)?;
+                state.waiting -= 1;
                 continue;
             }
+            // Lead: sync for everyone. While others wait for records appended during
+            // our fsync, sync again at once (a bounded number of rounds) rather than
+            // hand over, so the disk does not idle while a waiter wakes up.
             state.syncing = true;
-            let epoch = state.epoch;
-            drop(state);
-            let result = self.flush_and_sync_active();
-            state = self.durability.lock().map_err(poisoned)?;
+            let mut rounds = 0;
+            let result = loop {
+                let epoch = state.epoch;
+                drop(state);
+                let result = self.flush_and_sync_active();
+                state = self.durability.lock().map_err(poisoned)?;
+                if let Ok(synced) = result
+                    && state.epoch == epoch
+                {
+                    state.durable = state.durable.max(synced);
+                }
+                self.synced.notify_all();
+                rounds += 1;
+                let more = self.appended_next.load(Ordering::Acquire) > state.durable;
+                if result.is_err() || rounds >= MAX_LEADER_ROUNDS || state.waiting == 0 || !more {
+                    break result;
+                }
+            };
             state.syncing = false;
-            if let Ok(synced) = result
-                && state.epoch == epoch
-            {
-                state.durable = state.durable.max(synced);
-            }
             self.synced.notify_all();
             result?;
         }
@@ -313,7 +334,7 @@ impl Log {
         Records::new(self, offset)
     }
 
-    /// A reader of the whole log as raw frames (`len: u32 LE | crc: u32 LE | value`,
+    /// A reader of the whole log as raw frames (`crc: u32 LE | len: u32 LE | value`,
     /// with the checksum bound to each record's offset), from
     /// [`LogReader::first_offset`] to the end as it is now. Used for snapshots.
     pub fn reader(&self) -> Result<LogReader<'_>> {

@@ -21,6 +21,9 @@ use crate::format::{
 use crate::index::{self, Index};
 use crate::{Config, Record};
 
+/// Largest frame `read` fetches in a single call (see `Segment::read`).
+const EXACT_READ_MAX_BYTES: u64 = 64 << 10;
+
 /// What opening a segment found and repaired.
 #[derive(Debug, Default)]
 pub(crate) struct OpenReport {
@@ -56,6 +59,35 @@ fn open_store(path: &Path) -> Result<File> {
 
 fn corrupt(path: &Path, position: u64, reason: &'static str) -> Error {
     Error::Corrupt { path: path.to_path_buf(), position, reason }
+}
+
+/// Reads exactly `len` bytes at `position` into a new buffer, without zeroing it
+/// first (batch reads are large and frequent).
+fn read_vec_at(file: &File, len: usize, position: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = Vec::<u8>::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let at = libc::off_t::try_from(position + filled as u64).map_err(std::io::Error::other)?;
+        // SAFETY: the destination is the vector's spare capacity (`len - filled`
+        // bytes from its initialised prefix), which pread writes at most.
+        let read =
+            unsafe { libc::pread(file.as_raw_fd(), buf.as_mut_ptr().add(filled).cast(), len - filled, at) };
+        match read {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            read if read > 0 => {
+                // SAFETY: pread initialised `read` more bytes after `filled`.
+                unsafe { buf.set_len(filled + read as usize) };
+            }
+            _ => {
+                let error = std::io::Error::last_os_error();
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 /// Result of scanning a store's frames from the header on.
@@ -149,7 +181,7 @@ impl Segment {
             return Ok(false);
         }
         let last = self.index.get(entries - 1);
-        match self.read_frame(self.base + entries - 1, last, store_len) {
+        match self.read_frame(self.base + entries - 1, last, store_len, false) {
             Ok(value) => Ok(last + FRAME_HEADER_BYTES + value.len() as u64 == store_len),
             Err(Error::Corrupt { .. }) => Ok(false),
             Err(error) => Err(error),
@@ -316,22 +348,33 @@ impl Segment {
     }
 
     /// Reads and validates the frame of `offset` at `position`; the frame must end
-    /// at or before `limit`.
-    fn read_frame(&self, offset: u64, position: u64, limit: u64) -> Result<Bytes> {
+    /// at or before `limit`, and ends exactly there if `exact`.
+    fn read_frame(&self, offset: u64, position: u64, limit: u64, exact: bool) -> Result<Bytes> {
         if position < STORE_HEADER_BYTES || position > limit.saturating_sub(FRAME_HEADER_BYTES) {
             return Err(corrupt(&self.store_path, position, "index entry outside the store"));
         }
-        let mut header = [0u8; FRAME_HEADER_BYTES as usize];
-        self.store.read_exact_at(&mut header, position).at(&self.store_path)?;
-        let len = format::frame_len(&header);
-        if len > limit - position - FRAME_HEADER_BYTES {
-            return Err(corrupt(&self.store_path, position, "record length runs past the store"));
-        }
-        let mut frame = vec![0u8; (FRAME_HEADER_BYTES + len) as usize];
-        frame[..FRAME_HEADER_BYTES as usize].copy_from_slice(&header);
-        self.store
-            .read_exact_at(&mut frame[FRAME_HEADER_BYTES as usize..], position + FRAME_HEADER_BYTES)
-            .at(&self.store_path)?;
+        let frame = if exact {
+            // One read: the next index entry says where this frame ends.
+            let mut frame = vec![0u8; (limit - position) as usize];
+            self.store.read_exact_at(&mut frame, position).at(&self.store_path)?;
+            if format::frame_len(&frame) != limit - position - FRAME_HEADER_BYTES {
+                return Err(corrupt(&self.store_path, position, "record length disagrees with the index"));
+            }
+            frame
+        } else {
+            let mut header = [0u8; FRAME_HEADER_BYTES as usize];
+            self.store.read_exact_at(&mut header, position).at(&self.store_path)?;
+            let len = format::frame_len(&header);
+            if len > limit - position - FRAME_HEADER_BYTES {
+                return Err(corrupt(&self.store_path, position, "record length runs past the store"));
+            }
+            let mut frame = vec![0u8; (FRAME_HEADER_BYTES + len) as usize];
+            frame[..FRAME_HEADER_BYTES as usize].copy_from_slice(&header);
+            self.store
+                .read_exact_at(&mut frame[FRAME_HEADER_BYTES as usize..], position + FRAME_HEADER_BYTES)
+                .at(&self.store_path)?;
+            frame
+        };
         match format::decode_frame(&frame, offset) {
             Frame::Valid { .. } => Ok(Bytes::from(frame).slice(FRAME_HEADER_BYTES as usize..)),
             _ => Err(corrupt(&self.store_path, position, "record checksum mismatch")),
@@ -344,8 +387,11 @@ impl Segment {
         assert!(self.base <= offset && offset < next, "read of unpublished offset {offset}");
         let i = offset - self.base;
         let position = self.index.get(i);
+        // Small frames whose end the next entry gives are read in one call; larger
+        // ones read their header first, so a damaged entry cannot size a big buffer.
         let limit = if offset + 1 < next { self.index.get(i + 1) } else { self.end() };
-        let value = self.read_frame(offset, position, limit)?;
+        let exact = offset + 1 < next && limit.saturating_sub(position) <= EXACT_READ_MAX_BYTES;
+        let value = self.read_frame(offset, position, limit, exact)?;
         Ok(Record { offset, value })
     }
 
@@ -360,9 +406,8 @@ impl Segment {
             return Err(corrupt(&self.store_path, start, "index entry outside the store"));
         }
         let len = (end - start).min(max_bytes);
-        let mut buf = vec![0u8; len as usize];
-        self.store.read_exact_at(&mut buf, start).at(&self.store_path)?;
-        let buf = Bytes::from(buf);
+        let buf = Bytes::from(read_vec_at(&self.store, len as usize, start).at(&self.store_path)?);
+        out.reserve((next - offset).min(len / 64 + 1) as usize);
         let before = out.len();
         let mut at = 0usize;
         let mut current = offset;
