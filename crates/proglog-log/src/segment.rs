@@ -53,10 +53,6 @@ pub(crate) fn index_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{}.{INDEX_EXTENSION}", format::segment_stem(base)))
 }
 
-fn open_store(path: &Path) -> Result<File> {
-    OpenOptions::new().read(true).write(true).open(path).at(path)
-}
-
 fn corrupt(path: &Path, position: u64, reason: &'static str) -> Error {
     Error::Corrupt { path: path.to_path_buf(), position, reason }
 }
@@ -88,6 +84,40 @@ fn read_vec_at(file: &File, len: usize, position: u64) -> std::io::Result<Vec<u8
         }
     }
     Ok(buf)
+}
+
+/// A segment's store file, opened, before its index is settled.
+struct StoreFile {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    index_path: PathBuf,
+}
+
+impl StoreFile {
+    fn open(dir: &Path, base: u64) -> Result<Self> {
+        let path = store_path(dir, base);
+        let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
+        let len = file.metadata().at(&path)?.len();
+        Ok(Self { base, path, file, len, index_path: index_path(dir, base) })
+    }
+
+    fn into_segment(self, index: Index, entries: u64, end: u64) -> Segment {
+        Segment::assemble(self.base, self.path, self.file, index, self.base + entries, end)
+    }
+
+    /// The segment with `index`, if the index's ends agree with the store;
+    /// otherwise the store back, to be scanned.
+    fn trust(self, index: Index, entries: u64) -> Result<Result<Segment, StoreFile>> {
+        let (len, index_path) = (self.len, self.index_path.clone());
+        let segment = self.into_segment(index, entries, len);
+        if segment.index_matches_store(entries, len)? {
+            return Ok(Ok(segment));
+        }
+        let Segment { base, store_path, store, .. } = segment;
+        Ok(Err(StoreFile { base, path: store_path, file: store, len, index_path }))
+    }
 }
 
 /// Result of scanning a store's frames from the header on.
@@ -193,45 +223,35 @@ impl Segment {
     /// against the store; a missing or mismatched index is rebuilt by a scan. A
     /// store that does not hold exactly `expected` valid records is corrupt.
     pub(crate) fn open_sealed(dir: &Path, base: u64, expected: u64) -> Result<(Self, OpenReport)> {
-        let store_path = store_path(dir, base);
-        let store = open_store(&store_path)?;
-        let store_len = Self::check_header(&store_path, &store, base)?;
-        let index_path = index_path(dir, base);
-        if let Some((entries, whole)) = Index::file_entries(&index_path)?
-            && whole
+        let store = StoreFile::open(dir, base)?;
+        Self::check_header(&store.path, &store.file, base)?;
+        if let Some((entries, true)) = Index::file_entries(&store.index_path)?
             && entries == expected
         {
-            let index = Index::open_sealed(&index_path, entries)?;
-            let segment = Self::assemble(base, store_path.clone(), store, index, base + expected, store_len);
-            if segment.index_matches_store(expected, store_len)? {
-                return Ok((segment, OpenReport::default()));
+            let index = Index::open_sealed(&store.index_path, entries)?;
+            match store.trust(index, entries)? {
+                Ok(segment) => return Ok((segment, OpenReport::default())),
+                Err(store) => return Self::rebuild_sealed(store, expected),
             }
-            let Segment { store, .. } = segment;
-            return Self::rebuild_sealed(store_path, store, index_path, base, expected, store_len);
         }
-        Self::rebuild_sealed(store_path, store, index_path, base, expected, store_len)
+        Self::rebuild_sealed(store, expected)
     }
 
-    fn rebuild_sealed(
-        store_path: PathBuf,
-        store: File,
-        index_path: PathBuf,
-        base: u64,
-        expected: u64,
-        store_len: u64,
-    ) -> Result<(Self, OpenReport)> {
-        let scan = scan_store(&store_path, &store, base, store_len)?;
+    fn rebuild_sealed(store: StoreFile, expected: u64) -> Result<(Self, OpenReport)> {
+        let scan = scan_store(&store.path, &store.file, store.base, store.len)?;
         let found = scan.positions.len() as u64;
         if found < expected {
-            return Err(corrupt(&store_path, scan.end, "invalid record inside a sealed segment"));
+            return Err(corrupt(&store.path, scan.end, "invalid record inside a sealed segment"));
         }
-        if found > expected || scan.end != store_len {
+        if found > expected || scan.end != store.len {
             let position = scan.positions.get(expected as usize).copied().unwrap_or(scan.end);
-            return Err(corrupt(&store_path, position, "sealed segment holds bytes past its last record"));
+            return Err(corrupt(&store.path, position, "sealed segment holds bytes past its last record"));
         }
-        let index = Index::rebuild_sealed(&index_path, &scan.positions)?;
-        let segment = Self::assemble(base, store_path, store, index, base + expected, store_len);
-        Ok((segment, OpenReport { rebuilt_index: true, ..OpenReport::default() }))
+        let index = Index::rebuild_sealed(&store.index_path, &scan.positions)?;
+        Ok((
+            store.into_segment(index, expected, scan.end),
+            OpenReport { rebuilt_index: true, ..Default::default() },
+        ))
     }
 
     /// Opens the active (last) segment for appending. After a clean shutdown its
@@ -243,63 +263,47 @@ impl Segment {
         clean: bool,
         config: &Config,
     ) -> Result<(Self, OpenReport)> {
-        let store_path = store_path(dir, base);
-        let store = open_store(&store_path)?;
-        let store_len = store.metadata().at(&store_path)?.len();
-        let index_path = index_path(dir, base);
-        let mut report = OpenReport::default();
-
-        // A crash while the segment was being created can leave a short or zeroed
-        // header; no record can follow it, so the segment is simply empty.
+        let store = StoreFile::open(dir, base)?;
         let mut header = [0u8; STORE_HEADER_BYTES as usize];
-        let header_ok = store_len >= STORE_HEADER_BYTES
-            && store.read_exact_at(&mut header, 0).is_ok()
-            && header == format::store_header(base);
-        if !header_ok {
-            if store_len > STORE_HEADER_BYTES {
-                Self::check_header(&store_path, &store, base)?;
+        if store.len >= STORE_HEADER_BYTES {
+            store.file.read_exact_at(&mut header, 0).at(&store.path)?;
+        }
+        if header != format::store_header(base) {
+            if store.len > STORE_HEADER_BYTES {
+                Self::check_header(&store.path, &store.file, base)?;
             }
-            store.set_len(0).at(&store_path)?;
-            store.write_all_at(&format::store_header(base), 0).at(&store_path)?;
-            store.sync_data().at(&store_path)?;
-            report.truncated_bytes = store_len.saturating_sub(STORE_HEADER_BYTES);
-            let index = Index::open_writable(&index_path, 0, config.index_capacity())?;
-            return Ok((Self::assemble(base, store_path, store, index, base, STORE_HEADER_BYTES), report));
+            // A crash while the segment was being created can leave a short or
+            // zeroed header; no record can follow it, so the segment is empty.
+            store.file.set_len(0).at(&store.path)?;
+            store.file.write_all_at(&format::store_header(base), 0).at(&store.path)?;
+            store.file.sync_data().at(&store.path)?;
+            let index = Index::open_writable(&store.index_path, 0, config.index_capacity())?;
+            return Ok((store.into_segment(index, 0, STORE_HEADER_BYTES), OpenReport::default()));
         }
 
-        if clean && let Some((entries, true)) = Index::file_entries(&index_path)? {
-            let capacity = config.index_capacity().max(entries);
-            let index = Index::open_writable(&index_path, entries, capacity)?;
-            let segment = Self::assemble(base, store_path.clone(), store, index, base + entries, store_len);
-            if segment.index_matches_store(entries, store_len)? {
-                return Ok((segment, report));
+        if clean && let Some((entries, true)) = Index::file_entries(&store.index_path)? {
+            let index =
+                Index::open_writable(&store.index_path, entries, config.index_capacity().max(entries))?;
+            match store.trust(index, entries)? {
+                Ok(segment) => return Ok((segment, OpenReport::default())),
+                Err(store) => return Self::recover_active(store, config),
             }
-            let Segment { store, .. } = segment;
-            return Self::recover_active(store_path, store, index_path, base, store_len, config);
         }
-        Self::recover_active(store_path, store, index_path, base, store_len, config)
+        Self::recover_active(store, config)
     }
 
-    fn recover_active(
-        store_path: PathBuf,
-        store: File,
-        index_path: PathBuf,
-        base: u64,
-        store_len: u64,
-        config: &Config,
-    ) -> Result<(Self, OpenReport)> {
-        let scan = scan_store(&store_path, &store, base, store_len)?;
+    fn recover_active(store: StoreFile, config: &Config) -> Result<(Self, OpenReport)> {
+        let scan = scan_store(&store.path, &store.file, store.base, store.len)?;
         let mut report = OpenReport { rebuilt_index: true, ..OpenReport::default() };
-        if scan.end < store_len {
-            report.truncated_bytes = store_len - scan.end;
-            store.set_len(scan.end).at(&store_path)?;
-            store.sync_data().at(&store_path)?;
+        if scan.end < store.len {
+            report.truncated_bytes = store.len - scan.end;
+            store.file.set_len(scan.end).at(&store.path)?;
+            store.file.sync_data().at(&store.path)?;
         }
         let entries = scan.positions.len() as u64;
-        let index = Index::open_writable(&index_path, 0, config.index_capacity().max(entries))?;
+        let index = Index::open_writable(&store.index_path, 0, config.index_capacity().max(entries))?;
         index.write(0, &index::encode(&scan.positions))?;
-        let segment = Self::assemble(base, store_path, store, index, base + entries, scan.end);
-        Ok((segment, report))
+        Ok((store.into_segment(index, entries, scan.end), report))
     }
 
     /// Turns this segment (sealed or active) back into the active segment, holding
