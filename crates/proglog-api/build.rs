@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // `compile_fds` ignores `file_descriptor_set_path`, so write the set ourselves.
     std::fs::write(out_dir.join("log_descriptor.bin"), compiler.encode_file_descriptor_set())?;
-    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
+    // Record values are `bytes::Bytes`: the server hands log buffers to the wire
+    // without copying them.
+    tonic_prost_build::configure()
+        .bytes(".log.v1.Record.value")
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

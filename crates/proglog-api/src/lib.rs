@@ -11,7 +11,7 @@
 //! use prost::Message;
 //!
 //! let request = ProduceRequest {
-//!     record: Some(Record { value: b"hello world".to_vec(), ..Default::default() }),
+//!     record: Some(Record { value: "hello world".into(), ..Default::default() }),
 //! };
 //! let bytes = request.encode_to_vec();
 //! assert_eq!(ProduceRequest::decode(bytes.as_slice()).unwrap(), request);
@@ -35,7 +35,7 @@ mod tests {
     /// match it byte for byte (default fields omitted, ascending field order).
     #[test]
     fn record_encoding_matches_the_books_sizes() {
-        let mut record = Record { value: b"hello world".to_vec(), ..Default::default() };
+        let mut record = Record { value: "hello world".into(), ..Default::default() };
         assert_eq!(record.encode_to_vec().len(), 13);
         record.offset = 1;
         assert_eq!(record.encode_to_vec().len(), 15);

@@ -79,7 +79,7 @@ struct Durability {
 pub struct Log {
     dir: PathBuf,
     config: Config,
-    _lock: File,
+    lock: File,
     recovery: Recovery,
     segments: RwLock<Vec<Arc<Segment>>>,
     writer: Mutex<Writer>,
@@ -200,7 +200,7 @@ impl Log {
             rewrites: AtomicU64::new(0),
             sync_count: AtomicU64::new(0),
             recovery,
-            _lock: lock,
+            lock,
             config,
             dir,
         })
@@ -476,17 +476,21 @@ impl Log {
     }
 
     /// Makes everything durable, trims the active index and marks the shutdown
-    /// clean so the next open needs no scan.
-    pub fn close(self) -> Result<()> {
+    /// clean so the next open needs no scan. Afterwards the log refuses writes
+    /// (`Error::Failed`) and releases the directory; drop it next. Takes `&self` so a
+    /// log shared between threads can be closed by its owner.
+    pub fn close(&self) -> Result<()> {
         let mut writer = self.lock_writer()?;
         self.flush_locked(&mut writer)?;
-        self.check_failed()?;
         let active = &writer.active;
-        active.store().sync_data().at(active.store_path())?;
-        active.index().seal(writer.next - active.base())?;
+        active.store().sync_data().at(active.store_path()).map_err(|error| self.fail(error))?;
+        active.index().seal(writer.next - active.base()).map_err(|error| self.fail(error))?;
+        let _ = self.failure.set("the log is closed".to_string());
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
         File::create(&marker).at(&marker)?.sync_all().at(&marker)?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        // The directory may be opened again (by this process or another) from here.
+        self.lock.unlock().at(&self.dir.join(LOCK_FILE))
     }
 
     /// Closes the log and deletes its directory with everything in it.

@@ -164,3 +164,16 @@ fn empty_log_has_no_highest_offset() {
     log.append(WRITE).unwrap();
     assert_eq!(log.highest_offset(), Some(0));
 }
+
+#[test]
+fn a_closed_log_refuses_writes_and_frees_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), Config::default()).unwrap();
+    log.append(WRITE).unwrap();
+    log.close().unwrap();
+    assert!(matches!(log.append(WRITE), Err(Error::Failed(_))));
+    assert_eq!(log.read(0).unwrap().value, WRITE);
+    let reopened = Log::open(dir.path(), Config::default()).unwrap();
+    assert!(reopened.recovery().clean_shutdown);
+    assert_eq!(reopened.append(WRITE).unwrap(), 1);
+}
