@@ -3,7 +3,11 @@
 //! - `cargo xtask bench [log] [-- ARGS]`: run the benchmarks (release build) and
 //!   print their Markdown tables; `--quick` for a short smoke run.
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests.
+//! - `cargo xtask certs [DIR]`: write a development CA, server and client certificates
+//!   and a casbin ACL into DIR (default `certs/` at the workspace root), replacing any
+//!   set already there.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -15,8 +19,9 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("ci") => run("bash", &[".ci/run"]),
+        Some("certs") if args.len() <= 2 => certs(args.get(1).map(PathBuf::from)),
         _ => {
-            eprintln!("usage: cargo xtask bench [log] [--quick] | cargo xtask ci");
+            eprintln!("usage: cargo xtask bench [log] [--quick] | cargo xtask ci | cargo xtask certs [DIR]");
             std::process::exit(2);
         }
     }
@@ -43,6 +48,56 @@ fn bench(args: &[String]) -> Result<()> {
         run("cargo", &cargo_args)?;
     }
     Ok(())
+}
+
+fn certs(dir: Option<PathBuf>) -> Result<()> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask's manifest directory has no parent")?
+            .join("certs"),
+    };
+    let set = proglog_certs::write_dev_set(&dir)?;
+    // Flags are shown relative to the current directory when the set lies under it.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    println!("wrote a new development PKI to {} (replacing any set there):", set.dir.display());
+    for (path, what) in [
+        (&set.ca_cert, "CA certificate (its key is not kept)"),
+        (&set.server_cert, "server certificate for localhost, 127.0.0.1"),
+        (&set.server_key, "server key (0600)"),
+        (&set.root_client_cert, "client certificate, CN root: may produce, consume, replicate"),
+        (&set.root_client_key, "root client key (0600)"),
+        (&set.nobody_client_cert, "client certificate, CN nobody: allowed nothing"),
+        (&set.nobody_client_key, "nobody client key (0600)"),
+        (&set.acl_model, "casbin model"),
+        (&set.acl_policy, "casbin policy"),
+    ] {
+        println!("  {:<24} {what}", file_name(path));
+    }
+    let [ca, server, server_key, root, root_key, model, policy] = [
+        &set.ca_cert,
+        &set.server_cert,
+        &set.server_key,
+        &set.root_client_cert,
+        &set.root_client_key,
+        &set.acl_model,
+        &set.acl_policy,
+    ]
+    .map(|path| path.strip_prefix(&cwd).unwrap_or(path).display());
+    println!();
+    println!("agent with mutual TLS and the ACL:");
+    println!("  --server-tls-cert-file {server} --server-tls-key-file {server_key} \\");
+    println!("  --server-tls-ca-file {ca} --acl-model-file {model} --acl-policy-file {policy}");
+    println!("agent-to-agent identity (CN root, allowed to replicate):");
+    println!("  --peer-tls-cert-file {root} --peer-tls-key-file {root_key} --peer-tls-ca-file {ca}");
+    println!("client (proglog CLI):");
+    println!("  --ca-file {ca} --cert-file {root} --key-file {root_key}");
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {

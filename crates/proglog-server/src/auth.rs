@@ -1,0 +1,127 @@
+//! Who is calling (the client certificate's CN) and what they may do (casbin).
+
+use std::path::Path;
+
+use casbin::{CoreApi, DefaultModel, Enforcer, FileAdapter};
+use tonic::Request;
+
+use crate::ServerError;
+
+/// The object every log action applies to (the book's ACL uses `*`).
+pub const OBJECT_WILDCARD: &str = "*";
+/// Subject of a caller without a client certificate (plaintext, or TLS without a
+/// client CA).
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Actions of SPEC §2.
+pub mod action {
+    /// Append records.
+    pub const PRODUCE: &str = "produce";
+    /// Read records.
+    pub const CONSUME: &str = "consume";
+    /// Agent-to-agent traffic (Raft, forwarding).
+    pub const REPLICATE: &str = "replicate";
+}
+
+/// Decides whether a subject may perform an action on an object. The gRPC service
+/// asks it on every RPC (and at the opening of every stream); the internal
+/// agent-to-agent service will ask it with [`action::REPLICATE`].
+pub trait Authorizer: Send + Sync + 'static {
+    /// `true` if `subject` may do `action` to `object`.
+    fn is_allowed(&self, subject: &str, object: &str, action: &str) -> bool;
+}
+
+/// Allows every subject everything: the behaviour without ACL files (the caller
+/// logs a warning when it chooses this).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn is_allowed(&self, _subject: &str, _object: &str, _action: &str) -> bool {
+        true
+    }
+}
+
+/// A casbin enforcer built from a model and a policy file (the book's format,
+/// `r = sub, obj, act`).
+pub struct Acl {
+    enforcer: Enforcer,
+}
+
+impl std::fmt::Debug for Acl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acl").finish_non_exhaustive()
+    }
+}
+
+impl Acl {
+    /// Loads the model and policy. Missing or malformed files are an error naming
+    /// both files.
+    pub async fn from_files(model: &Path, policy: &Path) -> Result<Self, ServerError> {
+        let error = |reason: String| ServerError::Acl { model: model.into(), policy: policy.into(), reason };
+        for path in [model, policy] {
+            if let Err(source) = std::fs::metadata(path) {
+                return Err(ServerError::ReadFile { path: path.into(), source });
+            }
+        }
+        let model_text = model.to_str().ok_or_else(|| error("model path is not UTF-8".into()))?;
+        let policy_text = policy.to_str().ok_or_else(|| error("policy path is not UTF-8".into()))?;
+        let model = DefaultModel::from_file(model_text).await.map_err(|e| error(e.to_string()))?;
+        let enforcer = Enforcer::new(model, FileAdapter::new(policy_text.to_owned()))
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        Ok(Self { enforcer })
+    }
+}
+
+impl Authorizer for Acl {
+    fn is_allowed(&self, subject: &str, object: &str, action: &str) -> bool {
+        // An enforcement error (a malformed matcher) denies.
+        self.enforcer.enforce((subject, object, action)).unwrap_or(false)
+    }
+}
+
+/// The caller's identity: the Common Name of its verified client certificate, or
+/// [`ANONYMOUS`] without one.
+pub fn subject<T>(request: &Request<T>) -> String {
+    request
+        .peer_certs()
+        .and_then(|certs| {
+            let der = certs.first()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+            Some(cn)
+        })
+        .unwrap_or_else(|| ANONYMOUS.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "[request_definition]\nr = sub, obj, act\n\n[policy_definition]\np = sub, obj, act\n\n\
+        [policy_effect]\ne = some(where (p.eft == allow))\n\n[matchers]\n\
+        m = r.sub == p.sub && r.obj == p.obj && r.act == p.act\n";
+
+    #[tokio::test]
+    async fn acl_allows_only_what_the_policy_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, policy) = (dir.path().join("model.conf"), dir.path().join("policy.csv"));
+        std::fs::write(&model, MODEL).unwrap();
+        std::fs::write(&policy, "p, root, *, produce\np, root, *, consume\n").unwrap();
+        let acl = Acl::from_files(&model, &policy).await.unwrap();
+        assert!(acl.is_allowed("root", "*", "produce"));
+        assert!(acl.is_allowed("root", "*", "consume"));
+        assert!(!acl.is_allowed("root", "*", "replicate"));
+        assert!(!acl.is_allowed("nobody", "*", "produce"));
+        assert!(!acl.is_allowed(ANONYMOUS, "*", "consume"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_acl_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.conf");
+        let error = Acl::from_files(&missing, &missing).await.unwrap_err();
+        assert!(error.to_string().contains("nope.conf"), "{error}");
+    }
+}

@@ -1,0 +1,44 @@
+//! `proglog-server`: the `log.v1` gRPC service (SPEC §1–2).
+//!
+//! - [`CommitLog`]: what the service needs from "the log" — queue an append and
+//!   await its commit, read, read a batch, watch the commit point, list servers.
+//!   [`LocalLog`] implements it for one node; the replicated log will too.
+//! - [`serve`]: tonic with rustls (ring), mutual TLS when a client CA is given,
+//!   the `log.v1.Log` service, gRPC health and server reflection, graceful shutdown.
+//! - [`Authorizer`]: every RPC, and the opening of every stream, is checked as
+//!   (subject = client certificate CN, object `*`, action `produce`/`consume`);
+//!   [`Acl`] enforces a casbin model + policy, [`AllowAll`] allows everything.
+//!   GetServers, health and reflection are not ACL-checked (TLS still applies).
+//!
+//! This crate is the only place that builds a `tonic::Status`. It does not parse
+//! flags or config files, install a crypto provider or a log drain: the agent does.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use proglog_server::{AllowAll, Fsync, LocalLog, ServerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let log = proglog_log::Log::open("./data", proglog_log::Config::default())?;
+//! let log = Arc::new(LocalLog::new(log, Fsync::Always, "node-0", "127.0.0.1:8400")?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8400").await?;
+//! let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+//! proglog_server::serve(listener, log.clone(), Arc::new(AllowAll), ServerConfig::default(), shutdown).await?;
+//! log.close()?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod auth;
+mod commit_log;
+mod error;
+mod local;
+mod server;
+mod service;
+mod status;
+
+pub use crate::auth::{ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, subject};
+pub use crate::commit_log::{CommitLog, PendingAppend};
+pub use crate::error::{LogError, ServerError};
+pub use crate::local::{Fsync, LocalLog};
+pub use crate::server::{ServerConfig, TlsFiles, serve};
+pub use crate::service::PRODUCE_STREAM_WINDOW;

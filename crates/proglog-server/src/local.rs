@@ -1,0 +1,203 @@
+//! The single-node log: a [`proglog_log::Log`] behind a dedicated writer thread.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use proglog_api::v1::{Record, Server};
+use proglog_log::Log;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{CommitLog, LogError, PendingAppend};
+
+/// When an append is acknowledged (SPEC §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fsync {
+    /// After it is on stable storage (group-committed with concurrent appends).
+    #[default]
+    Always,
+    /// After it was written to the OS (survives a process crash, not power loss).
+    Never,
+}
+
+/// Appends waiting for the writer thread, at most.
+const QUEUE_REQUESTS: usize = 1024;
+/// The writer merges queued appends into one batch (one write, one fsync) up to
+/// this many bytes.
+const MERGE_BYTES: usize = 4 << 20;
+
+struct AppendRequest {
+    values: Vec<Bytes>,
+    reply: oneshot::Sender<Result<u64, LogError>>,
+}
+
+/// A single-node log. Appends go through one writer thread that merges whatever
+/// is queued into one `append_batch` (and, with [`Fsync::Always`], one fsync), so
+/// concurrent producers share disk writes. Reads run on tokio's blocking pool.
+/// Only committed records (acknowledged to their producer) are readable.
+#[derive(Debug)]
+pub struct LocalLog {
+    log: Arc<Log>,
+    server: Server,
+    committed: watch::Receiver<u64>,
+    writer: Mutex<Option<(mpsc::Sender<AppendRequest>, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest").field("values", &self.values.len()).finish()
+    }
+}
+
+impl LocalLog {
+    /// Serves `log` as the only server of its cluster, named `id` and dialled at
+    /// `rpc_addr`.
+    pub fn new(
+        log: Log,
+        fsync: Fsync,
+        id: impl Into<String>,
+        rpc_addr: impl Into<String>,
+    ) -> Result<Self, LogError> {
+        let log = Arc::new(log);
+        let (committed_tx, committed) = watch::channel(log.next_offset());
+        let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
+        let writer_log = Arc::clone(&log);
+        let handle = std::thread::Builder::new()
+            .name("proglog-writer".into())
+            .spawn(move || write_loop(&writer_log, fsync, rx, &committed_tx))
+            .map_err(|error| LogError::Internal(format!("cannot start the writer thread: {error}")))?;
+        let server = Server { id: id.into(), rpc_addr: rpc_addr.into(), is_leader: true };
+        Ok(Self { log, server, committed, writer: Mutex::new(Some((tx, handle))) })
+    }
+
+    /// The underlying log (for metrics and tests).
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Stops accepting appends, waits for the queued ones, then syncs and closes
+    /// the log (a clean shutdown: the next open needs no scan).
+    pub fn close(&self) -> Result<(), LogError> {
+        let writer =
+            self.writer.lock().map_err(|_| LogError::Internal("writer lock poisoned".into()))?.take();
+        if let Some((tx, handle)) = writer {
+            drop(tx);
+            handle.join().map_err(|_| LogError::Internal("the writer thread panicked".into()))?;
+        }
+        self.log.close().map_err(LogError::from)
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
+        match self.writer.lock() {
+            Ok(writer) => match writer.as_ref() {
+                Some((tx, _)) => Ok(tx.clone()),
+                None => Err(LogError::Unavailable("the log is closed".into())),
+            },
+            Err(_) => Err(LogError::Internal("writer lock poisoned".into())),
+        }
+    }
+
+    fn check_committed(&self, offset: u64) -> Result<(), LogError> {
+        if offset >= *self.committed.borrow() { Err(LogError::OutOfRange { offset }) } else { Ok(()) }
+    }
+}
+
+/// The writer thread: merge queued appends, write them in one batch, sync if
+/// asked, acknowledge, then publish the new commit point.
+fn write_loop(
+    log: &Log,
+    fsync: Fsync,
+    mut rx: mpsc::Receiver<AppendRequest>,
+    committed: &watch::Sender<u64>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes: usize = first.values.iter().map(Bytes::len).sum();
+        let mut batch = vec![first];
+        while bytes < MERGE_BYTES {
+            match rx.try_recv() {
+                Ok(request) => {
+                    bytes += request.values.iter().map(Bytes::len).sum::<usize>();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        let values: Vec<&[u8]> =
+            batch.iter().flat_map(|request| request.values.iter().map(|v| v.as_ref())).collect();
+        let result = log.append_batch(&values).and_then(|range| match fsync {
+            Fsync::Always => log.sync().map(|()| range),
+            Fsync::Never => Ok(range),
+        });
+        match result {
+            Ok(range) => {
+                let mut next = range.start;
+                for request in batch {
+                    let count = request.values.len() as u64;
+                    let _ = request.reply.send(Ok(next));
+                    next += count;
+                }
+                committed.send_replace(range.end);
+            }
+            Err(error) => {
+                let error = LogError::from(error);
+                for request in batch {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+    // Queue closed: everything queued is written; make it durable.
+    let _ = log.sync();
+}
+
+fn to_record(record: proglog_log::Record) -> Record {
+    Record { value: record.value, offset: record.offset, term: 0, r#type: 0 }
+}
+
+#[tonic::async_trait]
+impl CommitLog for LocalLog {
+    async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        let (reply, done) = oneshot::channel();
+        self.sender()?
+            .send(AppendRequest { values, reply })
+            .await
+            .map_err(|_| LogError::Unavailable("the log is closed".into()))?;
+        Ok(Box::pin(async move {
+            done.await
+                .unwrap_or_else(|_| Err(LogError::Unavailable("the log closed before committing".into())))
+        }))
+    }
+
+    async fn read(&self, offset: u64) -> Result<Record, LogError> {
+        self.check_committed(offset)?;
+        let log = Arc::clone(&self.log);
+        let record = tokio::task::spawn_blocking(move || log.read(offset))
+            .await
+            .map_err(|error| LogError::Internal(error.to_string()))??;
+        Ok(to_record(record))
+    }
+
+    async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+        let committed = *self.committed.borrow();
+        if offset >= committed {
+            return Err(LogError::OutOfRange { offset });
+        }
+        let log = Arc::clone(&self.log);
+        let records = tokio::task::spawn_blocking(move || log.read_batch(offset, max_bytes))
+            .await
+            .map_err(|error| LogError::Internal(error.to_string()))??;
+        Ok(records.into_iter().take_while(|record| record.offset < committed).map(to_record).collect())
+    }
+
+    fn lowest_offset(&self) -> u64 {
+        self.log.lowest_offset()
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    async fn servers(&self) -> Result<Vec<Server>, LogError> {
+        Ok(vec![self.server.clone()])
+    }
+}
