@@ -81,6 +81,25 @@ impl Authorizer for Acl {
     }
 }
 
+/// The authorizer for optional ACL files: both given → [`Acl`]; neither →
+/// [`AllowAll`], logged as a warning (SPEC §2); only one → a config error.
+pub async fn authorizer_from_files(
+    model: Option<&Path>,
+    policy: Option<&Path>,
+    logger: &slog::Logger,
+) -> Result<std::sync::Arc<dyn Authorizer>, ServerError> {
+    match (model, policy) {
+        (Some(model), Some(policy)) => Ok(std::sync::Arc::new(Acl::from_files(model, policy).await?)),
+        (None, None) => {
+            slog::warn!(logger, "no ACL files given: every authenticated client may produce and consume");
+            Ok(std::sync::Arc::new(AllowAll))
+        }
+        _ => {
+            Err(ServerError::Config("acl-model-file and acl-policy-file must be given together".to_string()))
+        }
+    }
+}
+
 /// The caller's identity: the Common Name of its verified client certificate, or
 /// [`ANONYMOUS`] without one.
 pub fn subject<T>(request: &Request<T>) -> String {
@@ -115,6 +134,15 @@ mod tests {
         assert!(!acl.is_allowed("root", "*", "replicate"));
         assert!(!acl.is_allowed("nobody", "*", "produce"));
         assert!(!acl.is_allowed(ANONYMOUS, "*", "consume"));
+    }
+
+    #[tokio::test]
+    async fn acl_files_come_in_pairs() {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let allow = authorizer_from_files(None, None, &logger).await.unwrap();
+        assert!(allow.is_allowed("anyone", "*", "produce"));
+        let half = authorizer_from_files(Some(Path::new("model.conf")), None, &logger).await;
+        assert!(matches!(half, Err(ServerError::Config(_))));
     }
 
     #[tokio::test]

@@ -36,7 +36,9 @@ mod server;
 mod service;
 mod status;
 
-pub use crate::auth::{ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, subject};
+pub use crate::auth::{
+    ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject,
+};
 pub use crate::commit_log::{CommitLog, PendingAppend};
 pub use crate::error::{LogError, ServerError};
 pub use crate::local::{Fsync, LocalLog};
