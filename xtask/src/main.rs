@@ -1,7 +1,8 @@
 //! `cargo xtask`: project chores that need more than one cargo command.
 //!
-//! - `cargo xtask bench [log] [-- ARGS]`: run the benchmarks (release build) and
-//!   print their Markdown tables; `--quick` for a short smoke run.
+//! - `cargo xtask bench [log] [server] [-- ARGS]`: run the benchmarks (all when none
+//!   is named; release build) and print their Markdown tables; `--quick` for a short
+//!   smoke run.
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests.
 //! - `cargo xtask certs [DIR]`: write a development CA, server and client certificates
 //!   and a casbin ACL into DIR (default `certs/` at the workspace root), replacing any
@@ -12,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const BENCHES: &[(&str, &str)] = &[("log", "proglog-log")];
+const BENCHES: &[(&str, &str)] = &[("log", "proglog-log"), ("server", "proglog-server")];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,7 +22,9 @@ fn main() -> Result<()> {
         Some("ci") => run("bash", &[".ci/run"]),
         Some("certs") if args.len() <= 2 => certs(args.get(1).map(PathBuf::from)),
         _ => {
-            eprintln!("usage: cargo xtask bench [log] [--quick] | cargo xtask ci | cargo xtask certs [DIR]");
+            eprintln!(
+                "usage: cargo xtask bench [log] [server] [--quick] | cargo xtask ci | cargo xtask certs [DIR]"
+            );
             std::process::exit(2);
         }
     }
@@ -35,10 +38,10 @@ fn bench(args: &[String]) -> Result<()> {
         names
             .iter()
             .map(|name| {
-                BENCHES
-                    .iter()
-                    .find(|(bench, _)| bench == name)
-                    .with_context(|| format!("unknown benchmark {name:?}; known: log"))
+                BENCHES.iter().find(|(bench, _)| bench == name).with_context(|| {
+                    let known: Vec<&str> = BENCHES.iter().map(|(bench, _)| *bench).collect();
+                    format!("unknown benchmark {name:?}; known: {}", known.join(", "))
+                })
             })
             .collect::<Result<_>>()?
     };

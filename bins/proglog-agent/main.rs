@@ -1,0 +1,101 @@
+//! `proglog-agent`: flags + TOML → `AgentConfig`, a log drain, signals. Thin: the
+//! composition lives in the `proglog-agent` crate.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use proglog_agent::{Agent, AgentConfig, ConfigLayer, LogFormat, LogLevel};
+use slog::{Drain, Logger, error, o};
+
+/// Exit code for bad flags or config (before anything is written).
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let flags = match ConfigLayer::try_parse() {
+        Ok(flags) => flags,
+        Err(error) if !error.use_stderr() => {
+            // --help / --version
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let rendered = error.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("proglog-agent: {first}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    let config = match AgentConfig::load(flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("proglog-agent: {error}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    // One crypto provider for every TLS config in the process (ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (logger, _flush_on_drop) = logger(config.log_format, config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            error!(logger, "cannot start the runtime"; "error" => %error);
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config, logger.clone()));
+    drop(runtime);
+    code
+}
+
+async fn run(config: AgentConfig, logger: Logger) -> ExitCode {
+    let agent = match Agent::start(config, logger.clone()).await {
+        Ok(agent) => agent,
+        Err(failure) => {
+            error!(logger, "cannot start"; "error" => %failure);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(failure) = shutdown_signal().await {
+        error!(logger, "cannot wait for signals"; "error" => %failure);
+    }
+    match agent.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            error!(logger, "unclean shutdown"; "error" => %failure);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// The process's log drain (to stderr), asynchronous; records are flushed when
+/// the returned guard drops.
+fn logger(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
+    let level = match level {
+        LogLevel::Trace => slog::Level::Trace,
+        LogLevel::Debug => slog::Level::Debug,
+        LogLevel::Info => slog::Level::Info,
+        LogLevel::Warn => slog::Level::Warning,
+        LogLevel::Error => slog::Level::Error,
+    };
+    let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match format {
+        LogFormat::Term => {
+            let decorator = slog_term::PlainDecorator::new(std::io::stderr());
+            Box::new(slog_term::FullFormat::new(decorator).build().fuse())
+        }
+        LogFormat::Json => Box::new(slog_json::Json::default(std::io::stderr()).fuse()),
+    };
+    let (drain, guard) = slog_async::Async::new(drain.filter_level(level).fuse()).build_with_guard();
+    (Logger::root(drain.fuse(), o!()), guard)
+}

@@ -1,0 +1,785 @@
+//! gRPC benchmark: the `log.v1` service (`proglog_server::serve` over `LocalLog`)
+//! against a *null* `log.v1` service with no storage, over loopback, in the same run.
+//!
+//! ```text
+//! cargo bench -p proglog-server                # 3 repetitions (cargo xtask bench server)
+//! cargo bench -p proglog-server -- --quick     # 1 repetition, shorter runs (smoke check)
+//! ```
+//!
+//! Environment: `PROGLOG_BENCH_QUICK=1` (same as `--quick`), `PROGLOG_BENCH_RECORDS`
+//! (records per ProduceStream and ConsumeStream run, default 200000 full / a tenth
+//! of it quick), `PROGLOG_BENCH_SECONDS` (duration of each unary run, default 3 full
+//! / 1 quick), `PROGLOG_BENCH_SERVER_THREADS` and `PROGLOG_BENCH_CLIENT_THREADS`
+//! (tokio worker threads of each runtime, default 2 and 2), `PROGLOG_BENCH_DIR`
+//! (where the temporary logs go, default the system temp dir; it must not be tmpfs
+//! for the `always` figures to mean anything).
+//!
+//! Progress goes to stderr; stdout gets a Markdown table for BENCHMARKS.md. Run
+//! without `--bench` (as `cargo test --all-targets` does) it only does a tiny smoke
+//! run.
+//!
+//! **Setup.** Server and clients live in this process on two separate tokio
+//! multi-thread runtimes (`bench-server`, `bench-client`), so that client work is
+//! not scheduled on the server's workers (but the OS still shares the CPUs between
+//! them, as it would on a one-box deployment with a local client). The benchmark's
+//! main thread only drives the client runtime (`block_on`) and starts and stops
+//! servers. Every server listens on its own `127.0.0.1:0` listener, plaintext,
+//! accepted through `TcpListenerStream` (as `serve` does); `AllowAll`;
+//! `max_record_bytes` 1 MiB. Each client is a separate `Channel` (its own TCP
+//! connection, connected before the clock starts).
+//!
+//! **Peer.** The *null* server implements the same generated `log_server::Log` trait
+//! without any storage: `Produce` returns a counter, `ProduceStream` maps each
+//! request to a counter (no task, no channel), `ConsumeStream` sends pre-built
+//! values of the same size with increasing offsets, as fast as tonic pulls them,
+//! until the client goes away; `Consume` and `GetServers` are trivial. It is the
+//! transport ceiling: tonic, hyper, h2 and prost on this machine, and the same
+//! client code. It is started once per value size and repetition, between the
+//! two proglog runs (`never`, null, `always`, then the next repetition), and its
+//! figures are shown in both fsync rows.
+//!
+//! **Workloads**, per value size, fsync policy and repetition, each proglog run on
+//! a fresh log in a fresh temp dir:
+//!
+//! 1. `unary Produce`: 1 and 8 producers (8 channels), each issuing sequential
+//!    calls for a fixed duration; records/s and call latency p50/p99.
+//! 2. `ProduceStream`: 1 and 8 producers, each with up to 256 requests in flight
+//!    (a semaphore of 256 permits: the sender takes one per request, the response
+//!    reader gives one back per response), until the run's records are acknowledged.
+//! 3. `ConsumeStream` from offset 0 over the records written by (1) and (2) (at
+//!    least twice the run's records): read that many, check every offset and size,
+//!    then drop the stream (it follows the tail forever).
+//!
+//! Targets: unary ≥ 0.8× null with `never` (`always` is shown for information);
+//! ProduceStream at 1 KiB ≥ 2× NATS JetStream's 144k rec/s with `never` and ≥ 1×
+//! with `always`; ConsumeStream at 1 KiB ≥ 2× NATS's 203k rec/s. The NATS figures
+//! are a reference measured on this machine earlier, not in this run.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use bytes::Bytes;
+use proglog_api::v1::log_client::LogClient;
+use proglog_api::v1::log_server::{Log as LogRpc, LogServer};
+use proglog_api::v1::{
+    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
+    Record,
+};
+use proglog_server::{AllowAll, Fsync, LocalLog, ServerConfig};
+use tempfile::TempDir;
+use tokio::runtime::Runtime;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+const VALUE_SIZES: [usize; 2] = [256, 1024];
+const PRODUCERS: [usize; 2] = [1, 8];
+/// Requests each ProduceStream producer keeps in flight, at most.
+const WINDOW: usize = 256;
+/// Distinct values cycled through by the producers and the null ConsumeStream.
+const POOL: usize = 256;
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// NATS JetStream on this machine, 1 KiB messages, measured earlier (not in this run).
+const NATS_PUBLISH: f64 = 144_000.0;
+const NATS_CONSUME: f64 = 203_000.0;
+const FSYNCS: [Fsync; 2] = [Fsync::Never, Fsync::Always];
+
+fn main() -> Result<()> {
+    let settings = Settings::from_env()?;
+    settings.print_header();
+    let server_rt = runtime("bench-server", settings.server_threads)?;
+    let client_rt = runtime("bench-client", settings.client_threads)?;
+    let bench = Bench { settings: &settings, server_rt: &server_rt, client_rt: &client_rt };
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for size in VALUE_SIZES {
+        rows.extend(bench.size(size)?);
+    }
+    print_table(&rows, settings.records);
+    println!();
+    println!(
+        "\\* NATS JetStream reference figures (144k rec/s publish, 203k rec/s consume, 1 KiB \
+         messages) were measured on this machine earlier, not in this run; they apply to the \
+         1 KiB rows only. Null figures are measured once per value size and repetition and shown \
+         in both fsync rows."
+    );
+    println!();
+    println!("Total wall time {:.0} s.", started.elapsed().as_secs_f64());
+    drop(client_rt);
+    server_rt.shutdown_timeout(Duration::from_secs(5));
+    Ok(())
+}
+
+fn runtime(name: &str, threads: usize) -> Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .with_context(|| format!("building the {name} runtime"))
+}
+
+// ---------------------------------------------------------------- settings
+
+struct Settings {
+    mode: &'static str,
+    reps: usize,
+    /// Records per ProduceStream run (split between the producers) and per ConsumeStream run.
+    records: u64,
+    /// Duration of each unary run.
+    unary: Duration,
+    server_threads: usize,
+    client_threads: usize,
+    base_dir: PathBuf,
+}
+
+fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| format!("{name}={v:?}"))?)),
+        Err(_) => Ok(None),
+    }
+}
+
+impl Settings {
+    fn from_env() -> Result<Self> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let bench = args.iter().any(|arg| arg == "--bench");
+        let quick = args.iter().any(|arg| arg == "--quick")
+            || std::env::var("PROGLOG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        for arg in args.iter().filter(|arg| !matches!(arg.as_str(), "--bench" | "--quick")) {
+            eprintln!("note: ignoring argument {arg:?}");
+        }
+        let records: u64 = env_parse("PROGLOG_BENCH_RECORDS")?.unwrap_or(200_000);
+        let seconds: Option<f64> = env_parse("PROGLOG_BENCH_SECONDS")?;
+        let server_threads: usize = env_parse("PROGLOG_BENCH_SERVER_THREADS")?.unwrap_or(2).max(1);
+        let client_threads: usize = env_parse("PROGLOG_BENCH_CLIENT_THREADS")?.unwrap_or(2).max(1);
+        let base_dir = match std::env::var_os("PROGLOG_BENCH_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => std::env::temp_dir(),
+        };
+        fs::create_dir_all(&base_dir).with_context(|| format!("creating {}", base_dir.display()))?;
+        let (mode, reps, records, unary) = if !bench {
+            // `cargo test --all-targets` runs benches without `--bench`: just check they work.
+            ("smoke (no --bench)", 1, 1_000, Duration::from_millis(100))
+        } else if quick {
+            ("quick", 1, (records / 10).max(WINDOW as u64), Duration::from_secs_f64(seconds.unwrap_or(1.0)))
+        } else {
+            ("full", 3, records.max(WINDOW as u64), Duration::from_secs_f64(seconds.unwrap_or(3.0)))
+        };
+        Ok(Self { mode, reps, records, unary, server_threads, client_threads, base_dir })
+    }
+
+    fn tempdir(&self) -> Result<TempDir> {
+        tempfile::Builder::new()
+            .prefix("proglog-server-bench-")
+            .tempdir_in(&self.base_dir)
+            .with_context(|| format!("creating a temp dir in {}", self.base_dir.display()))
+    }
+
+    fn print_header(&self) {
+        let fs = filesystem_of(&self.base_dir).unwrap_or_else(|| "unknown".to_string());
+        println!("## proglog-server gRPC benchmark ({} mode)", self.mode);
+        println!();
+        if self.mode.starts_with("smoke") {
+            println!("Smoke run only (possibly a debug build): the figures mean nothing.");
+            println!();
+        }
+        println!(
+            "{} repetition(s), interleaved (proglog `never`, null, proglog `always`, ...); median \
+             [min..max]; proglog/null is the ratio of the medians (range of the per-repetition \
+             ratios). MB = 10^6 payload bytes. Machine: {} CPUs ({}), Linux {}; logs in `{}` ({fs}). \
+             Loopback 127.0.0.1, plaintext h2c, `AllowAll`, max-record-bytes 1 MiB. Server and \
+             clients in one process on separate tokio runtimes: server {} worker(s) (+ proglog's \
+             writer thread and tokio's blocking pool), client {} worker(s). Unary runs {:.1} s each; \
+             ProduceStream {} records per run (split between the producers, window {WINDOW} per \
+             producer); ConsumeStream {} records from offset 0.",
+            self.reps,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model().unwrap_or_else(|| "unknown CPU".to_string()),
+            fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map_or_else(|_| "?".into(), |s| s.trim().to_string()),
+            self.base_dir.display(),
+            self.server_threads,
+            self.client_threads,
+            self.unary.as_secs_f64(),
+            self.records,
+            self.records,
+        );
+        if fs.starts_with("tmpfs") {
+            eprintln!("WARNING: {} is on tmpfs: fdatasync is free there", self.base_dir.display());
+        }
+        println!();
+    }
+}
+
+fn cpu_model() -> Option<String> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = cpuinfo.lines().find(|line| line.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
+}
+
+/// Type and device of the filesystem holding `path`, from /proc/mounts.
+fn filesystem_of(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(mount_point).then(|| (mount_point.len(), format!("{fs_type} on {device}")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// xorshift64: deterministic, dependency-free.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+fn value_pool(size: usize) -> Arc<Vec<Bytes>> {
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ size as u64);
+    Arc::new((0..POOL).map(|_| (0..size).map(|_| rng.next() as u8).collect::<Vec<u8>>().into()).collect())
+}
+
+fn produce_request(pool: &[Bytes], i: usize) -> ProduceRequest {
+    ProduceRequest { record: Some(Record { value: pool[i % pool.len()].clone(), ..Default::default() }) }
+}
+
+/// Sorts `nanos` and returns (p50, p99) in microseconds.
+fn percentiles_us(nanos: &mut [u64]) -> (f64, f64) {
+    if nanos.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    nanos.sort_unstable();
+    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    (at(0.50), at(0.99))
+}
+
+fn rate(records: u64, elapsed: Duration) -> f64 {
+    records as f64 / elapsed.as_secs_f64()
+}
+
+fn fsync_name(fsync: Fsync) -> &'static str {
+    match fsync {
+        Fsync::Never => "never",
+        Fsync::Always => "always",
+    }
+}
+
+/// The decode limit `serve` uses (a private helper there): the same for the null server.
+fn decode_limit() -> usize {
+    (MAX_RECORD_BYTES * 2 + (64 << 10)) as usize
+}
+
+// ---------------------------------------------------------------- the null service
+
+/// `log.v1.Log` without storage: the transport ceiling.
+struct NullLog {
+    counter: Arc<AtomicU64>,
+    pool: Arc<Vec<Bytes>>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl LogRpc for NullLog {
+    async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        drop(request);
+        Ok(Response::new(ProduceResponse { offset: self.counter.fetch_add(1, Ordering::Relaxed) }))
+    }
+
+    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
+        let offset = request.into_inner().offset;
+        let value = self.pool[offset as usize % POOL].clone();
+        Ok(Response::new(ConsumeResponse { record: Some(Record { value, offset, term: 0, r#type: 0 }) }))
+    }
+
+    type ConsumeStreamStream = BoxStream<ConsumeResponse>;
+
+    async fn consume_stream(
+        &self,
+        request: Request<ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        let from = request.into_inner().offset;
+        let pool = Arc::clone(&self.pool);
+        let records = tokio_stream::iter((from..).map(move |offset| {
+            let value = pool[offset as usize % POOL].clone();
+            Ok(ConsumeResponse { record: Some(Record { value, offset, term: 0, r#type: 0 }) })
+        }));
+        Ok(Response::new(Box::pin(records)))
+    }
+
+    type ProduceStreamStream = BoxStream<ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let counter = Arc::clone(&self.counter);
+        let responses = request.into_inner().map(move |request| {
+            request.map(|_| ProduceResponse { offset: counter.fetch_add(1, Ordering::Relaxed) })
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn get_servers(
+        &self,
+        _request: Request<GetServersRequest>,
+    ) -> Result<Response<GetServersResponse>, Status> {
+        Ok(Response::new(GetServersResponse { servers: vec![] }))
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+/// A server running on the server runtime.
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<()>>,
+    /// proglog only: the log (closed and checked on stop) and its directory.
+    log: Option<(Arc<LocalLog>, TempDir)>,
+}
+
+fn start_ours(settings: &Settings, rt: &Runtime, fsync: Fsync) -> Result<Running> {
+    let dir = settings.tempdir()?;
+    let log = proglog_log::Log::open(dir.path(), proglog_log::Config::default())?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let log = Arc::new(LocalLog::new(log, fsync, "bench", addr.to_string())?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = ServerConfig { tls: None, max_record_bytes: MAX_RECORD_BYTES };
+    let serving = proglog_server::serve(listener, Arc::clone(&log), Arc::new(AllowAll), config, async {
+        let _ = stopped.await;
+    });
+    let task = rt.spawn(async move { serving.await.context("proglog server") });
+    Ok(Running { addr, stop, task, log: Some((log, dir)) })
+}
+
+fn start_null(rt: &Runtime, pool: Arc<Vec<Bytes>>) -> Result<Running> {
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let service = LogServer::new(NullLog { counter: Arc::new(AtomicU64::new(0)), pool })
+        .max_decoding_message_size(decode_limit())
+        .max_encoding_message_size(decode_limit());
+    let (stop, stopped) = oneshot::channel::<()>();
+    // Accepted the way `serve` accepts (TcpListenerStream), so both get the same sockets.
+    let serving = tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let task = rt.spawn(async move { serving.await.context("null server") });
+    Ok(Running { addr, stop, task, log: None })
+}
+
+impl Running {
+    /// Stops the server; for proglog, closes the log and checks it holds exactly
+    /// the `acked` records.
+    fn stop(self, rt: &Runtime, acked: u64) -> Result<()> {
+        let _ = self.stop.send(());
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), self.task).await })
+            .context("the server did not stop within 30 s")???;
+        if let Some((log, dir)) = self.log {
+            let held = log.log().next_offset();
+            log.close()?;
+            ensure!(held == acked, "the log holds {held} records, {acked} were acknowledged");
+            dir.close()?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+async fn connect(addr: SocketAddr) -> Result<LogClient<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(LogClient::new(channel))
+}
+
+struct Unary {
+    records: u64,
+    elapsed: Duration,
+    latencies: Vec<u64>,
+}
+
+/// `producers` channels, each issuing sequential Produce calls until `duration`
+/// has passed.
+async fn unary(
+    addr: SocketAddr,
+    producers: usize,
+    pool: Arc<Vec<Bytes>>,
+    duration: Duration,
+) -> Result<Unary> {
+    let mut clients = Vec::with_capacity(producers);
+    for _ in 0..producers {
+        clients.push(connect(addr).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<JoinHandle<Result<Vec<u64>>>> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(producer, mut client)| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut i = producer;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    client.produce(produce_request(&pool, i)).await?;
+                    latencies.push(t.elapsed().as_nanos() as u64);
+                    i += producers;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = start.elapsed();
+    Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
+}
+
+/// `producers` ProduceStreams together producing `total` records, each keeping at
+/// most `WINDOW` requests unanswered. Checks every producer gets one response per
+/// request, with increasing offsets.
+async fn produce_stream(
+    addr: SocketAddr,
+    producers: usize,
+    pool: Arc<Vec<Bytes>>,
+    total: u64,
+) -> Result<Duration> {
+    let mut clients = Vec::with_capacity(producers);
+    for _ in 0..producers {
+        clients.push(connect(addr).await?);
+    }
+    let start = Instant::now();
+    let tasks: Vec<JoinHandle<Result<()>>> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(producer, mut client)| {
+            let pool = Arc::clone(&pool);
+            let count = total / producers as u64 + u64::from((producer as u64) < total % producers as u64);
+            tokio::spawn(async move {
+                let window = Arc::new(Semaphore::new(WINDOW));
+                let (tx, rx) = mpsc::channel(WINDOW);
+                let sender_window = Arc::clone(&window);
+                let sender = tokio::spawn(async move {
+                    for i in 0..count as usize {
+                        sender_window.acquire().await?.forget();
+                        if tx.send(produce_request(&pool, producer + i * producers)).await.is_err() {
+                            break; // the call failed: the reader reports why
+                        }
+                    }
+                    anyhow::Ok(())
+                });
+                let mut responses = client.produce_stream(ReceiverStream::new(rx)).await?.into_inner();
+                let (mut got, mut last) = (0u64, None);
+                while let Some(response) = responses.message().await? {
+                    window.add_permits(1);
+                    ensure!(last.is_none_or(|last| response.offset > last), "offsets out of order");
+                    last = Some(response.offset);
+                    got += 1;
+                }
+                sender.await??;
+                ensure!(got == count, "producer {producer}: {got} responses to {count} requests");
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed())
+}
+
+/// A ConsumeStream from offset 0: reads `n` records, checking offsets and sizes.
+async fn consume_stream(addr: SocketAddr, size: usize, n: u64) -> Result<Duration> {
+    let mut client = connect(addr).await?;
+    let start = Instant::now();
+    let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await?.into_inner();
+    for expected in 0..n {
+        let record = stream.message().await?.context("the stream ended")?.record.context("no record")?;
+        ensure!(
+            record.offset == expected && record.value.len() == size,
+            "read offset {} ({} bytes), expected {expected} ({size} bytes)",
+            record.offset,
+            record.value.len()
+        );
+    }
+    let elapsed = start.elapsed();
+    drop(stream);
+    Ok(elapsed)
+}
+
+/// One measurement: rate, and call latency for unary runs.
+#[derive(Clone, Copy)]
+struct Figure {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Figure {
+    fn rate(rate: f64) -> Self {
+        Self { rate, p50_us: f64::NAN, p99_us: f64::NAN }
+    }
+}
+
+/// The workloads of one server run, in `WORKLOADS` order.
+const WORKLOADS: [(&str, usize); 5] = [
+    ("unary Produce", 1),
+    ("unary Produce", 8),
+    ("ProduceStream", 1),
+    ("ProduceStream", 8),
+    ("ConsumeStream from 0", 1),
+];
+
+/// Runs every workload against the server at `addr`; returns the figures and the
+/// number of records acknowledged.
+fn suite(
+    bench: &Bench<'_>,
+    addr: SocketAddr,
+    size: usize,
+    pool: &Arc<Vec<Bytes>>,
+) -> Result<(Vec<Figure>, u64)> {
+    let settings = bench.settings;
+    bench.client_rt.block_on(async {
+        let mut figures = Vec::new();
+        let mut acked = 0;
+        for producers in PRODUCERS {
+            let mut run = unary(addr, producers, Arc::clone(pool), settings.unary).await?;
+            let (p50_us, p99_us) = percentiles_us(&mut run.latencies);
+            figures.push(Figure { rate: rate(run.records, run.elapsed), p50_us, p99_us });
+            acked += run.records;
+        }
+        for producers in PRODUCERS {
+            let elapsed = produce_stream(addr, producers, Arc::clone(pool), settings.records).await?;
+            figures.push(Figure::rate(rate(settings.records, elapsed)));
+            acked += settings.records;
+        }
+        let elapsed = consume_stream(addr, size, settings.records).await?;
+        figures.push(Figure::rate(rate(settings.records, elapsed)));
+        Ok((figures, acked))
+    })
+}
+
+// ---------------------------------------------------------------- driver
+
+#[derive(Clone, Copy)]
+enum Target {
+    /// median(ours) / median(null) at least this.
+    Null(f64),
+    /// median(ours) at least `factor` × the NATS reference figure `nats`.
+    Nats { factor: f64, nats: f64 },
+    /// Printed for information.
+    Info(&'static str),
+}
+
+/// Results of one workload at one value size and fsync policy over all repetitions.
+struct Row {
+    workload: &'static str,
+    producers: usize,
+    size: usize,
+    fsync: Fsync,
+    target: Target,
+    ours: Vec<Figure>,
+    null: Vec<Figure>,
+}
+
+struct Bench<'a> {
+    settings: &'a Settings,
+    server_rt: &'a Runtime,
+    client_rt: &'a Runtime,
+}
+
+impl Bench<'_> {
+    fn size(&self, size: usize) -> Result<Vec<Row>> {
+        let pool = value_pool(size);
+        let mut rows = Vec::new();
+        for fsync in FSYNCS {
+            for (workload, producers) in WORKLOADS {
+                let target = match (workload, fsync, size) {
+                    ("unary Produce", Fsync::Never, _) => Target::Null(0.8),
+                    ("unary Produce", Fsync::Always, _) => Target::Info("info (target applies to `never`)"),
+                    ("ProduceStream", Fsync::Never, 1024) => Target::Nats { factor: 2.0, nats: NATS_PUBLISH },
+                    ("ProduceStream", Fsync::Always, 1024) => {
+                        Target::Nats { factor: 1.0, nats: NATS_PUBLISH }
+                    }
+                    (_, _, 1024) => Target::Nats { factor: 2.0, nats: NATS_CONSUME },
+                    _ => Target::Info("–"),
+                };
+                rows.push(Row { workload, producers, size, fsync, target, ours: vec![], null: vec![] });
+            }
+        }
+        for rep in 1..=self.settings.reps {
+            let tag = format!("[{size} B, rep {rep}/{}]", self.settings.reps);
+            let mut ours = Vec::new();
+            let mut null = Vec::new();
+            for (i, fsync) in FSYNCS.into_iter().enumerate() {
+                if i == 1 {
+                    // Between the two proglog runs.
+                    let server = start_null(self.server_rt, Arc::clone(&pool))?;
+                    let (figures, _) = suite(self, server.addr, size, &pool)?;
+                    server.stop(self.server_rt, 0)?;
+                    eprintln!("{tag} null   {}", progress(&figures));
+                    null = figures;
+                }
+                let server = start_ours(self.settings, self.server_rt, fsync)?;
+                let (figures, acked) = suite(self, server.addr, size, &pool)?;
+                server.stop(self.server_rt, acked)?;
+                eprintln!("{tag} {:<6} {}", fsync_name(fsync), progress(&figures));
+                ours.push(figures);
+            }
+            for (f, figures) in ours.iter().enumerate() {
+                for (w, figure) in figures.iter().enumerate() {
+                    let row = &mut rows[f * WORKLOADS.len() + w];
+                    row.ours.push(*figure);
+                    row.null.push(null[w]);
+                }
+            }
+        }
+        Ok(rows)
+    }
+}
+
+fn progress(figures: &[Figure]) -> String {
+    let names = ["unary×1", "unary×8", "stream×1", "stream×8", "consume"];
+    let mut text: Vec<String> =
+        names.iter().zip(figures).map(|(name, figure)| format!("{name} {}", human(figure.rate))).collect();
+    text.push(format!("(unary×1 p50 {:.0} µs)", figures[0].p50_us));
+    text.join(", ")
+}
+
+// ---------------------------------------------------------------- output
+
+/// (median, min, max)
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.as_slice() {
+        [] => (f64::NAN, f64::NAN, f64::NAN),
+        [.., last] => (sorted[sorted.len() / 2], sorted[0], *last),
+    }
+}
+
+fn human(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1}k", rate / 1e3)
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
+fn spread(values: &[f64]) -> String {
+    let (median, min, max) = stats(values);
+    if values.len() > 1 {
+        format!("{} [{}..{}]", human(median), human(min), human(max))
+    } else {
+        human(median)
+    }
+}
+
+fn mb_per_s(values: &[f64], size: usize) -> String {
+    let mb = stats(values).0 * size as f64 / 1e6;
+    if mb >= 100.0 { format!("{mb:.0}") } else { format!("{mb:.1}") }
+}
+
+fn details(row: &Row, records: u64) -> String {
+    let median =
+        |figures: &[Figure], f: fn(&Figure) -> f64| stats(&figures.iter().map(f).collect::<Vec<_>>()).0;
+    match row.workload {
+        "unary Produce" => format!(
+            "latency p50/p99: proglog {:.0}/{:.0} µs, null {:.0}/{:.0} µs",
+            median(&row.ours, |f| f.p50_us),
+            median(&row.ours, |f| f.p99_us),
+            median(&row.null, |f| f.p50_us),
+            median(&row.null, |f| f.p99_us),
+        ),
+        "ProduceStream" => format!("{records} records, window {WINDOW} per producer"),
+        _ => format!("{records} records, then the stream is dropped"),
+    }
+}
+
+fn print_table(rows: &[Row], records: u64) {
+    println!(
+        "| workload | producers | value | fsync | proglog rec/s | proglog MB/s | null rec/s | null MB/s | \
+         proglog/null | target | details |"
+    );
+    println!("|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|");
+    for row in rows {
+        let ours: Vec<f64> = row.ours.iter().map(|f| f.rate).collect();
+        let null: Vec<f64> = row.null.iter().map(|f| f.rate).collect();
+        let ratio = stats(&ours).0 / stats(&null).0;
+        // Each repetition ran both back to back: their ratios show the noise.
+        let paired: Vec<f64> = ours.iter().zip(&null).map(|(ours, null)| ours / null).collect();
+        let (_, low, high) = stats(&paired);
+        let ratio_text = if paired.len() > 1 {
+            format!("{ratio:.2}× ({low:.2}–{high:.2})")
+        } else {
+            format!("{ratio:.2}×")
+        };
+        let pass = |ok: bool| if ok { "pass" } else { "**FAIL**" };
+        let verdict = match row.target {
+            Target::Null(target) => format!("≥ {target}× null: {}", pass(ratio >= target)),
+            Target::Nats { factor, nats } => {
+                let goal = factor * nats;
+                format!(
+                    "≥ {} rec/s ({factor}× NATS {}\\*): {}",
+                    human(goal),
+                    human(nats),
+                    pass(stats(&ours).0 >= goal)
+                )
+            }
+            Target::Info(text) => text.to_string(),
+        };
+        let size =
+            if row.size >= 1024 { format!("{} KiB", row.size / 1024) } else { format!("{} B", row.size) };
+        let producers = if row.workload.starts_with("Consume") {
+            "1 consumer".to_string()
+        } else {
+            row.producers.to_string()
+        };
+        println!(
+            "| {} | {producers} | {size} | {} | {} | {} | {} | {} | {ratio_text} | {verdict} | {} |",
+            row.workload,
+            fsync_name(row.fsync),
+            spread(&ours),
+            mb_per_s(&ours, row.size),
+            spread(&null),
+            mb_per_s(&null, row.size),
+            details(row, records),
+        );
+    }
+}
