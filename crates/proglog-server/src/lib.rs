@@ -32,6 +32,7 @@ mod auth;
 mod commit_log;
 mod error;
 mod local;
+mod observe;
 mod server;
 mod service;
 mod status;
@@ -42,5 +43,6 @@ pub use crate::auth::{
 pub use crate::commit_log::{CommitLog, PendingAppend};
 pub use crate::error::{LogError, ServerError};
 pub use crate::local::{Fsync, LocalLog};
+pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
 pub use crate::server::{ServerConfig, TlsFiles, serve};
 pub use crate::service::PRODUCE_STREAM_WINDOW;

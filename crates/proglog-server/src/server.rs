@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::auth::Authorizer;
+use crate::observe::{ObserveLayer, RpcObserver};
 use crate::service::LogService;
 use crate::{CommitLog, ServerError};
 
@@ -27,17 +28,19 @@ pub struct TlsFiles {
 }
 
 /// How to serve.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// TLS, or plaintext when `None`.
     pub tls: Option<TlsFiles>,
     /// Largest record value accepted (`max-record-bytes`).
     pub max_record_bytes: u64,
+    /// Where each call is logged and counted; `None` observes nothing.
+    pub observer: Option<RpcObserver>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { tls: None, max_record_bytes: 1 << 20 }
+        Self { tls: None, max_record_bytes: 1 << 20, observer: None }
     }
 }
 
@@ -83,6 +86,9 @@ pub async fn serve<L: CommitLog>(
     if config.max_record_bytes == 0 {
         return Err(ServerError::Config("max-record-bytes must be positive".into()));
     }
+    let observer = config
+        .observer
+        .unwrap_or_else(|| RpcObserver::new(slog::Logger::root(slog::Discard, slog::o!()), None));
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.load()?)?;
@@ -111,6 +117,7 @@ pub async fn serve<L: CommitLog>(
         let _ = stop_tx.send(true);
     };
     builder
+        .layer(ObserveLayer::new(observer))
         .add_service(service)
         .add_service(health_service)
         .add_service(reflection)

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Authorizer, OBJECT_WILDCARD, action};
+use crate::observe::ServedOffset;
 use crate::status::permission_denied;
 use crate::{CommitLog, LogError, PendingAppend};
 
@@ -60,6 +61,12 @@ impl<L: CommitLog> LogService<L> {
     }
 }
 
+/// Tags a response with the offset it served, for the request log line.
+fn with_offset<T>(mut response: Response<T>, offset: u64) -> Response<T> {
+    response.extensions_mut().insert(ServedOffset(offset));
+    response
+}
+
 /// The value of a produce request, checked against the record limit.
 fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Status> {
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
@@ -78,13 +85,14 @@ impl<L: CommitLog> LogRpc for LogService<L> {
         self.authorize(&request, action::PRODUCE)?;
         let value = value_of(request.into_inner(), self.max_record_bytes)?;
         let offset = self.log.append(vec![value]).await?.await?;
-        Ok(Response::new(ProduceResponse { offset }))
+        Ok(with_offset(Response::new(ProduceResponse { offset }), offset))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         self.authorize(&request, action::CONSUME)?;
-        let record = self.log.read(request.into_inner().offset).await?;
-        Ok(Response::new(ConsumeResponse { record: Some(record) }))
+        let offset = request.into_inner().offset;
+        let record = self.log.read(offset).await?;
+        Ok(with_offset(Response::new(ConsumeResponse { record: Some(record) }), offset))
     }
 
     type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
@@ -100,7 +108,7 @@ impl<L: CommitLog> LogRpc for LogService<L> {
         }
         let (tx, rx) = mpsc::channel(CONSUME_STREAM_BUFFER);
         tokio::spawn(follow(Arc::clone(&self.log), offset, tx, self.shutdown.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(with_offset(Response::new(ReceiverStream::new(rx)), offset))
     }
 
     type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;

@@ -279,3 +279,57 @@ async fn shutdown_ends_open_streams_and_keeps_every_record() {
     );
     assert_eq!(log.log().read(0).unwrap().value, "kept");
 }
+
+#[tokio::test]
+async fn every_call_is_counted_by_method_and_code() {
+    use std::sync::Arc;
+    let recorder = Arc::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+    let handle = recorder.handle();
+    let data = tempfile::tempdir().unwrap();
+    let log = proglog_log::Log::open(data.path(), proglog_log::Config::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(
+        proglog_server::LocalLog::new(log, proglog_server::Fsync::Never, "n", addr.to_string()).unwrap(),
+    );
+    let observer =
+        proglog_server::RpcObserver::new(slog::Logger::root(slog::Discard, slog::o!()), Some(recorder));
+    let config = proglog_server::ServerConfig { observer: Some(observer), ..Default::default() };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proglog_server::serve(
+        listener,
+        log.clone(),
+        Arc::new(proglog_server::AllowAll),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = plaintext_client(addr).await;
+    client.produce(produce("one")).await.unwrap();
+    client.consume(ConsumeRequest { offset: 9 }).await.unwrap_err();
+    let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    // The cancelled stream is counted once its body is dropped by the server.
+    let rendered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let rendered = handle.render();
+            if rendered.contains("method=\"ConsumeStream\"") {
+                return rendered;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(rendered.contains("proglog_rpc_requests_total{method=\"Produce\",code=\"OK\"} 1"), "{rendered}");
+    assert!(
+        rendered.contains("proglog_rpc_requests_total{method=\"Consume\",code=\"OUT_OF_RANGE\"} 1"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("proglog_rpc_duration_seconds"), "{rendered}");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    log.close().unwrap();
+}

@@ -1,0 +1,230 @@
+//! Observability of every RPC, in one tower layer rather than in each handler:
+//! a debug log line (method, subject, offset, duration, code) and the Prometheus
+//! metrics `proglog_rpc_requests_total{method,code}` and
+//! `proglog_rpc_duration_seconds{method}` (SPEC §7).
+//!
+//! A call ends when its response body ends (for streams, when the stream does),
+//! or when the body is dropped early (the client went away: `CANCELLED`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use metrics::{Key, Label, Recorder};
+use metrics_exporter_prometheus::PrometheusRecorder;
+use slog::{Logger, debug};
+use tonic::Code;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::auth::ANONYMOUS;
+
+/// Name of the request counter.
+pub const RPC_REQUESTS_TOTAL: &str = "proglog_rpc_requests_total";
+/// Name of the latency histogram.
+pub const RPC_DURATION_SECONDS: &str = "proglog_rpc_duration_seconds";
+
+/// The offset a handler served, carried to the log line in response extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServedOffset(pub(crate) u64);
+
+/// Where observations go.
+#[derive(Clone)]
+pub struct RpcObserver {
+    logger: Logger,
+    recorder: Option<Arc<PrometheusRecorder>>,
+}
+
+impl std::fmt::Debug for RpcObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcObserver").field("metrics", &self.recorder.is_some()).finish()
+    }
+}
+
+impl RpcObserver {
+    /// Logs each call at debug level to `logger`; counts it in `recorder` if given
+    /// (the agent renders that recorder at `/metrics`).
+    pub fn new(logger: Logger, recorder: Option<Arc<PrometheusRecorder>>) -> Self {
+        Self { logger, recorder }
+    }
+
+    fn finish(&self, call: &Call, code: Code) {
+        let elapsed = call.started.elapsed();
+        let code_name = code_name(code);
+        debug!(self.logger, "rpc";
+            "method" => &call.method, "subject" => &call.subject, "offset" => call.offset,
+            "duration_us" => elapsed.as_micros() as u64, "code" => code_name);
+        if let Some(recorder) = &self.recorder {
+            let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
+            let labels = vec![Label::new("method", call.method.clone()), Label::new("code", code_name)];
+            recorder.register_counter(&Key::from_parts(RPC_REQUESTS_TOTAL, labels), &metadata).increment(1);
+            let labels = vec![Label::new("method", call.method.clone())];
+            recorder
+                .register_histogram(&Key::from_parts(RPC_DURATION_SECONDS, labels), &metadata)
+                .record(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// gRPC's canonical code names, as label values.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(Code::from(value))
+}
+
+/// The tower layer to put in front of the gRPC routes.
+#[derive(Clone, Debug)]
+pub struct ObserveLayer {
+    observer: RpcObserver,
+}
+
+impl ObserveLayer {
+    pub(crate) fn new(observer: RpcObserver) -> Self {
+        Self { observer }
+    }
+}
+
+impl<S> tower::Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner, observer: self.observer.clone() }
+    }
+}
+
+/// The service the layer wraps around the routes.
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+    observer: RpcObserver,
+}
+
+/// What is known of a call while it runs.
+#[derive(Debug)]
+struct Call {
+    method: String,
+    subject: String,
+    offset: Option<u64>,
+    started: Instant,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Observe<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let observer = self.observer.clone();
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let subject = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .and_then(|certs| {
+                let der = certs.first()?;
+                let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+                Some(cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned())
+            })
+            .unwrap_or_else(|| ANONYMOUS.to_owned());
+        let started = Instant::now();
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            let offset = response.extensions().get::<ServedOffset>().map(|served| served.0);
+            let call = Call { method, subject, offset, started };
+            // A "trailers-only" response (an error) has its status in the headers.
+            let code = grpc_status(response.headers());
+            Ok(response.map(|body| ObservedBody { body, observer: Some(observer), call, code }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that reports its call when it ends.
+    pub struct ObservedBody<B> {
+        #[pin]
+        body: B,
+        observer: Option<RpcObserver>,
+        call: Call,
+        code: Option<Code>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(observer) = this.observer.take() {
+                observer.finish(this.call, this.code.unwrap_or(Code::Cancelled));
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    *this.code = Some(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => *this.code = Some(this.code.unwrap_or(Code::Internal)),
+            Poll::Ready(None) => {
+                if let Some(observer) = this.observer.take() {
+                    observer.finish(this.call, this.code.unwrap_or(Code::Ok));
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
