@@ -3,13 +3,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use proglog_server::{Authorizer, Fsync, LocalLog, ServerConfig};
+use proglog_server::{Authorizer, Fsync, LocalLog, RpcObserver, ServerConfig};
 use slog::{Logger, info};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{AgentConfig, FsyncPolicy};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
 
 /// Why the agent failed to start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,9 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The HTTP port's TLS files are unusable.
+    #[error("http tls: {0}")]
+    HttpTls(String),
     /// A task panicked or was cancelled.
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -43,8 +48,10 @@ pub struct Agent {
     logger: Logger,
     log: Arc<LocalLog>,
     rpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     rpc: JoinHandle<Result<(), proglog_server::ServerError>>,
+    http: Option<JoinHandle<()>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
@@ -64,13 +71,27 @@ impl Agent {
         )
         .await?;
         let tls = config.server_tls();
-        if let Some(tls) = &tls {
-            tls.load()?; // report a bad certificate before anything is written
-        }
+        let http_tls = match &tls {
+            Some(tls) => {
+                tls.load()?; // report a bad certificate before anything is written
+                Some(http::tls_config(tls).map_err(AgentError::HttpTls)?)
+            }
+            None => None,
+        };
         let rpc_listener = bind(config.rpc_addr()).await?;
         let rpc_addr = rpc_listener
             .local_addr()
             .map_err(|source| AgentError::Bind { addr: config.rpc_addr(), source })?;
+        let http_listener = match config.http_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let http_addr = match &http_listener {
+            Some(listener) => {
+                Some(listener.local_addr().map_err(|source| AgentError::Bind { addr: rpc_addr, source })?)
+            }
+            None => None,
+        };
 
         let log_dir = config.data_dir.join("log");
         let log = proglog_log::Log::open(&log_dir, config.log_config())?;
@@ -85,7 +106,10 @@ impl Agent {
         let log = Arc::new(LocalLog::new(log, fsync, config.node_name.clone(), rpc_addr.to_string())?);
 
         let (stop, stopped) = watch::channel(false);
-        let server_config = ServerConfig { tls, max_record_bytes: config.max_record_bytes };
+        let metrics = Metrics::new();
+        let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
+        let server_config =
+            ServerConfig { tls, max_record_bytes: config.max_record_bytes, observer: Some(observer) };
         let mut rpc_stopped = stopped.clone();
         let rpc = tokio::spawn(proglog_server::serve(
             rpc_listener,
@@ -96,14 +120,28 @@ impl Agent {
                 let _ = rpc_stopped.wait_for(|stop| *stop).await;
             },
         ));
-        info!(logger, "serving"; "rpc_addr" => %rpc_addr, "tls" => config.server_tls_cert_file.is_some(),
-            "fsync" => ?config.fsync);
-        Ok(Self { logger, log, rpc_addr, stop, rpc })
+        let http = http_listener.map(|listener| {
+            let state = HttpState {
+                log: Arc::clone(&log),
+                authorizer,
+                metrics,
+                max_record_bytes: config.max_record_bytes,
+            };
+            tokio::spawn(http::serve(listener, Arc::new(state), http_tls, stopped, logger.clone()))
+        });
+        info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => ?http_addr,
+            "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
+        Ok(Self { logger, log, rpc_addr, http_addr, stop, rpc, http })
     }
 
     /// The address the gRPC service listens on.
     pub fn rpc_addr(&self) -> SocketAddr {
         self.rpc_addr
+    }
+
+    /// The address the HTTP API listens on, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The log this agent serves.
@@ -117,6 +155,9 @@ impl Agent {
         info!(self.logger, "shutting down");
         let _ = self.stop.send(true);
         let served = self.rpc.await;
+        if let Some(http) = self.http {
+            http.await?;
+        }
         let closed = self.log.close();
         served??;
         closed?;

@@ -19,6 +19,8 @@
 
 mod agent;
 mod config;
+mod http;
+mod metrics;
 
 pub use crate::agent::{Agent, AgentError};
 pub use crate::config::{
