@@ -129,7 +129,7 @@ impl Agent {
             };
             tokio::spawn(http::serve(listener, Arc::new(state), http_tls, stopped, logger.clone()))
         });
-        info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => ?http_addr,
+        info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => http_addr.map(|addr| addr.to_string()).unwrap_or_default(),
             "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
         Ok(Self { logger, log, rpc_addr, http_addr, stop, rpc, http })
     }

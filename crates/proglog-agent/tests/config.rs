@@ -1,0 +1,87 @@
+//! Config precedence and validation: defaults < file < flags; every error names
+//! its key.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::time::Duration;
+
+use clap::Parser;
+use proglog_agent::{AgentConfig, ConfigLayer, FsyncPolicy};
+
+fn flags(args: &[&str]) -> ConfigLayer {
+    ConfigLayer::try_parse_from(std::iter::once("proglog-agent").chain(args.iter().copied())).unwrap()
+}
+
+fn error_key(args: &[&str]) -> String {
+    AgentConfig::load(flags(args)).unwrap_err().key
+}
+
+#[test]
+fn the_example_config_parses_to_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proglog-agent.example.toml");
+    let config = AgentConfig::load(flags(&["--config-file", path])).unwrap();
+    let defaults = AgentConfig { node_name: "node-0".into(), ..AgentConfig::default() };
+    assert_eq!(config, defaults);
+}
+
+#[test]
+fn no_flags_is_a_single_node_on_loopback() {
+    let config = AgentConfig::load(flags(&[])).unwrap();
+    assert!(config.bootstrap);
+    assert_eq!(config.rpc_addr().to_string(), "127.0.0.1:8400");
+    assert_eq!(config.http_addr.unwrap().to_string(), "127.0.0.1:8402");
+    assert_eq!(config.fsync, FsyncPolicy::Always);
+    assert_eq!(config.max_record_bytes, 1 << 20);
+}
+
+#[test]
+fn flags_override_the_file_and_the_file_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "fsync = \"never\"\nrpc-port = 9000\nraft-heartbeat-interval = \"50ms\"\n").unwrap();
+    let path = file.to_str().unwrap();
+    let config = AgentConfig::load(flags(&["--config-file", path, "--rpc-port", "9100"])).unwrap();
+    assert_eq!(config.fsync, FsyncPolicy::Never);
+    assert_eq!(config.rpc_port, 9100);
+    assert_eq!(config.raft_heartbeat_interval, Duration::from_millis(50));
+}
+
+#[test]
+fn bootstrap_defaults_to_true_only_without_join_addresses() {
+    let joining = AgentConfig::load(flags(&["--start-join-addrs", "127.0.0.1:9401,127.0.0.1:9402"])).unwrap();
+    assert!(!joining.bootstrap);
+    assert_eq!(joining.start_join_addrs.len(), 2);
+    let forced = AgentConfig::load(flags(&["--start-join-addrs", "127.0.0.1:9401", "--bootstrap"])).unwrap();
+    assert!(forced.bootstrap);
+}
+
+#[test]
+fn plaintext_off_loopback_needs_insecure() {
+    assert_eq!(error_key(&["--bind-addr", "0.0.0.0:8401"]), "bind-addr");
+    assert_eq!(error_key(&["--http-addr", "0.0.0.0:8402"]), "http-addr");
+    AgentConfig::load(flags(&["--bind-addr", "0.0.0.0:8401", "--http-addr", "", "--insecure"])).unwrap();
+}
+
+#[test]
+fn contradictions_name_their_key() {
+    assert_eq!(error_key(&["--server-tls-cert-file", "Cargo.toml"]), "server-tls-key-file");
+    assert_eq!(error_key(&["--acl-model-file", "Cargo.toml"]), "acl-policy-file");
+    assert_eq!(error_key(&["--server-tls-ca-file", "/nonexistent/ca.pem"]), "server-tls-ca-file");
+    assert_eq!(error_key(&["--max-record-bytes", "0"]), "max-record-bytes");
+    assert_eq!(error_key(&["--segment-max-index-bytes", "4"]), "segment-max-index-bytes");
+    assert_eq!(error_key(&["--raft-election-timeout", "200ms"]), "raft-election-timeout");
+    assert_eq!(error_key(&["--bind-addr", "not-an-address"]), "bind-addr");
+}
+
+#[test]
+fn bad_toml_names_the_key() {
+    for (text, key) in [
+        ("fsync = \"sometimes\"\n", "fsync"),
+        ("rpc-port = \"high\"\n", "rpc-port"),
+        ("no-such-key = 1\n", "no-such-key"),
+        ("raft-election-timeout = \"soon\"\n", "raft-election-timeout"),
+        ("config-file = \"x.toml\"\n", "config-file"),
+    ] {
+        assert_eq!(ConfigLayer::from_toml(text).unwrap_err().key, key, "{text}");
+    }
+}
