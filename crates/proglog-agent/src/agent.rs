@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proglog_server::{Authorizer, Fsync, LocalLog, RpcObserver, ServerConfig};
-use slog::{Logger, info};
+use slog::{Logger, info, warn};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -149,19 +150,45 @@ impl Agent {
         &self.log
     }
 
-    /// Stops accepting, finishes in-flight requests, ends streams, then syncs
-    /// and closes the log.
+    /// Stops accepting, finishes in-flight requests (for at most
+    /// [`SHUTDOWN_GRACE`]: connections still busy then are dropped), ends streams,
+    /// then syncs and closes the log.
     pub async fn shutdown(self) -> Result<(), AgentError> {
         info!(self.logger, "shutting down");
         let _ = self.stop.send(true);
-        let served = self.rpc.await;
-        if let Some(http) = self.http {
-            http.await?;
-        }
+        let served = within_grace(self.rpc, &self.logger, "rpc").await;
+        let http = match self.http {
+            Some(http) => within_grace(http, &self.logger, "http").await.map(|_| ()),
+            None => Ok(()),
+        };
         let closed = self.log.close();
-        served??;
+        served?.transpose()?;
+        http?;
         closed?;
         info!(self.logger, "stopped");
         Ok(())
+    }
+}
+
+/// How long shutdown waits for in-flight requests and for clients to hang up.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Waits for a serving task to wind down; after the grace period aborts it
+/// (dropping its connections). `None` when it had to be aborted.
+async fn within_grace<T>(
+    mut task: JoinHandle<T>,
+    logger: &Logger,
+    what: &'static str,
+) -> Result<Option<T>, tokio::task::JoinError> {
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+        Ok(result) => result.map(Some),
+        Err(_) => {
+            warn!(logger, "connections still open after the grace period; closing them"; "listener" => what);
+            task.abort();
+            match task.await {
+                Err(error) if error.is_cancelled() => Ok(None),
+                other => other.map(Some),
+            }
+        }
     }
 }

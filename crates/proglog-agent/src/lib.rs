@@ -22,7 +22,7 @@ mod config;
 mod http;
 mod metrics;
 
-pub use crate::agent::{Agent, AgentError};
+pub use crate::agent::{Agent, AgentError, SHUTDOWN_GRACE};
 pub use crate::config::{
     AgentConfig, ConfigError, ConfigLayer, FsyncPolicy, HumanDuration, LogFormat, LogLevel,
 };

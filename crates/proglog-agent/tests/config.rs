@@ -38,7 +38,8 @@ fn no_flags_is_a_single_node_on_loopback() {
 fn flags_override_the_file_and_the_file_overrides_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
-    std::fs::write(&file, "fsync = \"never\"\nrpc-port = 9000\nraft-heartbeat-interval = \"50ms\"\n").unwrap();
+    std::fs::write(&file, "fsync = \"never\"\nrpc-port = 9000\nraft-heartbeat-interval = \"50ms\"\n")
+        .unwrap();
     let path = file.to_str().unwrap();
     let config = AgentConfig::load(flags(&["--config-file", path, "--rpc-port", "9100"])).unwrap();
     assert_eq!(config.fsync, FsyncPolicy::Never);

@@ -1,0 +1,222 @@
+//! `--addr` parsing and the tonic endpoint (plaintext, TLS, mutual TLS).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::UsageError;
+
+/// How long to wait for a server's TCP (and TLS) handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server `--addr` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// Host name or IP address, without IPv6 brackets.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl Target {
+    /// Parses `host:port`, `proglog://host:port` or `proglog:///host:port` (IPv6 hosts in
+    /// brackets). The `proglog://` forms will select the leader-aware client; until it
+    /// exists they dial that one server too.
+    pub(crate) fn parse(addr: &str) -> Result<Self, UsageError> {
+        let bad = |why: &str| UsageError(format!("invalid --addr '{addr}': {why}"));
+        let host_port = match addr.split_once("://") {
+            Some(("proglog", rest)) => rest.strip_prefix('/').unwrap_or(rest),
+            Some((scheme, _)) => {
+                return Err(bad(&format!(
+                    "unsupported scheme '{scheme}' (use host:port or proglog://host:port)"
+                )));
+            }
+            None => addr,
+        };
+        if host_port.is_empty() {
+            return Err(bad("expected host:port"));
+        }
+        if host_port.contains(['/', ',', '?', '#', '@']) || host_port.chars().any(char::is_whitespace) {
+            return Err(bad("expected a single host:port"));
+        }
+        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+            let (host, rest) = bracketed.split_once(']').ok_or_else(|| bad("unclosed '[' in the host"))?;
+            let port = rest.strip_prefix(':').ok_or_else(|| bad("expected host:port"))?;
+            (host, port)
+        } else {
+            let (host, port) = host_port.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+            if host.contains(':') {
+                return Err(bad("put an IPv6 address in brackets, as in [::1]:8400"));
+            }
+            (host, port)
+        };
+        if host.is_empty() {
+            return Err(bad("the host is empty"));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(bad(&format!("'{port}' is not a port number"))),
+        };
+        Ok(Self { host: host.to_owned(), port })
+    }
+
+    /// `host:port`, with an IPv6 host in brackets.
+    pub(crate) fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// TLS material: on iff a CA file is given.
+#[derive(Debug)]
+pub(crate) struct TlsOptions {
+    ca_file: PathBuf,
+    /// Client certificate and key (mutual TLS).
+    identity: Option<(PathBuf, PathBuf)>,
+    server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Checks that the flags fit together; `None` means plaintext.
+    pub(crate) fn new(
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+        server_name: Option<String>,
+    ) -> Result<Option<Self>, UsageError> {
+        let identity = match (cert_file, key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => return Err(UsageError("--cert-file needs --key-file".into())),
+            (None, Some(_)) => return Err(UsageError("--key-file needs --cert-file".into())),
+        };
+        let Some(ca_file) = ca_file else {
+            if identity.is_some() {
+                return Err(UsageError("--cert-file and --key-file need --ca-file (TLS)".into()));
+            }
+            if server_name.is_some() {
+                return Err(UsageError("--server-name needs --ca-file (TLS)".into()));
+            }
+            return Ok(None);
+        };
+        if server_name.as_deref().is_some_and(str::is_empty) {
+            return Err(UsageError("--server-name is empty".into()));
+        }
+        Ok(Some(Self { ca_file, identity, server_name }))
+    }
+
+    /// Whether a client certificate is presented.
+    pub(crate) fn has_identity(&self) -> bool {
+        self.identity.is_some()
+    }
+}
+
+/// Reads a PEM file; the error names the flag and the file.
+fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .map_err(|error| anyhow::anyhow!("cannot read {flag} {}: {error}", path.display()))?;
+    if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
+        anyhow::bail!("{flag} {} holds no PEM block", path.display());
+    }
+    Ok(bytes)
+}
+
+/// The endpoint for `target`: `http://` without TLS, `https://` verifying the server
+/// against the CA (and presenting the client certificate) with it.
+pub(crate) fn endpoint(target: &Target, tls: Option<&TlsOptions>) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = format!("{scheme}://{}", target.authority());
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|error| UsageError(format!("invalid --addr {}: {error}", target.authority())))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let Some(tls) = tls else {
+        return Ok(endpoint);
+    };
+    let server_name = tls.server_name.clone().unwrap_or_else(|| target.host.clone());
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read_pem("--ca-file", &tls.ca_file)?))
+        .domain_name(server_name);
+    if let Some((cert, key)) = &tls.identity {
+        config =
+            config.identity(Identity::from_pem(read_pem("--cert-file", cert)?, read_pem("--key-file", key)?));
+    }
+    endpoint
+        .tls_config(config)
+        .map_err(|error| anyhow::anyhow!("invalid TLS settings: {}", error_chain(&error)))
+}
+
+/// An error and its sources as `a: b: c`, skipping a source whose text repeats the
+/// previous one.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut last = message.clone();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !last.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        last = text;
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(host: &str, port: u16) -> Target {
+        Target { host: host.into(), port }
+    }
+
+    #[test]
+    fn parses_every_address_form() {
+        assert_eq!(Target::parse("127.0.0.1:8400").ok(), Some(target("127.0.0.1", 8400)));
+        assert_eq!(Target::parse("proglog://node-1:9000").ok(), Some(target("node-1", 9000)));
+        assert_eq!(Target::parse("proglog:///localhost:1").ok(), Some(target("localhost", 1)));
+        assert_eq!(Target::parse("[::1]:8400").ok(), Some(target("::1", 8400)));
+        assert_eq!(
+            Target::parse("proglog://[::1]:8400").map(|t| t.authority()).ok(),
+            Some("[::1]:8400".into())
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_addresses_with_the_reason() {
+        for (addr, reason) in [
+            ("", "expected host:port"),
+            ("localhost", "expected host:port"),
+            (":8400", "the host is empty"),
+            ("host:http", "not a port number"),
+            ("host:0", "not a port number"),
+            ("host:65536", "not a port number"),
+            ("::1:8400", "brackets"),
+            ("[::1", "unclosed"),
+            ("http://host:1", "unsupported scheme 'http'"),
+            ("proglog://a:1,b:2", "single host:port"),
+            ("proglog://host:1/path", "single host:port"),
+        ] {
+            match Target::parse(addr) {
+                Ok(target) => panic!("{addr:?} parsed as {target:?}"),
+                Err(error) => assert!(error.0.contains(reason), "{addr:?}: {error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn tls_flags_must_fit_together() {
+        let path = || Some(PathBuf::from("x.pem"));
+        assert!(matches!(TlsOptions::new(None, None, None, None), Ok(None)));
+        assert!(matches!(TlsOptions::new(path(), None, None, None), Ok(Some(_))));
+        assert!(matches!(TlsOptions::new(path(), path(), path(), Some("localhost".into())), Ok(Some(_))));
+        assert!(TlsOptions::new(path(), path(), None, None).is_err());
+        assert!(TlsOptions::new(path(), None, path(), None).is_err());
+        assert!(TlsOptions::new(None, path(), path(), None).is_err());
+        assert!(TlsOptions::new(None, None, None, Some("localhost".into())).is_err());
+    }
+}
