@@ -240,6 +240,46 @@ async fn kill_9_during_produces_loses_no_acknowledged_record() {
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
 
+/// The `proglog` CLI against the agent, with stdin: (exit code, stdout).
+async fn cli(args: &[&str], stdin: &str) -> (Option<i32>, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_proglog"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let output =
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn the_cli_and_http_produce_and_consume_on_the_real_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let addr = agent.rpc.to_string();
+    assert_eq!(cli(&["--addr", &addr, "produce", "one", "two"], "").await, (Some(0), "0\n1\n".into()));
+    assert_eq!(cli(&["--addr", &addr, "produce"], "three\nfour\n").await, (Some(0), "2\n3\n".into()));
+    let (status, body) = http(agent.http(), "GET", "/records/2", None);
+    assert_eq!((status, body.as_str()), (200, r#"{"record":{"offset":2,"value":"dGhyZWU="}}"#));
+    http(agent.http(), "POST", "/records", Some(r#"{"record":{"value":"Zml2ZQ=="}}"#));
+    let (code, out) = cli(&["--addr", &addr, "consume", "--offset", "1"], "").await;
+    assert_eq!((code, out.as_str()), (Some(0), "two\nthree\nfour\nfive\n"));
+    let (code, out) =
+        cli(&["--addr", &addr, "--output", "json", "consume", "--offset", "4", "--count", "1"], "").await;
+    assert_eq!((code, out.as_str()), (Some(0), "{\"offset\":4,\"value\":\"Zml2ZQ==\"}\n"));
+    let (code, out) = cli(&["--addr", &addr, "servers"], "").await;
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("black-box ") && out.contains(&addr), "{out}");
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}
+
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(AGENT).args(args).output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
