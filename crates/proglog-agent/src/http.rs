@@ -220,15 +220,6 @@ pub(crate) fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-fn subject_of(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> String {
-    certs
-        .and_then(|certs| {
-            let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-            Some(cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned())
-        })
-        .unwrap_or_else(|| ANONYMOUS.to_owned())
-}
-
 /// Serves until `stop` turns true, then lets open connections finish their
 /// requests and returns once all are closed.
 pub(crate) async fn serve(
@@ -261,7 +252,8 @@ pub(crate) async fn serve(
                     let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                         Ok(Ok(stream)) => {
-                            let subject = subject_of(stream.get_ref().1.peer_certificates());
+                            let subject =
+                                proglog_server::subject_of_chain(stream.get_ref().1.peer_certificates());
                             (Box::new(stream), subject)
                         }
                         Ok(Err(error)) => {

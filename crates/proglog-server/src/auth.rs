@@ -100,18 +100,22 @@ pub async fn authorizer_from_files(
     }
 }
 
+/// The identity a certificate chain names: the Common Name of its first (leaf)
+/// certificate, or [`ANONYMOUS`] without a chain or a CN. The chain must already
+/// have been verified by the TLS layer.
+pub fn subject_of_chain<C: AsRef<[u8]>>(chain: Option<&[C]>) -> String {
+    chain
+        .and_then(|chain| {
+            let (_, cert) = x509_parser::parse_x509_certificate(chain.first()?.as_ref()).ok()?;
+            Some(cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned())
+        })
+        .unwrap_or_else(|| ANONYMOUS.to_owned())
+}
+
 /// The caller's identity: the Common Name of its verified client certificate, or
 /// [`ANONYMOUS`] without one.
 pub fn subject<T>(request: &Request<T>) -> String {
-    request
-        .peer_certs()
-        .and_then(|certs| {
-            let der = certs.first()?;
-            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-            let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
-            Some(cn)
-        })
-        .unwrap_or_else(|| ANONYMOUS.to_owned())
+    subject_of_chain(request.peer_certs().as_deref().map(Vec::as_slice))
 }
 
 #[cfg(test)]

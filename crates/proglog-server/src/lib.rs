@@ -39,6 +39,7 @@ mod status;
 
 pub use crate::auth::{
     ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject,
+    subject_of_chain,
 };
 pub use crate::commit_log::{CommitLog, PendingAppend};
 pub use crate::error::{LogError, ServerError};

@@ -19,7 +19,7 @@ use slog::{Logger, debug};
 use tonic::Code;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::auth::ANONYMOUS;
+use crate::auth::subject_of_chain;
 
 /// Name of the request counter.
 pub const RPC_REQUESTS_TOTAL: &str = "proglog_rpc_requests_total";
@@ -151,16 +151,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let observer = self.observer.clone();
         let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
-        let subject = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs())
-            .and_then(|certs| {
-                let der = certs.first()?;
-                let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-                Some(cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned())
-            })
-            .unwrap_or_else(|| ANONYMOUS.to_owned());
+        let chain =
+            request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs());
+        let subject = subject_of_chain(chain.as_deref().map(Vec::as_slice));
         let started = Instant::now();
         Box::pin(async move {
             let response = inner.call(request).await?;
