@@ -45,8 +45,9 @@ fn bench(args: &[String]) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
-    for (_, package) in selected {
-        let mut cargo_args = vec!["bench", "--package", package, "--"];
+    for (bench, package) in selected {
+        // Only the named bench target: the libraries' unit-test harnesses reject `--quick`.
+        let mut cargo_args = vec!["bench", "--package", package, "--bench", bench, "--"];
         cargo_args.extend(extra.iter().map(|arg| arg.as_str()));
         run("cargo", &cargo_args)?;
     }

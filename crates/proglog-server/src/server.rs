@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proglog_api::v1::log_server::LogServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::auth::Authorizer;
@@ -122,7 +122,8 @@ pub async fn serve<L: CommitLog>(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+        // Small responses (ProduceStream acks) must not wait for Nagle's algorithm.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stopping)
         .await?;
     Ok(())
 }
