@@ -18,29 +18,6 @@ use crate::{Config, Record};
 /// bounds how long the leader's own call can take.
 const MAX_LEADER_ROUNDS: u32 = 4;
 
-/// Written store bytes after which the appender asks the kernel to start writing
-/// them back (without waiting). A segment's roll-time fsync, and any `sync`,
-/// then finds little dirty data, so appends without syncs do not stall for the
-/// whole segment at each roll.
-const WRITEBACK_BYTES: u64 = 8 << 20;
-
-/// Starts asynchronous writeback of `from..to` of `file` (Linux); a hint, so
-/// failures are ignored: `sync` reports real errors.
-fn start_writeback(file: &File, from: u64, to: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (Ok(offset), Ok(len)) = (libc::off64_t::try_from(from), libc::off64_t::try_from(to - from))
-        else {
-            return;
-        };
-        // SAFETY: a plain syscall on an open descriptor; no memory is passed.
-        unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, from, to);
-}
-
 /// Name of the lock file that keeps two processes from opening one directory.
 const LOCK_FILE: &str = "LOCK";
 /// Written by [`Log::close`] after everything is durable; removed (durably) by
@@ -78,9 +55,6 @@ struct Writer {
     next: u64,
     /// Store length including `buf`.
     end: u64,
-    /// Store position from which written bytes have not yet been handed to
-    /// background writeback.
-    writeback_from: u64,
 }
 
 #[derive(Debug)]
@@ -201,7 +175,6 @@ impl Log {
         let active = Arc::clone(segments.last().expect("at least one segment"));
         let (next, end) = (active.next(), active.end());
         let writer = Writer {
-            writeback_from: end,
             buf: Vec::with_capacity(config.write_buffer_bytes),
             index_buf: Vec::new(),
             buf_first: next,
@@ -492,7 +465,6 @@ impl Log {
         writer.next = active.next();
         writer.end = active.end();
         writer.buf_position = writer.end;
-        writer.writeback_from = writer.end;
         writer.buf_first = writer.next;
         writer.active = active;
         self.appended_next.store(writer.next, Ordering::Release);
@@ -615,10 +587,6 @@ impl Log {
                 .map_err(|error| self.fail(error))?;
             writer.buf_position += writer.buf.len() as u64;
             writer.buf_first = writer.next;
-            if writer.buf_position - writer.writeback_from >= WRITEBACK_BYTES {
-                start_writeback(active.store(), writer.writeback_from, writer.buf_position);
-                writer.writeback_from = writer.buf_position;
-            }
             writer.buf.clear();
             writer.index_buf.clear();
             if writer.buf.capacity() > 4 * self.config.write_buffer_bytes.max(1 << 20) {
@@ -647,7 +615,6 @@ impl Log {
         let fresh = result.map_err(|error| self.fail(error))?;
         writer.end = fresh.end();
         writer.buf_position = writer.end;
-        writer.writeback_from = writer.end;
         writer.active = fresh;
         Ok(())
     }
