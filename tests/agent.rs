@@ -22,6 +22,8 @@ struct Agent {
     child: Child,
     rpc: SocketAddr,
     http_addr: Option<SocketAddr>,
+    /// The agent's log lines (JSON) after "serving".
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Agent {
@@ -57,13 +59,19 @@ impl Agent {
                 break line;
             }
         };
-        // Keep draining the log so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the agent never blocks on a full pipe; tests
+        // may read what it says.
+        let (log_tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = log_tx.send(line);
+            }
+        });
         let field = |name: &str| -> Option<SocketAddr> {
             let start = serving.find(&format!("\"{name}\":\""))? + name.len() + 4;
             serving[start..].split('"').next()?.parse().ok()
         };
-        Self { rpc: field("rpc_addr").unwrap(), http_addr: field("http_addr"), child }
+        Self { rpc: field("rpc_addr").unwrap(), http_addr: field("http_addr"), child, log }
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -277,6 +285,31 @@ async fn the_cli_and_http_produce_and_consume_on_the_real_agent() {
     let (code, out) = cli(&["--addr", &addr, "servers"], "").await;
     assert_eq!(code, Some(0));
     assert!(out.starts_with("black-box ") && out.contains(&addr), "{out}");
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn each_request_gets_one_structured_debug_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &["--log-level", "debug"]);
+    let mut client = agent.grpc().await;
+    client.produce(produce("logged")).await.unwrap();
+    client.consume(ConsumeRequest { offset: 5 }).await.unwrap_err();
+    let wanted = [
+        [r#""method":"Produce""#, r#""code":"OK""#, r#""offset":0"#],
+        [r#""method":"Consume""#, r#""code":"OUT_OF_RANGE""#, r#""offset":5"#],
+    ];
+    for fields in wanted {
+        let line = loop {
+            let line = agent.log.recv_timeout(Duration::from_secs(10)).expect("a request line");
+            if line.contains(r#""msg":"rpc""#) && line.contains(fields[0]) {
+                break line;
+            }
+        };
+        assert!(fields.iter().all(|field| line.contains(field)), "{line}");
+        assert!(line.contains(r#""subject":"anonymous""#) && line.contains("duration_us"), "{line}");
+    }
+    drop(client);
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
 

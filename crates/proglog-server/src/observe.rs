@@ -26,9 +26,19 @@ pub const RPC_REQUESTS_TOTAL: &str = "proglog_rpc_requests_total";
 /// Name of the latency histogram.
 pub const RPC_DURATION_SECONDS: &str = "proglog_rpc_duration_seconds";
 
-/// The offset a handler served, carried to the log line in response extensions.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ServedOffset(pub(crate) u64);
+/// Where a handler notes the offset a call concerns (set through the request's
+/// extensions, so it is known for failed calls too).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OffsetSlot(Arc<std::sync::OnceLock<u64>>);
+
+impl OffsetSlot {
+    /// Notes `offset` on the call that carries `extensions` (if observed).
+    pub(crate) fn note(extensions: &http::Extensions, offset: u64) {
+        if let Some(slot) = extensions.get::<OffsetSlot>() {
+            let _ = slot.0.set(offset);
+        }
+    }
+}
 
 /// Where observations go.
 #[derive(Clone)]
@@ -145,7 +155,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         // The clone that was polled ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -154,10 +164,12 @@ where
         let chain =
             request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs());
         let subject = subject_of_chain(chain.as_deref().map(Vec::as_slice));
+        let slot = OffsetSlot::default();
+        request.extensions_mut().insert(slot.clone());
         let started = Instant::now();
         Box::pin(async move {
             let response = inner.call(request).await?;
-            let offset = response.extensions().get::<ServedOffset>().map(|served| served.0);
+            let offset = slot.0.get().copied();
             let call = Call { method, subject, offset, started };
             // A "trailers-only" response (an error) has its status in the headers.
             let code = grpc_status(response.headers());

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{self, Authorizer, OBJECT_WILDCARD, action};
-use crate::observe::ServedOffset;
+use crate::observe::OffsetSlot;
 use crate::status::permission_denied;
 use crate::{CommitLog, LogError, PendingAppend};
 
@@ -61,12 +61,6 @@ impl<L: CommitLog> LogService<L> {
     }
 }
 
-/// Tags a response with the offset it served, for the request log line.
-fn with_offset<T>(mut response: Response<T>, offset: u64) -> Response<T> {
-    response.extensions_mut().insert(ServedOffset(offset));
-    response
-}
-
 /// The value of a produce request, checked against the record limit.
 fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Status> {
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
@@ -83,16 +77,19 @@ fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Sta
 impl<L: CommitLog> LogRpc for LogService<L> {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         self.authorize(&request, action::PRODUCE)?;
-        let value = value_of(request.into_inner(), self.max_record_bytes)?;
+        let (_, extensions, request) = request.into_parts();
+        let value = value_of(request, self.max_record_bytes)?;
         let offset = self.log.append(vec![value]).await?.await?;
-        Ok(with_offset(Response::new(ProduceResponse { offset }), offset))
+        OffsetSlot::note(&extensions, offset);
+        Ok(Response::new(ProduceResponse { offset }))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         self.authorize(&request, action::CONSUME)?;
-        let offset = request.into_inner().offset;
+        let offset = request.get_ref().offset;
+        OffsetSlot::note(request.extensions(), offset);
         let record = self.log.read(offset).await?;
-        Ok(with_offset(Response::new(ConsumeResponse { record: Some(record) }), offset))
+        Ok(Response::new(ConsumeResponse { record: Some(record) }))
     }
 
     type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
@@ -102,13 +99,14 @@ impl<L: CommitLog> LogRpc for LogService<L> {
         request: Request<ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         self.authorize(&request, action::CONSUME)?;
-        let offset = request.into_inner().offset;
+        let offset = request.get_ref().offset;
+        OffsetSlot::note(request.extensions(), offset);
         if offset < self.log.lowest_offset() {
             return Err(LogError::OutOfRange { offset }.into());
         }
         let (tx, rx) = mpsc::channel(CONSUME_STREAM_BUFFER);
         tokio::spawn(follow(Arc::clone(&self.log), offset, tx, self.shutdown.clone()));
-        Ok(with_offset(Response::new(ReceiverStream::new(rx)), offset))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
