@@ -35,6 +35,9 @@
 //!    (`Log::sync_count`): the throughput of back-to-back fdatasyncs of the same
 //!    batches, i.e. what a perfect group commit at that batch size would reach.
 
+mod support;
+use support::{mb_per_s, rate, spread, stats};
+
 use std::fs::OpenOptions;
 use std::hint::black_box;
 use std::io::Write;
@@ -294,10 +297,6 @@ fn percentiles_us(nanos: &mut [u64]) -> (f64, f64) {
 
 fn elapsed_ns(since: Instant) -> u64 {
     since.elapsed().as_nanos() as u64
-}
-
-fn rate(records: u64, elapsed: Duration) -> f64 {
-    records as f64 / elapsed.as_secs_f64()
 }
 
 // ---------------------------------------------------------------- workloads
@@ -682,40 +681,6 @@ fn bench_size(settings: &Settings, size: usize) -> Result<Vec<Row>> {
 }
 
 // ---------------------------------------------------------------- output
-
-/// (median, min, max)
-fn stats(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.as_slice() {
-        [] => (f64::NAN, f64::NAN, f64::NAN),
-        [.., last] => (sorted[sorted.len() / 2], sorted[0], *last),
-    }
-}
-
-fn human(rate: f64) -> String {
-    if rate >= 1e6 {
-        format!("{:.2}M", rate / 1e6)
-    } else if rate >= 1e3 {
-        format!("{:.1}k", rate / 1e3)
-    } else {
-        format!("{rate:.0}")
-    }
-}
-
-fn spread(values: &[f64]) -> String {
-    let (median, min, max) = stats(values);
-    if values.len() > 1 {
-        format!("{} [{}..{}]", human(median), human(min), human(max))
-    } else {
-        human(median)
-    }
-}
-
-fn mb_per_s(values: &[f64], size: usize) -> String {
-    let mb = stats(values).0 * size as f64 / 1e6;
-    if mb >= 100.0 { format!("{mb:.0}") } else { format!("{mb:.1}") }
-}
 
 fn details(row: &Row) -> String {
     let m = |name| row.median_metric(name);

@@ -67,6 +67,10 @@
 //! with `always`; ConsumeStream at 1 KiB ≥ 2× NATS's 203k rec/s. The NATS figures
 //! are a reference measured on this machine earlier, not in this run.
 
+#[path = "../../proglog-log/benches/support/mod.rs"]
+mod support;
+use support::{human, mb_per_s, rate, spread, stats};
+
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -306,10 +310,6 @@ fn percentiles_us(nanos: &mut [u64]) -> (f64, f64) {
     nanos.sort_unstable();
     let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
     (at(0.50), at(0.99))
-}
-
-fn rate(records: u64, elapsed: Duration) -> f64 {
-    records as f64 / elapsed.as_secs_f64()
 }
 
 fn fsync_name(fsync: Fsync) -> &'static str {
@@ -736,40 +736,6 @@ fn progress(figures: &[Figure]) -> String {
 }
 
 // ---------------------------------------------------------------- output
-
-/// (median, min, max)
-fn stats(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.as_slice() {
-        [] => (f64::NAN, f64::NAN, f64::NAN),
-        [.., last] => (sorted[sorted.len() / 2], sorted[0], *last),
-    }
-}
-
-fn human(rate: f64) -> String {
-    if rate >= 1e6 {
-        format!("{:.2}M", rate / 1e6)
-    } else if rate >= 1e3 {
-        format!("{:.1}k", rate / 1e3)
-    } else {
-        format!("{rate:.0}")
-    }
-}
-
-fn spread(values: &[f64]) -> String {
-    let (median, min, max) = stats(values);
-    if values.len() > 1 {
-        format!("{} [{}..{}]", human(median), human(min), human(max))
-    } else {
-        human(median)
-    }
-}
-
-fn mb_per_s(values: &[f64], size: usize) -> String {
-    let mb = stats(values).0 * size as f64 / 1e6;
-    if mb >= 100.0 { format!("{mb:.0}") } else { format!("{mb:.1}") }
-}
 
 fn details(row: &Row) -> String {
     let median =

@@ -1,0 +1,44 @@
+//! Helpers shared by the benchmarks of this workspace (included by path from
+//! `proglog-server`'s bench too): medians, human-readable rates.
+
+#![allow(dead_code)] // each bench uses its own subset
+
+use std::time::Duration;
+
+/// (median, min, max)
+pub fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.as_slice() {
+        [] => (f64::NAN, f64::NAN, f64::NAN),
+        [.., last] => (sorted[sorted.len() / 2], sorted[0], *last),
+    }
+}
+
+pub fn human(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.1}k", rate / 1e3)
+    } else {
+        format!("{rate:.0}")
+    }
+}
+
+pub fn spread(values: &[f64]) -> String {
+    let (median, min, max) = stats(values);
+    if values.len() > 1 {
+        format!("{} [{}..{}]", human(median), human(min), human(max))
+    } else {
+        human(median)
+    }
+}
+
+pub fn mb_per_s(values: &[f64], size: usize) -> String {
+    let mb = stats(values).0 * size as f64 / 1e6;
+    if mb >= 100.0 { format!("{mb:.0}") } else { format!("{mb:.1}") }
+}
+
+pub fn rate(records: u64, elapsed: Duration) -> f64 {
+    records as f64 / elapsed.as_secs_f64()
+}
