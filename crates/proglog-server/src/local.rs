@@ -17,8 +17,14 @@ pub enum Fsync {
     #[default]
     Always,
     /// After it was written to the OS (survives a process crash, not power loss).
+    /// A background thread still fsyncs every [`BACKGROUND_SYNC_INTERVAL`] while
+    /// the log grows, so a segment roll (which makes the sealed segment durable)
+    /// finds little unsynced data and never stalls appends for long.
     Never,
 }
+
+/// How often `Fsync::Never` logs are synced in the background.
+pub const BACKGROUND_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Appends waiting for the writer thread, at most.
 const QUEUE_REQUESTS: usize = 1024;
@@ -41,6 +47,8 @@ pub struct LocalLog {
     server: Server,
     committed: watch::Receiver<u64>,
     writer: Mutex<Option<(mpsc::Sender<AppendRequest>, JoinHandle<()>)>>,
+    /// With `Fsync::Never`: the background syncer and the channel that stops it.
+    syncer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for AppendRequest {
@@ -66,8 +74,28 @@ impl LocalLog {
             .name("proglog-writer".into())
             .spawn(move || write_loop(&writer_log, fsync, rx, &committed_tx))
             .map_err(|error| LogError::Internal(format!("cannot start the writer thread: {error}")))?;
+        let syncer = match fsync {
+            Fsync::Always => None,
+            Fsync::Never => {
+                let (stop, stopped) = std::sync::mpsc::channel();
+                let syncer_log = Arc::clone(&log);
+                let handle = std::thread::Builder::new()
+                    .name("proglog-syncer".into())
+                    .spawn(move || sync_in_background(&syncer_log, &stopped))
+                    .map_err(|error| {
+                        LogError::Internal(format!("cannot start the syncer thread: {error}"))
+                    })?;
+                Some((stop, handle))
+            }
+        };
         let server = Server { id: id.into(), rpc_addr: rpc_addr.into(), is_leader: true };
-        Ok(Self { log, server, committed, writer: Mutex::new(Some((tx, handle))) })
+        Ok(Self {
+            log,
+            server,
+            committed,
+            writer: Mutex::new(Some((tx, handle))),
+            syncer: Mutex::new(syncer),
+        })
     }
 
     /// The underlying log (for metrics and tests).
@@ -83,6 +111,12 @@ impl LocalLog {
         if let Some((tx, handle)) = writer {
             drop(tx);
             handle.join().map_err(|_| LogError::Internal("the writer thread panicked".into()))?;
+        }
+        let syncer =
+            self.syncer.lock().map_err(|_| LogError::Internal("syncer lock poisoned".into()))?.take();
+        if let Some((stop, handle)) = syncer {
+            drop(stop);
+            handle.join().map_err(|_| LogError::Internal("the syncer thread panicked".into()))?;
         }
         self.log.close().map_err(LogError::from)
     }
@@ -148,6 +182,22 @@ fn write_loop(
     }
     // Queue closed: everything queued is written; make it durable.
     let _ = log.sync();
+}
+
+/// Syncs the log every [`BACKGROUND_SYNC_INTERVAL`] while it grows, until
+/// `stopped` is disconnected (or a sync fails: the log has then stopped anyway).
+fn sync_in_background(log: &Log, stopped: &std::sync::mpsc::Receiver<()>) {
+    let mut synced = log.next_offset();
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(BACKGROUND_SYNC_INTERVAL)
+    {
+        let next = log.next_offset();
+        if next != synced {
+            if log.sync().is_err() {
+                return;
+            }
+            synced = next;
+        }
+    }
 }
 
 fn to_record(record: proglog_log::Record) -> Record {
