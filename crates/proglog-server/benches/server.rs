@@ -69,11 +69,11 @@
 
 #[path = "../../proglog-log/benches/support/mod.rs"]
 mod support;
-use support::{human, mb_per_s, rate, spread, stats};
+use support::{XorShift, filesystem_of, human, mb_per_s, rate, spread, stats};
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -262,36 +262,7 @@ fn cpu_model() -> Option<String> {
     Some(line.split_once(':')?.1.trim().to_string())
 }
 
-/// Type and device of the filesystem holding `path`, from /proc/mounts.
-fn filesystem_of(path: &Path) -> Option<String> {
-    let path = path.canonicalize().ok()?;
-    let mounts = fs::read_to_string("/proc/mounts").ok()?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (device, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
-            path.starts_with(mount_point).then(|| (mount_point.len(), format!("{fs_type} on {device}")))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, fs)| fs)
-}
-
 // ---------------------------------------------------------------- helpers
-
-/// xorshift64: deterministic, dependency-free.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
 
 fn value_pool(size: usize) -> Arc<Vec<Bytes>> {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ size as u64);

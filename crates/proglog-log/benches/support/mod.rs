@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each bench uses its own subset
 
+use std::path::Path;
 use std::time::Duration;
 
 /// (median, min, max)
@@ -41,4 +42,33 @@ pub fn mb_per_s(values: &[f64], size: usize) -> String {
 
 pub fn rate(records: u64, elapsed: Duration) -> f64 {
     records as f64 / elapsed.as_secs_f64()
+}
+
+/// Type and device of the filesystem holding `path`, from /proc/mounts.
+pub fn filesystem_of(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(mount_point).then(|| (mount_point.len(), format!("{fs_type} on {device}")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs)| fs)
+}
+
+/// xorshift64: deterministic, dependency-free.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
 }
