@@ -114,16 +114,7 @@ async fn produce(
     let value = BASE64
         .decode(request.record.value.as_bytes())
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("record value is not base64: {error}")))?;
-    if value.len() as u64 > state.max_record_bytes {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "record value of {} bytes exceeds max-record-bytes ({} bytes)",
-                value.len(),
-                state.max_record_bytes
-            ),
-        ));
-    }
+    proglog_server::check_record_size(value.len(), state.max_record_bytes)?;
     let offset = state.log.append(vec![Bytes::from(value)]).await?.await?;
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }

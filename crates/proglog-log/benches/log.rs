@@ -189,10 +189,7 @@ impl Settings {
     }
 
     fn tempdir(&self) -> Result<TempDir> {
-        tempfile::Builder::new()
-            .prefix("proglog-bench-")
-            .tempdir_in(&self.base_dir)
-            .with_context(|| format!("creating a temp dir in {}", self.base_dir.display()))
+        support::tempdir_in(&self.base_dir, "proglog-bench-")
     }
 
     fn print_header(&self) {

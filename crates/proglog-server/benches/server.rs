@@ -206,10 +206,7 @@ impl Settings {
     }
 
     fn tempdir(&self) -> Result<TempDir> {
-        tempfile::Builder::new()
-            .prefix("proglog-server-bench-")
-            .tempdir_in(&self.base_dir)
-            .with_context(|| format!("creating a temp dir in {}", self.base_dir.display()))
+        support::tempdir_in(&self.base_dir, "proglog-server-bench-")
     }
 
     fn print_header(&self) {

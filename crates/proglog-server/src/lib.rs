@@ -46,4 +46,4 @@ pub use crate::error::{LogError, ServerError};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
 pub use crate::server::{ServerConfig, TlsFiles, serve};
-pub use crate::service::PRODUCE_STREAM_WINDOW;
+pub use crate::service::{PRODUCE_STREAM_WINDOW, check_record_size};

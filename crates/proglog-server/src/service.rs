@@ -64,13 +64,19 @@ impl<L: CommitLog> LogService<L> {
 /// The value of a produce request, checked against the record limit.
 fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Status> {
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
-    let bytes = record.value.len() as u64;
-    if bytes > max_record_bytes {
-        return Err(Status::invalid_argument(format!(
+    check_record_size(record.value.len(), max_record_bytes)?;
+    Ok(record.value)
+}
+
+/// Rejects a record value above `max-record-bytes`, naming both sizes. Every
+/// front door (gRPC, HTTP) applies this one rule.
+pub fn check_record_size(bytes: usize, max_record_bytes: u64) -> Result<(), LogError> {
+    if bytes as u64 > max_record_bytes {
+        return Err(LogError::InvalidArgument(format!(
             "record value of {bytes} bytes exceeds max-record-bytes ({max_record_bytes} bytes)"
         )));
     }
-    Ok(record.value)
+    Ok(())
 }
 
 #[tonic::async_trait]

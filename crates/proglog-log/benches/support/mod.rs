@@ -72,3 +72,12 @@ impl XorShift {
         x
     }
 }
+
+/// A fresh temp dir under `base` whose name starts with `prefix`.
+pub fn tempdir_in(base: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .with_context(|| format!("creating a temp dir in {}", base.display()))
+}
