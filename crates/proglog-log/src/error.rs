@@ -46,6 +46,19 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A segment file is missing from the middle of the log: the segment before it
+    /// is intact but ends at `first`, and the next one starts at `next`. Found by
+    /// [`Log::open`](crate::Log::open), which changed nothing.
+    #[error("log segment {} is missing: offsets {first}..{next} are not in the log", path.display())]
+    MissingSegment {
+        /// The store file that should hold `first`.
+        path: PathBuf,
+        /// The first missing offset.
+        first: u64,
+        /// The offset the next segment starts at.
+        next: u64,
+    },
+
     /// The configuration is contradictory. Nothing was opened.
     #[error("invalid log config: {key}: {reason}")]
     InvalidConfig {

@@ -32,6 +32,13 @@ pub struct Recovery {
     pub clean_shutdown: bool,
     /// Bytes cut from the end of the active segment: a torn or damaged tail.
     pub truncated_bytes: u64,
+    /// The store file those bytes were cut from.
+    pub truncated_store: Option<PathBuf>,
+    /// Offsets that were durable and are gone: the log had been closed cleanly,
+    /// so its index recorded how many records the active segment held, but the
+    /// store no longer holds them all (damage, not a crash). The next append
+    /// reuses the first of them.
+    pub lost_offsets: Option<Range<u64>>,
     /// Index files rebuilt from their stores.
     pub rebuilt_indexes: Vec<PathBuf>,
     /// Index files without a store (left by an interrupted removal), deleted.
@@ -144,11 +151,6 @@ impl Log {
         }
         stores.sort_unstable();
         recovery.ignored_files.sort();
-        for base in indexes.into_iter().filter(|base| stores.binary_search(base).is_err()) {
-            let path = segment::index_path(&dir, base);
-            std::fs::remove_file(&path).at(&path)?;
-            recovery.removed_files.push(path);
-        }
 
         let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
         recovery.clean_shutdown = marker.exists();
@@ -158,7 +160,11 @@ impl Log {
                 Some(&next_base) => Segment::open_sealed(&dir, base, next_base - base)?,
                 None => Segment::open_active(&dir, base, recovery.clean_shutdown, &config)?,
             };
-            recovery.truncated_bytes += report.truncated_bytes;
+            if report.truncated_bytes > 0 {
+                recovery.truncated_bytes += report.truncated_bytes;
+                recovery.truncated_store = Some(segment.store_path().to_path_buf());
+            }
+            recovery.lost_offsets = report.lost;
             if report.rebuilt_index {
                 recovery.rebuilt_indexes.push(segment.index().path().to_path_buf());
             }
@@ -166,6 +172,14 @@ impl Log {
         }
         if segments.is_empty() {
             segments.push(Arc::new(Segment::create(&dir, config.initial_offset, &config)?));
+        }
+        // Only now that every segment checked out: an index without its store was
+        // left by an interrupted removal (a store is removed before its index).
+        for base in indexes.into_iter().filter(|&base| segments.iter().all(|segment| segment.base() != base))
+        {
+            let path = segment::index_path(&dir, base);
+            std::fs::remove_file(&path).at(&path)?;
+            recovery.removed_files.push(path);
         }
         if recovery.clean_shutdown {
             std::fs::remove_file(&marker).at(&marker)?;

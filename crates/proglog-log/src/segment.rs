@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,9 @@ pub(crate) struct OpenReport {
     pub(crate) truncated_bytes: u64,
     /// The index was rebuilt from the store.
     pub(crate) rebuilt_index: bool,
+    /// Offsets the index vouched for (after a clean shutdown) that the store no
+    /// longer holds: records lost to damage, not to a crash.
+    pub(crate) lost: Option<Range<u64>>,
 }
 
 #[derive(Debug)]
@@ -161,6 +165,28 @@ fn scan_store(path: &Path, file: &File, base: u64, file_len: u64) -> Result<Scan
     Ok(Scan { positions, end: position })
 }
 
+/// An intact sealed segment of `entries` records must reach the next segment,
+/// which starts `expected` records after `base`. Fewer: the next segment's file is
+/// missing. More: the two overlap (`position_of(i)` is record `i`'s position).
+fn check_count(
+    dir: &Path,
+    store_path: &Path,
+    base: u64,
+    entries: u64,
+    expected: u64,
+    position_of: impl Fn(u64) -> u64,
+) -> Result<()> {
+    let (first, next) = (base + entries, base + expected);
+    if entries < expected {
+        return Err(Error::MissingSegment { path: self::store_path(dir, first), first, next });
+    }
+    if entries > expected {
+        let reason = "sealed segment holds records past the next segment's base";
+        return Err(corrupt(store_path, position_of(expected), reason));
+    }
+    Ok(())
+}
+
 impl Segment {
     /// Creates a new, empty segment and makes its store header durable.
     pub(crate) fn create(dir: &Path, base: u64, config: &Config) -> Result<Self> {
@@ -220,36 +246,49 @@ impl Segment {
 
     /// Opens a sealed segment, which must hold exactly `expected` records (the next
     /// segment starts at `base + expected`). Only the index's ends are checked
-    /// against the store; a missing or mismatched index is rebuilt by a scan. A
-    /// store that does not hold exactly `expected` valid records is corrupt.
+    /// against the store; a missing or mismatched index is rebuilt by a scan.
+    ///
+    /// An intact segment holding fewer records means the segment after it is
+    /// missing ([`Error::MissingSegment`], naming that file); one whose records are
+    /// damaged, or that holds more, is [`Error::Corrupt`] naming this file.
     pub(crate) fn open_sealed(dir: &Path, base: u64, expected: u64) -> Result<(Self, OpenReport)> {
         let store = StoreFile::open(dir, base)?;
         Self::check_header(&store.path, &store.file, base)?;
-        if let Some((entries, true)) = Index::file_entries(&store.index_path)?
-            && entries == expected
-        {
-            let index = Index::open_sealed(&store.index_path, entries)?;
-            match store.trust(index, entries)? {
-                Ok(segment) => return Ok((segment, OpenReport::default())),
-                Err(store) => return Self::rebuild_sealed(store, expected),
+        let index_entries = match Index::file_entries(&store.index_path)? {
+            Some((entries, true)) => Some(entries),
+            _ => None,
+        };
+        let store = match index_entries {
+            Some(entries) if entries > 0 => {
+                let index = Index::open_sealed(&store.index_path, entries)?;
+                match store.trust(index, entries)? {
+                    Ok(segment) => {
+                        let index = segment.index();
+                        check_count(dir, &segment.store_path, base, entries, expected, |i| index.get(i))?;
+                        return Ok((segment, OpenReport::default()));
+                    }
+                    Err(store) => store,
+                }
             }
-        }
-        Self::rebuild_sealed(store, expected)
-    }
-
-    fn rebuild_sealed(store: StoreFile, expected: u64) -> Result<(Self, OpenReport)> {
+            _ => store,
+        };
         let scan = scan_store(&store.path, &store.file, store.base, store.len)?;
         let found = scan.positions.len() as u64;
-        if found < expected {
-            return Err(corrupt(&store.path, scan.end, "invalid record inside a sealed segment"));
+        if scan.end != store.len {
+            let reason = if found < expected {
+                "invalid record inside a sealed segment"
+            } else {
+                "sealed segment holds bytes past its last record"
+            };
+            return Err(corrupt(&store.path, scan.end, reason));
         }
-        if found > expected || scan.end != store.len {
-            let position = scan.positions.get(expected as usize).copied().unwrap_or(scan.end);
-            return Err(corrupt(&store.path, position, "sealed segment holds bytes past its last record"));
+        if found < expected && index_entries.is_some_and(|entries| entries > found) {
+            return Err(corrupt(&store.path, scan.end, "sealed store ends before its index's last record"));
         }
+        check_count(dir, &store.path, base, found, expected, |i| scan.positions[i as usize])?;
         let index = Index::rebuild_sealed(&store.index_path, &scan.positions)?;
         Ok((
-            store.into_segment(index, expected, scan.end),
+            store.into_segment(index, found, scan.end),
             OpenReport { rebuilt_index: true, ..Default::default() },
         ))
     }
@@ -274,11 +313,17 @@ impl Segment {
             }
             // A crash while the segment was being created can leave a short or
             // zeroed header; no record can follow it, so the segment is empty.
+            // After a clean shutdown, records its index vouched for are lost.
+            let vouched = match Index::file_entries(&store.index_path)? {
+                Some((entries, _)) if clean && entries > 0 => Some(base..base + entries),
+                _ => None,
+            };
             store.file.set_len(0).at(&store.path)?;
             store.file.write_all_at(&format::store_header(base), 0).at(&store.path)?;
             store.file.sync_data().at(&store.path)?;
             let index = Index::open_writable(&store.index_path, 0, config.index_capacity())?;
-            return Ok((store.into_segment(index, 0, STORE_HEADER_BYTES), OpenReport::default()));
+            let report = OpenReport { lost: vouched, ..OpenReport::default() };
+            return Ok((store.into_segment(index, 0, STORE_HEADER_BYTES), report));
         }
 
         if clean && let Some((entries, true)) = Index::file_entries(&store.index_path)? {
@@ -286,15 +331,22 @@ impl Segment {
                 Index::open_writable(&store.index_path, entries, config.index_capacity().max(entries))?;
             match store.trust(index, entries)? {
                 Ok(segment) => return Ok((segment, OpenReport::default())),
-                Err(store) => return Self::recover_active(store, config),
+                Err(store) => return Self::recover_active(store, Some(entries), config),
             }
         }
-        Self::recover_active(store, config)
+        Self::recover_active(store, None, config)
     }
 
-    fn recover_active(store: StoreFile, config: &Config) -> Result<(Self, OpenReport)> {
+    /// Scans the active store, cuts it back to its longest valid prefix and
+    /// rebuilds its index. `vouched` is the record count a clean shutdown's index
+    /// recorded: records below it that the scan no longer finds were lost.
+    fn recover_active(store: StoreFile, vouched: Option<u64>, config: &Config) -> Result<(Self, OpenReport)> {
         let scan = scan_store(&store.path, &store.file, store.base, store.len)?;
-        let mut report = OpenReport { rebuilt_index: true, ..OpenReport::default() };
+        let found = scan.positions.len() as u64;
+        let lost = vouched
+            .filter(|&entries| entries > found)
+            .map(|entries| store.base + found..store.base + entries);
+        let mut report = OpenReport { rebuilt_index: true, lost, ..OpenReport::default() };
         if scan.end < store.len {
             report.truncated_bytes = store.len - scan.end;
             store.file.set_len(scan.end).at(&store.path)?;
@@ -400,7 +452,8 @@ impl Segment {
     }
 
     /// Appends to `out` the published records from `offset` on whose frames fit in
-    /// `max_bytes` (at least one), reading them with a single positioned read.
+    /// `max_bytes` (at least one), reading them with a single positioned read. The
+    /// batch stops before a damaged record; only a damaged first record is an error.
     pub(crate) fn read_batch(&self, offset: u64, max_bytes: u64, out: &mut Vec<Record>) -> Result<()> {
         let next = self.next();
         assert!(self.base <= offset && offset < next, "read of unpublished offset {offset}");
@@ -415,7 +468,12 @@ impl Segment {
         let before = out.len();
         let mut at = 0usize;
         let mut current = offset;
-        while current < next {
+        // A damaged record ends the batch: the records before it are returned, and
+        // the error comes from the next batch, which starts at the damaged record.
+        let damage = loop {
+            if current >= next {
+                break None;
+            }
             match format::decode_frame(&buf[at..], current) {
                 Frame::Valid { len } => {
                     let value_start = at + FRAME_HEADER_BYTES as usize;
@@ -426,17 +484,16 @@ impl Segment {
                 }
                 // A published frame cannot run past the published end.
                 Frame::Incomplete { .. } if len == end - start => {
-                    return Err(corrupt(
-                        &self.store_path,
-                        start + at as u64,
-                        "record length runs past the store",
-                    ));
+                    break Some("record length runs past the store");
                 }
-                Frame::Incomplete { .. } => break,
-                Frame::BadChecksum => {
-                    return Err(corrupt(&self.store_path, start + at as u64, "record checksum mismatch"));
-                }
+                Frame::Incomplete { .. } => break None,
+                Frame::BadChecksum => break Some("record checksum mismatch"),
             }
+        };
+        if let Some(reason) = damage
+            && out.len() == before
+        {
+            return Err(corrupt(&self.store_path, start + at as u64, reason));
         }
         if out.len() == before {
             // The first record alone is larger than `max_bytes`.
