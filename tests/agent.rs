@@ -313,6 +313,20 @@ async fn each_request_gets_one_structured_debug_line() {
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
 
+/// The debug line above comes from a debug build; users run release builds, where
+/// slog compiles out every level above its `release_max_level_*` feature. The
+/// binary's package must keep all of them.
+#[test]
+fn release_builds_keep_debug_and_trace_lines() {
+    let manifest: toml::Table =
+        toml::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))).unwrap();
+    let features = manifest["dependencies"]["slog"]["features"].as_array().unwrap();
+    for wanted in ["max_level_trace", "release_max_level_trace"] {
+        assert!(features.iter().any(|feature| feature.as_str() == Some(wanted)), "slog needs {wanted}");
+    }
+    assert_eq!(slog::__slog_static_max_level(), slog::FilterLevel::Trace);
+}
+
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(AGENT).args(args).output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     };
     // One crypto provider for every TLS config in the process (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    raise_descriptor_limit();
     let (logger, _flush_on_drop) = logger(config.log_format, config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -63,6 +64,19 @@ async fn run(config: AgentConfig, logger: Logger) -> ExitCode {
         Err(failure) => {
             error!(logger, "unclean shutdown"; "error" => %failure);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open file descriptors to the hard limit (as Go's
+/// runtime does): the agent sizes its connection caps to what it gets.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proglog_server::{Authorizer, Fsync, LocalLog, RpcObserver, ServerConfig};
-use slog::{Logger, info, warn};
+use proglog_server::{Authorizer, Fsync, Limits, LocalLog, RpcObserver, ServerConfig};
+use slog::{Logger, error, info, warn};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,9 +35,6 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP port's TLS files are unusable.
-    #[error("http tls: {0}")]
-    HttpTls(String),
     /// A task panicked or was cancelled.
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -72,13 +69,8 @@ impl Agent {
         )
         .await?;
         let tls = config.server_tls();
-        let http_tls = match &tls {
-            Some(tls) => {
-                tls.load()?; // report a bad certificate before anything is written
-                Some(http::tls_config(tls).map_err(AgentError::HttpTls)?)
-            }
-            None => None,
-        };
+        // Reports a bad certificate before anything is written.
+        let http_tls = tls.as_ref().map(|tls| tls.server_config(&[b"h2", b"http/1.1"])).transpose()?;
         let rpc_listener = bind(config.rpc_addr()).await?;
         let rpc_addr = rpc_listener
             .local_addr()
@@ -96,10 +88,8 @@ impl Agent {
 
         let log_dir = config.data_dir.join("log");
         let log = proglog_log::Log::open(&log_dir, config.log_config())?;
-        let recovery = log.recovery();
-        info!(logger, "log opened";
-            "dir" => %log_dir.display(), "lowest_offset" => log.lowest_offset(), "next_offset" => log.next_offset(),
-            "clean_shutdown" => recovery.clean_shutdown, "truncated_bytes" => recovery.truncated_bytes);
+        report_recovery(&logger, &log);
+        let (max_connections, http_max_connections) = connection_caps(&config, &log_dir, &logger);
         let fsync = match config.fsync {
             FsyncPolicy::Always => Fsync::Always,
             FsyncPolicy::Never => Fsync::Never,
@@ -109,8 +99,19 @@ impl Agent {
         let (stop, stopped) = watch::channel(false);
         let metrics = Metrics::new();
         let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
-        let server_config =
-            ServerConfig { tls, max_record_bytes: config.max_record_bytes, observer: Some(observer) };
+        let limits = Limits {
+            max_connections,
+            max_concurrent_calls: config.max_concurrent_calls,
+            idle_timeout: config.idle_timeout,
+            ..Limits::for_requests_of(usize::try_from(config.max_record_bytes).unwrap_or(usize::MAX))
+        };
+        let server_config = ServerConfig {
+            tls,
+            max_record_bytes: config.max_record_bytes,
+            limits,
+            observer: Some(observer),
+            logger: logger.clone(),
+        };
         let mut rpc_stopped = stopped.clone();
         let rpc = tokio::spawn(proglog_server::serve(
             rpc_listener,
@@ -128,7 +129,12 @@ impl Agent {
                 metrics,
                 max_record_bytes: config.max_record_bytes,
             };
-            tokio::spawn(http::serve(listener, Arc::new(state), http_tls, stopped, logger.clone()))
+            let limits = http::limits(&state, http_max_connections, config.idle_timeout);
+            let mut stopped = stopped;
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::spawn(http::serve(listener, Arc::new(state), http_tls, limits, shutdown, logger.clone()))
         });
         info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => http_addr.map(|addr| addr.to_string()).unwrap_or_default(),
             "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
@@ -151,17 +157,22 @@ impl Agent {
     }
 
     /// Stops accepting, finishes in-flight requests (for at most
-    /// [`SHUTDOWN_GRACE`]: connections still busy then are dropped), ends streams,
-    /// then syncs and closes the log.
+    /// [`SHUTDOWN_GRACE`] in all: connections still busy then are dropped), ends
+    /// streams, then syncs and closes the log. Connections with nothing in flight
+    /// close at once.
     pub async fn shutdown(self) -> Result<(), AgentError> {
         info!(self.logger, "shutting down");
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let _ = self.stop.send(true);
-        let served = within_grace(self.rpc, &self.logger, "rpc").await;
-        let http = match self.http {
-            Some(http) => within_grace(http, &self.logger, "http").await.map(|_| ()),
-            None => Ok(()),
+        let http = async {
+            match self.http {
+                Some(http) => within(deadline, http, &self.logger, "http").await.map(|_| ()),
+                None => Ok(()),
+            }
         };
-        let closed = self.log.close();
+        let (served, http) = tokio::join!(within(deadline, self.rpc, &self.logger, "rpc"), http);
+        let log = Arc::clone(&self.log);
+        let closed = tokio::task::spawn_blocking(move || log.close()).await?;
         served?.transpose()?;
         http?;
         closed?;
@@ -170,20 +181,21 @@ impl Agent {
     }
 }
 
-/// How long shutdown waits for in-flight requests and for clients to hang up.
+/// How long shutdown waits, in all, for in-flight requests to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Waits for a serving task to wind down; after the grace period aborts it
-/// (dropping its connections). `None` when it had to be aborted.
-async fn within_grace<T>(
+/// Waits for a serving task to wind down; at `deadline` aborts it (dropping its
+/// connections). `None` when it had to be aborted.
+async fn within<T>(
+    deadline: tokio::time::Instant,
     mut task: JoinHandle<T>,
     logger: &Logger,
     what: &'static str,
 ) -> Result<Option<T>, tokio::task::JoinError> {
-    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+    match tokio::time::timeout_at(deadline, &mut task).await {
         Ok(result) => result.map(Some),
         Err(_) => {
-            warn!(logger, "connections still open after the grace period; closing them"; "listener" => what);
+            warn!(logger, "calls still in progress at the shutdown deadline; closing their connections"; "listener" => what);
             task.abort();
             match task.await {
                 Err(error) if error.is_cancelled() => Ok(None),
@@ -191,4 +203,58 @@ async fn within_grace<T>(
             }
         }
     }
+}
+
+/// Says what opening the log found, as loudly as it deserves: records lost to
+/// damage are an error naming the file and offsets; a torn tail cut after a crash
+/// is a warning.
+fn report_recovery(logger: &Logger, log: &proglog_log::Log) {
+    let recovery = log.recovery();
+    let store = recovery.truncated_store.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
+    if let Some(lost) = &recovery.lost_offsets {
+        error!(logger, "log damaged: records that were durable before a clean shutdown are gone; the next records reuse their offsets";
+            "file" => &store, "lost_offsets" => format!("{}..{}", lost.start, lost.end),
+            "records_lost" => lost.end - lost.start, "bytes_cut" => recovery.truncated_bytes);
+    } else if recovery.truncated_bytes > 0 {
+        warn!(logger, "cut a torn tail left by an unclean shutdown (records never acknowledged as durable)";
+            "file" => &store, "bytes_cut" => recovery.truncated_bytes);
+    }
+    for path in &recovery.removed_files {
+        info!(logger, "removed an index left by an interrupted segment removal"; "file" => %path.display());
+    }
+    for path in &recovery.ignored_files {
+        warn!(logger, "a file in the log directory is not part of the log; left alone"; "file" => %path.display());
+    }
+    info!(logger, "log opened";
+        "dir" => %log.dir().display(), "lowest_offset" => log.lowest_offset(), "next_offset" => log.next_offset(),
+        "clean_shutdown" => recovery.clean_shutdown, "rebuilt_indexes" => recovery.rebuilt_indexes.len());
+}
+
+/// File descriptors kept for everything but client connections (the log's
+/// segment files on top of these, counted at start).
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// The connection caps of the RPC and HTTP ports, lowered (in proportion) when
+/// the process's file descriptor limit cannot hold them, so that accepting never
+/// fails for want of a descriptor.
+fn connection_caps(config: &AgentConfig, log_dir: &std::path::Path, logger: &Logger) -> (usize, usize) {
+    let http = if config.http_addr.is_some() { config.http_max_connections } else { 0 };
+    let wanted = (config.max_connections + http) as u64;
+    let log_files = std::fs::read_dir(log_dir).map(Iterator::count).unwrap_or(0) as u64;
+    let available = descriptor_limit().saturating_sub(RESERVED_DESCRIPTORS + log_files);
+    if wanted <= available {
+        return (config.max_connections, config.http_max_connections);
+    }
+    let scale = |cap: usize| ((cap as u64 * available / wanted) as usize).max(1);
+    let caps = (scale(config.max_connections), scale(config.http_max_connections));
+    warn!(logger, "the file descriptor limit cannot hold the configured connections: lowering the caps";
+        "nofile" => descriptor_limit(), "max_connections" => caps.0, "http_max_connections" => caps.1);
+    caps
+}
+
+/// The soft limit on open file descriptors.
+fn descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 { limit.rlim_cur } else { 1024 }
 }

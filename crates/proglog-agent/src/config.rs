@@ -142,6 +142,14 @@ pub struct AgentConfig {
     pub raft_heartbeat_interval: Duration,
     /// Raft election timeout (≥ 5 heartbeats). Default 1s.
     pub raft_election_timeout: Duration,
+    /// Connections the RPC port serves at once. Default 1024.
+    pub max_connections: usize,
+    /// Connections the HTTP port serves at once. Default 256.
+    pub http_max_connections: usize,
+    /// Calls in progress at once on the RPC port (streams included). Default 4096.
+    pub max_concurrent_calls: usize,
+    /// A connection with no call in progress this long is closed. Default 10m.
+    pub idle_timeout: Duration,
 }
 
 fn host_name() -> String {
@@ -181,6 +189,10 @@ impl Default for AgentConfig {
             gossip_key_file: None,
             raft_heartbeat_interval: Duration::from_millis(100),
             raft_election_timeout: Duration::from_secs(1),
+            max_connections: 1024,
+            http_max_connections: 256,
+            max_concurrent_calls: 4096,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -273,6 +285,20 @@ pub struct ConfigLayer {
     /// Raft election timeout, at least 5 heartbeats [default: 1s]
     #[arg(long, value_name = "DURATION")]
     pub raft_election_timeout: Option<HumanDuration>,
+    /// Connections the RPC port serves at once; at the cap the longest-idle one
+    /// makes room, or the new one is refused [default: 1024]
+    #[arg(long, value_name = "COUNT")]
+    pub max_connections: Option<usize>,
+    /// Connections the HTTP port serves at once [default: 256]
+    #[arg(long, value_name = "COUNT")]
+    pub http_max_connections: Option<usize>,
+    /// Calls in progress at once on the RPC port, streams included; more are
+    /// refused with RESOURCE_EXHAUSTED [default: 4096]
+    #[arg(long, value_name = "COUNT")]
+    pub max_concurrent_calls: Option<usize>,
+    /// Close connections with no call in progress for this long [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<HumanDuration>,
 }
 
 impl ConfigLayer {
@@ -343,6 +369,7 @@ impl AgentConfig {
         }
         set!(data_dir, node_name, rpc_port, start_join_addrs, fsync, max_record_bytes);
         set!(segment_max_store_bytes, segment_max_index_bytes, log_level, log_format, insecure);
+        set!(max_connections, http_max_connections, max_concurrent_calls);
         set_optional!(
             acl_model_file,
             acl_policy_file,
@@ -363,6 +390,9 @@ impl AgentConfig {
         }
         if let Some(value) = layer.raft_election_timeout {
             self.raft_election_timeout = value.0;
+        }
+        if let Some(value) = layer.idle_timeout {
+            self.idle_timeout = value.0;
         }
         if layer.bootstrap.is_some() {
             *bootstrap = layer.bootstrap;
@@ -437,6 +467,18 @@ impl AgentConfig {
                     ));
                 }
             }
+        }
+        for (key, value) in [
+            ("max-connections", self.max_connections),
+            ("http-max-connections", self.http_max_connections),
+            ("max-concurrent-calls", self.max_concurrent_calls),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle-timeout", "must be positive"));
         }
         if self.raft_election_timeout < self.raft_heartbeat_interval * 5 {
             return Err(invalid("raft-election-timeout", "must be at least 5 raft-heartbeat-interval"));

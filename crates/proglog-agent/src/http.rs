@@ -2,11 +2,10 @@
 //! `/metrics`, `/healthz`, `/readyz` — behind the same TLS, client certificates
 //! and ACL as the gRPC port.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,24 +13,27 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use proglog_server::{
-    ANONYMOUS, Authorizer, CommitLog, LocalLog, LogError, OBJECT_WILDCARD, TlsFiles, action,
+    Authorizer, BodyError, CommitLog, Limits, Listener, LocalLog, LogError, OBJECT_WILDCARD, Peer, action,
 };
 use serde::{Deserialize, Serialize};
-use slog::{Logger, debug, warn};
-use tokio::io::{AsyncRead, AsyncWrite};
+use slog::Logger;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
 
-/// A TLS handshake that has not finished by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once, at most; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 1024;
+/// Calls in progress at once on the HTTP port.
+const MAX_CONCURRENT_CALLS: usize = 512;
+/// HTTP/2 streams per connection on the HTTP port.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// Largest body of a request that carries no record (`GET /` with an offset).
+const SMALL_BODY_BYTES: usize = 4 << 10;
+/// JSON around a record's base64 value in a produce body.
+const JSON_OVERHEAD_BYTES: usize = 1 << 10;
+
+/// Written to a plaintext connection refused at the connection cap.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+    content-length: 36\r\nconnection: close\r\n\r\n{\"error\":\"connection limit reached\"}";
 
 /// What the handlers share.
 pub(crate) struct HttpState {
@@ -41,9 +43,24 @@ pub(crate) struct HttpState {
     pub(crate) max_record_bytes: u64,
 }
 
-/// The caller's identity on this connection (client certificate CN).
-#[derive(Clone, Debug)]
-struct Subject(String);
+impl HttpState {
+    /// The largest produce body: a record of `max-record-bytes` in base64, in JSON.
+    fn max_produce_body_bytes(&self) -> usize {
+        let max = usize::try_from(self.max_record_bytes).unwrap_or(usize::MAX);
+        max.div_ceil(3).saturating_mul(4).saturating_add(JSON_OVERHEAD_BYTES)
+    }
+}
+
+/// The HTTP port's bounds, given the connection cap and the idle timeout.
+pub(crate) fn limits(state: &HttpState, max_connections: usize, idle_timeout: std::time::Duration) -> Limits {
+    Limits {
+        max_connections,
+        max_concurrent_calls: MAX_CONCURRENT_CALLS,
+        max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+        idle_timeout,
+        ..Limits::for_requests_of(state.max_produce_body_bytes())
+    }
+}
 
 /// An error answered as `{"error": "..."}`.
 struct ApiError(StatusCode, String);
@@ -87,15 +104,34 @@ struct RecordOut {
     offset: u64,
 }
 
-fn authorize(state: &HttpState, subject: &Subject, action: &str) -> Result<(), ApiError> {
-    if state.authorizer.is_allowed(&subject.0, OBJECT_WILDCARD, action) {
+fn authorize(state: &HttpState, peer: &Peer, action: &str) -> Result<(), ApiError> {
+    if state.authorizer.is_allowed(peer.subject(), OBJECT_WILDCARD, action) {
         Ok(())
     } else {
         Err(ApiError(
             StatusCode::FORBIDDEN,
-            format!("{} not permitted to {action} to {OBJECT_WILDCARD}", subject.0),
+            format!("{} not permitted to {action} to {OBJECT_WILDCARD}", peer.subject()),
         ))
     }
+}
+
+/// Reads a request body (after the caller was authorized: a denied caller's body
+/// is never read) within the listener's budgets and timeout.
+async fn read_body(state: &HttpState, peer: &Peer, body: Body, max_bytes: usize) -> Result<Bytes, ApiError> {
+    peer.read_body(body, max_bytes).await.map_err(|error| match error {
+        BodyError::TooLarge { bytes, max_bytes } if max_bytes > SMALL_BODY_BYTES => {
+            let size = bytes.map_or_else(|| format!("more than {max_bytes}"), |bytes| bytes.to_string());
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "request body of {size} bytes holds a record value larger than max-record-bytes ({} bytes)",
+                    state.max_record_bytes
+                ),
+            )
+        }
+        BodyError::Timeout(_) => ApiError(StatusCode::REQUEST_TIMEOUT, error.to_string()),
+        _ => ApiError(StatusCode::BAD_REQUEST, error.to_string()),
+    })
 }
 
 /// Request bodies are JSON whatever their content type (`curl -d` sends a form type).
@@ -106,10 +142,11 @@ fn json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 
 async fn produce(
     State(state): State<Arc<HttpState>>,
-    Extension(subject): Extension<Subject>,
-    body: Bytes,
+    Extension(peer): Extension<Peer>,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &subject, action::PRODUCE)?;
+    authorize(&state, &peer, action::PRODUCE)?;
+    let body = read_body(&state, &peer, body, state.max_produce_body_bytes()).await?;
     let request: ProduceIn = json(&body)?;
     let value = BASE64
         .decode(request.record.value.as_bytes())
@@ -119,12 +156,7 @@ async fn produce(
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
 
-async fn consume_at(
-    state: &HttpState,
-    subject: &Subject,
-    offset: u64,
-) -> Result<impl IntoResponse + use<>, ApiError> {
-    authorize(state, subject, action::CONSUME)?;
+async fn consume_at(state: &HttpState, offset: u64) -> Result<impl IntoResponse + use<>, ApiError> {
     let record = state.log.read(offset).await?;
     let record = RecordOut { value: BASE64.encode(&record.value), offset: record.offset };
     Ok(axum::Json(serde_json::json!({ "record": record })))
@@ -133,22 +165,24 @@ async fn consume_at(
 /// The book's `GET /` with a JSON body `{"offset": N}`.
 async fn consume_body(
     State(state): State<Arc<HttpState>>,
-    Extension(subject): Extension<Subject>,
-    body: Bytes,
+    Extension(peer): Extension<Peer>,
+    body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request: ConsumeIn = json(&body)?;
-    consume_at(&state, &subject, request.offset).await
+    authorize(&state, &peer, action::CONSUME)?;
+    let request: ConsumeIn = json(&read_body(&state, &peer, body, SMALL_BODY_BYTES).await?)?;
+    consume_at(&state, request.offset).await
 }
 
 async fn consume_path(
     State(state): State<Arc<HttpState>>,
-    Extension(subject): Extension<Subject>,
+    Extension(peer): Extension<Peer>,
     Path(offset): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &peer, action::CONSUME)?;
     let offset = offset
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{offset:?} is not an offset")))?;
-    consume_at(&state, &subject, offset).await
+    consume_at(&state, offset).await
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
@@ -176,115 +210,34 @@ fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
-/// rustls config for the HTTP port from the same files as the gRPC port.
-pub(crate) fn tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read_err =
-        |path: &std::path::Path, error: rustls::pki_types::pem::Error| format!("{}: {error}", path.display());
-    let certs = CertificateDer::pem_file_iter(&files.cert_file)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|error| read_err(&files.cert_file, error))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key_file).map_err(|error| read_err(&files.key_file, error))?;
-    let builder = rustls::ServerConfig::builder();
-    let builder = match &files.ca_file {
-        Some(ca_file) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca_file).map_err(|error| read_err(ca_file, error))? {
-                roots
-                    .add(cert.map_err(|error| read_err(ca_file, error))?)
-                    .map_err(|error| format!("{}: {error}", ca_file.display()))?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
-                .build()
-                .map_err(|error| format!("{}: {error}", ca_file.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_single_cert(certs, key).map_err(|error| error.to_string())?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+fn overloaded(message: String) -> Response {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, message).into_response()
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// Serves until `stop` turns true, then lets open connections finish their
-/// requests and returns once all are closed.
+/// Serves the HTTP API on `tcp` until `shutdown` resolves, then lets calls in
+/// progress finish and returns once every connection is closed.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    tcp: TcpListener,
     state: Arc<HttpState>,
     tls: Option<Arc<rustls::ServerConfig>>,
-    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
     logger: Logger,
 ) {
-    let router = router(state);
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => accepted,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = stopped(&mut stop) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(logger, "http accept failed"; "error" => %error);
-                continue;
-            }
-        };
-        let (router, tls, mut stop, logger) = (router.clone(), tls.clone(), stop.clone(), logger.clone());
-        connections.spawn(async move {
-            let (io, subject): (Box<dyn Io>, String) = match tls {
-                Some(tls) => {
-                    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => {
-                            let subject =
-                                proglog_server::subject_of_chain(stream.get_ref().1.peer_certificates());
-                            (Box::new(stream), subject)
-                        }
-                        Ok(Err(error)) => {
-                            debug!(logger, "http tls handshake failed"; "peer" => %peer, "error" => %error);
-                            return;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                None => (Box::new(tcp), ANONYMOUS.to_owned()),
-            };
-            serve_connection(io, router.layer(Extension(Subject(subject))), peer, &mut stop, &logger).await;
-        });
-    }
-    while connections.join_next().await.is_some() {}
+    let listener = Listener { name: "http", tcp, tls, limits, http1: true, refusal: REFUSAL, overloaded };
+    listener.serve(router(state), shutdown, logger).await;
 }
 
-/// Resolves once `stop` is true (holding no borrow of it afterwards).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn serve_connection(
-    io: Box<dyn Io>,
-    router: Router,
-    peer: SocketAddr,
-    stop: &mut watch::Receiver<bool>,
-    logger: &Logger,
-) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopped(stop) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        debug!(logger, "http connection ended with an error"; "peer" => %peer, "error" => %error);
+    #[test]
+    fn the_refusal_is_a_complete_http_response() {
+        let text = std::str::from_utf8(REFUSAL).unwrap_or_default();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok(), "{body}");
     }
 }

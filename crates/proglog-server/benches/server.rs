@@ -379,7 +379,7 @@ fn start_ours(settings: &Settings, rt: &Runtime, fsync: Fsync) -> Result<Running
     let addr = listener.local_addr()?;
     let log = Arc::new(LocalLog::new(log, fsync, "bench", addr.to_string())?);
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = ServerConfig { tls: None, max_record_bytes: MAX_RECORD_BYTES, observer: None };
+    let config = ServerConfig { max_record_bytes: MAX_RECORD_BYTES, ..ServerConfig::default() };
     let serving = proglog_server::serve(listener, Arc::clone(&log), Arc::new(AllowAll), config, async {
         let _ = stopped.await;
     });

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use casbin::{CoreApi, DefaultModel, Enforcer, FileAdapter};
-use tonic::Request;
 
 use crate::ServerError;
 
@@ -23,9 +22,9 @@ pub mod action {
     pub const REPLICATE: &str = "replicate";
 }
 
-/// Decides whether a subject may perform an action on an object. The gRPC service
-/// asks it on every RPC (and at the opening of every stream); the internal
-/// agent-to-agent service will ask it with [`action::REPLICATE`].
+/// Decides whether a subject may perform an action on an object. The gRPC
+/// admission layer asks it for every call, as soon as its headers arrive; the
+/// internal agent-to-agent service will ask it with [`action::REPLICATE`].
 pub trait Authorizer: Send + Sync + 'static {
     /// `true` if `subject` may do `action` to `object`.
     fn is_allowed(&self, subject: &str, object: &str, action: &str) -> bool;
@@ -110,12 +109,6 @@ pub fn subject_of_chain<C: AsRef<[u8]>>(chain: Option<&[C]>) -> String {
             Some(cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned())
         })
         .unwrap_or_else(|| ANONYMOUS.to_owned())
-}
-
-/// The caller's identity: the Common Name of its verified client certificate, or
-/// [`ANONYMOUS`] without one.
-pub fn subject<T>(request: &Request<T>) -> String {
-    subject_of_chain(request.peer_certs().as_deref().map(Vec::as_slice))
 }
 
 #[cfg(test)]

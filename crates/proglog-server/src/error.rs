@@ -19,7 +19,11 @@ pub enum LogError {
     /// The log cannot serve now (no leader, shutting down). → `UNAVAILABLE`
     #[error("{0}")]
     Unavailable(String),
-    /// The log failed (an I/O error, damaged data). → `INTERNAL`
+    /// Stored data is damaged or missing (a checksum mismatch, a missing segment).
+    /// → `DATA_LOSS`
+    #[error("{0}")]
+    DataLoss(String),
+    /// The log failed (an I/O error, a stopped log). → `INTERNAL`
     #[error("{0}")]
     Internal(String),
 }
@@ -29,6 +33,9 @@ impl From<proglog_log::Error> for LogError {
         match error {
             proglog_log::Error::OffsetOutOfRange { offset, .. } => Self::OutOfRange { offset },
             proglog_log::Error::RecordTooLarge { .. } => Self::InvalidArgument(error.to_string()),
+            proglog_log::Error::Corrupt { .. } | proglog_log::Error::MissingSegment { .. } => {
+                Self::DataLoss(error.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }
@@ -52,8 +59,12 @@ pub enum ServerError {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
+    /// The TLS files do not make a usable configuration (a key that does not
+    /// match its certificate).
+    #[error("tls: {0}")]
+    Tls(String),
     /// The casbin model or policy was rejected.
     #[error("cannot load ACL (model {}, policy {}): {reason}", model.display(), policy.display())]
     Acl {
@@ -67,9 +78,6 @@ pub enum ServerError {
     /// A configuration contradiction.
     #[error("invalid server config: {0}")]
     Config(String),
-    /// tonic's transport failed (TLS setup, serving).
-    #[error("transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// Server reflection could not be built from the descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),

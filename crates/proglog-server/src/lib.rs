@@ -28,22 +28,26 @@
 //! # }
 //! ```
 
+mod admit;
 mod auth;
 mod commit_log;
 mod error;
+mod listener;
 mod local;
 mod observe;
 mod server;
 mod service;
 mod status;
+mod tls;
 
 pub use crate::auth::{
-    ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject,
-    subject_of_chain,
+    ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject_of_chain,
 };
 pub use crate::commit_log::{CommitLog, PendingAppend};
 pub use crate::error::{LogError, ServerError};
+pub use crate::listener::{BodyError, Limits, Listener, Peer, TrackedBody};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
-pub use crate::server::{ServerConfig, TlsFiles, serve};
-pub use crate::service::{PRODUCE_STREAM_WINDOW, check_record_size};
+pub use crate::server::{ServerConfig, serve};
+pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream, check_record_size};
+pub use crate::tls::TlsFiles;

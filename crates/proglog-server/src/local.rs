@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use proglog_api::v1::{Record, Server};
 use proglog_log::Log;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{CommitLog, LogError, PendingAppend};
 
@@ -28,6 +28,9 @@ pub const BACKGROUND_SYNC_INTERVAL: std::time::Duration = std::time::Duration::f
 
 /// Appends waiting for the writer thread, at most.
 const QUEUE_REQUESTS: usize = 1024;
+/// Value bytes waiting for the writer thread (or being written), at most; an
+/// append larger than this waits for the queue to empty.
+const QUEUE_BYTES: usize = 64 << 20;
 /// The writer merges queued appends into one batch (one write, one fsync) up to
 /// this many bytes.
 const MERGE_BYTES: usize = 4 << 20;
@@ -35,6 +38,8 @@ const MERGE_BYTES: usize = 4 << 20;
 struct AppendRequest {
     values: Vec<Bytes>,
     reply: oneshot::Sender<Result<u64, LogError>>,
+    /// Its share of [`QUEUE_BYTES`], released once written.
+    _queued: Option<OwnedSemaphorePermit>,
 }
 
 /// A single-node log. Appends go through one writer thread that merges whatever
@@ -46,6 +51,7 @@ pub struct LocalLog {
     log: Arc<Log>,
     server: Server,
     committed: watch::Receiver<u64>,
+    queued_bytes: Arc<Semaphore>,
     writer: Mutex<Option<(mpsc::Sender<AppendRequest>, JoinHandle<()>)>>,
     /// With `Fsync::Never`: the background syncer and the channel that stops it.
     syncer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
@@ -93,6 +99,7 @@ impl LocalLog {
             log,
             server,
             committed,
+            queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             writer: Mutex::new(Some((tx, handle))),
             syncer: Mutex::new(syncer),
         })
@@ -137,7 +144,7 @@ impl LocalLog {
 }
 
 /// The writer thread: merge queued appends, write them in one batch, sync if
-/// asked, acknowledge, then publish the new commit point.
+/// asked, publish the new commit point, then acknowledge.
 fn write_loop(
     log: &Log,
     fsync: Fsync,
@@ -164,13 +171,14 @@ fn write_loop(
         });
         match result {
             Ok(range) => {
+                // Publish first: a producer told its offset must be able to read it.
+                committed.send_replace(range.end);
                 let mut next = range.start;
                 for request in batch {
                     let count = request.values.len() as u64;
                     let _ = request.reply.send(Ok(next));
                     next += count;
                 }
-                committed.send_replace(range.end);
             }
             Err(error) => {
                 let error = LogError::from(error);
@@ -207,9 +215,13 @@ fn to_record(record: proglog_log::Record) -> Record {
 #[tonic::async_trait]
 impl CommitLog for LocalLog {
     async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        let sender = self.sender()?;
+        let bytes: usize = values.iter().map(Bytes::len).sum();
+        let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let queued = Arc::clone(&self.queued_bytes).acquire_many_owned(permits).await.ok();
         let (reply, done) = oneshot::channel();
-        self.sender()?
-            .send(AppendRequest { values, reply })
+        sender
+            .send(AppendRequest { values, reply, _queued: queued })
             .await
             .map_err(|_| LogError::Unavailable("the log is closed".into()))?;
         Ok(Box::pin(async move {

@@ -17,9 +17,9 @@ use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::PrometheusRecorder;
 use slog::{Logger, debug};
 use tonic::Code;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::auth::subject_of_chain;
+use crate::auth::ANONYMOUS;
+use crate::listener::Peer;
 
 /// Name of the request counter.
 pub const RPC_REQUESTS_TOTAL: &str = "proglog_rpc_requests_total";
@@ -161,9 +161,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let observer = self.observer.clone();
         let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
-        let chain =
-            request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|info| info.peer_certs());
-        let subject = subject_of_chain(chain.as_deref().map(Vec::as_slice));
+        let subject = Peer::of(request.extensions()).map_or(ANONYMOUS, Peer::subject).to_owned();
         let slot = OffsetSlot::default();
         request.extensions_mut().insert(slot.clone());
         let started = Instant::now();
@@ -195,6 +193,15 @@ pin_project_lite::pin_project! {
                 observer.finish(this.call, this.code.unwrap_or(Code::Cancelled));
             }
         }
+    }
+}
+
+impl<B> ObservedBody<B> {
+    /// A body of a call that is not observed (refused before it reached the routes).
+    pub(crate) fn unobserved(body: B) -> Self {
+        let call =
+            Call { method: String::new(), subject: String::new(), offset: None, started: Instant::now() };
+        Self { body, observer: None, call, code: None }
     }
 }
 

@@ -1,35 +1,49 @@
-//! The `log.v1.Log` service.
+//! The `log.v1.Log` service. Calls reach it already admitted (authorized, their
+//! request bodies bounded: see `admit`); what each stream holds is bounded here,
+//! in bytes.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
     ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
+    Record,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{self, Authorizer, OBJECT_WILDCARD, action};
 use crate::observe::OffsetSlot;
-use crate::status::permission_denied;
 use crate::{CommitLog, LogError, PendingAppend};
 
-/// Responses buffered per ConsumeStream beyond what HTTP/2 flow control holds.
-const CONSUME_STREAM_BUFFER: usize = 64;
 /// Bytes read from the log per step of a ConsumeStream.
-const CONSUME_STREAM_READ_BYTES: u64 = 256 << 10;
+const CONSUME_STREAM_READ_BYTES: u64 = 128 << 10;
+/// Record bytes a ConsumeStream holds that its client has not taken yet (read
+/// ahead, or waiting for HTTP/2 flow control): two read steps, or one record if
+/// it is larger.
+const CONSUME_STREAM_BUFFER_BYTES: usize = 2 * CONSUME_STREAM_READ_BYTES as usize;
 /// Requests of one ProduceStream read ahead and not yet answered, at most.
 pub const PRODUCE_STREAM_WINDOW: usize = 1024;
+/// Record bytes one ProduceStream holds between reading them and their commit
+/// (one record if it is larger).
+const PRODUCE_STREAM_BUFFER_BYTES: usize = 1 << 20;
 /// Batches of one ProduceStream appended and not yet committed, at most.
 const PRODUCE_STREAM_BATCHES_IN_FLIGHT: usize = 8;
+
+/// Holds `bytes` of a stream's buffer (capped at its size, so one record always
+/// fits); `None` only if the semaphore was closed, which this module never does.
+async fn hold(buffer: &Arc<Semaphore>, bytes: usize, capacity: usize) -> Option<OwnedSemaphorePermit> {
+    let permits = u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX);
+    Arc::clone(buffer).acquire_many_owned(permits).await.ok()
+}
 
 /// The gRPC service over any [`CommitLog`].
 pub struct LogService<L> {
     log: Arc<L>,
-    authorizer: Arc<dyn Authorizer>,
     max_record_bytes: u64,
     /// Flips to `true` when the server shuts down; ends the streams.
     shutdown: watch::Receiver<bool>,
@@ -42,22 +56,8 @@ impl<L> std::fmt::Debug for LogService<L> {
 }
 
 impl<L: CommitLog> LogService<L> {
-    pub(crate) fn new(
-        log: Arc<L>,
-        authorizer: Arc<dyn Authorizer>,
-        max_record_bytes: u64,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
-        Self { log, authorizer, max_record_bytes, shutdown }
-    }
-
-    fn authorize<T>(&self, request: &Request<T>, action: &str) -> Result<(), Status> {
-        let subject = auth::subject(request);
-        if self.authorizer.is_allowed(&subject, OBJECT_WILDCARD, action) {
-            Ok(())
-        } else {
-            Err(permission_denied(&subject, action, OBJECT_WILDCARD))
-        }
+    pub(crate) fn new(log: Arc<L>, max_record_bytes: u64, shutdown: watch::Receiver<bool>) -> Self {
+        Self { log, max_record_bytes, shutdown }
     }
 }
 
@@ -82,7 +82,6 @@ pub fn check_record_size(bytes: usize, max_record_bytes: u64) -> Result<(), LogE
 #[tonic::async_trait]
 impl<L: CommitLog> LogRpc for LogService<L> {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
-        self.authorize(&request, action::PRODUCE)?;
         let (_, extensions, request) = request.into_parts();
         let value = value_of(request, self.max_record_bytes)?;
         let offset = self.log.append(vec![value]).await?.await?;
@@ -91,28 +90,28 @@ impl<L: CommitLog> LogRpc for LogService<L> {
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
-        self.authorize(&request, action::CONSUME)?;
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
         let record = self.log.read(offset).await?;
         Ok(Response::new(ConsumeResponse { record: Some(record) }))
     }
 
-    type ConsumeStreamStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+    type ConsumeStreamStream = RecordStream;
 
     async fn consume_stream(
         &self,
         request: Request<ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
-        self.authorize(&request, action::CONSUME)?;
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
         if offset < self.log.lowest_offset() {
             return Err(LogError::OutOfRange { offset }.into());
         }
-        let (tx, rx) = mpsc::channel(CONSUME_STREAM_BUFFER);
+        // Batches are bounded in bytes by the semaphore; the channel only hands
+        // them over.
+        let (tx, rx) = mpsc::channel(2);
         tokio::spawn(follow(Arc::clone(&self.log), offset, tx, self.shutdown.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(RecordStream { batches: rx, batch: VecDeque::new(), held: None }))
     }
 
     type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
@@ -121,12 +120,12 @@ impl<L: CommitLog> LogRpc for LogService<L> {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
-        self.authorize(&request, action::PRODUCE)?;
         let inbound = request.into_inner();
         // Requests read ahead: validated values, or the error that ends the stream.
         let (values_tx, values_rx) = mpsc::channel(PRODUCE_STREAM_WINDOW);
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_WINDOW);
-        tokio::spawn(read_requests(inbound, self.max_record_bytes, values_tx));
+        let reader = read_requests(inbound, self.max_record_bytes, values_tx, self.shutdown.clone());
+        tokio::spawn(reader);
         tokio::spawn(append_in_order(Arc::clone(&self.log), values_rx, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -140,33 +139,91 @@ impl<L: CommitLog> LogRpc for LogService<L> {
     }
 }
 
+/// A batch of records for a ConsumeStream, with the buffer bytes it holds.
+type Batch = (VecDeque<Record>, Option<OwnedSemaphorePermit>);
+
+/// The records of a ConsumeStream, one response each; a batch's buffer bytes are
+/// released once its last record has been handed to the transport.
+pub struct RecordStream {
+    batches: mpsc::Receiver<Result<Batch, Status>>,
+    batch: VecDeque<Record>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for RecordStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordStream").field("batch", &self.batch.len()).finish_non_exhaustive()
+    }
+}
+
+impl tokio_stream::Stream for RecordStream {
+    type Item = Result<ConsumeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(record) = self.batch.pop_front() {
+                if self.batch.is_empty() {
+                    self.held = None;
+                }
+                return Poll::Ready(Some(Ok(ConsumeResponse { record: Some(record) })));
+            }
+            match self.batches.poll_recv(cx) {
+                Poll::Ready(Some(Ok((batch, held)))) => {
+                    self.batch = batch;
+                    self.held = held;
+                }
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 /// Sends records from `offset` on, then waits at the tail for the commit point to
-/// move (no polling). Ends when the client goes away, the server shuts down, or
-/// a read fails (which is sent as the stream's status).
+/// move (no polling). Reads only when the stream's buffer has room, so a client
+/// that does not read holds at most [`CONSUME_STREAM_BUFFER_BYTES`]. Ends when
+/// the client goes away, the server shuts down, or a read fails (which is sent as
+/// the stream's status, after the records before the failure).
 async fn follow<L: CommitLog>(
     log: Arc<L>,
     mut offset: u64,
-    tx: mpsc::Sender<Result<ConsumeResponse, Status>>,
+    tx: mpsc::Sender<Result<Batch, Status>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let buffer = Arc::new(Semaphore::new(CONSUME_STREAM_BUFFER_BYTES));
     let mut committed = log.committed();
     loop {
         let end = *committed.borrow_and_update();
         if offset < end {
-            match log.read_batch(offset, CONSUME_STREAM_READ_BYTES).await {
-                Ok(records) => {
-                    for record in records {
-                        offset = record.offset + 1;
-                        // Waits while the client is slow: flow control bounds us.
-                        if tx.send(Ok(ConsumeResponse { record: Some(record) })).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            let held = tokio::select! {
+                held = hold(&buffer, CONSUME_STREAM_READ_BYTES as usize, CONSUME_STREAM_BUFFER_BYTES) => held,
+                () = tx.closed() => return,
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            };
+            let batch = match log.read_batch(offset, CONSUME_STREAM_READ_BYTES).await {
+                Ok(records) => records,
                 Err(error) => {
                     let _ = tx.send(Err(error.into())).await;
                     return;
                 }
+            };
+            let Some(last) = batch.last() else { continue };
+            offset = last.offset + 1;
+            // A record larger than a read step takes more of the buffer.
+            let bytes: usize = batch.iter().map(|record| record.value.len()).sum();
+            let held = match (held, bytes.checked_sub(CONSUME_STREAM_READ_BYTES as usize)) {
+                (Some(mut held), Some(extra)) if extra > 0 => {
+                    let room = CONSUME_STREAM_BUFFER_BYTES - CONSUME_STREAM_READ_BYTES as usize;
+                    if let Some(more) = hold(&buffer, extra, room).await {
+                        held.merge(more);
+                    }
+                    Some(held)
+                }
+                (held, _) => held,
+            };
+            if tx.send(Ok((batch.into(), held))).await.is_err() {
+                return;
             }
             continue;
         }
@@ -178,17 +235,35 @@ async fn follow<L: CommitLog>(
     }
 }
 
-/// Reads a ProduceStream's requests ahead of the appends (up to the window),
-/// validating each; an invalid one is forwarded as the error ending the stream.
+/// A value read ahead, with the stream buffer bytes it holds until committed.
+type ReadAhead = Result<(Bytes, Option<OwnedSemaphorePermit>), Status>;
+
+/// Reads a ProduceStream's requests ahead of the appends, validating each, as
+/// long as the stream's buffer has room for them ([`PRODUCE_STREAM_BUFFER_BYTES`],
+/// [`PRODUCE_STREAM_WINDOW`] requests). An invalid request, or the server's
+/// shutdown, is forwarded as the error ending the stream.
 async fn read_requests(
     mut inbound: Streaming<ProduceRequest>,
     max_record_bytes: u64,
-    values: mpsc::Sender<Result<Bytes, Status>>,
+    values: mpsc::Sender<ReadAhead>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
+    let buffer = Arc::new(Semaphore::new(PRODUCE_STREAM_BUFFER_BYTES));
     loop {
-        let item = match inbound.message().await {
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            _ = shutdown.wait_for(|stopping| *stopping) => Err(LogError::Unavailable("the server is shutting down".into()).into()),
+        };
+        let item = match message {
             Ok(Some(request)) => value_of(request, max_record_bytes),
             Ok(None) => return,
+            Err(status) => Err(status),
+        };
+        let item = match item {
+            Ok(value) => {
+                let held = hold(&buffer, value.len(), PRODUCE_STREAM_BUFFER_BYTES).await;
+                Ok((value, held))
+            }
             Err(status) => Err(status),
         };
         let stop = item.is_err();
@@ -198,47 +273,58 @@ async fn read_requests(
     }
 }
 
+/// A batch appended and not yet committed: its commit, its record count, and the
+/// stream buffer bytes its values hold.
+type InFlight = (PendingAppend, u64, Vec<OwnedSemaphorePermit>);
+
 /// Appends a ProduceStream's values in request order, merging whatever has been
 /// read ahead into one batch and keeping several batches in flight; answers each
-/// request in order. An error ends the stream after the answers for the records
-/// before it.
+/// request in order. A batch's buffer bytes are released at its commit, whether
+/// or not the client reads the answers. An error ends the stream after the
+/// answers for the records before it.
 async fn append_in_order<L: CommitLog>(
     log: Arc<L>,
-    mut values: mpsc::Receiver<Result<Bytes, Status>>,
+    mut values: mpsc::Receiver<ReadAhead>,
     tx: mpsc::Sender<Result<ProduceResponse, Status>>,
 ) {
-    let mut in_flight: VecDeque<(PendingAppend, u64)> = VecDeque::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut ending: Option<Status> = None;
     let mut input_open = true;
     loop {
-        if !input_open && in_flight.is_empty() {
+        let can_read = input_open && in_flight.len() < PRODUCE_STREAM_BATCHES_IN_FLIGHT;
+        let oldest = in_flight.front_mut().map(|(pending, _, _)| pending);
+        if oldest.is_none() && !input_open {
             break;
         }
-        let can_read = input_open && in_flight.len() < PRODUCE_STREAM_BATCHES_IN_FLIGHT;
         tokio::select! {
             biased;
-            committed = async { in_flight.front_mut().map(|(pending, _)| pending) .expect("guarded").await }, if !in_flight.is_empty() => {
-                let Some((_, count)) = in_flight.pop_front() else { break };
+            committed = async { Some(oldest?.await) }, if oldest.is_some() => {
+                let Some((_, count, held)) = in_flight.pop_front() else { break };
+                drop(held);
                 match committed {
-                    Ok(first) => {
+                    Some(Ok(first)) => {
                         for offset in first..first + count {
                             if tx.send(Ok(ProduceResponse { offset })).await.is_err() {
                                 return;
                             }
                         }
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         let _ = tx.send(Err(error.into())).await;
                         return;
                     }
+                    None => break,
                 }
             }
             item = values.recv(), if can_read => {
-                let mut batch = Vec::new();
+                let (mut batch, mut held) = (Vec::new(), Vec::new());
                 let mut next = item;
                 loop {
                     match next {
-                        Some(Ok(value)) => batch.push(value),
+                        Some(Ok((value, permit))) => {
+                            batch.push(value);
+                            held.extend(permit);
+                        }
                         Some(Err(status)) => { ending = Some(status); input_open = false; break }
                         None => { input_open = false; break }
                     }
@@ -253,7 +339,7 @@ async fn append_in_order<L: CommitLog>(
                 if !batch.is_empty() {
                     let count = batch.len() as u64;
                     match log.append(batch).await {
-                        Ok(pending) => in_flight.push_back((pending, count)),
+                        Ok(pending) => in_flight.push_back((pending, count, held)),
                         Err(error) => { ending = Some(error.into()); input_open = false; }
                     }
                 }

@@ -136,17 +136,32 @@ async fn bad_records_are_rejected_and_the_server_stays_healthy() {
         status.message()
     );
 
+    // Far above the limit too: refused from the message length, before the
+    // body is read, with the same code and both sizes.
+    for bytes in [(1 << 20) + 2048, 3 << 20, 16 << 20] {
+        let status = root.produce(produce(&"y".repeat(bytes))).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bytes} bytes: {status:?}");
+        let named: usize = status.message().split(' ').nth(3).and_then(|n| n.parse().ok()).unwrap();
+        assert!((bytes..bytes + 16).contains(&named), "{}", status.message());
+        assert!(status.message().ends_with("max-record-bytes (1048576 bytes)"), "{}", status.message());
+    }
+
     // In a stream: answers for the records before the bad one, then the error.
     let requests = tokio_stream::iter([produce("a"), produce("b"), produce(&oversized), produce("never")]);
     let mut responses = root.produce_stream(requests).await.unwrap().into_inner();
     assert_eq!(responses.next().await.unwrap().unwrap().offset, 0);
     assert_eq!(responses.next().await.unwrap().unwrap().offset, 1);
     assert_eq!(responses.next().await.unwrap().unwrap_err().code(), Code::InvalidArgument);
+    let huge = "z".repeat(5 << 20);
+    let requests = tokio_stream::iter([produce("c"), produce(&huge), produce("never")]);
+    let mut responses = root.produce_stream(requests).await.unwrap().into_inner();
+    assert_eq!(responses.next().await.unwrap().unwrap().offset, 2);
+    assert_eq!(responses.next().await.unwrap().unwrap_err().code(), Code::InvalidArgument);
 
     // Same connection, and a new one, both still work; nothing bad was stored.
-    assert_eq!(root.produce(produce("fine")).await.unwrap().into_inner().offset, 2);
+    assert_eq!(root.produce(produce("fine")).await.unwrap().into_inner().offset, 3);
     let mut other = client_as(&pki, server.addr, "root").await;
-    let record = other.consume(ConsumeRequest { offset: 2 }).await.unwrap().into_inner().record.unwrap();
+    let record = other.consume(ConsumeRequest { offset: 3 }).await.unwrap().into_inner().record.unwrap();
     assert_eq!(record.value, "fine");
     server.stop().await;
 }

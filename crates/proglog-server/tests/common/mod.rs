@@ -66,7 +66,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(LocalLog::new(log, fsync, "test-node", addr.to_string()).unwrap());
         let (stop, stopped) = oneshot::channel();
-        let config = ServerConfig { tls, max_record_bytes: 1 << 20, observer: None };
+        let config = ServerConfig { tls, ..ServerConfig::default() };
         let task =
             tokio::spawn(proglog_server::serve(listener, Arc::clone(&log), authorizer, config, async {
                 let _ = stopped.await;

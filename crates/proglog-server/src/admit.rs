@@ -1,0 +1,356 @@
+//! Admission of gRPC calls, before anything is buffered for them: the caller is
+//! authorized from the connection's certificate as soon as the headers arrive
+//! (a denied caller's body is never read), and every request body is read through
+//! [`GrpcBody`], which enforces the per-method message size limit, the request
+//! byte budgets and the body timeout while tonic decodes it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame};
+use tonic::Status;
+
+use crate::auth::{Authorizer, OBJECT_WILDCARD, action};
+use crate::listener::{Held, Peer, RequestBudget};
+use crate::status;
+
+/// Bytes a request message may take beyond the record value it carries (field
+/// tags, lengths, the other `Record` fields).
+pub(crate) const RECORD_MESSAGE_OVERHEAD: usize = 1 << 10;
+/// Largest request message of a method that carries no record (consume, servers,
+/// health, reflection).
+pub(crate) const SMALL_MESSAGE_BYTES: usize = 64 << 10;
+/// gRPC frames a message with a compressed flag and a big-endian u32 length.
+const FRAME_HEADER_BYTES: usize = 5;
+
+/// What admission needs to know of a method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Method {
+    /// The ACL action it needs, if any (GetServers, health and reflection need none).
+    action: Option<&'static str>,
+    /// Its request messages carry record values (up to `max-record-bytes`).
+    carries_records: bool,
+    /// A unary request: its whole body must arrive within the body timeout.
+    unary_request: bool,
+}
+
+fn method(path: &str) -> Method {
+    let (action, carries_records, unary_request) = match path {
+        "/log.v1.Log/Produce" => (Some(action::PRODUCE), true, true),
+        "/log.v1.Log/ProduceStream" => (Some(action::PRODUCE), true, false),
+        "/log.v1.Log/Consume" | "/log.v1.Log/ConsumeStream" => (Some(action::CONSUME), false, true),
+        "/log.v1.Log/GetServers" | "/grpc.health.v1.Health/Check" | "/grpc.health.v1.Health/Watch" => {
+            (None, false, true)
+        }
+        // Reflection streams requests; anything else is answered UNIMPLEMENTED.
+        _ => (None, false, false),
+    };
+    Method { action, carries_records, unary_request }
+}
+
+/// The tower layer that admits calls to the gRPC routes.
+#[derive(Clone)]
+pub(crate) struct AdmitLayer {
+    authorizer: Arc<dyn Authorizer>,
+    max_record_bytes: u64,
+}
+
+impl AdmitLayer {
+    pub(crate) fn new(authorizer: Arc<dyn Authorizer>, max_record_bytes: u64) -> Self {
+        Self { authorizer, max_record_bytes }
+    }
+
+    /// The largest request message of any method (the decode limit).
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_record_bytes).unwrap_or(usize::MAX).saturating_add(RECORD_MESSAGE_OVERHEAD)
+    }
+}
+
+impl<S> tower::Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit { inner, layer: self.clone() }
+    }
+}
+
+/// See [`AdmitLayer`].
+#[derive(Clone)]
+pub(crate) struct Admit<S> {
+    inner: S,
+    layer: AdmitLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Admit<S>
+where
+    S: tower::Service<
+            http::Request<GrpcBody<B>>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        >,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let reject =
+            |status: Status| -> Self::Future { Box::pin(std::future::ready(Ok(status.into_http()))) };
+        let Some(peer) = Peer::of(request.extensions()).cloned() else {
+            return reject(Status::internal("call without a connection peer"));
+        };
+        let method = method(request.uri().path());
+        if let Some(action) = method.action
+            && !self.layer.authorizer.is_allowed(peer.subject(), OBJECT_WILDCARD, action)
+        {
+            return reject(status::permission_denied(peer.subject(), action, OBJECT_WILDCARD));
+        }
+        let limit = if method.carries_records { self.layer.max_message_bytes() } else { SMALL_MESSAGE_BYTES };
+        let max_record_bytes = self.layer.max_record_bytes;
+        let too_large: Box<dyn Fn(usize) -> Status + Send + Sync> = if method.carries_records {
+            Box::new(move |bytes| status::request_too_large(bytes, max_record_bytes))
+        } else {
+            Box::new(move |bytes| status::message_too_large(bytes, limit))
+        };
+        let request = request.map(|body| GrpcBody {
+            inner: body,
+            limit,
+            too_large,
+            budget: peer.request_budget(),
+            header: [0; FRAME_HEADER_BYTES],
+            header_len: 0,
+            message: None,
+            held: None,
+            holding: None,
+            error: None,
+            timeout: peer.body_timeout(),
+            unary: method.unary_request,
+            deadline: method.unary_request.then(|| Box::pin(tokio::time::sleep(peer.body_timeout()))),
+        });
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// A gRPC request body as tonic reads it, watched message by message:
+/// - a message longer than the method's limit fails the call (`INVALID_ARGUMENT`
+///   naming both sizes) as soon as its 5-byte header arrives, before its payload
+///   is read, after the messages before it;
+/// - a message that spans several frames (so tonic must buffer it) holds its
+///   length in the request byte budgets until it is complete; no more of the body
+///   is read until the budget allows;
+/// - a unary request body, and each message of a stream once begun, must arrive
+///   within the body timeout (`DEADLINE_EXCEEDED`).
+pub(crate) struct GrpcBody<B> {
+    inner: B,
+    limit: usize,
+    too_large: Box<dyn Fn(usize) -> Status + Send + Sync>,
+    budget: RequestBudget,
+    /// The header of the message being read, while incomplete.
+    header: [u8; FRAME_HEADER_BYTES],
+    header_len: usize,
+    /// The message being read: (its length, payload bytes still to come).
+    message: Option<(usize, usize)>,
+    /// Budget held for that message.
+    held: Option<Held>,
+    holding: Option<Pin<Box<dyn Future<Output = Held> + Send>>>,
+    /// Returned after the bytes before its cause have been handed on.
+    error: Option<Status>,
+    timeout: Duration,
+    unary: bool,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> GrpcBody<B> {
+    /// Follows the message framing through `data`; returns how many of its bytes
+    /// may be handed on (all, unless a message is too large).
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        while at < data.len() {
+            if let Some((_, remaining)) = &mut self.message {
+                let taken = (*remaining).min(data.len() - at);
+                *remaining -= taken;
+                at += taken;
+                if *remaining == 0 {
+                    self.message_done();
+                }
+                continue;
+            }
+            let taken = (FRAME_HEADER_BYTES - self.header_len).min(data.len() - at);
+            self.header[self.header_len..self.header_len + taken].copy_from_slice(&data[at..at + taken]);
+            self.header_len += taken;
+            if self.header_len < FRAME_HEADER_BYTES {
+                break;
+            }
+            self.header_len = 0;
+            let len = (&self.header[1..]).get_u32() as usize;
+            if len > self.limit {
+                self.error = Some((self.too_large)(len));
+                // Hand on only the bytes before (this frame's part of) the header.
+                return at;
+            }
+            at += taken;
+            if len == 0 {
+                self.message_done();
+            } else {
+                self.message = Some((len, len));
+            }
+        }
+        data.len()
+    }
+
+    fn message_done(&mut self) {
+        self.message = None;
+        self.held = None;
+        self.holding = None;
+        if !self.unary {
+            self.deadline = None;
+        }
+    }
+
+    /// A message is partly read: tonic holds its bytes until the rest arrives.
+    fn mid_message(&self) -> bool {
+        self.message.is_some() || self.header_len > 0
+    }
+}
+
+impl<B> Body for GrpcBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Some(Err(error.into())));
+        }
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.deadline = None;
+            return Poll::Ready(Some(Err(status::body_timeout(this.timeout).into())));
+        }
+        // A message that spans frames: hold its length before reading more of it.
+        if let Some((len, _)) = this.message
+            && this.held.is_none()
+        {
+            let budget = this.budget.clone();
+            let holding = this.holding.get_or_insert_with(|| Box::pin(budget.hold(len)));
+            match holding.as_mut().poll(cx) {
+                Poll::Ready(held) => {
+                    this.held = Some(held);
+                    this.holding = None;
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                this.deadline = None;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Ok(frame))) => frame,
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) => {
+                let pass = this.scan(&data);
+                data.truncate(pass);
+                Frame::data(data)
+            }
+            Err(frame) => frame,
+        };
+        if this.mid_message() && this.deadline.is_none() {
+            this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.error.is_none() && self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::test_budget;
+
+    fn body(limit: usize) -> GrpcBody<http_body_util::Empty<Bytes>> {
+        GrpcBody {
+            inner: http_body_util::Empty::new(),
+            limit,
+            too_large: Box::new(|bytes| Status::invalid_argument(format!("{bytes}"))),
+            budget: test_budget(),
+            header: [0; FRAME_HEADER_BYTES],
+            header_len: 0,
+            message: None,
+            held: None,
+            holding: None,
+            error: None,
+            timeout: Duration::from_secs(1),
+            unary: false,
+            deadline: None,
+        }
+    }
+
+    fn message(len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8];
+        bytes.extend_from_slice(&(len as u32).to_be_bytes());
+        bytes.resize(FRAME_HEADER_BYTES + len, 7);
+        bytes
+    }
+
+    #[test]
+    fn messages_are_followed_across_any_split_of_the_frames() {
+        let stream: Vec<u8> = [message(3), message(0), message(10), message(1)].concat();
+        for split in 0..=stream.len() {
+            let mut body = body(10);
+            let (a, b) = stream.split_at(split);
+            assert_eq!(body.scan(a), a.len());
+            assert_eq!(body.scan(b), b.len());
+            assert!(!body.mid_message() && body.error.is_none(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_too_large_message_stops_the_body_right_before_its_header() {
+        let stream: Vec<u8> = [message(3), message(11), message(1)].concat();
+        for split in 0..=stream.len() {
+            let mut body = body(10);
+            let (a, b) = stream.split_at(split);
+            let passed = body.scan(a) + if body.error.is_none() { body.scan(b) } else { 0 };
+            assert_eq!(passed.min(8), 8, "the first message passes (split at {split})");
+            assert!(passed <= 8 + FRAME_HEADER_BYTES, "no payload of the big one passes");
+            assert_eq!(body.error.map(|status| status.message().to_owned()), Some("11".to_owned()));
+        }
+    }
+
+    #[test]
+    fn methods_map_to_the_book_acl_actions() {
+        assert_eq!(method("/log.v1.Log/Produce").action, Some(action::PRODUCE));
+        assert_eq!(method("/log.v1.Log/ProduceStream").action, Some(action::PRODUCE));
+        assert_eq!(method("/log.v1.Log/ConsumeStream").action, Some(action::CONSUME));
+        assert_eq!(method("/log.v1.Log/GetServers").action, None);
+        assert!(!method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").unary_request);
+        assert!(method("/log.v1.Log/ProduceStream").carries_records);
+        assert!(!method("/log.v1.Log/Consume").carries_records);
+    }
+}

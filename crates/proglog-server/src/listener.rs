@@ -1,0 +1,915 @@
+//! Serving the connections of one listening socket within fixed bounds, for the
+//! gRPC port and the HTTP API alike: no remote side can make the process hold
+//! more connections, calls, bytes or time than [`Limits`] says.
+//!
+//! - **Connections**: at most [`Limits::max_connections`]. At the cap, a new
+//!   connection takes the place of the connection that has gone longest without a
+//!   request in flight, preferring one that has not yet sent a complete request
+//!   (an idle or half-open attacker loses its slot first); when every connection
+//!   is busy, the new one is refused (plaintext: an HTTP 503 or an HTTP/2 GOAWAY;
+//!   TLS: closed).
+//! - **Time**: a connection must finish its TLS handshake and send its first
+//!   request within [`Limits::first_request_timeout`]; one with no request in
+//!   flight for [`Limits::idle_timeout`] is closed; HTTP/1 request headers must
+//!   arrive within the first-request timeout too.
+//! - **Calls**: at most [`Limits::max_concurrent_calls`] in progress over all
+//!   connections, at most [`Limits::max_streams_per_connection`] per connection.
+//! - **Request bytes**: bodies are read within a byte budget per connection and
+//!   one for the listener ([`Peer::read_body`], and the gRPC admission layer).
+//! - **Accept errors** (out of file descriptors) back off instead of spinning,
+//!   and every warning about an attack is logged at a bounded rate.
+//!
+//! On shutdown, connections with nothing in flight close at once; busy ones are
+//! told to finish (HTTP/2 GOAWAY, HTTP/1 `Connection: close`) and close when
+//! their calls end. The caller bounds the whole shutdown with one deadline.
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use slog::{Logger, debug, warn};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::auth::{ANONYMOUS, subject_of_chain};
+
+/// HTTP/2 flow-control window of one stream: what a client may send on a stream
+/// before the server reads it.
+const STREAM_WINDOW_BYTES: u32 = 256 << 10;
+/// HTTP/2 flow-control window of a connection: what a client may have sent and
+/// the server not yet read, over all its streams.
+const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+/// Response bytes HTTP/2 buffers per stream beyond what the client's window
+/// lets it send.
+const SEND_BUFFER_BYTES: usize = 256 << 10;
+/// Largest block of request headers (HTTP/2 header list, HTTP/1 header buffer).
+const MAX_HEADER_BYTES: u32 = 16 << 10;
+/// HTTP/2 PING interval on busy connections, and how long a PING may go
+/// unanswered before the connection is considered dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection told to close (idle timeout) that still has not closed, and has
+/// nothing in flight, after this long is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the slot of the connection it displaced.
+const DISPLACE_WAIT: Duration = Duration::from_secs(1);
+/// Back-off after an accept error (out of file descriptors), doubling to the max.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one warning of each kind per this period; the rest are counted.
+const WARNING_PERIOD: Duration = Duration::from_secs(10);
+
+/// The bounds of one listener. Every field is a hard limit on what remote sides
+/// can make the process hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once (see the module docs for what happens at the cap).
+    pub max_connections: usize,
+    /// Calls (HTTP/2 streams, HTTP/1 requests) in progress at once, over all
+    /// connections; more are answered "overloaded" at once.
+    pub max_concurrent_calls: usize,
+    /// HTTP/2 streams a connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// A new connection must finish its TLS handshake and send the headers of its
+    /// first request within this.
+    pub first_request_timeout: Duration,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body must arrive within this: a whole unary request, or each
+    /// message of a stream once its first byte has arrived.
+    pub body_timeout: Duration,
+    /// Request body bytes read but not yet consumed, over all connections.
+    pub request_buffer_bytes: usize,
+    /// Request body bytes read but not yet consumed, per connection.
+    pub connection_request_buffer_bytes: usize,
+}
+
+impl Limits {
+    /// The defaults, with the request budgets raised so that a single request of
+    /// `max_request_bytes` always fits (with room for several).
+    pub fn for_requests_of(max_request_bytes: usize) -> Self {
+        let defaults = Self::default();
+        Self {
+            request_buffer_bytes: defaults.request_buffer_bytes.max(max_request_bytes.saturating_mul(16)),
+            connection_request_buffer_bytes: defaults
+                .connection_request_buffer_bytes
+                .max(max_request_bytes.saturating_mul(4)),
+            ..defaults
+        }
+    }
+
+    /// Rejects limits under which nothing could be served.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections),
+            ("max_concurrent_calls", self.max_concurrent_calls),
+            ("max_streams_per_connection", self.max_streams_per_connection as usize),
+            ("request_buffer_bytes", self.request_buffer_bytes),
+            ("connection_request_buffer_bytes", self.connection_request_buffer_bytes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be positive"));
+        }
+        let timeouts = [
+            ("first_request_timeout", self.first_request_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_timeout", self.body_timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, value)| value.is_zero()) {
+            return Err(format!("{name} must be positive"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_concurrent_calls: 4096,
+            max_streams_per_connection: 128,
+            first_request_timeout: Duration::from_secs(10),
+            // Kafka's connections.max.idle.ms.
+            idle_timeout: Duration::from_secs(600),
+            body_timeout: Duration::from_secs(30),
+            request_buffer_bytes: 64 << 20,
+            connection_request_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Logs one kind of warning at most once per [`WARNING_PERIOD`], with the number
+/// of occurrences it stood for.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    /// Calls `log` with the number of occurrences since the last logged one, if a
+    /// period has passed; otherwise only counts.
+    pub(crate) fn hit(&self, log: impl FnOnce(u64)) {
+        let now = Instant::now();
+        let due = match self.last.lock() {
+            Ok(mut last) => {
+                let due = last.is_none_or(|at| now.duration_since(at) >= WARNING_PERIOD);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            log(self.suppressed.swap(0, Ordering::Relaxed) + 1);
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where a connection is in its life, for choosing which one to displace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Accepted; no complete request yet (TLS handshake, HTTP/2 preface, headers).
+    Pending,
+    /// Served at least one request; none in progress.
+    Idle,
+}
+
+/// A connection with nothing in flight, ordered for displacement: pending before
+/// idle, then longest-waiting first.
+type Waiting = (Phase, Instant, u64);
+
+#[derive(Debug)]
+struct ConnState {
+    in_flight: usize,
+    /// Set while nothing is in flight: the entry in `Registry::waiting`.
+    waiting: Option<Waiting>,
+    displaced: bool,
+    changed: Arc<Notify>,
+}
+
+/// The connections of one listener, and which of them could be displaced.
+#[derive(Debug, Default)]
+struct Registry {
+    connections: HashMap<u64, ConnState>,
+    waiting: BTreeSet<Waiting>,
+}
+
+/// What a connection's task needs to decide what to do next.
+#[derive(Clone, Copy, Debug)]
+struct Status {
+    displaced: bool,
+    /// Phase and since when, while nothing is in flight.
+    waiting: Option<(Phase, Instant)>,
+}
+
+/// State shared by a listener's accept loop, its connections and their calls.
+#[derive(Debug)]
+struct Shared {
+    limits: Limits,
+    registry: Mutex<Registry>,
+    connections: Arc<Semaphore>,
+    calls: Arc<Semaphore>,
+    request_bytes: Arc<Semaphore>,
+    next_id: AtomicU64,
+    logger: Logger,
+    refused: Throttle,
+    displaced: Throttle,
+    accept_failed: Throttle,
+    handshake_failed: Throttle,
+}
+
+impl Shared {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic elsewhere cannot leave the registry inconsistent: each update
+        // is a few map operations that do not panic.
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register(&self, id: u64, changed: Arc<Notify>) {
+        let key = (Phase::Pending, Instant::now(), id);
+        let mut registry = self.registry();
+        registry.waiting.insert(key);
+        registry
+            .connections
+            .insert(id, ConnState { in_flight: 0, waiting: Some(key), displaced: false, changed });
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut registry = self.registry();
+        if let Some(ConnState { waiting: Some(key), .. }) = registry.connections.remove(&id) {
+            registry.waiting.remove(&key);
+        }
+    }
+
+    fn status(&self, id: u64) -> Status {
+        let registry = self.registry();
+        match registry.connections.get(&id) {
+            Some(state) => Status {
+                displaced: state.displaced,
+                waiting: state.waiting.map(|(phase, since, _)| (phase, since)),
+            },
+            None => Status { displaced: true, waiting: None },
+        }
+    }
+
+    fn call_started(&self, id: u64) {
+        let mut registry = self.registry();
+        let Registry { connections, waiting } = &mut *registry;
+        if let Some(state) = connections.get_mut(&id) {
+            state.in_flight += 1;
+            if let Some(key) = state.waiting.take() {
+                waiting.remove(&key);
+                state.changed.notify_one();
+            }
+        }
+    }
+
+    fn call_ended(&self, id: u64) {
+        let mut registry = self.registry();
+        let Registry { connections, waiting } = &mut *registry;
+        if let Some(state) = connections.get_mut(&id) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if state.in_flight == 0 && !state.displaced {
+                let key = (Phase::Idle, Instant::now(), id);
+                waiting.insert(key);
+                state.waiting = Some(key);
+                state.changed.notify_one();
+            }
+        }
+    }
+
+    /// Marks the connection that has waited longest (pending before idle) as
+    /// displaced and wakes it; `false` if every connection is busy.
+    fn displace_one(&self) -> bool {
+        let mut registry = self.registry();
+        let Some(key) = registry.waiting.pop_first() else { return false };
+        if let Some(state) = registry.connections.get_mut(&key.2) {
+            state.waiting = None;
+            state.displaced = true;
+            state.changed.notify_one();
+        }
+        true
+    }
+}
+
+/// The far end of a connection, put in the extensions of every request it sends.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    addr: SocketAddr,
+    subject: Arc<str>,
+    conn: Arc<ConnHandle>,
+}
+
+#[derive(Debug)]
+struct ConnHandle {
+    id: u64,
+    shared: Arc<Shared>,
+    request_bytes: Arc<Semaphore>,
+}
+
+impl Peer {
+    /// The peer of the connection a request came on, if it was served by a
+    /// [`Listener`].
+    pub fn of(extensions: &http::Extensions) -> Option<&Peer> {
+        extensions.get::<Peer>()
+    }
+
+    /// The remote address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The identity: the Common Name of the verified client certificate, or
+    /// [`ANONYMOUS`].
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// This connection's share of the listener's request byte budget.
+    pub(crate) fn request_budget(&self) -> RequestBudget {
+        RequestBudget {
+            connection: Arc::clone(&self.conn.request_bytes),
+            connection_bytes: self.conn.shared.limits.connection_request_buffer_bytes,
+            global: Arc::clone(&self.conn.shared.request_bytes),
+            global_bytes: self.conn.shared.limits.request_buffer_bytes,
+        }
+    }
+
+    pub(crate) fn body_timeout(&self) -> Duration {
+        self.conn.shared.limits.body_timeout
+    }
+
+    /// Reads a whole request body of at most `max_bytes`, within the request byte
+    /// budget and the body timeout.
+    pub async fn read_body<B>(&self, body: B, max_bytes: usize) -> Result<Bytes, BodyError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
+        let declared = body.size_hint().exact().map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+        if let Some(bytes) = declared
+            && bytes > max_bytes
+        {
+            return Err(BodyError::TooLarge { bytes: Some(bytes), max_bytes });
+        }
+        let timeout = self.body_timeout();
+        let read = async {
+            let _held = self.request_budget().hold(declared.unwrap_or(max_bytes)).await;
+            let mut body = std::pin::pin!(body);
+            let mut collected = Vec::new();
+            while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                let frame = frame.map_err(|error| BodyError::Read(error.to_string()))?;
+                if let Ok(data) = frame.into_data() {
+                    if collected.len() + data.len() > max_bytes {
+                        return Err(BodyError::TooLarge { bytes: None, max_bytes });
+                    }
+                    collected.extend_from_slice(&data);
+                }
+            }
+            Ok(Bytes::from(collected))
+        };
+        tokio::time::timeout(timeout, read).await.unwrap_or(Err(BodyError::Timeout(timeout)))
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than allowed (`bytes` when the request declared its length).
+    #[error("request body exceeds the limit of {max_bytes} bytes")]
+    TooLarge {
+        /// The declared length.
+        bytes: Option<usize>,
+        /// The limit.
+        max_bytes: usize,
+    },
+    /// Not received within the body timeout.
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
+    /// The connection failed while reading.
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+}
+
+/// A connection's and its listener's request byte budgets.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestBudget {
+    connection: Arc<Semaphore>,
+    connection_bytes: usize,
+    global: Arc<Semaphore>,
+    global_bytes: usize,
+}
+
+/// Request bytes held against both budgets; released on drop.
+#[derive(Debug)]
+pub(crate) struct Held(#[allow(dead_code)] Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
+
+fn permits(bytes: usize, capacity: usize) -> u32 {
+    u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX)
+}
+
+impl RequestBudget {
+    /// Holds `bytes` (capped at each budget's size, so one request always fits),
+    /// waiting for them; the connection's share first, then the listener's.
+    pub(crate) async fn hold(self, bytes: usize) -> Held {
+        let connection = self.connection.acquire_many_owned(permits(bytes, self.connection_bytes)).await;
+        let global = self.global.acquire_many_owned(permits(bytes, self.global_bytes)).await;
+        // The semaphores are never closed.
+        Held(connection.ok().zip(global.ok()))
+    }
+}
+
+/// One listening socket and how to serve it.
+#[derive(Debug)]
+pub struct Listener<B> {
+    /// Names the listener in log lines (`rpc`, `http`).
+    pub name: &'static str,
+    /// The bound socket.
+    pub tcp: TcpListener,
+    /// TLS, or plaintext when `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The bounds.
+    pub limits: Limits,
+    /// Serve HTTP/1.1 as well as HTTP/2 (`false`: HTTP/2 only, as gRPC).
+    pub http1: bool,
+    /// Written to a plaintext connection refused at the connection cap.
+    pub refusal: &'static [u8],
+    /// The answer to a call refused at the call limit (the message says why).
+    pub overloaded: fn(String) -> http::Response<B>,
+}
+
+impl<B> Listener<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Serves connections with `service` until `shutdown` resolves, then closes
+    /// idle connections, lets busy ones finish their calls, and returns when all
+    /// are closed. Drop (abort) the returned future to close them at once.
+    pub async fn serve<S>(self, service: S, shutdown: impl Future<Output = ()>, logger: Logger)
+    where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Listener { name, tcp, tls, limits, http1, refusal, overloaded } = self;
+        let shared = Arc::new(Shared {
+            registry: Mutex::default(),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
+            request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
+            next_id: AtomicU64::new(0),
+            logger: logger.new(slog::o!("listener" => name)),
+            refused: Throttle::default(),
+            displaced: Throttle::default(),
+            accept_failed: Throttle::default(),
+            handshake_failed: Throttle::default(),
+            limits,
+        });
+        let builder = http_builder(&shared.limits, http1);
+        let (stopping_tx, stopping) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            while connections.try_join_next().is_some() {}
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (stream, addr) = match accepted {
+                Ok(accepted) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
+                Err(error) if is_per_connection(&error) => continue,
+                Err(error) => {
+                    shared.accept_failed.hit(|count| {
+                        warn!(shared.logger, "accept failed; backing off";
+                            "error" => %error, "occurrences" => count, "backoff_ms" => backoff.as_millis() as u64);
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let Some(permit) = admit(&shared).await else {
+                refuse(&shared, stream, addr, if tls.is_some() { b"" } else { refusal });
+                continue;
+            };
+            let connection = Connection {
+                shared: Arc::clone(&shared),
+                id: shared.next_id.fetch_add(1, Ordering::Relaxed),
+                changed: Arc::new(Notify::new()),
+                addr,
+            };
+            connections.spawn(connection.run(
+                stream,
+                tls.clone(),
+                builder.clone(),
+                Track { inner: service.clone(), overloaded },
+                stopping.clone(),
+                permit,
+            ));
+        }
+        // Stop accepting at once: the kernel refuses new connections from here.
+        drop(tcp);
+        let _ = stopping_tx.send(true);
+        while connections.join_next().await.is_some() {}
+    }
+}
+
+/// Errors of one incoming connection (it went away before it was accepted):
+/// the next accept can go ahead at once.
+fn is_per_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(error.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted)
+}
+
+/// A connection slot for a new connection: a free one, or the slot of the
+/// connection that has waited longest, which is closed for it.
+async fn admit(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = Arc::clone(&shared.connections).try_acquire_owned() {
+        return Some(permit);
+    }
+    if !shared.displace_one() {
+        return None;
+    }
+    shared.displaced.hit(|count| {
+        warn!(shared.logger, "connection limit reached: closing connections with nothing in flight to admit new ones";
+            "max_connections" => shared.limits.max_connections, "occurrences" => count);
+    });
+    tokio::time::timeout(DISPLACE_WAIT, Arc::clone(&shared.connections).acquire_owned()).await.ok()?.ok()
+}
+
+fn refuse(shared: &Shared, stream: TcpStream, addr: SocketAddr, refusal: &[u8]) {
+    shared.refused.hit(|count| {
+        warn!(shared.logger, "connection limit reached and every connection is busy: refusing connections";
+            "max_connections" => shared.limits.max_connections, "peer" => %addr, "occurrences" => count);
+    });
+    // The socket buffer of a new connection is empty: a non-blocking write of a
+    // few bytes completes, and a short one only shortens the courtesy.
+    if let Ok(mut stream) = stream.into_std() {
+        let _ = std::io::Write::write(&mut stream, refusal);
+    }
+}
+
+fn http_builder(limits: &Limits, http1: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if !http1 {
+        builder = builder.http2_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.first_request_timeout)
+        .max_buf_size(MAX_HEADER_BYTES as usize * 4)
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_send_buf_size(SEND_BUFFER_BYTES)
+        .max_header_list_size(MAX_HEADER_BYTES)
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    builder
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One accepted connection.
+struct Connection {
+    shared: Arc<Shared>,
+    id: u64,
+    changed: Arc<Notify>,
+    addr: SocketAddr,
+}
+
+impl Connection {
+    async fn run<S, B>(
+        self,
+        stream: TcpStream,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        builder: auto::Builder<TokioExecutor>,
+        service: Track<S, B>,
+        mut stopping: watch::Receiver<bool>,
+        _permit: OwnedSemaphorePermit,
+    ) where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.shared.register(self.id, Arc::clone(&self.changed));
+        let _registered = Unregister(&self.shared, self.id);
+        // Small responses (acknowledgements) must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        let limits = &self.shared.limits;
+        let first_request_deadline = Instant::now() + limits.first_request_timeout;
+        let (io, subject): (Box<dyn Io>, String) = match tls {
+            Some(tls) => {
+                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                let handshake = tokio::time::timeout_at(first_request_deadline, handshake);
+                tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => {
+                            let subject = subject_of_chain(stream.get_ref().1.peer_certificates());
+                            (Box::new(stream), subject)
+                        }
+                        Ok(Err(error)) => {
+                            self.shared.handshake_failed.hit(|count| {
+                                debug!(self.shared.logger, "tls handshake failed";
+                                    "peer" => %self.addr, "error" => %error, "occurrences" => count);
+                            });
+                            return;
+                        }
+                        Err(_) => return,
+                    },
+                    () = self.changed.notified() => return, // displaced
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
+            }
+            None => (Box::new(stream), ANONYMOUS.to_owned()),
+        };
+        let peer = Peer {
+            addr: self.addr,
+            subject: subject.into(),
+            conn: Arc::new(ConnHandle {
+                id: self.id,
+                shared: Arc::clone(&self.shared),
+                request_bytes: Arc::new(Semaphore::new(limits.connection_request_buffer_bytes)),
+            }),
+        };
+        let service = TowerToHyperService::new(Tracked { track: service, peer });
+        let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let mut connection = std::pin::pin!(connection);
+        let mut closing: Option<Instant> = None;
+        loop {
+            let status = self.shared.status(self.id);
+            let stopping_now = *stopping.borrow();
+            if status.displaced || (stopping_now && status.waiting.is_some()) {
+                return; // nothing in flight: close at once
+            }
+            let deadline = match (status.waiting, closing) {
+                (None, _) => None,
+                (Some(_), Some(since)) => Some(since + CLOSE_GRACE),
+                (Some((Phase::Pending, _)), None) => Some(first_request_deadline),
+                (Some((Phase::Idle, since)), None) => Some(since + limits.idle_timeout),
+            };
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        debug!(self.shared.logger, "connection ended with an error"; "peer" => %self.addr, "error" => %error);
+                    }
+                    return;
+                }
+                () = self.changed.notified() => {}
+                () = sleep_until(deadline) => match status.waiting {
+                    Some((Phase::Pending, _)) => return,
+                    _ if closing.is_some() => return,
+                    _ => {
+                        // Idle too long: tell the client (GOAWAY), then close.
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
+                    }
+                },
+                _ = stopping.wait_for(|stop| *stop), if !stopping_now => {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Removes a connection from its registry when its task ends, however it ends.
+struct Unregister<'a>(&'a Shared, u64);
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        self.0.unregister(self.1);
+    }
+}
+
+/// The service of a listener, with the call limit and the in-flight accounting
+/// that tells a connection it is busy.
+struct Track<S, B> {
+    inner: S,
+    overloaded: fn(String) -> http::Response<B>,
+}
+
+impl<S: Clone, B> Clone for Track<S, B> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), overloaded: self.overloaded }
+    }
+}
+
+/// [`Track`] bound to one connection.
+struct Tracked<S, B> {
+    track: Track<S, B>,
+    peer: Peer,
+}
+
+impl<S: Clone, B> Clone for Tracked<S, B> {
+    fn clone(&self) -> Self {
+        Self { track: self.track.clone(), peer: self.peer.clone() }
+    }
+}
+
+/// Marks a call in progress on its connection until dropped (with the response
+/// body, or the call's future if it never produced one).
+#[derive(Debug)]
+struct InFlight {
+    conn: Arc<ConnHandle>,
+    _call: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.conn.shared.call_ended(self.conn.id);
+    }
+}
+
+impl<S, B> tower::Service<http::Request<Incoming>> for Tracked<S, B>
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<B>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.track.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Incoming>) -> Self::Future {
+        let conn = Arc::clone(&self.peer.conn);
+        conn.shared.call_started(conn.id);
+        let call = Arc::clone(&conn.shared.calls).try_acquire_owned().ok();
+        let refused = call.is_none();
+        let in_flight = InFlight { conn, _call: call };
+        if refused {
+            let limit = in_flight.conn.shared.limits.max_concurrent_calls;
+            let response = (self.track.overloaded)(format!(
+                "server overloaded: {limit} calls in progress (max-concurrent-calls)"
+            ));
+            return Box::pin(std::future::ready(Ok(
+                response.map(|body| TrackedBody { body, _in_flight: in_flight })
+            )));
+        }
+        request.extensions_mut().insert(self.peer.clone());
+        let clone = self.track.inner.clone();
+        let mut inner = std::mem::replace(&mut self.track.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            Ok(response.map(|body| TrackedBody { body, _in_flight: in_flight }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call counted as in flight until it ends.
+    pub struct TrackedBody<B> {
+        #[pin]
+        body: B,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A budget of the default sizes, for unit tests of its users.
+#[cfg(test)]
+pub(crate) fn test_budget() -> RequestBudget {
+    let limits = Limits::default();
+    RequestBudget {
+        connection: Arc::new(Semaphore::new(limits.connection_request_buffer_bytes)),
+        connection_bytes: limits.connection_request_buffer_bytes,
+        global: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
+        global_bytes: limits.request_buffer_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let limits = Limits::default();
+        Shared {
+            registry: Mutex::default(),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
+            request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
+            next_id: AtomicU64::new(0),
+            logger: Logger::root(slog::Discard, slog::o!()),
+            refused: Throttle::default(),
+            displaced: Throttle::default(),
+            accept_failed: Throttle::default(),
+            handshake_failed: Throttle::default(),
+            limits,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn displacement_takes_pending_connections_first_then_the_longest_idle() {
+        let shared = shared();
+        for id in 0..4 {
+            shared.register(id, Arc::new(Notify::new()));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        // 0 and 1 served a request (1 first); 2 is busy; 3 never sent one.
+        shared.call_started(2);
+        shared.call_started(1);
+        shared.call_ended(1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        shared.call_started(0);
+        shared.call_ended(0);
+        let displaced = |shared: &Shared| {
+            assert!(shared.displace_one());
+            (0..4).find(|&id| {
+                let status = shared.status(id);
+                status.displaced && {
+                    shared.unregister(id);
+                    true
+                }
+            })
+        };
+        assert_eq!(displaced(&shared), Some(3), "pending first");
+        assert_eq!(displaced(&shared), Some(1), "then the longest idle");
+        assert_eq!(displaced(&shared), Some(0));
+        assert!(!shared.displace_one(), "a busy connection is never displaced");
+        shared.call_ended(2);
+        assert!(shared.displace_one());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_warning_counts_what_it_stood_for() {
+        let throttle = Throttle::default();
+        let mut logged = Vec::new();
+        for _ in 0..5 {
+            throttle.hit(|count| logged.push(count));
+        }
+        tokio::time::advance(WARNING_PERIOD).await;
+        throttle.hit(|count| logged.push(count));
+        assert_eq!(logged, vec![1, 5]);
+    }
+}
