@@ -4,133 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use proglog_api::v1::log_client::LogClient;
-use proglog_api::v1::{ConsumeRequest, ProduceRequest, Record};
+use proglog_api::v1::ConsumeRequest;
+use support::{AGENT, Agent, Pki, http, produce};
 use tonic::Code;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_proglog-agent");
-
-/// A running agent; killed on drop if the test did not stop it.
-struct Agent {
-    child: Child,
-    rpc: SocketAddr,
-    http_addr: Option<SocketAddr>,
-    /// The agent's log lines (JSON) after "serving".
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Agent {
-    /// Starts the agent on `data_dir` with OS-chosen ports, and waits until it
-    /// says it is serving.
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--node-name",
-            "black-box",
-            "--log-format",
-            "json",
-        ];
-        for (flag, value) in
-            [("--bind-addr", "127.0.0.1:0"), ("--rpc-port", "0"), ("--http-addr", "127.0.0.1:0")]
-        {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        let mut child = Command::new(AGENT)
-            .args(args)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let serving = loop {
-            let line = lines.next().expect("agent exited before serving").unwrap();
-            if line.contains("\"msg\":\"serving\"") {
-                break line;
-            }
-        };
-        // Keep draining the log so the agent never blocks on a full pipe; tests
-        // may read what it says.
-        let (log_tx, log) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let _ = log_tx.send(line);
-            }
-        });
-        let field = |name: &str| -> Option<SocketAddr> {
-            let start = serving.find(&format!("\"{name}\":\""))? + name.len() + 4;
-            serving[start..].split('"').next()?.parse().ok()
-        };
-        Self { rpc: field("rpc_addr").unwrap(), http_addr: field("http_addr"), child, log }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: sends a signal to our own child process.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
-    }
-
-    /// SIGTERM, then the exit status. Waits off the runtime, so this test's
-    /// clients can still answer the agent's GOAWAY and hang up.
-    async fn terminate(mut self) -> ExitStatus {
-        self.signal(libc::SIGTERM);
-        tokio::task::spawn_blocking(move || self.child.wait().unwrap()).await.unwrap()
-    }
-
-    /// kill -9.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn http(&self) -> SocketAddr {
-        self.http_addr.expect("the HTTP API is enabled")
-    }
-
-    async fn grpc(&self) -> LogClient<tonic::transport::Channel> {
-        LogClient::connect(format!("http://{}", self.rpc)).await.unwrap()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal HTTP/1.1 exchange over any stream: (status, body).
-fn exchange(mut stream: impl Read + Write, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    exchange(TcpStream::connect(addr).unwrap(), method, path, body)
-}
-
-fn produce(value: &str) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: value.to_owned().into(), ..Default::default() }) }
-}
 
 #[tokio::test]
 async fn http_and_grpc_serve_one_log_and_metrics_count_calls() {
@@ -367,82 +250,6 @@ async fn plaintext_on_a_non_loopback_address_needs_insecure() {
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
 
-/// Mutual-TLS material for one test.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        proglog_certs::write_dev_set(dir.path()).unwrap();
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn agent_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        for (flag, file) in [
-            ("--server-tls-cert-file", "server.pem"),
-            ("--server-tls-key-file", "server-key.pem"),
-            ("--server-tls-ca-file", "ca.pem"),
-            ("--acl-model-file", "model.conf"),
-            ("--acl-policy-file", "policy.csv"),
-        ] {
-            args.push(flag.to_owned());
-            args.push(self.path(file).to_str().unwrap().to_owned());
-        }
-        args
-    }
-
-    /// A TLS HTTP exchange presenting `client` (e.g. "root") or no certificate.
-    fn https(
-        &self,
-        addr: SocketAddr,
-        client: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Option<(u16, String)> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(self.path("ca.pem")).unwrap()).unwrap();
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let config = match client {
-            Some(name) => {
-                let certs = CertificateDer::pem_file_iter(self.path(&format!("{name}-client.pem")))
-                    .unwrap()
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                let key = PrivateKeyDer::from_pem_file(self.path(&format!("{name}-client-key.pem"))).unwrap();
-                builder.with_client_auth_cert(certs, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let server_name = ServerName::try_from("localhost").unwrap();
-        let connection = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
-        let tcp = TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut stream = rustls::StreamOwned::new(connection, tcp);
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut response = String::new();
-        // A rejected handshake surfaces here, as an error or an empty response.
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split(' ').nth(1)?.parse().ok()?;
-        Some((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
-    }
-}
-
 #[tokio::test]
 async fn tls_and_acl_guard_http_exactly_as_grpc() {
     let pki = Pki::new();
@@ -473,24 +280,7 @@ async fn tls_and_acl_guard_http_exactly_as_grpc() {
     assert_eq!(pki.https(agent.http(), Some("nobody"), "GET", "/metrics", None).unwrap().0, 200);
 
     // The same decisions over gRPC.
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let read = |name: &str| std::fs::read_to_string(pki.path(name)).unwrap();
-    let client = |name: &str| {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")))
-            .identity(Identity::from_pem(
-                read(&format!("{name}-client.pem")),
-                read(&format!("{name}-client-key.pem")),
-            ))
-            .domain_name("localhost");
-        LogClient::new(
-            Endpoint::from_shared(format!("https://{}", agent.rpc))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect_lazy(),
-        )
-    };
+    let client = |name: &str| pki.grpc(agent.rpc, name);
     let status = client("nobody").produce(produce("x")).await.unwrap_err();
     assert_eq!(
         (status.code(), status.message()),

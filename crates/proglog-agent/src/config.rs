@@ -146,7 +146,7 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// Connections the HTTP port serves at once. Default 256.
     pub http_max_connections: usize,
-    /// Calls in progress at once on the RPC port (streams included). Default 4096.
+    /// Calls in progress at once on the RPC port (streams included). Default 1024.
     pub max_concurrent_calls: usize,
     /// A connection with no call in progress this long is closed. Default 10m.
     pub idle_timeout: Duration,
@@ -191,7 +191,7 @@ impl Default for AgentConfig {
             raft_election_timeout: Duration::from_secs(1),
             max_connections: 1024,
             http_max_connections: 256,
-            max_concurrent_calls: 4096,
+            max_concurrent_calls: 1024,
             idle_timeout: Duration::from_secs(600),
         }
     }
@@ -293,7 +293,7 @@ pub struct ConfigLayer {
     #[arg(long, value_name = "COUNT")]
     pub http_max_connections: Option<usize>,
     /// Calls in progress at once on the RPC port, streams included; more are
-    /// refused with RESOURCE_EXHAUSTED [default: 4096]
+    /// refused with RESOURCE_EXHAUSTED [default: 1024]
     #[arg(long, value_name = "COUNT")]
     pub max_concurrent_calls: Option<usize>,
     /// Close connections with no call in progress for this long [default: 10m]

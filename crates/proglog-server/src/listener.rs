@@ -141,7 +141,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
-            max_concurrent_calls: 4096,
+            max_concurrent_calls: 1024,
             max_streams_per_connection: 128,
             first_request_timeout: Duration::from_secs(10),
             // Kafka's connections.max.idle.ms.

@@ -1,0 +1,318 @@
+//! What the black-box tests share: the real agent as a child process (OS-chosen
+//! ports read back from its JSON log, its log lines and size, its memory), HTTP
+//! exchanges, and a development PKI.
+
+#![allow(dead_code, clippy::unwrap_used)] // shared by several test files; tests fail loudly
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proglog_api::v1::log_client::LogClient;
+use proglog_api::v1::{ProduceRequest, Record};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_proglog-agent");
+
+/// A running agent; killed on drop if the test did not stop it.
+pub struct Agent {
+    pub child: Child,
+    pub rpc: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    /// The agent's log lines (JSON) up to "serving".
+    pub startup: Vec<String>,
+    /// The agent's log lines (JSON) after "serving".
+    pub log: std::sync::mpsc::Receiver<String>,
+    /// Bytes the agent has logged so far.
+    logged: Arc<AtomicU64>,
+}
+
+impl Agent {
+    /// Starts the agent on `data_dir` with OS-chosen ports, and waits until it
+    /// says it is serving.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_limited(data_dir, extra, None)
+    }
+
+    /// [`Agent::start`], with the agent's open-file limit (soft and hard) set to
+    /// `nofile` if given, as `ulimit -n` would.
+    pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Self {
+        let mut args = vec![
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--node-name",
+            "black-box",
+            "--log-format",
+            "json",
+        ];
+        for (flag, value) in
+            [("--bind-addr", "127.0.0.1:0"), ("--rpc-port", "0"), ("--http-addr", "127.0.0.1:0")]
+        {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        let mut command = Command::new(AGENT);
+        command.args(args).args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
+        if let Some(nofile) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().unwrap();
+        let logged = Arc::new(AtomicU64::new(0));
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut startup = Vec::new();
+        let serving = loop {
+            let line = lines.next().expect("agent exited before serving").unwrap();
+            logged.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+            if line.contains("\"msg\":\"serving\"") {
+                break line;
+            }
+            startup.push(line);
+        };
+        // Keep draining the log so the agent never blocks on a full pipe; tests
+        // may read what it says.
+        let (log_tx, log) = std::sync::mpsc::channel();
+        let counter = Arc::clone(&logged);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                counter.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+                let _ = log_tx.send(line);
+            }
+        });
+        let field = |name: &str| -> Option<SocketAddr> {
+            let start = serving.find(&format!("\"{name}\":\""))? + name.len() + 4;
+            serving[start..].split('"').next()?.parse().ok()
+        };
+        Self { rpc: field("rpc_addr").unwrap(), http_addr: field("http_addr"), child, startup, log, logged }
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
+
+    /// SIGTERM, then the exit status. Waits off the runtime, so this test's
+    /// clients can still answer the agent's GOAWAY and hang up.
+    pub async fn terminate(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        tokio::task::spawn_blocking(move || self.child.wait().unwrap()).await.unwrap()
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.http_addr.expect("the HTTP API is enabled")
+    }
+
+    pub async fn grpc(&self) -> LogClient<tonic::transport::Channel> {
+        LogClient::connect(format!("http://{}", self.rpc)).await.unwrap()
+    }
+
+    /// Bytes the agent has written to its log so far.
+    pub fn logged_bytes(&self) -> u64 {
+        self.logged.load(Ordering::Relaxed)
+    }
+
+    /// The agent's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.status_kib("VmHWM:") * 1024
+    }
+
+    /// Restarts the peak measure (VmHWM) from the resident memory now, which it
+    /// returns: an attack's peak is then measured from here.
+    pub fn reset_peak_rss(&self) -> u64 {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+        self.rss()
+    }
+
+    /// The agent's resident memory now (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        self.status_kib("VmRSS:") * 1024
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|line| line.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// CPU time (user + system) the agent has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces): utime and stime
+        // are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks_used: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks_used as f64 / ticks)
+    }
+
+    /// Waits (up to 10 s) for a log line containing every one of `fields`.
+    pub fn wait_for_line(&self, fields: &[&str]) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.log.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {fields:?}"));
+            if fields.iter().all(|field| line.contains(field)) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange over any stream: (status, body).
+pub fn exchange(
+    mut stream: impl Read + Write,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    exchange(stream, method, path, body)
+}
+
+pub fn produce(value: &str) -> ProduceRequest {
+    ProduceRequest { record: Some(Record { value: value.to_owned().into(), ..Default::default() }) }
+}
+
+/// Mutual-TLS material for one test.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        proglog_certs::write_dev_set(dir.path()).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn agent_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (flag, file) in [
+            ("--server-tls-cert-file", "server.pem"),
+            ("--server-tls-key-file", "server-key.pem"),
+            ("--server-tls-ca-file", "ca.pem"),
+            ("--acl-model-file", "model.conf"),
+            ("--acl-policy-file", "policy.csv"),
+        ] {
+            args.push(flag.to_owned());
+            args.push(self.path(file).to_str().unwrap().to_owned());
+        }
+        args
+    }
+
+    /// A rustls client config trusting the CA, presenting `client` (e.g. "root")
+    /// or no certificate, offering `alpn`.
+    pub fn client_config(&self, client: Option<&str>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(self.path("ca.pem")).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let mut config = match client {
+            Some(name) => {
+                let certs = CertificateDer::pem_file_iter(self.path(&format!("{name}-client.pem")))
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = PrivateKeyDer::from_pem_file(self.path(&format!("{name}-client-key.pem"))).unwrap();
+                builder.with_client_auth_cert(certs, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// A TLS HTTP exchange presenting `client` (e.g. "root") or no certificate.
+    pub fn https(
+        &self,
+        addr: SocketAddr,
+        client: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        use rustls::pki_types::ServerName;
+        let server_name = ServerName::try_from("localhost").unwrap();
+        let connection = rustls::ClientConnection::new(self.client_config(client, &[]), server_name).unwrap();
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut stream = rustls::StreamOwned::new(connection, tcp);
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = String::new();
+        // A rejected handshake surfaces here, as an error or an empty response.
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split(' ').nth(1)?.parse().ok()?;
+        Some((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+    }
+
+    /// A gRPC client over mutual TLS as `client`.
+    pub fn grpc(&self, addr: SocketAddr, client: &str) -> LogClient<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+        let read = |name: &str| std::fs::read_to_string(self.path(name)).unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .identity(Identity::from_pem(
+                read(&format!("{client}-client.pem")),
+                read(&format!("{client}-client-key.pem")),
+            ))
+            .domain_name("localhost");
+        LogClient::new(
+            Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect_lazy(),
+        )
+    }
+}
