@@ -93,8 +93,8 @@ async fn shutdown_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The process's log drain (to stderr), asynchronous; records are flushed when
-/// the returned guard drops.
+/// The process's log drain (to stderr), asynchronous, level-filtered; records
+/// are flushed when the returned guard drops.
 fn logger(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard) {
     let level = match level {
         LogLevel::Trace => slog::Level::Trace,
@@ -110,6 +110,9 @@ fn logger(format: LogFormat, level: LogLevel) -> (Logger, slog_async::AsyncGuard
         }
         LogFormat::Json => Box::new(slog_json::Json::default(std::io::stderr()).fuse()),
     };
-    let (drain, guard) = slog_async::Async::new(drain.filter_level(level).fuse()).build_with_guard();
-    (Logger::root(drain.fuse(), o!()), guard)
+    // Filter before the asynchronous channel: records below the level are dropped
+    // where they are made, instead of crowding the channel (which drops what does
+    // not fit) and costing a copy each.
+    let (drain, guard) = slog_async::Async::new(drain).build_with_guard();
+    (Logger::root(drain.filter_level(level).fuse(), o!()), guard)
 }

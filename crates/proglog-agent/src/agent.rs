@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proglog_server::{Authorizer, Fsync, Limits, LocalLog, RpcObserver, ServerConfig};
 use slog::{Logger, error, info, warn};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -52,8 +52,18 @@ pub struct Agent {
     http: Option<JoinHandle<()>>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
-    TcpListener::bind(addr).await.map_err(|source| AgentError::Bind { addr, source })
+/// Connections the kernel completes and queues for `accept` (capped by
+/// `net.core.somaxconn`). std's default, 128, overflows under a burst of connects
+/// before the accept loop drains it, and the clients that overflow wait a second
+/// for their SYN to be retried.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    let error = |source| AgentError::Bind { addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(error)?;
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(error)
 }
 
 impl Agent {
@@ -71,12 +81,12 @@ impl Agent {
         let tls = config.server_tls();
         // Reports a bad certificate before anything is written.
         let http_tls = tls.as_ref().map(|tls| tls.server_config(&[b"h2", b"http/1.1"])).transpose()?;
-        let rpc_listener = bind(config.rpc_addr()).await?;
+        let rpc_listener = bind(config.rpc_addr())?;
         let rpc_addr = rpc_listener
             .local_addr()
             .map_err(|source| AgentError::Bind { addr: config.rpc_addr(), source })?;
         let http_listener = match config.http_addr {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr)?),
             None => None,
         };
         let http_addr = match &http_listener {

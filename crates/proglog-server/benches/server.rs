@@ -12,9 +12,7 @@
 //! / 1 quick), `PROGLOG_BENCH_STREAM_SECONDS` (time cap of each ProduceStream run,
 //! default 2 full / 1 quick), `PROGLOG_BENCH_SERVER_THREADS` and
 //! `PROGLOG_BENCH_CLIENT_THREADS` (tokio worker threads of each runtime, default 2
-//! and 2), `PROGLOG_BENCH_NODELAY=1` (diagnostic: set `TCP_NODELAY` on proglog's
-//! listening socket, which the accepted sockets inherit on Linux; `serve` itself
-//! leaves Nagle's algorithm on), `PROGLOG_BENCH_DIR` (where the temporary logs go,
+//! and 2), `PROGLOG_BENCH_DIR` (where the temporary logs go,
 //! default the system temp dir; it must not be tmpfs for the `always` figures to
 //! mean anything).
 //!
@@ -31,8 +29,8 @@
 //! for them (`block_on`) and starts and stops servers. Every server listens on its
 //! own `127.0.0.1:0` listener, plaintext, `AllowAll`, `max_record_bytes` 1 MiB.
 //! proglog is started as the agent starts it: `serve` on a bound `TcpListener`
-//! (`serve` accepts through `TcpListenerStream`, so the accepted sockets keep
-//! Nagle's algorithm on unless `PROGLOG_BENCH_NODELAY=1`). Each client is a
+//! (its own bounded accept loop, `TCP_NODELAY` on accepted sockets, the default
+//! limits). Each client is a
 //! separate tonic `Channel` (its own TCP connection, with `TCP_NODELAY` as tonic's
 //! client sets it), connected before the clock starts.
 //!
@@ -156,8 +154,6 @@ struct Settings {
     unary: Duration,
     /// Time cap of each ProduceStream run.
     stream_cap: Duration,
-    /// Diagnostic: `TCP_NODELAY` on proglog's listening socket.
-    nodelay: bool,
     server_threads: usize,
     client_threads: usize,
     base_dir: PathBuf,
@@ -185,7 +181,6 @@ impl Settings {
         let records: u64 = env_parse("PROGLOG_BENCH_RECORDS")?.unwrap_or(200_000);
         let seconds: Option<f64> = env_parse("PROGLOG_BENCH_SECONDS")?;
         let stream_seconds: Option<f64> = env_parse("PROGLOG_BENCH_STREAM_SECONDS")?;
-        let nodelay = std::env::var("PROGLOG_BENCH_NODELAY").is_ok_and(|v| !v.is_empty() && v != "0");
         let server_threads: usize = env_parse("PROGLOG_BENCH_SERVER_THREADS")?.unwrap_or(2).max(1);
         let client_threads: usize = env_parse("PROGLOG_BENCH_CLIENT_THREADS")?.unwrap_or(2).max(1);
         let base_dir = match std::env::var_os("PROGLOG_BENCH_DIR") {
@@ -202,7 +197,7 @@ impl Settings {
         } else {
             ("full", 3, records.max(WINDOW as u64), secs(seconds, 3.0), secs(stream_seconds, 2.0))
         };
-        Ok(Self { mode, reps, records, unary, stream_cap, nodelay, server_threads, client_threads, base_dir })
+        Ok(Self { mode, reps, records, unary, stream_cap, server_threads, client_threads, base_dir })
     }
 
     fn tempdir(&self) -> Result<TempDir> {
@@ -226,8 +221,8 @@ impl Settings {
              writer thread and tokio's blocking pool), client {} worker(s). Unary runs {:.1} s each; \
              ProduceStream {} records per run (split between the producers, window {WINDOW} per \
              producer) or {:.1} s, whichever comes first; ConsumeStream {} records from offset 0 \
-             (fewer if fewer were written). proglog: `serve` on a bound listener, accepted sockets \
-             {}; null: tonic's `TcpIncoming` with TCP_NODELAY.",
+             (fewer if fewer were written). proglog: `serve` on a bound listener (its bounded accept \
+             loop, TCP_NODELAY, default limits); null: tonic's `TcpIncoming` with TCP_NODELAY.",
             self.reps,
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_model().unwrap_or_else(|| "unknown CPU".to_string()),
@@ -240,11 +235,6 @@ impl Settings {
             self.records,
             self.stream_cap.as_secs_f64(),
             self.records,
-            if self.nodelay {
-                "with TCP_NODELAY inherited from the listener (PROGLOG_BENCH_NODELAY=1, not serve's default)"
-            } else {
-                "as serve leaves them (Nagle on)"
-            },
         );
         if fs.starts_with("tmpfs") {
             eprintln!("WARNING: {} is on tmpfs: fdatasync is free there", self.base_dir.display());
@@ -362,12 +352,10 @@ struct Running {
     log: Option<(Arc<LocalLog>, TempDir)>,
 }
 
-/// A listener on 127.0.0.1:0, registered with `rt`; with `nodelay`, `TCP_NODELAY`
-/// is set on it and inherited by the sockets it accepts (Linux).
-fn listen(rt: &Runtime, nodelay: bool) -> Result<tokio::net::TcpListener> {
+/// A listener on 127.0.0.1:0, registered with `rt`.
+fn listen(rt: &Runtime) -> Result<tokio::net::TcpListener> {
     let _runtime = rt.enter();
     let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_nodelay(nodelay)?;
     socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     Ok(socket.listen(1024)?)
 }
@@ -375,7 +363,7 @@ fn listen(rt: &Runtime, nodelay: bool) -> Result<tokio::net::TcpListener> {
 fn start_ours(settings: &Settings, rt: &Runtime, fsync: Fsync) -> Result<Running> {
     let dir = settings.tempdir()?;
     let log = proglog_log::Log::open(dir.path(), proglog_log::Config::default())?;
-    let listener = listen(rt, settings.nodelay)?;
+    let listener = listen(rt)?;
     let addr = listener.local_addr()?;
     let log = Arc::new(LocalLog::new(log, fsync, "bench", addr.to_string())?);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -388,7 +376,7 @@ fn start_ours(settings: &Settings, rt: &Runtime, fsync: Fsync) -> Result<Running
 }
 
 fn start_null(rt: &Runtime, pool: Arc<Vec<Bytes>>) -> Result<Running> {
-    let listener = listen(rt, false)?;
+    let listener = listen(rt)?;
     let addr = listener.local_addr()?;
     let service = LogServer::new(NullLog { counter: Arc::new(AtomicU64::new(0)), pool })
         .max_decoding_message_size(decode_limit())

@@ -63,8 +63,9 @@ const MAX_HEADER_BYTES: u32 = 16 << 10;
 /// unanswered before the connection is considered dead.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// A connection told to close (idle timeout) that still has not closed, and has
-/// nothing in flight, after this long is dropped.
+/// Time a connection gets after its last call to flush the answer before it may
+/// be dropped: when it was told to close (idle timeout, shutdown) and has not
+/// closed by itself, or before it may be displaced.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the slot of the connection it displaced.
 const DISPLACE_WAIT: Duration = Duration::from_secs(1);
@@ -297,11 +298,18 @@ impl Shared {
         }
     }
 
-    /// Marks the connection that has waited longest (pending before idle) as
-    /// displaced and wakes it; `false` if every connection is busy.
+    /// Marks the connection that has waited longest (pending before idle; idle
+    /// for at least [`CLOSE_GRACE`]) as displaced and wakes it; `false` if there
+    /// is none.
     fn displace_one(&self) -> bool {
         let mut registry = self.registry();
-        let Some(key) = registry.waiting.pop_first() else { return false };
+        let key = match registry.waiting.first() {
+            // Its last answer may still be on its way out: not yet.
+            Some(&(Phase::Idle, since, _)) if since.elapsed() < CLOSE_GRACE => return false,
+            Some(&key) => key,
+            None => return false,
+        };
+        registry.waiting.remove(&key);
         if let Some(state) = registry.connections.get_mut(&key.2) {
             state.waiting = None;
             state.displaced = true;
@@ -521,13 +529,7 @@ where
                 refuse(&shared, stream, addr, if tls.is_some() { b"" } else { refusal });
                 continue;
             };
-            let connection = Connection {
-                shared: Arc::clone(&shared),
-                id: shared.next_id.fetch_add(1, Ordering::Relaxed),
-                changed: Arc::new(Notify::new()),
-                addr,
-            };
-            connections.spawn(connection.run(
+            connections.spawn(Connection::accepted(&shared, addr).run(
                 stream,
                 tls.clone(),
                 builder.clone(),
@@ -603,7 +605,8 @@ fn http_builder(limits: &Limits, http1: bool) -> auto::Builder<TokioExecutor> {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// One accepted connection.
+/// One accepted connection: in its listener's registry from its acceptance (so it
+/// can be displaced before its task first runs) until dropped.
 struct Connection {
     shared: Arc<Shared>,
     id: u64,
@@ -611,7 +614,20 @@ struct Connection {
     addr: SocketAddr,
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
 impl Connection {
+    fn accepted(shared: &Arc<Shared>, addr: SocketAddr) -> Self {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let changed = Arc::new(Notify::new());
+        shared.register(id, Arc::clone(&changed));
+        Self { shared: Arc::clone(shared), id, changed, addr }
+    }
+
     async fn run<S, B>(
         self,
         stream: TcpStream,
@@ -629,8 +645,6 @@ impl Connection {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.shared.register(self.id, Arc::clone(&self.changed));
-        let _registered = Unregister(&self.shared, self.id);
         // Small responses (acknowledgements) must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let limits = &self.shared.limits;
@@ -672,16 +686,23 @@ impl Connection {
         let service = TowerToHyperService::new(Tracked { track: service, peer });
         let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
         let mut connection = std::pin::pin!(connection);
+        // Since when the connection has been told to close (GOAWAY, `Connection:
+        // close`): it may take [`CLOSE_GRACE`] after its last call to flush.
         let mut closing: Option<Instant> = None;
         loop {
             let status = self.shared.status(self.id);
             let stopping_now = *stopping.borrow();
-            if status.displaced || (stopping_now && status.waiting.is_some()) {
-                return; // nothing in flight: close at once
+            let pending = matches!(status.waiting, Some((Phase::Pending, _)));
+            if status.displaced || (stopping_now && pending) {
+                return; // nothing was ever answered here: close at once
+            }
+            if stopping_now && closing.is_none() {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
             }
             let deadline = match (status.waiting, closing) {
                 (None, _) => None,
-                (Some(_), Some(since)) => Some(since + CLOSE_GRACE),
+                (Some((_, since)), Some(closing)) => Some(since.max(closing) + CLOSE_GRACE),
                 (Some((Phase::Pending, _)), None) => Some(first_request_deadline),
                 (Some((Phase::Idle, since)), None) => Some(since + limits.idle_timeout),
             };
@@ -693,18 +714,15 @@ impl Connection {
                     return;
                 }
                 () = self.changed.notified() => {}
-                () = sleep_until(deadline) => match status.waiting {
-                    Some((Phase::Pending, _)) => return,
-                    _ if closing.is_some() => return,
-                    _ => {
-                        // Idle too long: tell the client (GOAWAY), then close.
-                        connection.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now());
+                () = sleep_until(deadline) => {
+                    if pending || closing.is_some() {
+                        return;
                     }
-                },
-                _ = stopping.wait_for(|stop| *stop), if !stopping_now => {
+                    // Idle too long: tell the client (GOAWAY), then close.
                     connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
                 }
+                _ = stopping.wait_for(|stop| *stop), if !stopping_now => {}
             }
         }
     }
@@ -714,15 +732,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Removes a connection from its registry when its task ends, however it ends.
-struct Unregister<'a>(&'a Shared, u64);
-
-impl Drop for Unregister<'_> {
-    fn drop(&mut self) {
-        self.0.unregister(self.1);
     }
 }
 
@@ -884,21 +893,22 @@ mod tests {
         shared.call_started(0);
         shared.call_ended(0);
         let displaced = |shared: &Shared| {
-            assert!(shared.displace_one());
-            (0..4).find(|&id| {
-                let status = shared.status(id);
-                status.displaced && {
-                    shared.unregister(id);
-                    true
-                }
-            })
+            if !shared.displace_one() {
+                return None;
+            }
+            let id =
+                (0..4).find(|id| shared.registry().connections.get(id).is_some_and(|state| state.displaced));
+            id.inspect(|&id| shared.unregister(id))
         };
         assert_eq!(displaced(&shared), Some(3), "pending first");
+        assert_eq!(displaced(&shared), None, "an answer may still be on its way out of 0 and 1");
+        tokio::time::advance(CLOSE_GRACE).await;
         assert_eq!(displaced(&shared), Some(1), "then the longest idle");
         assert_eq!(displaced(&shared), Some(0));
-        assert!(!shared.displace_one(), "a busy connection is never displaced");
+        assert_eq!(displaced(&shared), None, "a busy connection is never displaced");
         shared.call_ended(2);
-        assert!(shared.displace_one());
+        tokio::time::advance(CLOSE_GRACE).await;
+        assert_eq!(displaced(&shared), Some(2));
     }
 
     #[tokio::test(start_paused = true)]
