@@ -224,9 +224,13 @@ async fn t3a_unfinished_request_bodies_are_held_within_the_budgets() {
         }
     }
     served_promptly(&agent, "400 unfinished produce bodies").await;
-    // Per connection: its request budget (4 MiB and a record) plus its HTTP/2
-    // window (1 MiB) of unread bytes.
-    assert_bounded(&agent, baseline, 4 * 6 * MIB + 16 * MIB, 16 << 10);
+    // Calls that found no room in the budgets within a second were refused.
+    let (refused, _) = calls.swap_remove(399);
+    let refused = tokio::time::timeout(PROMPT, refused).await.unwrap().unwrap();
+    assert_eq!(refused.headers().get("grpc-status").unwrap(), "8", "RESOURCE_EXHAUSTED");
+    // Per connection: its request budget (8 MiB) plus its HTTP/2 window (1 MiB)
+    // of unread bytes.
+    assert_bounded(&agent, baseline, 4 * 9 * MIB + 16 * MIB, 16 << 10);
     drop(calls);
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
@@ -418,13 +422,13 @@ async fn t4_tls_handshakes_left_hanging_cannot_keep_https_from_normal_clients() 
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut args = pki.agent_args();
-    args.extend(["--http-max-connections".to_owned(), "64".to_owned()]);
+    let args = pki.agent_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(dir.path(), &args);
     let baseline = agent.reset_peak_rss();
     let until = Instant::now() + Duration::from_secs(4);
-    let attackers: Vec<_> = (0..200).map(|_| tokio::spawn(half_open_tls(agent.http(), until))).collect();
+    // More than the port's 256 connections.
+    let attackers: Vec<_> = (0..400).map(|_| tokio::spawn(half_open_tls(agent.http(), until))).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pki = Arc::new(pki);
     while Instant::now() + PROMPT < until {

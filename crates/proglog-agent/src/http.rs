@@ -130,6 +130,7 @@ async fn read_body(state: &HttpState, peer: &Peer, body: Body, max_bytes: usize)
             )
         }
         BodyError::Timeout(_) => ApiError(StatusCode::REQUEST_TIMEOUT, error.to_string()),
+        BodyError::Overloaded => ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
         _ => ApiError(StatusCode::BAD_REQUEST, error.to_string()),
     })
 }

@@ -72,6 +72,22 @@ fn contradictions_name_their_key() {
     assert_eq!(error_key(&["--segment-max-index-bytes", "4"]), "segment-max-index-bytes");
     assert_eq!(error_key(&["--raft-election-timeout", "200ms"]), "raft-election-timeout");
     assert_eq!(error_key(&["--bind-addr", "not-an-address"]), "bind-addr");
+    assert_eq!(error_key(&["--max-connections", "0"]), "max-connections");
+    assert_eq!(error_key(&["--http-max-connections", "0"]), "http-max-connections");
+    assert_eq!(error_key(&["--max-concurrent-calls", "0"]), "max-concurrent-calls");
+    assert_eq!(error_key(&["--idle-timeout", "0s"]), "idle-timeout");
+}
+
+#[test]
+fn limits_come_from_flags_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "max-connections = 50\nidle-timeout = \"30s\"\n").unwrap();
+    let path = file.to_str().unwrap();
+    let config = AgentConfig::load(flags(&["--config-file", path, "--max-concurrent-calls", "7"])).unwrap();
+    assert_eq!((config.max_connections, config.http_max_connections), (50, 256));
+    assert_eq!(config.max_concurrent_calls, 7);
+    assert_eq!(config.idle_timeout, Duration::from_secs(30));
 }
 
 #[test]

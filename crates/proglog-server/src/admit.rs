@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame};
+use tokio::time::Instant;
 use tonic::Status;
 
 use crate::auth::{Authorizer, OBJECT_WILDCARD, action};
@@ -116,28 +117,14 @@ where
         {
             return reject(status::permission_denied(peer.subject(), action, OBJECT_WILDCARD));
         }
-        let limit = if method.carries_records { self.layer.max_message_bytes() } else { SMALL_MESSAGE_BYTES };
-        let max_record_bytes = self.layer.max_record_bytes;
-        let too_large: Box<dyn Fn(usize) -> Status + Send + Sync> = if method.carries_records {
-            Box::new(move |bytes| status::request_too_large(bytes, max_record_bytes))
+        let (limit, max_record_bytes) = if method.carries_records {
+            (self.layer.max_message_bytes(), Some(self.layer.max_record_bytes))
         } else {
-            Box::new(move |bytes| status::message_too_large(bytes, limit))
+            (SMALL_MESSAGE_BYTES, None)
         };
-        let request = request.map(|body| GrpcBody {
-            inner: body,
-            limit,
-            too_large,
-            budget: peer.request_budget(),
-            header: [0; FRAME_HEADER_BYTES],
-            header_len: 0,
-            message: None,
-            held: None,
-            holding: None,
-            error: None,
-            timeout: peer.body_timeout(),
-            unary: method.unary_request,
-            deadline: method.unary_request.then(|| Box::pin(tokio::time::sleep(peer.body_timeout()))),
-        });
+        let (budget, timeout) = (peer.request_budget(), peer.body_timeout());
+        let request = request
+            .map(|body| GrpcBody::new(body, limit, max_record_bytes, budget, timeout, method.unary_request));
         Box::pin(self.inner.call(request))
     }
 }
@@ -148,13 +135,19 @@ where
 ///   is read, after the messages before it;
 /// - a message that spans several frames (so tonic must buffer it) holds its
 ///   length in the request byte budgets until it is complete; no more of the body
-///   is read until the budget allows;
+///   is read until the budget allows, and if it does not within a second the
+///   call is refused (`RESOURCE_EXHAUSTED`);
 /// - a unary request body, and each message of a stream once begun, must arrive
 ///   within the body timeout (`DEADLINE_EXCEEDED`).
+///
+/// Messages that arrive whole within a frame cost a header parse each: no budget,
+/// no timer (one is armed only while the body waits for bytes mid-message).
 pub(crate) struct GrpcBody<B> {
     inner: B,
+    /// Largest message accepted.
     limit: usize,
-    too_large: Box<dyn Fn(usize) -> Status + Send + Sync>,
+    /// The method carries records: a larger message is refused naming this.
+    max_record_bytes: Option<u64>,
     budget: RequestBudget,
     /// The header of the message being read, while incomplete.
     header: [u8; FRAME_HEADER_BYTES],
@@ -163,15 +156,52 @@ pub(crate) struct GrpcBody<B> {
     message: Option<(usize, usize)>,
     /// Budget held for that message.
     held: Option<Held>,
-    holding: Option<Pin<Box<dyn Future<Output = Held> + Send>>>,
+    holding: Option<Pin<Box<dyn Future<Output = Option<Held>> + Send>>>,
     /// Returned after the bytes before its cause have been handed on.
     error: Option<Status>,
     timeout: Duration,
     unary: bool,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// By when what is being received must be complete: a unary body, or a
+    /// message of a stream that has begun.
+    deadline: Option<Instant>,
+    /// Wakes the reader at `deadline` while it waits for bytes.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> GrpcBody<B> {
+    fn new(
+        inner: B,
+        limit: usize,
+        max_record_bytes: Option<u64>,
+        budget: RequestBudget,
+        timeout: Duration,
+        unary: bool,
+    ) -> Self {
+        Self {
+            inner,
+            limit,
+            max_record_bytes,
+            budget,
+            header: [0; FRAME_HEADER_BYTES],
+            header_len: 0,
+            message: None,
+            held: None,
+            holding: None,
+            error: None,
+            timeout,
+            unary,
+            deadline: unary.then(|| Instant::now() + timeout),
+            timer: None,
+        }
+    }
+
+    fn too_large(&self, bytes: usize) -> Status {
+        match self.max_record_bytes {
+            Some(max_record_bytes) => status::request_too_large(bytes, max_record_bytes),
+            None => status::message_too_large(bytes, self.limit),
+        }
+    }
+
     /// Follows the message framing through `data`; returns how many of its bytes
     /// may be handed on (all, unless a message is too large).
     fn scan(&mut self, data: &[u8]) -> usize {
@@ -195,7 +225,7 @@ impl<B> GrpcBody<B> {
             self.header_len = 0;
             let len = (&self.header[1..]).get_u32() as usize;
             if len > self.limit {
-                self.error = Some((self.too_large)(len));
+                self.error = Some(self.too_large(len));
                 // Hand on only the bytes before (this frame's part of) the header.
                 return at;
             }
@@ -222,6 +252,29 @@ impl<B> GrpcBody<B> {
     fn mid_message(&self) -> bool {
         self.message.is_some() || self.header_len > 0
     }
+
+    /// Nothing to hand on yet: wait, but no later than the deadline. A message
+    /// of a stream starts its clock here, the first time it has to wait for
+    /// bytes (a body that keeps arriving needs no timer).
+    fn wait<T>(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, tonic::codegen::StdError>>> {
+        if self.deadline.is_none() && self.mid_message() {
+            self.deadline = Some(Instant::now() + self.timeout);
+        }
+        let Some(deadline) = self.deadline else { return Poll::Pending };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => self.timed_out(),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn timed_out<T>(&mut self) -> Poll<Option<Result<T, tonic::codegen::StdError>>> {
+        self.deadline = None;
+        Poll::Ready(Some(Err(status::body_timeout(self.timeout).into())))
+    }
 }
 
 impl<B> Body for GrpcBody<B>
@@ -240,28 +293,38 @@ where
         if let Some(error) = this.error.take() {
             return Poll::Ready(Some(Err(error.into())));
         }
-        if let Some(deadline) = &mut this.deadline
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            this.deadline = None;
-            return Poll::Ready(Some(Err(status::body_timeout(this.timeout).into())));
+        if this.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return this.timed_out();
         }
         // A message that spans frames: hold its length before reading more of it.
         if let Some((len, _)) = this.message
             && this.held.is_none()
         {
-            let budget = this.budget.clone();
-            let holding = this.holding.get_or_insert_with(|| Box::pin(budget.hold(len)));
-            match holding.as_mut().poll(cx) {
-                Poll::Ready(held) => {
-                    this.held = Some(held);
-                    this.holding = None;
+            if this.holding.is_none() {
+                match this.budget.try_hold(len) {
+                    Some(held) => this.held = Some(held),
+                    None => this.holding = Some(Box::pin(this.budget.clone().hold(len))),
                 }
-                Poll::Pending => return Poll::Pending,
+            }
+            if let Some(holding) = &mut this.holding {
+                match holding.as_mut().poll(cx) {
+                    Poll::Ready(Some(held)) => {
+                        this.held = Some(held);
+                        this.holding = None;
+                    }
+                    Poll::Ready(None) => {
+                        this.holding = None;
+                        return Poll::Ready(Some(Err(status::overloaded(
+                            "server overloaded: request buffers are full".into(),
+                        )
+                        .into())));
+                    }
+                    Poll::Pending => return this.wait(cx),
+                }
             }
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => return this.wait(cx),
             Poll::Ready(None) => {
                 this.deadline = None;
                 return Poll::Ready(None);
@@ -277,9 +340,6 @@ where
             }
             Err(frame) => frame,
         };
-        if this.mid_message() && this.deadline.is_none() {
-            this.deadline = Some(Box::pin(tokio::time::sleep(this.timeout)));
-        }
         Poll::Ready(Some(Ok(frame)))
     }
 
@@ -294,21 +354,7 @@ mod tests {
     use crate::listener::test_budget;
 
     fn body(limit: usize) -> GrpcBody<http_body_util::Empty<Bytes>> {
-        GrpcBody {
-            inner: http_body_util::Empty::new(),
-            limit,
-            too_large: Box::new(|bytes| Status::invalid_argument(format!("{bytes}"))),
-            budget: test_budget(),
-            header: [0; FRAME_HEADER_BYTES],
-            header_len: 0,
-            message: None,
-            held: None,
-            holding: None,
-            error: None,
-            timeout: Duration::from_secs(1),
-            unary: false,
-            deadline: None,
-        }
+        GrpcBody::new(http_body_util::Empty::new(), limit, None, test_budget(), Duration::from_secs(1), false)
     }
 
     fn message(len: usize) -> Vec<u8> {
@@ -339,7 +385,8 @@ mod tests {
             let passed = body.scan(a) + if body.error.is_none() { body.scan(b) } else { 0 };
             assert_eq!(passed.min(8), 8, "the first message passes (split at {split})");
             assert!(passed <= 8 + FRAME_HEADER_BYTES, "no payload of the big one passes");
-            assert_eq!(body.error.map(|status| status.message().to_owned()), Some("11".to_owned()));
+            let message = body.error.map(|status| status.message().to_owned()).unwrap_or_default();
+            assert!(message.starts_with("request message of 11 bytes"), "{message}");
         }
     }
 

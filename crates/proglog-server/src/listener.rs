@@ -3,11 +3,12 @@
 //! more connections, calls, bytes or time than [`Limits`] says.
 //!
 //! - **Connections**: at most [`Limits::max_connections`]. At the cap, a new
-//!   connection takes the place of the connection that has gone longest without a
-//!   request in flight, preferring one that has not yet sent a complete request
-//!   (an idle or half-open attacker loses its slot first); when every connection
-//!   is busy, the new one is refused (plaintext: an HTTP 503 or an HTTP/2 GOAWAY;
-//!   TLS: closed).
+//!   connection takes the place of one that has not yet sent a complete request
+//!   (the oldest, and one still in its TLS handshake before one past it), or else
+//!   of the one idle longest (for at least a second, so its last answer is out):
+//!   a half-open or idle attacker loses its slot first. When there is none, the
+//!   new connection is refused (plaintext: an HTTP 503 or an HTTP/2 GOAWAY; TLS:
+//!   closed).
 //! - **Time**: a connection must finish its TLS handshake and send its first
 //!   request within [`Limits::first_request_timeout`]; one with no request in
 //!   flight for [`Limits::idle_timeout`] is closed; HTTP/1 request headers must
@@ -19,21 +20,23 @@
 //! - **Accept errors** (out of file descriptors) back off instead of spinning,
 //!   and every warning about an attack is logged at a bounded rate.
 //!
-//! On shutdown, connections with nothing in flight close at once; busy ones are
-//! told to finish (HTTP/2 GOAWAY, HTTP/1 `Connection: close`) and close when
-//! their calls end. The caller bounds the whole shutdown with one deadline.
+//! On shutdown, every connection is told to finish (HTTP/2 GOAWAY, HTTP/1
+//! `Connection: close`); one that never sent a request closes at once, the others
+//! once their calls have ended (with a second to flush the last answer). The
+//! caller bounds the whole shutdown with one deadline.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,31 +45,38 @@ use hyper_util::service::TowerToHyperService;
 use slog::{Logger, debug, warn};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::auth::{ANONYMOUS, subject_of_chain};
 
-/// HTTP/2 flow-control window of one stream: what a client may send on a stream
-/// before the server reads it.
-const STREAM_WINDOW_BYTES: u32 = 256 << 10;
 /// HTTP/2 flow-control window of a connection: what a client may have sent and
 /// the server not yet read, over all its streams.
 const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+/// HTTP/2 flow-control window of one stream: all of the connection's (a smaller
+/// one cost a pipelining producer ~7% in the benchmark).
+const STREAM_WINDOW_BYTES: u32 = CONNECTION_WINDOW_BYTES;
 /// Response bytes HTTP/2 buffers per stream beyond what the client's window
 /// lets it send.
 const SEND_BUFFER_BYTES: usize = 256 << 10;
-/// Largest block of request headers (HTTP/2 header list, HTTP/1 header buffer).
+/// Largest HTTP/2 header list; HTTP/1 reads into a buffer of four times this,
+/// which the request headers must fit in.
 const MAX_HEADER_BYTES: u32 = 16 << 10;
-/// HTTP/2 PING interval on busy connections, and how long a PING may go
-/// unanswered before the connection is considered dead.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive: a connection whose peer has vanished (its host died, the
+/// network dropped it) is found dead after `IDLE + INTERVAL × RETRIES` of
+/// silence (90 s), so a stream to a dead client does not hold its call forever.
+/// In the kernel: unlike HTTP/2 PINGs, it costs nothing per frame.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Time a connection gets after its last call to flush the answer before it may
 /// be dropped: when it was told to close (idle timeout, shutdown) and has not
 /// closed by itself, or before it may be displaced.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a request body waits for room in the request byte budgets before its
+/// call is refused as overloaded.
+const BUDGET_WAIT: Duration = Duration::from_secs(1);
 /// How long a new connection waits for the slot of the connection it displaced.
 const DISPLACE_WAIT: Duration = Duration::from_secs(1);
 /// Back-off after an accept error (out of file descriptors), doubling to the max.
@@ -109,7 +119,7 @@ impl Limits {
             request_buffer_bytes: defaults.request_buffer_bytes.max(max_request_bytes.saturating_mul(16)),
             connection_request_buffer_bytes: defaults
                 .connection_request_buffer_bytes
-                .max(max_request_bytes.saturating_mul(4)),
+                .max(max_request_bytes.saturating_mul(8)),
             ..defaults
         }
     }
@@ -149,7 +159,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             body_timeout: Duration::from_secs(30),
             request_buffer_bytes: 64 << 20,
-            connection_request_buffer_bytes: 4 << 20,
+            connection_request_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -185,17 +195,21 @@ impl Throttle {
     }
 }
 
-/// Where a connection is in its life, for choosing which one to displace.
+/// Where a connection is in its life, for choosing which one to displace: in
+/// this order (a connection still in its TLS handshake goes before one that
+/// finished it, so half-open connections cannot push out a client that has).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
-    /// Accepted; no complete request yet (TLS handshake, HTTP/2 preface, headers).
+    /// Accepted; its TLS handshake (if any) not finished.
     Pending,
+    /// TLS handshake done; no request yet.
+    Handshaken,
     /// Served at least one request; none in progress.
     Idle,
 }
 
-/// A connection with nothing in flight, ordered for displacement: pending before
-/// idle, then longest-waiting first.
+/// A connection with nothing in flight, ordered for displacement: by phase, then
+/// longest-waiting first.
 type Waiting = (Phase, Instant, u64);
 
 #[derive(Debug)]
@@ -203,8 +217,45 @@ struct ConnState {
     in_flight: usize,
     /// Set while nothing is in flight: the entry in `Registry::waiting`.
     waiting: Option<Waiting>,
-    displaced: bool,
-    changed: Arc<Notify>,
+    signal: Arc<Signal>,
+}
+
+/// What a connection's task is told from outside: it was displaced, or the
+/// listener is stopping. Polled on every wake-up of the task, so it takes no lock
+/// (a `Notify` or `watch` would take one per poll).
+#[derive(Debug, Default)]
+struct Signal {
+    displaced: AtomicBool,
+    stopping: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn displaced(&self) -> bool {
+        self.displaced.load(Ordering::Acquire)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Resolves once displaced, or stopping if `stopping_seen` is false.
+    async fn raised(&self, stopping_seen: bool) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.displaced() || (self.stopping() && !stopping_seen) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
 }
 
 /// The connections of one listener, and which of them could be displaced.
@@ -214,21 +265,14 @@ struct Registry {
     waiting: BTreeSet<Waiting>,
 }
 
-/// What a connection's task needs to decide what to do next.
-#[derive(Clone, Copy, Debug)]
-struct Status {
-    displaced: bool,
-    /// Phase and since when, while nothing is in flight.
-    waiting: Option<(Phase, Instant)>,
-}
-
 /// State shared by a listener's accept loop, its connections and their calls.
 #[derive(Debug)]
 struct Shared {
     limits: Limits,
     registry: Mutex<Registry>,
     connections: Arc<Semaphore>,
-    calls: Arc<Semaphore>,
+    /// Calls in progress (a counter, not a semaphore: nobody waits for a slot).
+    calls: AtomicUsize,
     request_bytes: Arc<Semaphore>,
     next_id: AtomicU64,
     logger: Logger,
@@ -245,13 +289,11 @@ impl Shared {
         self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn register(&self, id: u64, changed: Arc<Notify>) {
+    fn register(&self, id: u64, signal: Arc<Signal>) {
         let key = (Phase::Pending, Instant::now(), id);
         let mut registry = self.registry();
         registry.waiting.insert(key);
-        registry
-            .connections
-            .insert(id, ConnState { in_flight: 0, waiting: Some(key), displaced: false, changed });
+        registry.connections.insert(id, ConnState { in_flight: 0, waiting: Some(key), signal });
     }
 
     fn unregister(&self, id: u64) {
@@ -261,14 +303,31 @@ impl Shared {
         }
     }
 
-    fn status(&self, id: u64) -> Status {
+    /// A pending connection finished its TLS handshake.
+    fn handshaken(&self, id: u64) {
+        let mut registry = self.registry();
+        let Registry { connections, waiting } = &mut *registry;
+        if let Some(state) = connections.get_mut(&id)
+            && let Some(key @ (Phase::Pending, since, _)) = state.waiting
+        {
+            waiting.remove(&key);
+            let key = (Phase::Handshaken, since, id);
+            waiting.insert(key);
+            state.waiting = Some(key);
+        }
+    }
+
+    /// Phase and since when, while the connection has nothing in flight.
+    fn waiting(&self, id: u64) -> Option<(Phase, Instant)> {
         let registry = self.registry();
-        match registry.connections.get(&id) {
-            Some(state) => Status {
-                displaced: state.displaced,
-                waiting: state.waiting.map(|(phase, since, _)| (phase, since)),
-            },
-            None => Status { displaced: true, waiting: None },
+        let (phase, since, _) = registry.connections.get(&id)?.waiting?;
+        Some((phase, since))
+    }
+
+    /// Tells every connection the listener is stopping.
+    fn stop_all(&self) {
+        for state in self.registry().connections.values() {
+            state.signal.raise(&state.signal.stopping);
         }
     }
 
@@ -279,7 +338,6 @@ impl Shared {
             state.in_flight += 1;
             if let Some(key) = state.waiting.take() {
                 waiting.remove(&key);
-                state.changed.notify_one();
             }
         }
     }
@@ -289,11 +347,10 @@ impl Shared {
         let Registry { connections, waiting } = &mut *registry;
         if let Some(state) = connections.get_mut(&id) {
             state.in_flight = state.in_flight.saturating_sub(1);
-            if state.in_flight == 0 && !state.displaced {
+            if state.in_flight == 0 && !state.signal.displaced() {
                 let key = (Phase::Idle, Instant::now(), id);
                 waiting.insert(key);
                 state.waiting = Some(key);
-                state.changed.notify_one();
             }
         }
     }
@@ -312,8 +369,7 @@ impl Shared {
         registry.waiting.remove(&key);
         if let Some(state) = registry.connections.get_mut(&key.2) {
             state.waiting = None;
-            state.displaced = true;
-            state.changed.notify_one();
+            state.signal.raise(&state.signal.displaced);
         }
         true
     }
@@ -381,7 +437,9 @@ impl Peer {
         }
         let timeout = self.body_timeout();
         let read = async {
-            let _held = self.request_budget().hold(declared.unwrap_or(max_bytes)).await;
+            let Some(_held) = self.request_budget().hold(declared.unwrap_or(max_bytes)).await else {
+                return Err(BodyError::Overloaded);
+            };
             let mut body = std::pin::pin!(body);
             let mut collected = Vec::new();
             while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
@@ -410,6 +468,9 @@ pub enum BodyError {
         /// The limit.
         max_bytes: usize,
     },
+    /// The request byte budgets stayed full: the server is overloaded.
+    #[error("server overloaded: request buffers are full")]
+    Overloaded,
     /// Not received within the body timeout.
     #[error("request body not received within {0:?}")]
     Timeout(Duration),
@@ -436,13 +497,30 @@ fn permits(bytes: usize, capacity: usize) -> u32 {
 }
 
 impl RequestBudget {
+    /// Holds `bytes` (capped as by [`RequestBudget::hold`]) if both budgets have
+    /// them now.
+    pub(crate) fn try_hold(&self, bytes: usize) -> Option<Held> {
+        let connection = Arc::clone(&self.connection)
+            .try_acquire_many_owned(permits(bytes, self.connection_bytes))
+            .ok()?;
+        let global =
+            Arc::clone(&self.global).try_acquire_many_owned(permits(bytes, self.global_bytes)).ok()?;
+        Some(Held(Some((connection, global))))
+    }
+
     /// Holds `bytes` (capped at each budget's size, so one request always fits),
-    /// waiting for them; the connection's share first, then the listener's.
-    pub(crate) async fn hold(self, bytes: usize) -> Held {
-        let connection = self.connection.acquire_many_owned(permits(bytes, self.connection_bytes)).await;
-        let global = self.global.acquire_many_owned(permits(bytes, self.global_bytes)).await;
-        // The semaphores are never closed.
-        Held(connection.ok().zip(global.ok()))
+    /// the connection's share first, then the listener's; `None` if they are not
+    /// free within [`BUDGET_WAIT`]. Waiting is bounded because a body that waits
+    /// keeps its unread bytes in the connection's HTTP/2 window, which the bodies
+    /// holding the budget may need to finish.
+    pub(crate) async fn hold(self, bytes: usize) -> Option<Held> {
+        let hold = async {
+            let connection = self.connection.acquire_many_owned(permits(bytes, self.connection_bytes)).await;
+            let global = self.global.acquire_many_owned(permits(bytes, self.global_bytes)).await;
+            // The semaphores are never closed.
+            Held(connection.ok().zip(global.ok()))
+        };
+        tokio::time::timeout(BUDGET_WAIT, hold).await.ok()
     }
 }
 
@@ -485,7 +563,7 @@ where
         let shared = Arc::new(Shared {
             registry: Mutex::default(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
+            calls: AtomicUsize::new(0),
             request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
             next_id: AtomicU64::new(0),
             logger: logger.new(slog::o!("listener" => name)),
@@ -496,7 +574,6 @@ where
             limits,
         });
         let builder = http_builder(&shared.limits, http1);
-        let (stopping_tx, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut shutdown = std::pin::pin!(shutdown);
@@ -533,14 +610,13 @@ where
                 stream,
                 tls.clone(),
                 builder.clone(),
-                Track { inner: service.clone(), overloaded },
-                stopping.clone(),
+                (service.clone(), overloaded),
                 permit,
             ));
         }
         // Stop accepting at once: the kernel refuses new connections from here.
         drop(tcp);
-        let _ = stopping_tx.send(true);
+        shared.stop_all();
         while connections.join_next().await.is_some() {}
     }
 }
@@ -596,9 +672,7 @@ fn http_builder(limits: &Limits, http1: bool) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_send_buf_size(SEND_BUFFER_BYTES)
-        .max_header_list_size(MAX_HEADER_BYTES)
-        .keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        .max_header_list_size(MAX_HEADER_BYTES);
     builder
 }
 
@@ -610,7 +684,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 struct Connection {
     shared: Arc<Shared>,
     id: u64,
-    changed: Arc<Notify>,
+    signal: Arc<Signal>,
     addr: SocketAddr,
 }
 
@@ -623,9 +697,9 @@ impl Drop for Connection {
 impl Connection {
     fn accepted(shared: &Arc<Shared>, addr: SocketAddr) -> Self {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let changed = Arc::new(Notify::new());
-        shared.register(id, Arc::clone(&changed));
-        Self { shared: Arc::clone(shared), id, changed, addr }
+        let signal = Arc::new(Signal::default());
+        shared.register(id, Arc::clone(&signal));
+        Self { shared: Arc::clone(shared), id, signal, addr }
     }
 
     async fn run<S, B>(
@@ -633,8 +707,7 @@ impl Connection {
         stream: TcpStream,
         tls: Option<Arc<rustls::ServerConfig>>,
         builder: auto::Builder<TokioExecutor>,
-        service: Track<S, B>,
-        mut stopping: watch::Receiver<bool>,
+        (service, overloaded): (S, fn(String) -> http::Response<B>),
         _permit: OwnedSemaphorePermit,
     ) where
         S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
@@ -647,6 +720,11 @@ impl Connection {
     {
         // Small responses (acknowledgements) must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let limits = &self.shared.limits;
         let first_request_deadline = Instant::now() + limits.first_request_timeout;
         let (io, subject): (Box<dyn Io>, String) = match tls {
@@ -656,6 +734,7 @@ impl Connection {
                 tokio::select! {
                     done = handshake => match done {
                         Ok(Ok(stream)) => {
+                            self.shared.handshaken(self.id);
                             let subject = subject_of_chain(stream.get_ref().1.peer_certificates());
                             (Box::new(stream), subject)
                         }
@@ -668,8 +747,7 @@ impl Connection {
                         }
                         Err(_) => return,
                     },
-                    () = self.changed.notified() => return, // displaced
-                    _ = stopping.wait_for(|stop| *stop) => return,
+                    () = self.signal.raised(false) => return, // displaced or stopping
                 }
             }
             None => (Box::new(stream), ANONYMOUS.to_owned()),
@@ -683,29 +761,51 @@ impl Connection {
                 request_bytes: Arc::new(Semaphore::new(limits.connection_request_buffer_bytes)),
             }),
         };
-        let service = TowerToHyperService::new(Tracked { track: service, peer });
+        let service = TowerToHyperService::new(Tracked { inner: service, overloaded, peer });
         let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
         let mut connection = std::pin::pin!(connection);
         // Since when the connection has been told to close (GOAWAY, `Connection:
         // close`): it may take [`CLOSE_GRACE`] after its last call to flush.
         let mut closing: Option<Instant> = None;
         loop {
-            let status = self.shared.status(self.id);
-            let stopping_now = *stopping.borrow();
-            let pending = matches!(status.waiting, Some((Phase::Pending, _)));
-            if status.displaced || (stopping_now && pending) {
+            // Calls starting and ending do not wake this task (that would cost two
+            // wake-ups a call): it looks at the connection's state when its timer
+            // fires, and on displacement or stop. It never sleeps longer than the
+            // idle timeout, so it looks again before a connection that went idle
+            // meanwhile is due to close.
+            let waiting = self.shared.waiting(self.id);
+            let stopping = self.signal.stopping();
+            let pending = matches!(waiting, Some((Phase::Pending | Phase::Handshaken, _)));
+            if self.signal.displaced() || (stopping && pending) {
                 return; // nothing was ever answered here: close at once
             }
-            if stopping_now && closing.is_none() {
+            if stopping && closing.is_none() {
                 connection.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
             }
-            let deadline = match (status.waiting, closing) {
-                (None, _) => None,
-                (Some((_, since)), Some(closing)) => Some(since.max(closing) + CLOSE_GRACE),
-                (Some((Phase::Pending, _)), None) => Some(first_request_deadline),
-                (Some((Phase::Idle, since)), None) => Some(since + limits.idle_timeout),
+            let now = Instant::now();
+            let (check_at, expired) = match (waiting, closing) {
+                // Busy: look again later.
+                (None, Some(_)) => (now + CLOSE_GRACE, false),
+                (None, None) => (now + limits.idle_timeout, false),
+                (Some((phase, since)), closing) => {
+                    let deadline = match (phase, closing) {
+                        (_, Some(closing)) => since.max(closing) + CLOSE_GRACE,
+                        (Phase::Pending | Phase::Handshaken, None) => first_request_deadline,
+                        (Phase::Idle, None) => since + limits.idle_timeout,
+                    };
+                    (deadline.min(now + limits.idle_timeout), now >= deadline)
+                }
             };
+            if expired {
+                if pending || closing.is_some() {
+                    return;
+                }
+                // Idle too long: tell the client (GOAWAY), then close.
+                connection.as_mut().graceful_shutdown();
+                closing = Some(now);
+                continue;
+            }
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -713,50 +813,24 @@ impl Connection {
                     }
                     return;
                 }
-                () = self.changed.notified() => {}
-                () = sleep_until(deadline) => {
-                    if pending || closing.is_some() {
-                        return;
-                    }
-                    // Idle too long: tell the client (GOAWAY), then close.
-                    connection.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
-                }
-                _ = stopping.wait_for(|stop| *stop), if !stopping_now => {}
+                () = self.signal.raised(stopping) => {}
+                () = tokio::time::sleep_until(check_at) => {}
             }
         }
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The service of a listener, with the call limit and the in-flight accounting
-/// that tells a connection it is busy.
-struct Track<S, B> {
+/// The service of a listener on one connection, with the call limit and the
+/// in-flight accounting that tells the connection it is busy.
+struct Tracked<S, B> {
     inner: S,
     overloaded: fn(String) -> http::Response<B>,
-}
-
-impl<S: Clone, B> Clone for Track<S, B> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), overloaded: self.overloaded }
-    }
-}
-
-/// [`Track`] bound to one connection.
-struct Tracked<S, B> {
-    track: Track<S, B>,
     peer: Peer,
 }
 
 impl<S: Clone, B> Clone for Tracked<S, B> {
     fn clone(&self) -> Self {
-        Self { track: self.track.clone(), peer: self.peer.clone() }
+        Self { inner: self.inner.clone(), overloaded: self.overloaded, peer: self.peer.clone() }
     }
 }
 
@@ -765,12 +839,17 @@ impl<S: Clone, B> Clone for Tracked<S, B> {
 #[derive(Debug)]
 struct InFlight {
     conn: Arc<ConnHandle>,
-    _call: Option<OwnedSemaphorePermit>,
+    /// Counted in `Shared::calls`.
+    counted: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.conn.shared.call_ended(self.conn.id);
+        let shared = &self.conn.shared;
+        if self.counted {
+            shared.calls.fetch_sub(1, Ordering::AcqRel);
+        }
+        shared.call_ended(self.conn.id);
     }
 }
 
@@ -788,18 +867,20 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.track.inner.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.peer.conn);
         conn.shared.call_started(conn.id);
-        let call = Arc::clone(&conn.shared.calls).try_acquire_owned().ok();
-        let refused = call.is_none();
-        let in_flight = InFlight { conn, _call: call };
-        if refused {
-            let limit = in_flight.conn.shared.limits.max_concurrent_calls;
-            let response = (self.track.overloaded)(format!(
+        let limit = conn.shared.limits.max_concurrent_calls;
+        let counted = conn.shared.calls.fetch_add(1, Ordering::AcqRel) < limit;
+        if !counted {
+            conn.shared.calls.fetch_sub(1, Ordering::AcqRel);
+        }
+        let in_flight = InFlight { conn, counted };
+        if !counted {
+            let response = (self.overloaded)(format!(
                 "server overloaded: {limit} calls in progress (max-concurrent-calls)"
             ));
             return Box::pin(std::future::ready(Ok(
@@ -807,8 +888,8 @@ where
             )));
         }
         request.extensions_mut().insert(self.peer.clone());
-        let clone = self.track.inner.clone();
-        let mut inner = std::mem::replace(&mut self.track.inner, clone);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let response = inner.call(request).await?;
             Ok(response.map(|body| TrackedBody { body, _in_flight: in_flight }))
@@ -866,7 +947,7 @@ mod tests {
         Shared {
             registry: Mutex::default(),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
-            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
+            calls: AtomicUsize::new(0),
             request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
             next_id: AtomicU64::new(0),
             logger: Logger::root(slog::Discard, slog::o!()),
@@ -881,11 +962,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn displacement_takes_pending_connections_first_then_the_longest_idle() {
         let shared = shared();
-        for id in 0..4 {
-            shared.register(id, Arc::new(Notify::new()));
+        for id in 0..5 {
+            shared.register(id, Arc::new(Signal::default()));
             tokio::time::advance(Duration::from_millis(1)).await;
         }
-        // 0 and 1 served a request (1 first); 2 is busy; 3 never sent one.
+        // 0 and 1 served a request (1 first); 2 is busy; 3 finished its TLS
+        // handshake, 4 (younger) did not.
+        shared.handshaken(3);
         shared.call_started(2);
         shared.call_started(1);
         shared.call_ended(1);
@@ -896,11 +979,13 @@ mod tests {
             if !shared.displace_one() {
                 return None;
             }
-            let id =
-                (0..4).find(|id| shared.registry().connections.get(id).is_some_and(|state| state.displaced));
+            let id = (0..5).find(|id| {
+                shared.registry().connections.get(id).is_some_and(|state| state.signal.displaced())
+            });
             id.inspect(|&id| shared.unregister(id))
         };
-        assert_eq!(displaced(&shared), Some(3), "pending first");
+        assert_eq!(displaced(&shared), Some(4), "still in its handshake first");
+        assert_eq!(displaced(&shared), Some(3), "then past it, without a request");
         assert_eq!(displaced(&shared), None, "an answer may still be on its way out of 0 and 1");
         tokio::time::advance(CLOSE_GRACE).await;
         assert_eq!(displaced(&shared), Some(1), "then the longest idle");

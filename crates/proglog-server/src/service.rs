@@ -34,11 +34,50 @@ const PRODUCE_STREAM_BUFFER_BYTES: usize = 1 << 20;
 /// Batches of one ProduceStream appended and not yet committed, at most.
 const PRODUCE_STREAM_BATCHES_IN_FLIGHT: usize = 8;
 
-/// Holds `bytes` of a stream's buffer (capped at its size, so one record always
-/// fits); `None` only if the semaphore was closed, which this module never does.
-async fn hold(buffer: &Arc<Semaphore>, bytes: usize, capacity: usize) -> Option<OwnedSemaphorePermit> {
-    let permits = u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX);
-    Arc::clone(buffer).acquire_many_owned(permits).await.ok()
+/// Bytes a stream's buffer takes from its semaphore at a time, to hand out
+/// record by record.
+const BUFFER_CHUNK_BYTES: usize = 64 << 10;
+
+/// The byte budget of one stream. Bytes are handed out record by record from a
+/// pool refilled in chunks and returned a batch at a time, so that most records
+/// cost no semaphore operation (a tokio semaphore takes a lock on each release).
+struct StreamBuffer {
+    semaphore: Arc<Semaphore>,
+    capacity: usize,
+    pool: Option<OwnedSemaphorePermit>,
+}
+
+impl StreamBuffer {
+    fn new(capacity: usize) -> Self {
+        Self { semaphore: Arc::new(Semaphore::new(capacity)), capacity, pool: None }
+    }
+
+    /// Holds `bytes` until the returned permit drops, waiting for them; capped at
+    /// what the pool and the rest of the buffer can hold, so one record always
+    /// fits. `None` only if the semaphore was closed, which this module never does.
+    async fn hold(&mut self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let pooled = self.pool.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let bytes = bytes.min(self.capacity);
+        if pooled < bytes {
+            let wanted = (bytes - pooled).max(BUFFER_CHUNK_BYTES).min(self.capacity - pooled);
+            let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+            let more = Arc::clone(&self.semaphore).acquire_many_owned(wanted).await.ok()?;
+            match &mut self.pool {
+                Some(pool) => pool.merge(more),
+                None => self.pool = Some(more),
+            }
+        }
+        self.pool.as_mut()?.split(bytes)
+    }
+}
+
+/// Merges `permit` into `held` (one release for a whole batch).
+fn merge(held: &mut Option<OwnedSemaphorePermit>, permit: Option<OwnedSemaphorePermit>) {
+    match (held.as_mut(), permit) {
+        (Some(held), Some(permit)) => held.merge(permit),
+        (None, permit) => *held = permit,
+        (Some(_), None) => {}
+    }
 }
 
 /// The gRPC service over any [`CommitLog`].
@@ -191,13 +230,13 @@ async fn follow<L: CommitLog>(
     tx: mpsc::Sender<Result<Batch, Status>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let buffer = Arc::new(Semaphore::new(CONSUME_STREAM_BUFFER_BYTES));
+    let mut buffer = StreamBuffer::new(CONSUME_STREAM_BUFFER_BYTES);
     let mut committed = log.committed();
     loop {
         let end = *committed.borrow_and_update();
         if offset < end {
-            let held = tokio::select! {
-                held = hold(&buffer, CONSUME_STREAM_READ_BYTES as usize, CONSUME_STREAM_BUFFER_BYTES) => held,
+            let mut held = tokio::select! {
+                held = buffer.hold(CONSUME_STREAM_READ_BYTES as usize) => held,
                 () = tx.closed() => return,
                 _ = shutdown.wait_for(|stopping| *stopping) => return,
             };
@@ -210,18 +249,12 @@ async fn follow<L: CommitLog>(
             };
             let Some(last) = batch.last() else { continue };
             offset = last.offset + 1;
-            // A record larger than a read step takes more of the buffer.
+            // A record larger than a read step takes the rest of the buffer.
             let bytes: usize = batch.iter().map(|record| record.value.len()).sum();
-            let held = match (held, bytes.checked_sub(CONSUME_STREAM_READ_BYTES as usize)) {
-                (Some(mut held), Some(extra)) if extra > 0 => {
-                    let room = CONSUME_STREAM_BUFFER_BYTES - CONSUME_STREAM_READ_BYTES as usize;
-                    if let Some(more) = hold(&buffer, extra, room).await {
-                        held.merge(more);
-                    }
-                    Some(held)
-                }
-                (held, _) => held,
-            };
+            if let Some(extra) = bytes.checked_sub(CONSUME_STREAM_READ_BYTES as usize) {
+                let room = CONSUME_STREAM_BUFFER_BYTES - CONSUME_STREAM_READ_BYTES as usize;
+                merge(&mut held, buffer.hold(extra.min(room)).await);
+            }
             if tx.send(Ok((batch.into(), held))).await.is_err() {
                 return;
             }
@@ -248,11 +281,14 @@ async fn read_requests(
     values: mpsc::Sender<ReadAhead>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let buffer = Arc::new(Semaphore::new(PRODUCE_STREAM_BUFFER_BYTES));
+    let mut buffer = StreamBuffer::new(PRODUCE_STREAM_BUFFER_BYTES);
+    // One waiter for the whole stream, polled only when no request is ready.
+    let mut stopping = std::pin::pin!(shutdown.wait_for(|stopping| *stopping));
     loop {
         let message = tokio::select! {
+            biased;
             message = inbound.message() => message,
-            _ = shutdown.wait_for(|stopping| *stopping) => Err(LogError::Unavailable("the server is shutting down".into()).into()),
+            _ = &mut stopping => Err(LogError::Unavailable("the server is shutting down".into()).into()),
         };
         let item = match message {
             Ok(Some(request)) => value_of(request, max_record_bytes),
@@ -261,7 +297,7 @@ async fn read_requests(
         };
         let item = match item {
             Ok(value) => {
-                let held = hold(&buffer, value.len(), PRODUCE_STREAM_BUFFER_BYTES).await;
+                let held = buffer.hold(value.len()).await;
                 Ok((value, held))
             }
             Err(status) => Err(status),
@@ -275,7 +311,7 @@ async fn read_requests(
 
 /// A batch appended and not yet committed: its commit, its record count, and the
 /// stream buffer bytes its values hold.
-type InFlight = (PendingAppend, u64, Vec<OwnedSemaphorePermit>);
+type InFlight = (PendingAppend, u64, Option<OwnedSemaphorePermit>);
 
 /// Appends a ProduceStream's values in request order, merging whatever has been
 /// read ahead into one batch and keeping several batches in flight; answers each
@@ -317,13 +353,13 @@ async fn append_in_order<L: CommitLog>(
                 }
             }
             item = values.recv(), if can_read => {
-                let (mut batch, mut held) = (Vec::new(), Vec::new());
+                let (mut batch, mut held) = (Vec::new(), None);
                 let mut next = item;
                 loop {
                     match next {
                         Some(Ok((value, permit))) => {
                             batch.push(value);
-                            held.extend(permit);
+                            merge(&mut held, permit);
                         }
                         Some(Err(status)) => { ending = Some(status); input_open = false; break }
                         None => { input_open = false; break }
