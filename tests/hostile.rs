@@ -177,6 +177,15 @@ async fn h2_connection(
     send
 }
 
+/// The headers of a gRPC call to `method` of `log.v1.Log`.
+fn grpc_request(addr: SocketAddr, method: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{addr}/log.v1.Log/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
 /// Opens a gRPC call to `method` whose body holds one message declaring
 /// `declared` bytes, of which only `sent` are sent; the body never ends.
 async fn unfinished_call(
@@ -186,13 +195,8 @@ async fn unfinished_call(
     declared: u32,
     sent: usize,
 ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let request = http::Request::post(format!("http://{addr}/log.v1.Log/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
     let mut ready = send.clone().ready().await.unwrap();
-    let (response, mut body) = ready.send_request(request, false).unwrap();
+    let (response, mut body) = ready.send_request(grpc_request(addr, method), false).unwrap();
     let mut data = vec![0u8; 5 + sent];
     data[1..5].copy_from_slice(&declared.to_be_bytes());
     body.send_data(Bytes::from(data), false).unwrap();
@@ -307,13 +311,8 @@ async fn t3d_unread_produce_streams_read_ahead_a_bounded_amount() {
     let mut streams = Vec::new();
     for _ in 0..4 {
         let connection = h2_connection(agent.rpc, None).await;
-        let request = http::Request::post(format!("http://{}/log.v1.Log/ProduceStream", agent.rpc))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
         let mut ready = connection.clone().ready().await.unwrap();
-        let (response, body) = ready.send_request(request, false).unwrap();
+        let (response, body) = ready.send_request(grpc_request(agent.rpc, "ProduceStream"), false).unwrap();
         let message = {
             let record = proglog_api::v1::Record { value: big.clone(), ..Default::default() };
             let encoded = prost::Message::encode_to_vec(&ProduceRequest { record: Some(record) });

@@ -3,12 +3,17 @@
 //! - [`CommitLog`]: what the service needs from "the log" — queue an append and
 //!   await its commit, read, read a batch, watch the commit point, list servers.
 //!   [`LocalLog`] implements it for one node; the replicated log will too.
-//! - [`serve`]: tonic with rustls (ring), mutual TLS when a client CA is given,
-//!   the `log.v1.Log` service, gRPC health and server reflection, graceful shutdown.
-//! - [`Authorizer`]: every RPC, and the opening of every stream, is checked as
-//!   (subject = client certificate CN, object `*`, action `produce`/`consume`);
-//!   [`Acl`] enforces a casbin model + policy, [`AllowAll`] allows everything.
-//!   GetServers, health and reflection are not ACL-checked (TLS still applies).
+//! - [`serve`]: the `log.v1.Log` service, gRPC health and server reflection over
+//!   rustls (ring; mutual TLS when a client CA is given), graceful shutdown.
+//! - [`Listener`]: how both the gRPC port and the agent's HTTP API are served —
+//!   within [`Limits`] on connections, calls, time and request bytes, so that no
+//!   client can make the process grow without bound; [`Peer`] is the connection a
+//!   request came on (its subject).
+//! - [`Authorizer`]: every call is checked from its headers, before its body is
+//!   read, as (subject = client certificate CN, object `*`, action
+//!   `produce`/`consume`); [`Acl`] enforces a casbin model + policy, [`AllowAll`]
+//!   allows everything. GetServers, health and reflection are not ACL-checked (TLS
+//!   still applies).
 //!
 //! This crate is the only place that builds a `tonic::Status`. It does not parse
 //! flags or config files, install a crypto provider or a log drain: the agent does.
