@@ -46,6 +46,10 @@ async fn http_and_grpc_serve_one_log_and_metrics_count_calls() {
     let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
     assert!(metrics.contains(r#"proglog_rpc_requests_total{method="Consume",code="OK"} 1"#), "{metrics}");
     assert!(metrics.contains("proglog_log_highest_offset 1"), "{metrics}");
+    // A single node leads, alone, and has applied both records.
+    for gauge in ["proglog_raft_is_leader 1", "proglog_cluster_members 1", "proglog_raft_applied_index 2"] {
+        assert!(metrics.contains(gauge), "{gauge}: {metrics}");
+    }
     client.consume(ConsumeRequest { offset: 9 }).await.unwrap_err();
     let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
     assert!(

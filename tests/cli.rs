@@ -12,7 +12,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use proglog_certs::Ca;
-use proglog_server::{Acl, AllowAll, Authorizer, Fsync, LocalLog, ServerConfig, ServerError, TlsFiles};
+use proglog_raft::{Fsync, LocalLog};
+use proglog_server::{Acl, AllowAll, Authorizer, ServerConfig, ServerError, TlsFiles};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -47,10 +48,9 @@ impl TestServer {
             Arc::new(LocalLog::new(log, Fsync::Never, "test-node", addr.to_string()).expect("local log"));
         let (stop, stopped) = oneshot::channel();
         let config = ServerConfig { tls, ..ServerConfig::default() };
-        let task =
-            tokio::spawn(proglog_server::serve(listener, Arc::clone(&log), authorizer, config, async {
-                let _ = stopped.await;
-            }));
+        let task = tokio::spawn(proglog_server::serve(listener, log.clone(), authorizer, config, async {
+            let _ = stopped.await;
+        }));
         Self { addr, log, stop: Some(stop), task: Some(task), _data: data }
     }
 

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proglog_server::{Authorizer, Fsync, Limits, LocalLog, RpcObserver, ServerConfig};
+use proglog_raft::{CommitLog, Fsync, LocalLog};
+use proglog_server::{Authorizer, Limits, RpcObserver, ServerConfig};
 use slog::{Logger, error, info, warn};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ pub enum AgentError {
     Log(#[from] proglog_log::Error),
     /// The log service failed.
     #[error("log service: {0}")]
-    LogService(#[from] proglog_server::LogError),
+    LogService(#[from] proglog_raft::LogError),
     /// The gRPC server failed to start or serve.
     #[error("rpc server: {0}")]
     Server(#[from] proglog_server::ServerError),
@@ -97,7 +98,9 @@ impl Agent {
         };
 
         let log_dir = config.data_dir.join("log");
-        let log = proglog_log::Log::open(&log_dir, config.log_config())?;
+        // Opening may scan a segment and fsync: off the runtime's workers.
+        let (dir, log_config) = (log_dir.clone(), config.log_config());
+        let log = tokio::task::spawn_blocking(move || proglog_log::Log::open(&dir, log_config)).await??;
         report_recovery(&logger, &log);
         let (max_connections, http_max_connections) = connection_caps(&config, &log_dir, &logger);
         let fsync = match config.fsync {
@@ -123,9 +126,10 @@ impl Agent {
             logger: logger.clone(),
         };
         let mut rpc_stopped = stopped.clone();
+        let served: Arc<dyn CommitLog> = log.clone();
         let rpc = tokio::spawn(proglog_server::serve(
             rpc_listener,
-            Arc::clone(&log),
+            Arc::clone(&served),
             Arc::clone(&authorizer),
             server_config,
             async move {
@@ -133,12 +137,8 @@ impl Agent {
             },
         ));
         let http = http_listener.map(|listener| {
-            let state = HttpState {
-                log: Arc::clone(&log),
-                authorizer,
-                metrics,
-                max_record_bytes: config.max_record_bytes,
-            };
+            let state =
+                HttpState { log: served, authorizer, metrics, max_record_bytes: config.max_record_bytes };
             let limits = http::limits(&state, http_max_connections, config.idle_timeout);
             let mut stopped = stopped;
             let shutdown = async move {
@@ -162,8 +162,8 @@ impl Agent {
     }
 
     /// The log this agent serves.
-    pub fn log(&self) -> &Arc<LocalLog> {
-        &self.log
+    pub fn log(&self) -> Arc<dyn CommitLog> {
+        self.log.clone()
     }
 
     /// Stops accepting, finishes in-flight requests (for at most

@@ -13,9 +13,8 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use proglog_server::{
-    Authorizer, BodyError, CommitLog, Limits, Listener, LocalLog, LogError, OBJECT_WILDCARD, Peer, action,
-};
+use proglog_raft::{CommitLog, LogError};
+use proglog_server::{Authorizer, BodyError, Limits, Listener, OBJECT_WILDCARD, Peer, action};
 use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::net::TcpListener;
@@ -37,7 +36,7 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 
 /// What the handlers share.
 pub(crate) struct HttpState {
-    pub(crate) log: Arc<LocalLog>,
+    pub(crate) log: Arc<dyn CommitLog>,
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) metrics: Metrics,
     pub(crate) max_record_bytes: u64,
@@ -76,7 +75,7 @@ impl From<LogError> for ApiError {
         let status = match &error {
             LogError::OutOfRange { .. } => StatusCode::NOT_FOUND,
             LogError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            LogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LogError::Unavailable(_) | LogError::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, error.to_string())
@@ -187,7 +186,7 @@ async fn consume_path(
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let text = state.metrics.render(state.log.log());
+    let text = state.metrics.render(&state.log.status());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
@@ -195,9 +194,17 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "serving" }))
 }
 
-/// A single node is its own leader and applies what it commits as it commits.
-async fn readyz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ready" }))
+/// Ready (SPEC §4) when the node knows a leader and has applied the committed log.
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let status = state.log.status();
+    let body = serde_json::json!({
+        "status": if status.is_ready() { "ready" } else { "not ready" },
+        "leader": status.leader.as_ref().map(|leader| &leader.id),
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+    });
+    let code = if status.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
 }
 
 fn router(state: Arc<HttpState>) -> Router {

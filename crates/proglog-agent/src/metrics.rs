@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use proglog_raft::LogStatus;
 
 /// Latency buckets of `proglog_rpc_duration_seconds`, from 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] =
@@ -47,15 +48,17 @@ impl Metrics {
         self.recorder.register_gauge(&Key::from_parts(name, Vec::<Label>::new()), &metadata).set(value);
     }
 
-    /// The Prometheus text, with the log's gauges as they are now.
-    pub(crate) fn render(&self, log: &proglog_log::Log) -> String {
-        self.gauge("proglog_log_lowest_offset", log.lowest_offset() as f64);
+    /// The Prometheus text, with the log's gauges as `status` has them.
+    pub(crate) fn render(&self, status: &LogStatus) -> String {
+        self.gauge("proglog_log_lowest_offset", status.lowest_offset as f64);
         // -1 while the log is empty: "no highest offset".
-        self.gauge("proglog_log_highest_offset", log.highest_offset().map_or(-1.0, |offset| offset as f64));
-        self.gauge("proglog_log_bytes", log.size_bytes() as f64);
-        // A single node until replication lands: it leads, alone.
-        self.gauge("proglog_raft_is_leader", 1.0);
-        self.gauge("proglog_cluster_members", 1.0);
+        self.gauge("proglog_log_highest_offset", status.highest_offset.map_or(-1.0, |offset| offset as f64));
+        self.gauge("proglog_log_bytes", status.bytes as f64);
+        self.gauge("proglog_raft_is_leader", if status.is_leader { 1.0 } else { 0.0 });
+        self.gauge("proglog_raft_term", status.term as f64);
+        self.gauge("proglog_raft_commit_index", status.commit_index as f64);
+        self.gauge("proglog_raft_applied_index", status.applied_index as f64);
+        self.gauge("proglog_cluster_members", status.members as f64);
         self.handle.render()
     }
 }

@@ -385,15 +385,14 @@ impl Log {
         (next > self.lowest_offset()).then(|| next - 1)
     }
 
-    /// Bytes held in store files (framing included).
+    /// Bytes of records in the store files (framing included), as readers see
+    /// them: appends still in the write buffer are not counted. Takes no lock
+    /// the appender holds, so it never waits for an append.
     pub fn size_bytes(&self) -> u64 {
-        let written: u64 = match self.read_segments() {
+        match self.read_segments() {
             Ok(segments) => segments.iter().map(|segment| segment.end() - STORE_HEADER_BYTES).sum(),
-            Err(_) => return 0,
-        };
-        // Not under the segment lock: the writer lock is always taken first.
-        let buffered = self.writer.lock().map(|writer| writer.buf.len() as u64).unwrap_or(0);
-        written + buffered
+            Err(_) => 0,
+        }
     }
 
     /// Retention: removes every sealed segment whose records all lie below

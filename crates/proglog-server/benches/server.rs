@@ -85,7 +85,8 @@ use proglog_api::v1::{
     ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
     Record,
 };
-use proglog_server::{AllowAll, Fsync, LocalLog, ServerConfig};
+use proglog_raft::{CommitLog, Fsync, LocalLog};
+use proglog_server::{AllowAll, ServerConfig};
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -368,7 +369,7 @@ fn start_ours(settings: &Settings, rt: &Runtime, fsync: Fsync) -> Result<Running
     let log = Arc::new(LocalLog::new(log, fsync, "bench", addr.to_string())?);
     let (stop, stopped) = oneshot::channel::<()>();
     let config = ServerConfig { max_record_bytes: MAX_RECORD_BYTES, ..ServerConfig::default() };
-    let serving = proglog_server::serve(listener, Arc::clone(&log), Arc::new(AllowAll), config, async {
+    let serving = proglog_server::serve(listener, log.clone(), Arc::new(AllowAll), config, async {
         let _ = stopped.await;
     });
     let task = rt.spawn(async move { serving.await.context("proglog server") });
@@ -403,7 +404,7 @@ impl Running {
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), self.task).await })
             .context("the server did not stop within 30 s")???;
         if let Some((log, dir)) = self.log {
-            let held = log.log().next_offset();
+            let held = log.status().highest_offset.map_or(0, |highest| highest + 1);
             log.close()?;
             ensure!(held == acked, "the log holds {held} records, {acked} were acknowledged");
             dir.close()?;

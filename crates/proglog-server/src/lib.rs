@@ -1,9 +1,7 @@
 //! `proglog-server`: the `log.v1` gRPC service (SPEC §1–2).
 //!
-//! - [`CommitLog`]: what the service needs from "the log" — queue an append and
-//!   await its commit, read, read a batch, watch the commit point, list servers.
-//!   [`LocalLog`] implements it for one node; the replicated log will too.
-//! - [`serve`]: the `log.v1.Log` service, gRPC health and server reflection over
+//! - [`serve`]: any [`proglog_raft::CommitLog`] (the single-node log, the
+//!   replicated log) as the `log.v1.Log` service, gRPC health and server reflection over
 //!   rustls (ring; mutual TLS when a client CA is given), graceful shutdown.
 //! - [`Listener`]: how both the gRPC port and the agent's HTTP API are served —
 //!   within [`Limits`] on connections, calls, time and request bytes, so that no
@@ -20,7 +18,8 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use proglog_server::{AllowAll, Fsync, LocalLog, ServerConfig};
+//! use proglog_raft::{Fsync, LocalLog};
+//! use proglog_server::{AllowAll, ServerConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let log = proglog_log::Log::open("./data", proglog_log::Config::default())?;
@@ -35,10 +34,8 @@
 
 mod admit;
 mod auth;
-mod commit_log;
 mod error;
 mod listener;
-mod local;
 mod observe;
 mod server;
 mod service;
@@ -48,10 +45,8 @@ mod tls;
 pub use crate::auth::{
     ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject_of_chain,
 };
-pub use crate::commit_log::{CommitLog, PendingAppend};
-pub use crate::error::{LogError, ServerError};
+pub use crate::error::ServerError;
 pub use crate::listener::{BodyError, Limits, Listener, Peer, TrackedBody};
-pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
 pub use crate::server::{ServerConfig, serve};
 pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream, check_record_size};

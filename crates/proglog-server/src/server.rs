@@ -16,7 +16,8 @@ use crate::auth::Authorizer;
 use crate::listener::{Limits, Listener};
 use crate::observe::{ObserveLayer, ObservedBody, RpcObserver};
 use crate::service::LogService;
-use crate::{CommitLog, ServerError, TlsFiles, status};
+use crate::{ServerError, TlsFiles, status};
+use proglog_raft::CommitLog;
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -63,9 +64,9 @@ fn overloaded(message: String) -> http::Response<ObservedBody<tonic::body::Body>
 /// Registers `log.v1.Log`, `grpc.health.v1.Health` (serving for `""` and
 /// `"log.v1.Log"`) and server reflection (v1 and v1alpha). Every call is admitted
 /// (authorized, its body bounded) before its body is read.
-pub async fn serve<L: CommitLog>(
+pub async fn serve(
     listener: TcpListener,
-    log: Arc<L>,
+    log: Arc<dyn CommitLog>,
     authorizer: Arc<dyn Authorizer>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -84,7 +85,7 @@ pub async fn serve<L: CommitLog>(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    health.set_serving::<LogServer<LogService<L>>>().await;
+    health.set_serving::<LogServer<LogService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proglog_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

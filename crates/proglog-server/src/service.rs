@@ -17,8 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use proglog_raft::{CommitLog, LogError, PendingAppend};
+
 use crate::observe::OffsetSlot;
-use crate::{CommitLog, LogError, PendingAppend};
+use crate::status::from_log;
 
 /// Bytes read from the log per step of a ConsumeStream.
 const CONSUME_STREAM_READ_BYTES: u64 = 128 << 10;
@@ -81,21 +83,25 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, permit: Option<OwnedSemaphoreP
 }
 
 /// The gRPC service over any [`CommitLog`].
-pub struct LogService<L> {
-    log: Arc<L>,
+pub struct LogService {
+    log: Arc<dyn CommitLog>,
     max_record_bytes: u64,
     /// Flips to `true` when the server shuts down; ends the streams.
     shutdown: watch::Receiver<bool>,
 }
 
-impl<L> std::fmt::Debug for LogService<L> {
+impl std::fmt::Debug for LogService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogService").field("max_record_bytes", &self.max_record_bytes).finish_non_exhaustive()
     }
 }
 
-impl<L: CommitLog> LogService<L> {
-    pub(crate) fn new(log: Arc<L>, max_record_bytes: u64, shutdown: watch::Receiver<bool>) -> Self {
+impl LogService {
+    pub(crate) fn new(
+        log: Arc<dyn CommitLog>,
+        max_record_bytes: u64,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         Self { log, max_record_bytes, shutdown }
     }
 }
@@ -103,7 +109,7 @@ impl<L: CommitLog> LogService<L> {
 /// The value of a produce request, checked against the record limit.
 fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Status> {
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
-    check_record_size(record.value.len(), max_record_bytes)?;
+    check_record_size(record.value.len(), max_record_bytes).map_err(from_log)?;
     Ok(record.value)
 }
 
@@ -119,11 +125,11 @@ pub fn check_record_size(bytes: usize, max_record_bytes: u64) -> Result<(), LogE
 }
 
 #[tonic::async_trait]
-impl<L: CommitLog> LogRpc for LogService<L> {
+impl LogRpc for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
         let value = value_of(request, self.max_record_bytes)?;
-        let offset = self.log.append(vec![value]).await?.await?;
+        let offset = self.log.append(vec![value]).await.map_err(from_log)?.await.map_err(from_log)?;
         OffsetSlot::note(&extensions, offset);
         Ok(Response::new(ProduceResponse { offset }))
     }
@@ -131,7 +137,7 @@ impl<L: CommitLog> LogRpc for LogService<L> {
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
-        let record = self.log.read(offset).await?;
+        let record = self.log.read(offset).await.map_err(from_log)?;
         Ok(Response::new(ConsumeResponse { record: Some(record) }))
     }
 
@@ -144,7 +150,7 @@ impl<L: CommitLog> LogRpc for LogService<L> {
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
         if offset < self.log.lowest_offset() {
-            return Err(LogError::OutOfRange { offset }.into());
+            return Err(from_log(LogError::OutOfRange { offset }));
         }
         // Batches are bounded in bytes by the semaphore; the channel only hands
         // them over.
@@ -173,7 +179,7 @@ impl<L: CommitLog> LogRpc for LogService<L> {
         &self,
         _request: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
-        let servers = self.log.servers().await?;
+        let servers = self.log.servers().await.map_err(from_log)?;
         Ok(Response::new(GetServersResponse { servers }))
     }
 }
@@ -224,8 +230,8 @@ impl tokio_stream::Stream for RecordStream {
 /// that does not read holds at most [`CONSUME_STREAM_BUFFER_BYTES`]. Ends when
 /// the client goes away, the server shuts down, or a read fails (which is sent as
 /// the stream's status, after the records before the failure).
-async fn follow<L: CommitLog>(
-    log: Arc<L>,
+async fn follow(
+    log: Arc<dyn CommitLog>,
     mut offset: u64,
     tx: mpsc::Sender<Result<Batch, Status>>,
     mut shutdown: watch::Receiver<bool>,
@@ -243,7 +249,7 @@ async fn follow<L: CommitLog>(
             let batch = match log.read_batch(offset, CONSUME_STREAM_READ_BYTES).await {
                 Ok(records) => records,
                 Err(error) => {
-                    let _ = tx.send(Err(error.into())).await;
+                    let _ = tx.send(Err(from_log(error))).await;
                     return;
                 }
             };
@@ -288,7 +294,7 @@ async fn read_requests(
         let message = tokio::select! {
             biased;
             message = inbound.message() => message,
-            _ = &mut stopping => Err(LogError::Unavailable("the server is shutting down".into()).into()),
+            _ = &mut stopping => Err(from_log(LogError::Unavailable("the server is shutting down".into()))),
         };
         let item = match message {
             Ok(Some(request)) => value_of(request, max_record_bytes),
@@ -318,8 +324,8 @@ type InFlight = (PendingAppend, u64, Option<OwnedSemaphorePermit>);
 /// request in order. A batch's buffer bytes are released at its commit, whether
 /// or not the client reads the answers. An error ends the stream after the
 /// answers for the records before it.
-async fn append_in_order<L: CommitLog>(
-    log: Arc<L>,
+async fn append_in_order(
+    log: Arc<dyn CommitLog>,
     mut values: mpsc::Receiver<ReadAhead>,
     tx: mpsc::Sender<Result<ProduceResponse, Status>>,
 ) {
@@ -346,7 +352,7 @@ async fn append_in_order<L: CommitLog>(
                         }
                     }
                     Some(Err(error)) => {
-                        let _ = tx.send(Err(error.into())).await;
+                        let _ = tx.send(Err(from_log(error))).await;
                         return;
                     }
                     None => break,
@@ -376,7 +382,7 @@ async fn append_in_order<L: CommitLog>(
                     let count = batch.len() as u64;
                     match log.append(batch).await {
                         Ok(pending) => in_flight.push_back((pending, count, held)),
-                        Err(error) => { ending = Some(error.into()); input_open = false; }
+                        Err(error) => { ending = Some(from_log(error)); input_open = false; }
                     }
                 }
             }

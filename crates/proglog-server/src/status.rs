@@ -1,29 +1,48 @@
 //! The one place that turns errors into gRPC statuses (SPEC §1).
 
+use std::collections::HashMap;
+
+use proglog_raft::LogError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::LogError;
-
 /// Locale of the `google.rpc.LocalizedMessage` detail on `OUT_OF_RANGE`.
 const LOCALE: &str = "en-US";
+/// Domain of the `google.rpc.ErrorInfo` details.
+const ERROR_DOMAIN: &str = "proglog";
 
-impl From<LogError> for Status {
-    fn from(error: LogError) -> Self {
-        match error {
-            LogError::OutOfRange { offset } => Status::with_error_details(
-                Code::OutOfRange,
-                format!("offset out of range: {offset}"),
-                ErrorDetails::with_localized_message(
-                    LOCALE,
-                    format!("The requested offset is outside the log's range: {offset}"),
-                ),
+/// The status of a log error: one code per variant. A follower's `NOT_LEADER`
+/// is `UNAVAILABLE` carrying the leader it knows as a `google.rpc.ErrorInfo`
+/// (reason `NOT_LEADER`, metadata `leader_id` and `leader_addr`), so clients
+/// can go there without parsing the message.
+pub(crate) fn from_log(error: LogError) -> Status {
+    match error {
+        LogError::OutOfRange { offset } => Status::with_error_details(
+            Code::OutOfRange,
+            format!("offset out of range: {offset}"),
+            ErrorDetails::with_localized_message(
+                LOCALE,
+                format!("The requested offset is outside the log's range: {offset}"),
             ),
-            LogError::InvalidArgument(message) => Status::invalid_argument(message),
-            LogError::Unavailable(message) => Status::unavailable(message),
-            LogError::DataLoss(message) => Status::data_loss(message),
-            LogError::Internal(message) => Status::internal(message),
+        ),
+        LogError::NotLeader { leader } => {
+            let message = LogError::NotLeader { leader: leader.clone() }.to_string();
+            let metadata: HashMap<String, String> = leader
+                .map(|leader| {
+                    HashMap::from([("leader_id".into(), leader.id), ("leader_addr".into(), leader.rpc_addr)])
+                })
+                .unwrap_or_default();
+            Status::with_error_details(
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_error_info("NOT_LEADER", ERROR_DOMAIN, metadata),
+            )
         }
+        LogError::InvalidArgument(message) => Status::invalid_argument(message),
+        LogError::Unavailable(message) => Status::unavailable(message),
+        LogError::DataLoss(message) => Status::data_loss(message),
+        LogError::Internal(message) => Status::internal(message),
+        other => Status::internal(other.to_string()),
     }
 }
 
@@ -61,12 +80,25 @@ mod tests {
 
     #[test]
     fn out_of_range_carries_the_localized_message_detail() {
-        let status = Status::from(LogError::OutOfRange { offset: 7 });
+        let status = from_log(LogError::OutOfRange { offset: 7 });
         assert_eq!(status.code(), Code::OutOfRange);
         assert_eq!(status.message(), "offset out of range: 7");
         let details = status.get_error_details();
         let localized = details.localized_message().expect("localized message detail");
         assert_eq!(localized.locale, "en-US");
         assert_eq!(localized.message, "The requested offset is outside the log's range: 7");
+    }
+
+    #[test]
+    fn not_leader_is_unavailable_with_the_leader_as_error_info() {
+        let leader = proglog_raft::Leader { id: "n2".into(), rpc_addr: "127.0.0.1:9400".into() };
+        let status = from_log(LogError::NotLeader { leader: Some(leader) });
+        assert_eq!(status.code(), Code::Unavailable);
+        let info = status.get_error_details().error_info().cloned().expect("error info");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("NOT_LEADER", "proglog"));
+        assert_eq!(info.metadata.get("leader_addr").map(String::as_str), Some("127.0.0.1:9400"));
+        let unknown = from_log(LogError::NotLeader { leader: None });
+        assert_eq!(unknown.code(), Code::Unavailable);
+        assert!(unknown.get_error_details().error_info().is_some_and(|info| info.metadata.is_empty()));
     }
 }

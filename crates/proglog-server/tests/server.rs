@@ -256,7 +256,7 @@ async fn shutdown_ends_open_streams_and_keeps_every_record() {
             .unwrap()
             .is_none_or(|r| r.is_err())
     );
-    assert_eq!(log.log().read(0).unwrap().value, "kept");
+    assert_eq!(proglog_raft::CommitLog::read(&*log, 0).await.unwrap().value, "kept");
 }
 
 #[tokio::test]
@@ -269,7 +269,7 @@ async fn every_call_is_counted_by_method_and_code() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(
-        proglog_server::LocalLog::new(log, proglog_server::Fsync::Never, "n", addr.to_string()).unwrap(),
+        proglog_raft::LocalLog::new(log, proglog_raft::Fsync::Never, "n", addr.to_string()).unwrap(),
     );
     let observer =
         proglog_server::RpcObserver::new(slog::Logger::root(slog::Discard, slog::o!()), Some(recorder));

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use proglog_api::v1::log_client::LogClient;
 use proglog_certs::{Ca, CertifiedKey};
-use proglog_server::{Acl, AllowAll, Authorizer, Fsync, LocalLog, ServerConfig, ServerError, TlsFiles};
+use proglog_raft::{Fsync, LocalLog};
+use proglog_server::{Acl, AllowAll, Authorizer, ServerConfig, ServerError, TlsFiles};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -67,10 +68,9 @@ impl TestServer {
         let log = Arc::new(LocalLog::new(log, fsync, "test-node", addr.to_string()).unwrap());
         let (stop, stopped) = oneshot::channel();
         let config = ServerConfig { tls, ..ServerConfig::default() };
-        let task =
-            tokio::spawn(proglog_server::serve(listener, Arc::clone(&log), authorizer, config, async {
-                let _ = stopped.await;
-            }));
+        let task = tokio::spawn(proglog_server::serve(listener, log.clone(), authorizer, config, async {
+            let _ = stopped.await;
+        }));
         Self { addr, log, stop: Some(stop), task: Some(task), _data: data }
     }
 

@@ -1,5 +1,5 @@
-//! What the service needs from "the log": the single-node log implements it now,
-//! the replicated log later.
+//! What the server needs from "the log": the single-node log implements it now,
+//! the replicated log next.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,17 +8,49 @@ use bytes::Bytes;
 use proglog_api::v1::{Record, Server};
 use tokio::sync::watch;
 
-use crate::LogError;
+use crate::{Leader, LogError};
 
 /// Resolves to the offset of the first appended value once the append is
 /// committed (durable per the fsync policy; replicated, for a replicated log).
 pub type PendingAppend = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
 
+/// Where the log stands, for metrics, `/readyz` and GetServers; read without
+/// waiting for the writer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStatus {
+    /// This node leads (appends go through it).
+    pub is_leader: bool,
+    /// The leader this node knows, if any (itself when it leads).
+    pub leader: Option<Leader>,
+    /// The Raft term (0 for a log that is not replicated).
+    pub term: u64,
+    /// Index of the last entry known committed.
+    pub commit_index: u64,
+    /// Index of the last entry applied to this node's log.
+    pub applied_index: u64,
+    /// Members of the cluster (voters and learners).
+    pub members: usize,
+    /// The lowest offset still held.
+    pub lowest_offset: u64,
+    /// The highest committed offset, `None` while the log is empty.
+    pub highest_offset: Option<u64>,
+    /// Bytes the log's files hold.
+    pub bytes: u64,
+}
+
+impl LogStatus {
+    /// Ready to serve (SPEC §4 `/readyz`): a leader is known and everything
+    /// known committed is applied here.
+    pub fn is_ready(&self) -> bool {
+        self.leader.is_some() && self.applied_index >= self.commit_index
+    }
+}
+
 /// A log the gRPC service can serve.
 ///
 /// Implementations must never block the calling async task on disk or network
 /// I/O: they hand work to their own threads or to `spawn_blocking`.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait CommitLog: Send + Sync + 'static {
     /// Queues `values` for appending, in order, after everything queued before;
     /// returns once queued, with a future that resolves when they are committed.
@@ -42,4 +74,7 @@ pub trait CommitLog: Send + Sync + 'static {
 
     /// The servers of the cluster, and which one leads.
     async fn servers(&self) -> Result<Vec<Server>, LogError>;
+
+    /// Where the log stands now (cheap: no disk, no writer lock).
+    fn status(&self) -> LogStatus;
 }

@@ -8,7 +8,7 @@ use proglog_api::v1::{Record, Server};
 use proglog_log::Log;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-use crate::{CommitLog, LogError, PendingAppend};
+use crate::{CommitLog, Leader, LogError, LogStatus, PendingAppend};
 
 /// When an append is acknowledged (SPEC §5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,11 +103,6 @@ impl LocalLog {
             writer: Mutex::new(Some((tx, handle))),
             syncer: Mutex::new(syncer),
         })
-    }
-
-    /// The underlying log (for metrics and tests).
-    pub fn log(&self) -> &Log {
-        &self.log
     }
 
     /// Stops accepting appends, waits for the queued ones, then syncs and closes
@@ -212,7 +207,7 @@ fn to_record(record: proglog_log::Record) -> Record {
     Record { value: record.value, offset: record.offset, term: 0, r#type: 0 }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl CommitLog for LocalLog {
     async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
         let sender = self.sender()?;
@@ -261,5 +256,23 @@ impl CommitLog for LocalLog {
 
     async fn servers(&self) -> Result<Vec<Server>, LogError> {
         Ok(vec![self.server.clone()])
+    }
+
+    /// A single node leads, alone, and applies what it commits as it commits it:
+    /// its commit and applied index are the number of committed records.
+    fn status(&self) -> LogStatus {
+        let committed = *self.committed.borrow();
+        let lowest_offset = self.log.lowest_offset();
+        LogStatus {
+            is_leader: true,
+            leader: Some(Leader { id: self.server.id.clone(), rpc_addr: self.server.rpc_addr.clone() }),
+            term: 0,
+            commit_index: committed,
+            applied_index: committed,
+            members: 1,
+            lowest_offset,
+            highest_offset: (committed > lowest_offset).then(|| committed - 1),
+            bytes: self.log.size_bytes(),
+        }
     }
 }

@@ -1,0 +1,71 @@
+//! The one error type of the log abstraction.
+
+/// The leader of the cluster, as far as a node knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// Its node name.
+    pub id: String,
+    /// The address clients dial (its RPC address).
+    pub rpc_addr: String,
+}
+
+/// What a [`CommitLog`](crate::CommitLog) operation can fail with. Each variant
+/// has one gRPC status code (mapped by the server, the only place that builds a
+/// status) and one HTTP status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// The offset is not (or no longer) in the log. → `OUT_OF_RANGE`
+    #[error("offset out of range: {offset}")]
+    OutOfRange {
+        /// The offset asked for.
+        offset: u64,
+    },
+    /// The request is malformed. → `INVALID_ARGUMENT`
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// This node does not lead, so it cannot append; `leader` is the one it
+    /// knows, if any. → `UNAVAILABLE` (with the leader as error details)
+    #[error("not the leader{}", leader.as_ref().map(|l| format!("; the leader is {} at {}", l.id, l.rpc_addr)).unwrap_or_else(|| ": no leader is known".to_owned()))]
+    NotLeader {
+        /// The leader, when known.
+        leader: Option<Leader>,
+    },
+    /// The log cannot serve now (shutting down, closed). → `UNAVAILABLE`
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data is damaged or missing (a checksum mismatch, a missing segment).
+    /// → `DATA_LOSS`
+    #[error("{0}")]
+    DataLoss(String),
+    /// The log failed (an I/O error, a stopped log). → `INTERNAL`
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<proglog_log::Error> for LogError {
+    fn from(error: proglog_log::Error) -> Self {
+        match error {
+            proglog_log::Error::OffsetOutOfRange { offset, .. } => Self::OutOfRange { offset },
+            proglog_log::Error::RecordTooLarge { .. } => Self::InvalidArgument(error.to_string()),
+            proglog_log::Error::Corrupt { .. } | proglog_log::Error::MissingSegment { .. } => {
+                Self::DataLoss(error.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_names_the_leader_when_known() {
+        let known = LogError::NotLeader {
+            leader: Some(Leader { id: "n2".into(), rpc_addr: "10.0.0.2:8400".into() }),
+        };
+        assert_eq!(known.to_string(), "not the leader; the leader is n2 at 10.0.0.2:8400");
+        assert_eq!(LogError::NotLeader { leader: None }.to_string(), "not the leader: no leader is known");
+    }
+}
