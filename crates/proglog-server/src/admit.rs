@@ -122,11 +122,42 @@ where
         } else {
             (SMALL_MESSAGE_BYTES, None)
         };
+        let deadline = request.headers().get("grpc-timeout").and_then(|value| grpc_timeout(value.as_bytes()));
         let (budget, timeout) = (peer.request_budget(), peer.body_timeout());
         let request = request
             .map(|body| GrpcBody::new(body, limit, max_record_bytes, budget, timeout, method.unary_request));
-        Box::pin(self.inner.call(request))
+        let call = self.inner.call(request);
+        match deadline {
+            // The client's deadline bounds the call until its response starts (as
+            // tonic's own server does): a unary call, or a stream's opening.
+            Some(deadline) => Box::pin(async move {
+                match tokio::time::timeout(deadline, call).await {
+                    Ok(response) => response,
+                    Err(_) => Ok(status::deadline_exceeded(deadline).into_http()),
+                }
+            }),
+            None => Box::pin(call),
+        }
     }
+}
+
+/// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`,
+/// `u`, `n`); `None` if malformed (the call then runs without a deadline).
+fn grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(amount * 3600),
+        b"M" => Duration::from_secs(amount * 60),
+        b"S" => Duration::from_secs(amount),
+        b"m" => Duration::from_millis(amount),
+        b"u" => Duration::from_micros(amount),
+        b"n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// A gRPC request body as tonic reads it, watched message by message:
@@ -387,6 +418,17 @@ mod tests {
             assert!(passed <= 8 + FRAME_HEADER_BYTES, "no payload of the big one passes");
             let message = body.error.map(|status| status.message().to_owned()).unwrap_or_default();
             assert!(message.starts_with("request message of 11 bytes"), "{message}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        assert_eq!(grpc_timeout(b"100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(b"5n"), Some(Duration::from_nanos(5)));
+        for bad in [&b""[..], b"m", b"123456789S", b"10x", b"-1S", b"1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
         }
     }
 

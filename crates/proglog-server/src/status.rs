@@ -69,6 +69,11 @@ pub(crate) fn body_timeout(timeout: std::time::Duration) -> Status {
     Status::deadline_exceeded(format!("request body not received within {}s", timeout.as_secs_f64()))
 }
 
+/// A call that outlived the deadline its client set (`grpc-timeout`).
+pub(crate) fn deadline_exceeded(deadline: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!("deadline of {deadline:?} exceeded"))
+}
+
 /// A call refused because the server has as many in progress as it allows.
 pub(crate) fn overloaded(message: String) -> Status {
     Status::resource_exhausted(message)
