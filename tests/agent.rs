@@ -258,9 +258,7 @@ async fn plaintext_on_a_non_loopback_address_needs_insecure() {
 async fn tls_and_acl_guard_http_exactly_as_grpc() {
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
-    let args = pki.agent_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(data.path(), &args);
+    let agent = pki.start_agent(data.path(), &[]);
     let record = Some(r#"{"record":{"value":"aGk="}}"#);
 
     assert_eq!(

@@ -246,9 +246,7 @@ async fn t3b_a_denied_caller_is_refused_before_its_body_is_read() {
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let args = pki.agent_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(dir.path(), &args);
+    let agent = pki.start_agent(dir.path(), &[]);
     let baseline = agent.reset_peak_rss();
     let mut connection = h2_connection(agent.rpc, Some(pki.client_config(Some("nobody"), &[b"h2"]))).await;
     let mut calls = Vec::new();
@@ -421,9 +419,7 @@ async fn t4_tls_handshakes_left_hanging_cannot_keep_https_from_normal_clients() 
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let args = pki.agent_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(dir.path(), &args);
+    let agent = pki.start_agent(dir.path(), &[]);
     let baseline = agent.reset_peak_rss();
     let until = Instant::now() + Duration::from_secs(4);
     // More than the port's 256 connections.
@@ -571,10 +567,7 @@ async fn t8_debug_lines_show_denials_and_tls_failures() {
     let _serial = SERIAL.lock().await;
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let mut args = pki.agent_args();
-    args.extend(["--log-level".to_owned(), "trace".to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start(dir.path(), &args);
+    let agent = pki.start_agent(dir.path(), &["--log-level", "trace"]);
     let status = pki.grpc(agent.rpc, "nobody").produce(produce("x")).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     agent.wait_for_line(&[r#""msg":"rpc""#, r#""code":"PERMISSION_DENIED""#, r#""subject":"nobody""#]);

@@ -233,19 +233,20 @@ impl Pki {
         self.dir.path().join(name)
     }
 
-    pub fn agent_args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        for (flag, file) in [
+    /// Starts an agent on `data_dir` with mutual TLS and the ACL of this PKI,
+    /// and `extra` flags.
+    pub fn start_agent(&self, data_dir: &Path, extra: &[&str]) -> Agent {
+        let files = [
             ("--server-tls-cert-file", "server.pem"),
             ("--server-tls-key-file", "server-key.pem"),
             ("--server-tls-ca-file", "ca.pem"),
             ("--acl-model-file", "model.conf"),
             ("--acl-policy-file", "policy.csv"),
-        ] {
-            args.push(flag.to_owned());
-            args.push(self.path(file).to_str().unwrap().to_owned());
-        }
-        args
+        ]
+        .map(|(flag, file)| (flag, self.path(file).to_str().unwrap().to_owned()));
+        let mut args: Vec<&str> = files.iter().flat_map(|(flag, path)| [*flag, path.as_str()]).collect();
+        args.extend_from_slice(extra);
+        Agent::start(data_dir, &args)
     }
 
     /// A rustls client config trusting the CA, presenting `client` (e.g. "root")

@@ -251,14 +251,15 @@ fn connection_caps(config: &AgentConfig, log_dir: &std::path::Path, logger: &Log
     let http = if config.http_addr.is_some() { config.http_max_connections } else { 0 };
     let wanted = (config.max_connections + http) as u64;
     let log_files = std::fs::read_dir(log_dir).map(Iterator::count).unwrap_or(0) as u64;
-    let available = descriptor_limit().saturating_sub(RESERVED_DESCRIPTORS + log_files);
+    let nofile = descriptor_limit();
+    let available = nofile.saturating_sub(RESERVED_DESCRIPTORS + log_files);
     if wanted <= available {
         return (config.max_connections, config.http_max_connections);
     }
     let scale = |cap: usize| ((cap as u64 * available / wanted) as usize).max(1);
     let caps = (scale(config.max_connections), scale(config.http_max_connections));
     warn!(logger, "the file descriptor limit cannot hold the configured connections: lowering the caps";
-        "nofile" => descriptor_limit(), "max_connections" => caps.0, "http_max_connections" => caps.1);
+        "nofile" => nofile, "max_connections" => caps.0, "http_max_connections" => caps.1);
     caps
 }
 

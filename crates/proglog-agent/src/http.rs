@@ -114,24 +114,15 @@ fn authorize(state: &HttpState, peer: &Peer, action: &str) -> Result<(), ApiErro
     }
 }
 
-/// Reads a request body (after the caller was authorized: a denied caller's body
-/// is never read) within the listener's budgets and timeout.
-async fn read_body(state: &HttpState, peer: &Peer, body: Body, max_bytes: usize) -> Result<Bytes, ApiError> {
-    peer.read_body(body, max_bytes).await.map_err(|error| match error {
-        BodyError::TooLarge { bytes, max_bytes } if max_bytes > SMALL_BODY_BYTES => {
-            let size = bytes.map_or_else(|| format!("more than {max_bytes}"), |bytes| bytes.to_string());
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "request body of {size} bytes holds a record value larger than max-record-bytes ({} bytes)",
-                    state.max_record_bytes
-                ),
-            )
-        }
-        BodyError::Timeout(_) => ApiError(StatusCode::REQUEST_TIMEOUT, error.to_string()),
-        BodyError::Overloaded => ApiError(StatusCode::SERVICE_UNAVAILABLE, error.to_string()),
-        _ => ApiError(StatusCode::BAD_REQUEST, error.to_string()),
-    })
+impl From<BodyError> for ApiError {
+    fn from(error: BodyError) -> Self {
+        let status = match error {
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            BodyError::TooLarge { .. } | BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        };
+        Self(status, error.to_string())
+    }
 }
 
 /// Request bodies are JSON whatever their content type (`curl -d` sends a form type).
@@ -146,7 +137,19 @@ async fn produce(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &peer, action::PRODUCE)?;
-    let body = read_body(&state, &peer, body, state.max_produce_body_bytes()).await?;
+    // Read only now that the caller is authorized: a denied caller's body is
+    // never read. Too large a body is named by the record size it implies.
+    let body = peer.read_body(body, state.max_produce_body_bytes()).await.map_err(|error| match error {
+        BodyError::TooLarge { bytes, max_bytes } => {
+            let size = bytes.map_or_else(|| format!("more than {max_bytes}"), |bytes| bytes.to_string());
+            let max = state.max_record_bytes;
+            let message = format!(
+                "request body of {size} bytes holds a record value larger than max-record-bytes ({max} bytes)"
+            );
+            ApiError(StatusCode::BAD_REQUEST, message)
+        }
+        other => other.into(),
+    })?;
     let request: ProduceIn = json(&body)?;
     let value = BASE64
         .decode(request.record.value.as_bytes())
@@ -169,7 +172,7 @@ async fn consume_body(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &peer, action::CONSUME)?;
-    let request: ConsumeIn = json(&read_body(&state, &peer, body, SMALL_BODY_BYTES).await?)?;
+    let request: ConsumeIn = json(&peer.read_body(body, SMALL_BODY_BYTES).await?)?;
     consume_at(&state, request.offset).await
 }
 

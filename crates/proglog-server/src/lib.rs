@@ -46,7 +46,7 @@ pub use crate::auth::{
     ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject_of_chain,
 };
 pub use crate::error::ServerError;
-pub use crate::listener::{BodyError, Limits, Listener, Peer, TrackedBody};
+pub use crate::listener::{BodyError, Limits, Listener, Peer, Serves, TrackedBody};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
 pub use crate::server::{ServerConfig, serve};
 pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream, check_record_size};

@@ -283,6 +283,22 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(limits: Limits, logger: Logger) -> Self {
+        Self {
+            registry: Mutex::default(),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            calls: AtomicUsize::new(0),
+            request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
+            next_id: AtomicU64::new(0),
+            logger,
+            refused: Throttle::default(),
+            displaced: Throttle::default(),
+            accept_failed: Throttle::default(),
+            handshake_failed: Throttle::default(),
+            limits,
+        }
+    }
+
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         // A panic elsewhere cannot leave the registry inconsistent: each update
         // is a few map operations that do not panic.
@@ -490,7 +506,10 @@ pub(crate) struct RequestBudget {
 
 /// Request bytes held against both budgets; released on drop.
 #[derive(Debug)]
-pub(crate) struct Held(#[allow(dead_code)] Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>);
+pub(crate) struct Held {
+    _connection: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
 
 fn permits(bytes: usize, capacity: usize) -> u32 {
     u32::try_from(bytes.min(capacity)).unwrap_or(u32::MAX)
@@ -505,7 +524,7 @@ impl RequestBudget {
             .ok()?;
         let global =
             Arc::clone(&self.global).try_acquire_many_owned(permits(bytes, self.global_bytes)).ok()?;
-        Some(Held(Some((connection, global))))
+        Some(Held { _connection: connection, _global: global })
     }
 
     /// Holds `bytes` (capped at each budget's size, so one request always fits),
@@ -515,13 +534,40 @@ impl RequestBudget {
     /// holding the budget may need to finish.
     pub(crate) async fn hold(self, bytes: usize) -> Option<Held> {
         let hold = async {
-            let connection = self.connection.acquire_many_owned(permits(bytes, self.connection_bytes)).await;
-            let global = self.global.acquire_many_owned(permits(bytes, self.global_bytes)).await;
             // The semaphores are never closed.
-            Held(connection.ok().zip(global.ok()))
+            let connection =
+                self.connection.acquire_many_owned(permits(bytes, self.connection_bytes)).await.ok()?;
+            let global = self.global.acquire_many_owned(permits(bytes, self.global_bytes)).await.ok()?;
+            Some(Held { _connection: connection, _global: global })
         };
-        tokio::time::timeout(BUDGET_WAIT, hold).await.ok()
+        tokio::time::timeout(BUDGET_WAIT, hold).await.ok().flatten()
     }
+}
+
+/// What a [`Listener`] can serve: a service answering every request with a
+/// `Response<B>` (errors are responses too), cheap to clone for each connection.
+pub trait Serves<B>:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Serves<B> for S where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
 }
 
 /// One listening socket and how to serve it.
@@ -553,26 +599,10 @@ where
     /// are closed. Drop (abort) the returned future to close them at once.
     pub async fn serve<S>(self, service: S, shutdown: impl Future<Output = ()>, logger: Logger)
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: Serves<B>,
     {
         let Listener { name, tcp, tls, limits, http1, refusal, overloaded } = self;
-        let shared = Arc::new(Shared {
-            registry: Mutex::default(),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            calls: AtomicUsize::new(0),
-            request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
-            next_id: AtomicU64::new(0),
-            logger: logger.new(slog::o!("listener" => name)),
-            refused: Throttle::default(),
-            displaced: Throttle::default(),
-            accept_failed: Throttle::default(),
-            handshake_failed: Throttle::default(),
-            limits,
-        });
+        let shared = Arc::new(Shared::new(limits, logger.new(slog::o!("listener" => name))));
         let builder = http_builder(&shared.limits, http1);
         let mut connections = JoinSet::new();
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -710,11 +740,7 @@ impl Connection {
         (service, overloaded): (S, fn(String) -> http::Response<B>),
         _permit: OwnedSemaphorePermit,
     ) where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: Serves<B>,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -855,11 +881,7 @@ impl Drop for InFlight {
 
 impl<S, B> tower::Service<http::Request<Incoming>> for Tracked<S, B>
 where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Serves<B>,
     B: Send + 'static,
 {
     type Response = http::Response<TrackedBody<B>>;
@@ -943,20 +965,7 @@ mod tests {
     use super::*;
 
     fn shared() -> Shared {
-        let limits = Limits::default();
-        Shared {
-            registry: Mutex::default(),
-            connections: Arc::new(Semaphore::new(limits.max_connections)),
-            calls: AtomicUsize::new(0),
-            request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
-            next_id: AtomicU64::new(0),
-            logger: Logger::root(slog::Discard, slog::o!()),
-            refused: Throttle::default(),
-            displaced: Throttle::default(),
-            accept_failed: Throttle::default(),
-            handshake_failed: Throttle::default(),
-            limits,
-        }
+        Shared::new(Limits::default(), Logger::root(slog::Discard, slog::o!()))
     }
 
     #[tokio::test(start_paused = true)]
