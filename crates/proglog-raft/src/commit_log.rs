@@ -30,6 +30,8 @@ pub struct LogStatus {
     pub applied_index: u64,
     /// Members of the cluster (voters and learners).
     pub members: usize,
+    /// Members that vote (learners are still catching up).
+    pub voters: usize,
     /// The lowest offset still held.
     pub lowest_offset: u64,
     /// The highest committed offset, `None` while the log is empty.

@@ -33,7 +33,14 @@
 mod commit_log;
 mod error;
 mod local;
+mod records;
+mod replicated;
 
 pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend};
 pub use crate::error::{Leader, LogError};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
+pub use crate::replicated::{
+    ChannelNetwork, FetchSink, Mailbox, Member, RaftConfig, RaftLog, Transport, node_id,
+};
+/// raft-rs's message type, which [`Transport`]s carry.
+pub use raft::eraftpb::Message as RaftMessage;

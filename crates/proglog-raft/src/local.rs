@@ -8,6 +8,7 @@ use proglog_api::v1::{Record, Server};
 use proglog_log::Log;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use crate::records::Committed;
 use crate::{CommitLog, Leader, LogError, LogStatus, PendingAppend};
 
 /// When an append is acknowledged (SPEC §5).
@@ -48,9 +49,8 @@ struct AppendRequest {
 /// Only committed records (acknowledged to their producer) are readable.
 #[derive(Debug)]
 pub struct LocalLog {
-    log: Arc<Log>,
+    records: Committed,
     server: Server,
-    committed: watch::Receiver<u64>,
     queued_bytes: Arc<Semaphore>,
     writer: Mutex<Option<(mpsc::Sender<AppendRequest>, JoinHandle<()>)>>,
     /// With `Fsync::Never`: the background syncer and the channel that stops it.
@@ -96,9 +96,8 @@ impl LocalLog {
         };
         let server = Server { id: id.into(), rpc_addr: rpc_addr.into(), is_leader: true };
         Ok(Self {
-            log,
+            records: Committed { log, committed },
             server,
-            committed,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             writer: Mutex::new(Some((tx, handle))),
             syncer: Mutex::new(syncer),
@@ -120,7 +119,7 @@ impl LocalLog {
             drop(stop);
             handle.join().map_err(|_| LogError::Internal("the syncer thread panicked".into()))?;
         }
-        self.log.close().map_err(LogError::from)
+        self.records.log.close().map_err(LogError::from)
     }
 
     fn sender(&self) -> Result<mpsc::Sender<AppendRequest>, LogError> {
@@ -131,10 +130,6 @@ impl LocalLog {
             },
             Err(_) => Err(LogError::Internal("writer lock poisoned".into())),
         }
-    }
-
-    fn check_committed(&self, offset: u64) -> Result<(), LogError> {
-        if offset >= *self.committed.borrow() { Err(LogError::OutOfRange { offset }) } else { Ok(()) }
     }
 }
 
@@ -203,10 +198,6 @@ fn sync_in_background(log: &Log, stopped: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
-fn to_record(record: proglog_log::Record) -> Record {
-    Record { value: record.value, offset: record.offset, term: 0, r#type: 0 }
-}
-
 #[async_trait::async_trait]
 impl CommitLog for LocalLog {
     async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
@@ -226,32 +217,19 @@ impl CommitLog for LocalLog {
     }
 
     async fn read(&self, offset: u64) -> Result<Record, LogError> {
-        self.check_committed(offset)?;
-        let log = Arc::clone(&self.log);
-        let record = tokio::task::spawn_blocking(move || log.read(offset))
-            .await
-            .map_err(|error| LogError::Internal(error.to_string()))??;
-        Ok(to_record(record))
+        self.records.read(offset).await
     }
 
     async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
-        let committed = *self.committed.borrow();
-        if offset >= committed {
-            return Err(LogError::OutOfRange { offset });
-        }
-        let log = Arc::clone(&self.log);
-        let records = tokio::task::spawn_blocking(move || log.read_batch(offset, max_bytes))
-            .await
-            .map_err(|error| LogError::Internal(error.to_string()))??;
-        Ok(records.into_iter().take_while(|record| record.offset < committed).map(to_record).collect())
+        self.records.read_batch(offset, max_bytes).await
     }
 
     fn lowest_offset(&self) -> u64 {
-        self.log.lowest_offset()
+        self.records.log.lowest_offset()
     }
 
     fn committed(&self) -> watch::Receiver<u64> {
-        self.committed.clone()
+        self.records.committed.clone()
     }
 
     async fn servers(&self) -> Result<Vec<Server>, LogError> {
@@ -261,8 +239,8 @@ impl CommitLog for LocalLog {
     /// A single node leads, alone, and applies what it commits as it commits it:
     /// its commit and applied index are the number of committed records.
     fn status(&self) -> LogStatus {
-        let committed = *self.committed.borrow();
-        let lowest_offset = self.log.lowest_offset();
+        let committed = self.records.next();
+        let lowest_offset = self.records.log.lowest_offset();
         LogStatus {
             is_leader: true,
             leader: Some(Leader { id: self.server.id.clone(), rpc_addr: self.server.rpc_addr.clone() }),
@@ -270,9 +248,10 @@ impl CommitLog for LocalLog {
             commit_index: committed,
             applied_index: committed,
             members: 1,
+            voters: 1,
             lowest_offset,
             highest_offset: (committed > lowest_offset).then(|| committed - 1),
-            bytes: self.log.size_bytes(),
+            bytes: self.records.log.size_bytes(),
         }
     }
 }

@@ -1,0 +1,51 @@
+//! Reading committed records: shared by the single-node and the replicated log.
+
+use std::sync::Arc;
+
+use proglog_api::v1::Record;
+use proglog_log::Log;
+use tokio::sync::watch;
+
+use crate::LogError;
+
+/// A record log and its commit point: only offsets below the point are read.
+#[derive(Clone, Debug)]
+pub(crate) struct Committed {
+    pub log: Arc<Log>,
+    pub committed: watch::Receiver<u64>,
+}
+
+fn to_record(record: proglog_log::Record) -> Record {
+    Record { value: record.value, offset: record.offset, term: 0, r#type: 0 }
+}
+
+impl Committed {
+    pub(crate) fn next(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// Reads the committed record at `offset`, off the async workers.
+    pub(crate) async fn read(&self, offset: u64) -> Result<Record, LogError> {
+        if offset >= self.next() {
+            return Err(LogError::OutOfRange { offset });
+        }
+        let log = Arc::clone(&self.log);
+        let record = tokio::task::spawn_blocking(move || log.read(offset))
+            .await
+            .map_err(|error| LogError::Internal(error.to_string()))??;
+        Ok(to_record(record))
+    }
+
+    /// Reads committed records from `offset`, about `max_bytes` of them.
+    pub(crate) async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+        let committed = self.next();
+        if offset >= committed {
+            return Err(LogError::OutOfRange { offset });
+        }
+        let log = Arc::clone(&self.log);
+        let records = tokio::task::spawn_blocking(move || log.read_batch(offset, max_bytes))
+            .await
+            .map_err(|error| LogError::Internal(error.to_string()))??;
+        Ok(records.into_iter().take_while(|record| record.offset < committed).map(to_record).collect())
+    }
+}

@@ -1,0 +1,434 @@
+//! The Raft-replicated log: [`RaftLog`].
+//!
+//! One thread per node owns raft-rs's `RawNode` ([`node::Node`]): it ticks,
+//! steps peers' messages, merges queued appends into entries and runs the Ready
+//! loop; it never blocks on the network (the [`Transport`] queues or drops) and
+//! never runs on a tokio worker. Async callers hand it work through a channel and
+//! await replies; readers read the record log directly.
+
+mod codec;
+mod network;
+mod node;
+#[cfg(test)]
+mod sim;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proglog_api::v1::{Record, Server};
+use proglog_log::Log;
+use raft::eraftpb::Message;
+use slog::Logger;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+
+pub use self::codec::{Member, node_id};
+pub use self::network::ChannelNetwork;
+use self::node::{AppendReply, ChangeReply, Node, NodeConfig, Outbox, Shared};
+use self::store::Store;
+use crate::records::Committed;
+use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend};
+
+/// Appended value bytes queued for the Raft thread, at most; further appends
+/// wait. (Proposed, uncommitted entries are bounded by Raft's
+/// `max_uncommitted_size`: the leader refuses appends beyond it.)
+const QUEUE_BYTES: usize = 64 << 20;
+/// Events the Raft thread handles between two Ready rounds, at most.
+const EVENTS_PER_ROUND: usize = 4096;
+
+/// How a node of the replicated log runs.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    /// This node: its name (its Raft id derives from it) and RPC address.
+    pub member: Member,
+    /// Where the record log (`log/`) and the Raft state (`raft/`) live.
+    pub data_dir: PathBuf,
+    /// Start a one-member cluster if there is no Raft state yet.
+    pub bootstrap: bool,
+    /// When entries are durable (SPEC §5): `Always` fsyncs every Ready before
+    /// acknowledging or voting.
+    pub fsync: Fsync,
+    /// Raft heartbeat (one tick).
+    pub heartbeat_interval: Duration,
+    /// Raft election timeout (randomised up to twice this), at least 2 heartbeats.
+    pub election_timeout: Duration,
+    /// The record log's layout.
+    pub log: proglog_log::Config,
+    /// Compact the Raft entries once this many applied entries are held…
+    pub compact_entries: u64,
+    /// …keeping this many of the newest for followers that briefly lag.
+    pub trailing_entries: u64,
+    /// Where the node logs (raft-rs included).
+    pub logger: Logger,
+}
+
+impl RaftConfig {
+    /// Defaults of SPEC §3 for `member`, storing under `data_dir`.
+    pub fn new(member: Member, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            member,
+            data_dir: data_dir.into(),
+            bootstrap: true,
+            fsync: Fsync::Always,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_secs(1),
+            log: proglog_log::Config::default(),
+            compact_entries: 16_384,
+            trailing_entries: 1_024,
+            logger: Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+
+    fn node_config(&self) -> Result<NodeConfig, LogError> {
+        let ticks = self.election_timeout.as_micros() / self.heartbeat_interval.as_micros().max(1);
+        if self.heartbeat_interval.is_zero() || ticks < 2 {
+            return Err(LogError::InvalidArgument(
+                "the Raft election timeout must be at least twice the heartbeat interval".into(),
+            ));
+        }
+        Ok(NodeConfig {
+            election_tick: usize::try_from(ticks).unwrap_or(usize::MAX),
+            election_range: (0, 0),
+            heartbeat_tick: 1,
+            compact_entries: self.compact_entries.max(1),
+            trailing_entries: self.trailing_entries,
+            max_batch_bytes: 1 << 20,
+            max_uncommitted_bytes: QUEUE_BYTES as u64,
+        })
+    }
+}
+
+/// Carries Raft traffic between nodes. Every method returns at once: messages are
+/// queued (bounded) or dropped — Raft retries — and results come back through the
+/// node's [`Mailbox`].
+pub trait Transport: Send + Sync + 'static {
+    /// The cluster's members changed (addresses to dial).
+    fn set_members(&self, members: &[Member]);
+    /// Sends `messages`, all addressed to node `to`, in order. An unreachable
+    /// node is reported through [`Mailbox::unreachable`]; a snapshot message's
+    /// delivery through [`Mailbox::snapshot_status`].
+    fn send(&self, to: u64, messages: Vec<Message>);
+    /// Copies committed records `[start, end)` from node `from`'s record log into
+    /// `sink`, in order and in bounded chunks (from the lowest offset `from` still
+    /// holds, if above `start`).
+    fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink);
+}
+
+enum Event {
+    Append(Vec<Bytes>, AppendReply, Option<OwnedSemaphorePermit>),
+    Message(Message),
+    Unreachable(u64),
+    SnapshotStatus(u64, bool),
+    Fetched(u64, Vec<Bytes>),
+    FetchFailed(String),
+    Join(Member, ChangeReply),
+    Leave(String, ChangeReply),
+    Close,
+}
+
+/// Where a transport delivers what it received for a node.
+#[derive(Clone, Debug)]
+pub struct Mailbox {
+    events: std::sync::mpsc::Sender<Event>,
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Event")
+    }
+}
+
+impl Mailbox {
+    /// A Raft message from a peer. `false` once the node has stopped.
+    pub fn deliver(&self, message: Message) -> bool {
+        self.events.send(Event::Message(message)).is_ok()
+    }
+
+    /// Node `id` could not be reached.
+    pub fn unreachable(&self, id: u64) {
+        let _ = self.events.send(Event::Unreachable(id));
+    }
+
+    /// A snapshot message to node `id` was delivered (or not).
+    pub fn snapshot_status(&self, id: u64, delivered: bool) {
+        let _ = self.events.send(Event::SnapshotStatus(id, delivered));
+    }
+}
+
+/// Receives the records of a snapshot fetch.
+#[derive(Debug)]
+pub struct FetchSink {
+    events: std::sync::mpsc::Sender<Event>,
+}
+
+impl FetchSink {
+    /// Records from `first_offset` on, following the previous chunk. `false`
+    /// once the node no longer wants them.
+    pub fn chunk(&self, first_offset: u64, values: Vec<Bytes>) -> bool {
+        self.events.send(Event::Fetched(first_offset, values)).is_ok()
+    }
+
+    /// The fetch stopped early; it resumes from the records already received.
+    pub fn fail(self, reason: impl Into<String>) {
+        let _ = self.events.send(Event::FetchFailed(reason.into()));
+    }
+}
+
+/// A node of the Raft-replicated log. Appends go to the leader; reads are served
+/// from this node's copy of the committed records (SPEC §1).
+#[derive(Debug)]
+pub struct RaftLog {
+    member: Member,
+    records: Committed,
+    shared: watch::Receiver<Shared>,
+    queued_bytes: Arc<Semaphore>,
+    events: std::sync::mpsc::Sender<Event>,
+    thread: Mutex<Option<JoinHandle<Result<(), LogError>>>>,
+}
+
+impl RaftLog {
+    /// Opens (or creates) the node's state under `config.data_dir` and starts its
+    /// Raft thread, talking to peers through `transport`. Blocks on disk: call it
+    /// off the async workers.
+    pub fn open(config: RaftConfig, transport: Arc<dyn Transport>) -> Result<Self, LogError> {
+        let node_config = config.node_config()?;
+        let logger = config.logger.new(slog::o!("node" => config.member.name.clone()));
+        let records = Arc::new(Log::open(config.data_dir.join("log"), config.log.clone())?);
+        let store = Store::open(&config.data_dir.join("raft"), config.fsync)?;
+        let node = Node::open(
+            config.member.clone(),
+            store,
+            Arc::clone(&records),
+            config.bootstrap,
+            node_config,
+            logger,
+        )?;
+        let (events, inbox) = std::sync::mpsc::channel();
+        let committed = node.committed();
+        let shared = node.shared();
+        let mailbox_events = events.clone();
+        let interval = config.heartbeat_interval;
+        let thread = std::thread::Builder::new()
+            .name(format!("proglog-raft-{}", config.member.name))
+            .spawn(move || run(node, &inbox, &mailbox_events, transport.as_ref(), interval))
+            .map_err(|error| LogError::Internal(format!("cannot start the Raft thread: {error}")))?;
+        Ok(Self {
+            member: config.member,
+            records: Committed { log: records, committed },
+            shared,
+            queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
+            events,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// This node.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// Where its transport delivers messages.
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox { events: self.events.clone() }
+    }
+
+    /// The record log (transports serve snapshot fetches from it).
+    pub fn records(&self) -> &Arc<Log> {
+        &self.records.log
+    }
+
+    /// Adds `member` to the cluster (as a learner, promoted to voter once it has
+    /// caught up). Only the leader can: elsewhere [`LogError::NotLeader`].
+    pub async fn join(&self, member: Member) -> Result<(), LogError> {
+        self.change(|reply| Event::Join(member, reply)).await
+    }
+
+    /// Removes the node named `name` from the cluster (leader only).
+    pub async fn leave(&self, name: &str) -> Result<(), LogError> {
+        let name = name.to_owned();
+        self.change(|reply| Event::Leave(name, reply)).await
+    }
+
+    async fn change(&self, event: impl FnOnce(ChangeReply) -> Event) -> Result<(), LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(event(reply))?;
+        done.await.unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// Waits until a leader is known (or `timeout` passes: `Unavailable`).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), LogError> {
+        let mut shared = self.shared.clone();
+        let known = shared.wait_for(|shared| shared.status.leader.is_some());
+        match tokio::time::timeout(timeout, known).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(LogError::Unavailable(format!("no leader elected within {timeout:?}"))),
+        }
+    }
+
+    /// Watches this node's status (changes after Raft rounds).
+    pub fn watch_status(&self) -> watch::Receiver<LogStatus> {
+        let (tx, rx) = watch::channel(self.status());
+        let mut shared = self.shared.clone();
+        tokio::spawn(async move {
+            while shared.changed().await.is_ok() {
+                let status = shared.borrow_and_update().status.clone();
+                if tx.send(status).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    fn send(&self, event: Event) -> Result<(), LogError> {
+        self.events.send(event).map_err(|_| closed())
+    }
+
+    /// Stops the Raft thread (failing appends still waiting) and closes the state
+    /// and the record log cleanly. Blocks on disk.
+    pub fn close(&self) -> Result<(), LogError> {
+        let thread = self.thread.lock().map_err(|_| LogError::Internal("lock poisoned".into()))?.take();
+        let Some(thread) = thread else { return Ok(()) };
+        let _ = self.events.send(Event::Close);
+        thread.join().map_err(|_| LogError::Internal("the Raft thread panicked".into()))??;
+        self.records.log.close().map_err(LogError::from)
+    }
+}
+
+fn closed() -> LogError {
+    LogError::Unavailable("the log is closed".into())
+}
+
+/// The Raft thread: wait for an event or the next tick, handle what is queued,
+/// then run Ready rounds until Raft has nothing more.
+fn run(
+    mut node: Node,
+    inbox: &std::sync::mpsc::Receiver<Event>,
+    events: &std::sync::mpsc::Sender<Event>,
+    transport: &dyn Transport,
+    interval: Duration,
+) -> Result<(), LogError> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut next_tick = Instant::now() + interval;
+    let mut outbox = Outbox { members: Some(node.store().members().to_vec()), ..Outbox::default() };
+    let mut result = Ok(());
+    'run: loop {
+        dispatch(&mut outbox, transport, events);
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let mut appends = Vec::new();
+        let mut event = match inbox.recv_timeout(wait) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut handled = 0;
+        while let Some(current) = event.take() {
+            match current {
+                Event::Append(values, reply, _permit) => appends.push((values, reply)),
+                Event::Close => break 'run,
+                other => {
+                    // Keep appends in order relative to other work.
+                    if !appends.is_empty() {
+                        node.propose(std::mem::take(&mut appends));
+                    }
+                    if let Err(error) = handle(&mut node, other, &mut outbox) {
+                        result = Err(error);
+                        break 'run;
+                    }
+                }
+            }
+            handled += 1;
+            if handled < EVENTS_PER_ROUND {
+                event = inbox.try_recv().ok();
+            }
+        }
+        if !appends.is_empty() {
+            node.propose(appends);
+        }
+        if Instant::now() >= next_tick {
+            node.tick();
+            next_tick = Instant::now() + interval;
+        }
+        if let Err(error) = node.process_ready(&mut outbox) {
+            result = Err(error);
+            break;
+        }
+    }
+    if let Err(error) = &result {
+        slog::crit!(node.logger(), "the Raft node stopped"; "error" => %error);
+        node.fail_all(error);
+    }
+    let closed = node.close();
+    result.and(closed)
+}
+
+fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogError> {
+    match event {
+        Event::Message(message) => node.step(message, outbox),
+        Event::Unreachable(id) => node.report_unreachable(id),
+        Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
+        Event::Fetched(first_offset, values) => node.fetched(first_offset, &values)?,
+        Event::FetchFailed(reason) => node.fetch_failed(&reason),
+        Event::Join(member, reply) => node.join(member, reply),
+        Event::Leave(name, reply) => node.leave(&name, reply),
+        Event::Append(..) | Event::Close => {}
+    }
+    Ok(())
+}
+
+/// Hands the outbox to the transport: messages grouped per peer, in order.
+fn dispatch(outbox: &mut Outbox, transport: &dyn Transport, events: &std::sync::mpsc::Sender<Event>) {
+    if let Some(members) = outbox.members.take() {
+        transport.set_members(&members);
+    }
+    let mut messages = std::mem::take(&mut outbox.messages);
+    while !messages.is_empty() {
+        let to = messages[0].to;
+        let (batch, rest): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| m.to == to);
+        transport.send(to, batch);
+        messages = rest;
+    }
+    if let Some(fetch) = outbox.fetch.take() {
+        transport.fetch(fetch.from, fetch.start, fetch.end, FetchSink { events: events.clone() });
+    }
+}
+
+#[async_trait::async_trait]
+impl CommitLog for RaftLog {
+    async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        let bytes: usize = values.iter().map(Bytes::len).sum();
+        let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.queued_bytes).acquire_many_owned(permits).await.ok();
+        let (reply, done) = oneshot::channel();
+        self.send(Event::Append(values, reply, permit))?;
+        Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
+    }
+
+    async fn read(&self, offset: u64) -> Result<Record, LogError> {
+        self.records.read(offset).await
+    }
+
+    async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+        self.records.read_batch(offset, max_bytes).await
+    }
+
+    fn lowest_offset(&self) -> u64 {
+        self.records.log.lowest_offset()
+    }
+
+    fn committed(&self) -> watch::Receiver<u64> {
+        self.records.committed.clone()
+    }
+
+    async fn servers(&self) -> Result<Vec<Server>, LogError> {
+        Ok(self.shared.borrow().servers.clone())
+    }
+
+    fn status(&self) -> LogStatus {
+        self.shared.borrow().status.clone()
+    }
+}

@@ -1,0 +1,142 @@
+//! An in-process [`Transport`]: nodes of one process (tests, embedders running
+//! several nodes) exchange messages through their mailboxes. Links can be cut to
+//! simulate partitions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use proglog_log::Log;
+use raft::eraftpb::{Message, MessageType};
+
+use super::{FetchSink, Mailbox, Member, RaftLog, Transport};
+
+/// Records per fetched chunk, at most (bytes are bounded too: 1 MiB).
+const FETCH_CHUNK_BYTES: u64 = 1 << 20;
+
+#[derive(Default)]
+struct Nodes {
+    mailboxes: HashMap<u64, Mailbox>,
+    records: HashMap<u64, Arc<Log>>,
+    /// Cut links, both directions.
+    cut: HashSet<(u64, u64)>,
+}
+
+/// Connects [`RaftLog`]s of one process.
+#[derive(Default)]
+pub struct ChannelNetwork {
+    nodes: Mutex<Nodes>,
+}
+
+impl std::fmt::Debug for ChannelNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelNetwork").finish_non_exhaustive()
+    }
+}
+
+impl ChannelNetwork {
+    /// An empty network.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn nodes(&self) -> MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The transport for the node named `name` (open its log with it, then
+    /// [`ChannelNetwork::attach`] the log).
+    pub fn transport(self: &Arc<Self>, name: &str) -> Arc<dyn Transport> {
+        Arc::new(Link { network: Arc::clone(self), me: super::node_id(name) })
+    }
+
+    /// Connects `log` to the network (again, after it was reopened).
+    pub fn attach(&self, log: &RaftLog) {
+        let mut nodes = self.nodes();
+        nodes.mailboxes.insert(log.member().id, log.mailbox());
+        nodes.records.insert(log.member().id, Arc::clone(log.records()));
+    }
+
+    /// Disconnects the node (it stopped).
+    pub fn detach(&self, name: &str) {
+        let id = super::node_id(name);
+        let mut nodes = self.nodes();
+        nodes.mailboxes.remove(&id);
+        nodes.records.remove(&id);
+    }
+
+    /// Cuts every link of the node named `name`.
+    pub fn isolate(&self, name: &str) {
+        let id = super::node_id(name);
+        let mut nodes = self.nodes();
+        let others: Vec<u64> = nodes.mailboxes.keys().copied().filter(|other| *other != id).collect();
+        for other in others {
+            nodes.cut.insert((id, other));
+            nodes.cut.insert((other, id));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.nodes().cut.clear();
+    }
+}
+
+struct Link {
+    network: Arc<ChannelNetwork>,
+    me: u64,
+}
+
+impl Transport for Link {
+    fn set_members(&self, _members: &[Member]) {}
+
+    fn send(&self, to: u64, messages: Vec<Message>) {
+        let (target, own) = {
+            let nodes = self.network.nodes();
+            let target =
+                (!nodes.cut.contains(&(self.me, to))).then(|| nodes.mailboxes.get(&to).cloned()).flatten();
+            (target, nodes.mailboxes.get(&self.me).cloned())
+        };
+        for message in messages {
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let delivered = target.as_ref().is_some_and(|mailbox| mailbox.deliver(message));
+            if let Some(own) = &own {
+                if !delivered {
+                    own.unreachable(to);
+                }
+                if snapshot {
+                    own.snapshot_status(to, delivered);
+                }
+            }
+        }
+    }
+
+    fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
+        let source = {
+            let nodes = self.network.nodes();
+            (!nodes.cut.contains(&(self.me, from))).then(|| nodes.records.get(&from).cloned()).flatten()
+        };
+        let Some(source) = source else {
+            sink.fail("the source is unreachable");
+            return;
+        };
+        // Off the Raft thread: reading the source's log takes disk time.
+        std::thread::spawn(move || {
+            let mut next = start.max(source.lowest_offset());
+            while next < end {
+                match source.read_batch(next, FETCH_CHUNK_BYTES) {
+                    Ok(records) if !records.is_empty() => {
+                        let first = records[0].offset;
+                        let values: Vec<_> =
+                            records.into_iter().take_while(|r| r.offset < end).map(|r| r.value).collect();
+                        next = first + values.len() as u64;
+                        if !sink.chunk(first, values) {
+                            return;
+                        }
+                    }
+                    Ok(_) => return sink.fail("the source holds nothing there"),
+                    Err(error) => return sink.fail(error.to_string()),
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,692 @@
+//! The replicated log's state machine, without I/O threads or clocks: events in
+//! ([`Node::propose`], [`Node::step`], [`Node::tick`], fetched records), then
+//! [`Node::process_ready`] persists, applies and fills an [`Outbox`] of messages
+//! and record fetches for the driver to carry out. The production driver runs it
+//! on a dedicated thread; the simulation drives several in one thread with a
+//! simulated network and clock.
+//!
+//! Offsets (SPEC §1): a record's offset is fixed by the leader when it proposes
+//! its entry (the offset after the previous entry's records) and checked by every
+//! node that stores the entry; the record log applies committed entries at those
+//! offsets, so a record has the same offset everywhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proglog_api::v1::Server;
+use proglog_log::Log;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, StateRole};
+use slog::Logger;
+use tokio::sync::{oneshot, watch};
+
+use super::codec::{Member, batch_len, conf_change, decode_batch, encode_batch};
+use super::store::{SnapshotData, Store};
+use crate::{Leader, LogError, LogStatus};
+
+/// Replies to an append with the offset of its first value.
+pub(crate) type AppendReply = oneshot::Sender<Result<u64, LogError>>;
+/// Replies to a membership change once it is applied.
+pub(crate) type ChangeReply = oneshot::Sender<Result<(), LogError>>;
+
+/// How a node runs (the clock-independent part of [`crate::RaftConfig`]).
+#[derive(Clone, Debug)]
+pub(crate) struct NodeConfig {
+    pub election_tick: usize,
+    /// Election timeouts are drawn from `[min, max)` ticks (0: raft-rs's
+    /// defaults, `[election_tick, 2 * election_tick)`).
+    pub election_range: (usize, usize),
+    pub heartbeat_tick: usize,
+    /// Compact once this many applied entries are held beyond the snapshot point…
+    pub compact_entries: u64,
+    /// …keeping this many of the newest (so briefly lagging followers need no snapshot).
+    pub trailing_entries: u64,
+    /// Largest entry the leader builds from merged appends.
+    pub max_batch_bytes: usize,
+    /// Uncommitted entry bytes the leader accepts before refusing appends.
+    pub max_uncommitted_bytes: u64,
+}
+
+/// Work for the driver after [`Node::process_ready`].
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    /// Raft messages, in order.
+    pub messages: Vec<Message>,
+    /// Records to fetch for a snapshot: `[start, end)` from member `from`.
+    pub fetch: Option<Fetch>,
+    /// Membership changed: the members (for address lookup).
+    pub members: Option<Vec<Member>>,
+}
+
+/// A request to copy committed records from another node's record log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fetch {
+    pub from: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+enum Waiter {
+    Append { term: u64, replies: Vec<(u64, AppendReply)> },
+    Change { term: u64, reply: ChangeReply },
+}
+
+struct Fetching {
+    snapshot: Message,
+    end: u64,
+}
+
+/// What the status view shows, refreshed after every ready.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Shared {
+    pub status: LogStatus,
+    pub servers: Vec<Server>,
+}
+
+/// One node of the replicated log.
+pub(crate) struct Node {
+    raw: RawNode<Store>,
+    records: Arc<Log>,
+    me: Member,
+    config: NodeConfig,
+    logger: Logger,
+    members: BTreeMap<u64, Member>,
+    /// Records proposed since the last ready (not yet in the store).
+    proposed: u64,
+    waiters: BTreeMap<u64, Waiter>,
+    fetching: Option<Fetching>,
+    committed_tx: watch::Sender<u64>,
+    shared: watch::Sender<Shared>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+fn raft_error(error: raft::Error) -> LogError {
+    LogError::Internal(format!("raft: {error}"))
+}
+
+impl Node {
+    /// Opens the node's state: `store` (its Raft state) and `records` (its record
+    /// log). With `bootstrap` and no Raft state yet, starts a one-member cluster.
+    pub(crate) fn open(
+        me: Member,
+        mut store: Store,
+        records: Arc<Log>,
+        bootstrap: bool,
+        config: NodeConfig,
+        logger: Logger,
+    ) -> Result<Self, LogError> {
+        if bootstrap && store.last() == 0 && store.conf_state().voters.is_empty() {
+            store.bootstrap(&me)?;
+        }
+        let record_end = records.next_offset();
+        let point = store.snapshot_point();
+        if record_end < point.end_offset {
+            return Err(LogError::DataLoss(format!(
+                "{} ends at offset {record_end}, but Raft compacted entries up to offset {} into it",
+                records.dir().display(),
+                point.end_offset
+            )));
+        }
+        let applied = store.recovered_applied(record_end);
+        store.set_applied(applied);
+        let mut hard_state = store.hard_state().clone();
+        if hard_state.commit < applied {
+            hard_state.commit = applied;
+            store.set_commit(applied);
+        }
+        let members = store.members().iter().map(|m| (m.id, m.clone())).collect();
+        let raft_config = raft::Config {
+            id: me.id,
+            election_tick: config.election_tick,
+            min_election_tick: config.election_range.0,
+            max_election_tick: config.election_range.1,
+            heartbeat_tick: config.heartbeat_tick,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: config.max_uncommitted_bytes,
+            max_committed_size_per_ready: 16 << 20,
+            ..raft::Config::default()
+        };
+        raft_config.validate().map_err(raft_error)?;
+        let raw = RawNode::new(&raft_config, store, &logger).map_err(raft_error)?;
+        let (committed_tx, _) = watch::channel(record_end);
+        let mut node = Self {
+            raw,
+            records,
+            me,
+            config,
+            logger,
+            members,
+            proposed: 0,
+            waiters: BTreeMap::new(),
+            fetching: None,
+            committed_tx,
+            shared: watch::Sender::new(Shared::default()),
+        };
+        // A lone voter need not wait out an election timeout.
+        let cs = node.raw.store().conf_state();
+        if cs.voters == [node.me.id] && cs.learners.is_empty() {
+            node.raw.campaign().map_err(raft_error)?;
+        }
+        node.refresh();
+        Ok(node)
+    }
+
+    pub(crate) fn logger(&self) -> &Logger {
+        &self.logger
+    }
+
+    #[cfg(test)]
+    pub(crate) fn id(&self) -> u64 {
+        self.me.id
+    }
+
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> &Arc<Log> {
+        &self.records
+    }
+
+    pub(crate) fn shared(&self) -> watch::Receiver<Shared> {
+        self.shared.subscribe()
+    }
+
+    pub(crate) fn committed(&self) -> watch::Receiver<u64> {
+        self.committed_tx.subscribe()
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub(crate) fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub(crate) fn applied(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        self.raw.store()
+    }
+
+    fn leader(&self) -> Option<Leader> {
+        self.members
+            .get(&self.raw.raft.leader_id)
+            .map(|member| Leader { id: member.name.clone(), rpc_addr: member.rpc_addr.clone() })
+    }
+
+    fn not_leader(&self) -> LogError {
+        LogError::NotLeader { leader: self.leader() }
+    }
+
+    pub(crate) fn tick(&mut self) {
+        self.raw.tick();
+        if self.is_leader() {
+            self.promote_caught_up_learner();
+        }
+    }
+
+    /// Proposes appends as one entry per `max_batch_bytes`; each reply learns the
+    /// offset of its first value once the entry is applied (or why it never will be).
+    pub(crate) fn propose(&mut self, appends: Vec<(Vec<Bytes>, AppendReply)>) {
+        let mut batch: Vec<(Vec<Bytes>, AppendReply)> = Vec::new();
+        let mut bytes = 0;
+        for (values, reply) in appends {
+            let size = batch_len(&values);
+            if !batch.is_empty() && bytes + size > self.config.max_batch_bytes {
+                self.propose_entry(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push((values, reply));
+        }
+        if !batch.is_empty() {
+            self.propose_entry(batch);
+        }
+    }
+
+    fn propose_entry(&mut self, batch: Vec<(Vec<Bytes>, AppendReply)>) {
+        if !self.is_leader() {
+            let error = self.not_leader();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let first_offset = self.raw.store().tail_end() + self.proposed;
+        let mut values = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for (append, reply) in batch {
+            replies.push((values.len() as u64, reply));
+            values.extend(append);
+        }
+        let count = values.len() as u64;
+        match self.raw.propose(Vec::new(), encode_batch(first_offset, &values).to_vec()) {
+            Ok(()) => {
+                self.proposed += count;
+                let index = self.raw.raft.raft_log.last_index();
+                self.waiters.insert(index, Waiter::Append { term: self.term(), replies });
+            }
+            Err(error) => {
+                let error = match error {
+                    raft::Error::ProposalDropped if self.is_leader() => {
+                        LogError::Unavailable("the leader has too much uncommitted data; retry".into())
+                    }
+                    raft::Error::ProposalDropped => self.not_leader(),
+                    other => raft_error(other),
+                };
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Adds `member` as a learner (promoted to voter once caught up); replies once
+    /// it is in the configuration.
+    pub(crate) fn join(&mut self, member: Member, reply: ChangeReply) {
+        if self.members.get(&member.id).is_some_and(|known| known.name != member.name) {
+            let _ = reply.send(Err(LogError::InvalidArgument(format!(
+                "node name {:?} has the same Raft id as member {:?}; choose another name",
+                member.name, self.members[&member.id].name
+            ))));
+            return;
+        }
+        let cs = self.raw.store().conf_state();
+        if cs.voters.contains(&member.id) || cs.learners.contains(&member.id) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.propose_change(ConfChangeType::AddLearnerNode, member, reply);
+    }
+
+    /// Removes the member named `name`; replies once it is out of the configuration.
+    pub(crate) fn leave(&mut self, name: &str, reply: ChangeReply) {
+        let member = Member::new(name, "");
+        let cs = self.raw.store().conf_state();
+        if !cs.voters.contains(&member.id) && !cs.learners.contains(&member.id) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let member = self.members.get(&member.id).cloned().unwrap_or(member);
+        self.propose_change(ConfChangeType::RemoveNode, member, reply);
+    }
+
+    fn propose_change(&mut self, kind: ConfChangeType, member: Member, reply: ChangeReply) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if self.raw.raft.has_pending_conf() {
+            let _ = reply
+                .send(Err(LogError::Unavailable("another membership change is in progress; retry".into())));
+            return;
+        }
+        match self.raw.propose_conf_change(member.encode(), conf_change(member.id, kind)) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.waiters.insert(index, Waiter::Change { term: self.term(), reply });
+            }
+            Err(error) => {
+                let _ = reply.send(Err(raft_error(error)));
+            }
+        }
+    }
+
+    /// A learner whose log has caught up with the commit index becomes a voter.
+    fn promote_caught_up_learner(&mut self) {
+        if self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let learner =
+            self.raw.store().conf_state().learners.into_iter().find(|id| {
+                self.raw.raft.prs().get(*id).is_some_and(|progress| progress.matched >= committed)
+            });
+        if let Some(member) = learner.and_then(|id| self.members.get(&id).cloned()) {
+            let change = conf_change(member.id, ConfChangeType::AddNode);
+            if let Err(error) = self.raw.propose_conf_change(member.encode(), change) {
+                slog::warn!(self.logger, "cannot promote a learner"; "node" => &member.name, "error" => %error);
+            }
+        }
+    }
+
+    /// Takes a message from a peer. A snapshot whose records this node lacks is
+    /// held back until they are fetched (see [`Node::fetched`]).
+    pub(crate) fn step(&mut self, message: Message, outbox: &mut Outbox) {
+        if message.get_msg_type() == MessageType::MsgSnapshot
+            && let Some(fetch) = self.needs_fetch(message.get_snapshot())
+        {
+            if self.fetching.is_some() {
+                return; // one fetch at a time; the leader sends the snapshot again
+            }
+            let committed = self.raw.raft.raft_log.committed;
+            if let Err(error) = self.raw.mut_store().set_fetching(Some(committed)) {
+                slog::error!(self.logger, "cannot record the snapshot fetch"; "error" => %error);
+                return;
+            }
+            slog::info!(self.logger, "fetching snapshot records";
+                "from" => message.from, "start" => fetch.0, "end" => fetch.1);
+            outbox.fetch = Some(Fetch { from: message.from, start: fetch.0, end: fetch.1 });
+            self.fetching = Some(Fetching { end: fetch.1, snapshot: message });
+            return;
+        }
+        if let Err(error) = self.raw.step(message) {
+            slog::debug!(self.logger, "message not taken"; "error" => %error);
+        }
+    }
+
+    /// The record range a snapshot needs that the record log lacks, if any.
+    fn needs_fetch(&self, snapshot: &Snapshot) -> Option<(u64, u64)> {
+        if snapshot.get_metadata().index <= self.raw.raft.raft_log.committed {
+            return None;
+        }
+        let data: SnapshotData = serde_json::from_slice(&snapshot.data).ok()?;
+        let start = self.records.next_offset();
+        (start < data.end_offset).then_some((start, data.end_offset))
+    }
+
+    /// Records fetched for the pending snapshot, in order from its start (the
+    /// source's records begin at `first_offset` when it no longer holds older
+    /// ones). Once complete, the snapshot is stepped into Raft.
+    pub(crate) fn fetched(&mut self, first_offset: u64, values: &[Bytes]) -> Result<(), LogError> {
+        let Some(fetching) = &self.fetching else { return Ok(()) };
+        let next = self.records.next_offset();
+        if first_offset > next {
+            // The source no longer holds [next, first_offset): start where it does.
+            self.records.reset(first_offset)?;
+        }
+        let skip = (self.records.next_offset() - first_offset.min(self.records.next_offset())) as usize;
+        let end = fetching.end;
+        if skip < values.len() {
+            let take = (end.saturating_sub(self.records.next_offset()) as usize).min(values.len() - skip);
+            self.records.append_batch(&values[skip..skip + take])?;
+        }
+        if self.records.next_offset() >= end {
+            // Durable before the snapshot point (which relies on them) is written.
+            self.records.sync()?;
+            if let Some(fetching) = self.fetching.take() {
+                slog::info!(self.logger, "snapshot records fetched"; "end" => end);
+                if let Err(error) = self.raw.step(fetching.snapshot) {
+                    slog::warn!(self.logger, "snapshot not taken"; "error" => %error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fetch failed or was cut short: the next snapshot message resumes it
+    /// from the records already copied.
+    pub(crate) fn fetch_failed(&mut self, reason: &str) {
+        if self.fetching.take().is_some() {
+            slog::warn!(self.logger, "snapshot fetch failed; it resumes when the leader resends"; "reason" => reason);
+        }
+    }
+
+    pub(crate) fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    pub(crate) fn report_snapshot(&mut self, id: u64, delivered: bool) {
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(id, status);
+    }
+
+    /// Persists, applies and collects what Raft has ready, in the order raft-rs
+    /// documents: a leader's messages go out at once (replication overlaps its own
+    /// write), a follower's only after its entries and hard state are durable.
+    pub(crate) fn process_ready(&mut self, outbox: &mut Outbox) -> Result<(), LogError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        outbox.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone(), outbox)?;
+        }
+        self.apply(ready.take_committed_entries(), outbox)?;
+        let store = self.raw.mut_store();
+        store.append(ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs)?;
+        }
+        if ready.must_sync() {
+            store.sync()?;
+        }
+        self.proposed = 0;
+        outbox.messages.extend(ready.take_persisted_messages());
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+        }
+        outbox.messages.extend(light.take_messages());
+        self.apply(light.take_committed_entries(), outbox)?;
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        self.refresh();
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot, outbox: &mut Outbox) -> Result<(), LogError> {
+        let meta = snapshot.get_metadata();
+        let data: SnapshotData = serde_json::from_slice(&snapshot.data)
+            .map_err(|error| LogError::DataLoss(format!("a snapshot does not decode: {error}")))?;
+        if self.records.next_offset() < data.end_offset {
+            return Err(LogError::Internal(format!(
+                "snapshot at {} needs records up to {}, the record log ends at {}",
+                meta.index,
+                data.end_offset,
+                self.records.next_offset()
+            )));
+        }
+        self.raw.mut_store().install_snapshot(meta, &data)?;
+        self.members = data.members.iter().map(|m| (m.id, m.clone())).collect();
+        outbox.members = Some(data.members);
+        // Appends this node proposed as leader at or below the snapshot: their
+        // fate is unknown here.
+        let index = meta.index;
+        let unknown: Vec<u64> = self.waiters.range(..=index).map(|(index, _)| *index).collect();
+        for index in unknown {
+            if let Some(waiter) = self.waiters.remove(&index) {
+                fail(
+                    waiter,
+                    &LogError::Unavailable(
+                        "leadership changed; the append may or may not be committed".into(),
+                    ),
+                );
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, outbox: &mut Outbox) -> Result<(), LogError> {
+        for entry in entries {
+            let index = entry.index;
+            let first_offset = match entry.get_entry_type() {
+                EntryType::EntryNormal if !entry.data.is_empty() => Some(self.apply_batch(&entry)?),
+                EntryType::EntryNormal => None,
+                EntryType::EntryConfChangeV2 => {
+                    self.apply_change(&entry, outbox)?;
+                    None
+                }
+                EntryType::EntryConfChange => {
+                    return Err(LogError::DataLoss(format!(
+                        "entry {index} is a version 1 change (never proposed)"
+                    )));
+                }
+            };
+            self.raw.mut_store().set_applied(index);
+            if let Some(waiter) = self.waiters.remove(&index) {
+                self.resolve(waiter, entry.term, first_offset);
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Appends an entry's records to the record log at the offsets the entry
+    /// names (skipping those already there after a restart).
+    fn apply_batch(&mut self, entry: &Entry) -> Result<u64, LogError> {
+        let batch = decode_batch(&entry.data)?;
+        let next = self.records.next_offset();
+        if next < batch.first_offset {
+            return Err(LogError::DataLoss(format!(
+                "entry {} holds records from offset {} but the record log ends at {next}",
+                entry.index, batch.first_offset
+            )));
+        }
+        let skip = (next - batch.first_offset) as usize;
+        if skip < batch.values.len() {
+            self.records.append_batch(&batch.values[skip..])?;
+        }
+        Ok(batch.first_offset)
+    }
+
+    fn apply_change(&mut self, entry: &Entry, outbox: &mut Outbox) -> Result<(), LogError> {
+        if entry.index <= self.raw.store().conf_index() {
+            return Ok(()); // applied before a restart; the stored configuration has it
+        }
+        let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|error| {
+            LogError::DataLoss(format!("entry {} holds a bad change: {error}", entry.index))
+        })?;
+        let cs = self.raw.apply_conf_change(&change).map_err(raft_error)?;
+        let member = Member::decode(&entry.context).ok();
+        for single in change.get_changes() {
+            match single.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(member) = member.as_ref().filter(|m| m.id == single.node_id) {
+                        self.members.insert(member.id, member.clone());
+                    }
+                }
+                ConfChangeType::RemoveNode => {
+                    self.members.remove(&single.node_id);
+                }
+            }
+        }
+        let members: Vec<Member> = self.members.values().cloned().collect();
+        slog::info!(self.logger, "configuration changed"; "index" => entry.index,
+            "voters" => ?cs.voters, "learners" => ?cs.learners);
+        self.raw.mut_store().set_conf(&cs, entry.index, members.clone())?;
+        outbox.members = Some(members);
+        Ok(())
+    }
+
+    fn resolve(&mut self, waiter: Waiter, term: u64, first_offset: Option<u64>) {
+        match waiter {
+            Waiter::Append { term: proposed, replies } if proposed == term => {
+                let first = first_offset.unwrap_or(0);
+                for (delta, reply) in replies {
+                    let _ = reply.send(Ok(first + delta));
+                }
+            }
+            Waiter::Change { term: proposed, reply } if proposed == term => {
+                let _ = reply.send(Ok(()));
+            }
+            // Another leader's entry took the index: ours was never committed.
+            waiter => fail(waiter, &self.not_leader()),
+        }
+    }
+
+    /// Every applied record is readable: tell consumers following the tail.
+    fn publish(&self) {
+        let next = self.records.next_offset();
+        self.committed_tx.send_if_modified(|committed| {
+            let changed = *committed != next;
+            *committed = next;
+            changed
+        });
+    }
+
+    /// Compacts the entries once enough are applied: the record log is made
+    /// durable first, since after compaction it is the only copy of their records.
+    fn maybe_compact(&mut self) -> Result<(), LogError> {
+        let store = self.raw.store();
+        let applied = self.applied();
+        let held = applied.saturating_sub(store.snapshot_point().index);
+        if held < self.config.compact_entries + self.config.trailing_entries {
+            return Ok(());
+        }
+        let index = applied - self.config.trailing_entries;
+        self.records.sync()?;
+        self.raw.mut_store().compact(index)?;
+        slog::debug!(self.logger, "compacted Raft entries"; "through" => index);
+        Ok(())
+    }
+
+    /// Fails every waiter (the node is stopping).
+    pub(crate) fn fail_all(&mut self, error: &LogError) {
+        for (_, waiter) in std::mem::take(&mut self.waiters) {
+            fail(waiter, error);
+        }
+    }
+
+    fn refresh(&self) {
+        let raft = &self.raw.raft;
+        let cs = self.raw.store().conf_state();
+        let leader = self.leader();
+        let servers = cs
+            .voters
+            .iter()
+            .chain(cs.learners.iter())
+            .filter_map(|id| self.members.get(id))
+            .map(|member| Server {
+                id: member.name.clone(),
+                rpc_addr: member.rpc_addr.clone(),
+                is_leader: member.id == raft.leader_id,
+            })
+            .collect::<Vec<_>>();
+        let next = self.records.next_offset();
+        let lowest_offset = self.records.lowest_offset();
+        let status = LogStatus {
+            is_leader: raft.state == StateRole::Leader,
+            leader,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: raft.raft_log.applied,
+            members: servers.len(),
+            voters: cs.voters.len(),
+            lowest_offset,
+            highest_offset: (next > lowest_offset).then(|| next - 1),
+            bytes: self.records.size_bytes() + self.raw.store().size_bytes(),
+        };
+        let fresh = Shared { status, servers };
+        self.shared.send_if_modified(|shared| {
+            let changed = *shared != fresh;
+            if changed {
+                *shared = fresh;
+            }
+            changed
+        });
+    }
+
+    /// Closes the Raft state (the driver closes the record log).
+    pub(crate) fn close(&mut self) -> Result<(), LogError> {
+        self.fail_all(&LogError::Unavailable("the log is closing".into()));
+        self.raw.store().close()
+    }
+}
+
+fn fail(waiter: Waiter, error: &LogError) {
+    match waiter {
+        Waiter::Append { replies, .. } => {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Waiter::Change { reply, .. } => {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+}

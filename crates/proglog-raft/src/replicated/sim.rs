@@ -1,0 +1,633 @@
+//! A seeded, deterministic simulation of clusters of [`Node`]s: an in-memory
+//! network that drops, duplicates, delays (reorders) and partitions messages,
+//! and crash-restarts that lose what was not synced — checking after every step
+//! that there is at most one leader per term, that every node's records agree
+//! with one committed history, that a node's applied index never goes back while
+//! it runs, and that no acknowledged append is lost.
+//!
+//! A failure prints its seed. Replay one with `PROGLOG_SIM_SEED=<seed>` (and
+//! `PROGLOG_SIM_NODES=3|5`); run more with `PROGLOG_SIM_SEEDS=<count>`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proglog_log::Log;
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::oneshot;
+
+use super::codec::Member;
+use super::node::{AppendReply, ChangeReply, Fetch, Node, NodeConfig, Outbox};
+use super::store::Store;
+use crate::{Fsync, LogError};
+
+/// splitmix64: a tiny generator whose sequence never changes between versions,
+/// so a printed seed replays the same run forever.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+
+    /// True with probability `per_mille` / 1000.
+    fn chance(&mut self, per_mille: u64) -> bool {
+        self.below(1000) < per_mille
+    }
+}
+
+struct SimNode {
+    member: Member,
+    dir: PathBuf,
+    node: Option<Node>,
+    outbox: Outbox,
+    /// Records below this offset were checked against the history.
+    checked: u64,
+    /// The applied index this life started from or reached.
+    applied: u64,
+    /// Tick at which a crashed node restarts.
+    restart_at: u64,
+}
+
+struct InFlight {
+    at: u64,
+    seq: u64,
+    message: Message,
+}
+
+struct Pending {
+    values: Vec<Bytes>,
+    reply: oneshot::Receiver<Result<u64, LogError>>,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    _dir: tempfile::TempDir,
+    nodes: Vec<SimNode>,
+    network: Vec<InFlight>,
+    cut: HashSet<(u64, u64)>,
+    heal_at: u64,
+    history: BTreeMap<u64, Bytes>,
+    acked: BTreeMap<u64, Bytes>,
+    pending: Vec<Pending>,
+    leaders: HashMap<u64, u64>,
+    fetches: Vec<(usize, Fetch)>,
+    counter: u64,
+    faults: bool,
+}
+
+fn node_config(rng: &mut Rng) -> NodeConfig {
+    // A fixed timeout per node and life (raft-rs would draw one from its own
+    // unseeded generator): distinct across nodes, so elections settle.
+    let timeout = 10 + rng.below(10) as usize;
+    NodeConfig {
+        election_tick: 10,
+        election_range: (timeout, timeout + 1),
+        heartbeat_tick: 1,
+        compact_entries: 24,
+        trailing_entries: 4,
+        max_batch_bytes: 4 << 10,
+        max_uncommitted_bytes: 1 << 20,
+    }
+}
+
+fn records_config() -> proglog_log::Config {
+    proglog_log::Config {
+        max_store_bytes: 2 << 10,
+        max_index_bytes: 64 * 8,
+        ..proglog_log::Config::default()
+    }
+}
+
+/// With `PROGLOG_SIM_TRACE` set, nodes (raft-rs included) log to stderr.
+fn logger(name: &str) -> slog::Logger {
+    struct Stderr;
+    impl slog::Drain for Stderr {
+        type Ok = ();
+        type Err = slog::Never;
+        fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+            struct Line(String);
+            impl slog::Serializer for Line {
+                fn emit_arguments(
+                    &mut self,
+                    key: slog::Key,
+                    value: &std::fmt::Arguments<'_>,
+                ) -> slog::Result {
+                    self.0.push_str(&format!(" {key}={value}"));
+                    Ok(())
+                }
+            }
+            let mut line = Line(format!("{} {}", record.level().as_short_str(), record.msg()));
+            let _ = slog::KV::serialize(values, record, &mut line);
+            let _ = slog::KV::serialize(&record.kv(), record, &mut line);
+            eprintln!("{}", line.0);
+            Ok(())
+        }
+    }
+    if std::env::var_os("PROGLOG_SIM_TRACE").is_some() {
+        slog::Logger::root(Stderr, slog::o!("node" => name.to_owned()))
+    } else {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+}
+
+fn trace(message: impl FnOnce() -> String) {
+    if std::env::var_os("PROGLOG_SIM_TRACE").is_some() {
+        eprintln!("SIM {}", message());
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes = (0..size)
+            .map(|i| {
+                let member = Member::new(format!("n{i}"), format!("n{i}.invalid:8400"));
+                SimNode {
+                    dir: dir.path().join(&member.name),
+                    member,
+                    node: None,
+                    outbox: Outbox::default(),
+                    checked: 0,
+                    applied: 0,
+                    restart_at: 0,
+                }
+            })
+            .collect();
+        let mut sim = Self {
+            seed,
+            rng: Rng(seed),
+            now: 0,
+            seq: 0,
+            _dir: dir,
+            nodes,
+            network: Vec::new(),
+            cut: HashSet::new(),
+            heal_at: 0,
+            history: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            pending: Vec::new(),
+            leaders: HashMap::new(),
+            fetches: Vec::new(),
+            counter: 0,
+            faults: false,
+        };
+        for i in 0..size {
+            sim.start(i, i == 0);
+        }
+        sim
+    }
+
+    fn fail(&self, what: String) -> ! {
+        panic!("simulation seed {} ({} nodes), tick {}: {what}", self.seed, self.nodes.len(), self.now);
+    }
+
+    fn start(&mut self, i: usize, bootstrap: bool) {
+        let config = node_config(&mut self.rng);
+        let sim_node = &mut self.nodes[i];
+        let opened = (|| {
+            let store = Store::open(&sim_node.dir.join("raft"), Fsync::Never)?;
+            let records = Arc::new(Log::open(sim_node.dir.join("log"), records_config())?);
+            let logger = logger(&sim_node.member.name);
+            Node::open(sim_node.member.clone(), store, records, bootstrap, config, logger)
+        })();
+        match opened {
+            Ok(node) => {
+                trace(|| {
+                    format!(
+                        "start {} last={} applied={}",
+                        sim_node.member.name,
+                        node.store().last(),
+                        node.applied()
+                    )
+                });
+                sim_node.checked = sim_node.checked.min(node.records().next_offset());
+                sim_node.applied = node.applied();
+                sim_node.outbox = Outbox::default();
+                sim_node.node = Some(node);
+            }
+            Err(error) => self.fail(format!("{} does not restart: {error}", self.nodes[i].member.name)),
+        }
+    }
+
+    /// Kills the node and then loses what it had not synced (power loss).
+    fn crash(&mut self, i: usize) {
+        let Some(node) = self.nodes[i].node.take() else { return };
+        let synced = node.store().synced_index();
+        let durable_records = node.store().snapshot_point().end_offset;
+        trace(|| {
+            format!(
+                "tick {} crash {} synced={synced} last={} applied={}",
+                self.now,
+                self.nodes[i].member.name,
+                node.store().last(),
+                node.applied()
+            )
+        });
+        drop(node);
+        let dir = self.nodes[i].dir.clone();
+        let lost = (|| {
+            Store::lose_unsynced(&dir.join("raft"), synced)?;
+            let records = Log::open(dir.join("log"), records_config())?;
+            let next = records.next_offset();
+            let keep = durable_records.max(records.lowest_offset())
+                + self.rng.below(next.saturating_sub(durable_records) + 1);
+            if keep < next {
+                records.truncate_from(keep)?;
+            }
+            Ok::<_, LogError>(())
+        })();
+        if let Err(error) = lost {
+            self.fail(format!("simulating the crash failed: {error}"));
+        }
+        self.nodes[i].restart_at = self.now + 20 + self.rng.below(200);
+    }
+
+    fn alive(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| n.node.as_ref().map(|node| (i, node)))
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.nodes.iter().position(|n| n.member.id == id)
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.alive().filter(|(_, node)| node.is_leader()).max_by_key(|(_, node)| node.term()).map(|(i, _)| i)
+    }
+
+    /// Forms the cluster: node 0 bootstrapped, the others joined through it.
+    fn form(&mut self) {
+        for i in 1..self.nodes.len() {
+            let member = self.nodes[i].member.clone();
+            let mut joined = false;
+            for _ in 0..2_000 {
+                if !joined && let Some(leader) = self.leader() {
+                    let (reply, mut done): (ChangeReply, _) = oneshot::channel();
+                    self.node_mut(leader).join(member.clone(), reply);
+                    for _ in 0..200 {
+                        self.step();
+                        match done.try_recv() {
+                            Ok(Ok(())) => joined = true,
+                            Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => break,
+                            Err(oneshot::error::TryRecvError::Empty) => continue,
+                        }
+                        break;
+                    }
+                }
+                self.step();
+                if joined && self.voters() == i + 1 {
+                    break;
+                }
+            }
+            if self.voters() != i + 1 {
+                self.fail(format!("{} did not join", member.name));
+            }
+        }
+    }
+
+    fn voters(&self) -> usize {
+        self.leader()
+            .map_or(0, |i| self.nodes[i].node.as_ref().map_or(0, |n| n.store().conf_state().voters.len()))
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut Node {
+        self.nodes[i].node.as_mut().expect("alive")
+    }
+
+    fn maybe_fault(&mut self) {
+        let size = self.nodes.len();
+        let down = self.nodes.iter().filter(|n| n.node.is_none()).count();
+        if down < (size - 1) / 2 && self.rng.chance(4) {
+            let i = self.rng.below(size as u64) as usize;
+            self.crash(i);
+        }
+        if self.cut.is_empty() && self.rng.chance(5) {
+            // Split the nodes into two random sides.
+            let side: Vec<bool> = (0..size).map(|_| self.rng.chance(500)).collect();
+            for a in 0..size {
+                for b in 0..size {
+                    if side[a] != side[b] {
+                        self.cut.insert((self.nodes[a].member.id, self.nodes[b].member.id));
+                    }
+                }
+            }
+            self.heal_at = self.now + 30 + self.rng.below(300);
+        }
+        if !self.cut.is_empty() && self.now >= self.heal_at {
+            self.cut.clear();
+        }
+    }
+
+    fn maybe_propose(&mut self) {
+        if !self.rng.chance(300) {
+            return;
+        }
+        let target = match self.leader() {
+            Some(leader) if self.rng.chance(850) => leader,
+            _ => self.rng.below(self.nodes.len() as u64) as usize,
+        };
+        if self.nodes[target].node.is_none() {
+            return;
+        }
+        let count = 1 + self.rng.below(3);
+        let values: Vec<Bytes> = (0..count)
+            .map(|_| {
+                self.counter += 1;
+                Bytes::from(format!("v{}", self.counter))
+            })
+            .collect();
+        let (reply, done): (AppendReply, _) = oneshot::channel();
+        self.node_mut(target).propose(vec![(values.clone(), reply)]);
+        self.pending.push(Pending { values, reply: done });
+    }
+
+    fn step(&mut self) {
+        self.now += 1;
+        if self.faults {
+            self.maybe_fault();
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].node.is_none() && self.nodes[i].restart_at <= self.now && self.faults {
+                self.start(i, false);
+            }
+        }
+        self.maybe_propose();
+        self.deliver();
+        self.run_fetches();
+        for i in 0..self.nodes.len() {
+            let Some(node) = self.nodes[i].node.as_mut() else { continue };
+            node.tick();
+            let mut outbox = std::mem::take(&mut self.nodes[i].outbox);
+            if let Err(error) = self.nodes[i].node.as_mut().map_or(Ok(()), |n| n.process_ready(&mut outbox)) {
+                self.fail(format!("{} failed: {error}", self.nodes[i].member.name));
+            }
+            self.route(i, outbox);
+        }
+        self.collect_replies();
+        self.check();
+    }
+
+    fn deliver(&mut self) {
+        let now = self.now;
+        let mut due: Vec<InFlight> = Vec::new();
+        let mut later = Vec::new();
+        for flight in self.network.drain(..) {
+            if flight.at <= now { due.push(flight) } else { later.push(flight) }
+        }
+        self.network = later;
+        due.sort_by_key(|flight| (flight.at, flight.seq));
+        for flight in due {
+            let (from, to) = (flight.message.from, flight.message.to);
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
+            let Some(i) = self.index_of(to) else { continue };
+            let sim_node = &mut self.nodes[i];
+            if let Some(node) = sim_node.node.as_mut() {
+                node.step(flight.message, &mut sim_node.outbox);
+            }
+        }
+    }
+
+    fn route(&mut self, i: usize, mut outbox: Outbox) {
+        if let Some(fetch) = outbox.fetch.take() {
+            self.fetches.push((i, fetch));
+        }
+        for message in outbox.messages {
+            let dropped = self.faults && self.rng.chance(50);
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                // As a transport does: delivered to the peer, or failed.
+                let to = message.to;
+                self.node_mut(i).report_snapshot(to, !dropped);
+            }
+            if dropped {
+                continue;
+            }
+            let copies = if self.faults && self.rng.chance(20) { 2 } else { 1 };
+            for _ in 0..copies {
+                self.seq += 1;
+                let delay = 1 + self.rng.below(if self.faults { 4 } else { 2 });
+                self.network.push(InFlight { at: self.now + delay, seq: self.seq, message: message.clone() });
+            }
+        }
+    }
+
+    /// Carries out snapshot fetches: in random chunks, sometimes cut short.
+    fn run_fetches(&mut self) {
+        for (i, fetch) in std::mem::take(&mut self.fetches) {
+            let source = self
+                .index_of(fetch.from)
+                .and_then(|s| self.nodes[s].node.as_ref().map(|n| Arc::clone(n.records())));
+            let reachable = !self.cut.contains(&(self.nodes[i].member.id, fetch.from));
+            let Some(node) = self.nodes[i].node.as_mut() else { continue };
+            let Some(source) = source.filter(|_| reachable) else {
+                node.fetch_failed("unreachable");
+                continue;
+            };
+            let mut next = fetch.start.max(source.lowest_offset());
+            let mut interrupted = false;
+            while next < fetch.end {
+                if self.faults && self.rng.chance(100) {
+                    interrupted = true;
+                    break;
+                }
+                let bytes = 64 + self.rng.below(4 << 10);
+                let records = match source.read_batch(next, bytes) {
+                    Ok(records) if !records.is_empty() => records,
+                    _ => {
+                        interrupted = true;
+                        break;
+                    }
+                };
+                let first = records[0].offset;
+                let values: Vec<Bytes> =
+                    records.into_iter().take_while(|r| r.offset < fetch.end).map(|r| r.value).collect();
+                next = first + values.len() as u64;
+                if let Err(error) = node.fetched(first, &values) {
+                    let name = self.nodes[i].member.name.clone();
+                    self.fail(format!("{name} cannot store fetched records: {error}"));
+                }
+            }
+            if interrupted {
+                node.fetch_failed("interrupted");
+            }
+        }
+    }
+
+    fn collect_replies(&mut self) {
+        let mut still = Vec::new();
+        for mut pending in std::mem::take(&mut self.pending) {
+            match pending.reply.try_recv() {
+                Ok(Ok(first)) => {
+                    for (offset, value) in (first..).zip(pending.values) {
+                        if let Some(previous) = self.acked.insert(offset, value.clone())
+                            && previous != value
+                        {
+                            self.fail(format!("offset {offset} acknowledged for {previous:?} and {value:?}"));
+                        }
+                        if let Some(committed) = self.history.get(&offset)
+                            && *committed != value
+                        {
+                            self.fail(format!(
+                                "{value:?} acknowledged at {offset}, which holds {committed:?}"
+                            ));
+                        }
+                    }
+                }
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
+                Err(oneshot::error::TryRecvError::Empty) => still.push(pending),
+            }
+        }
+        self.pending = still;
+    }
+
+    fn check(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(node) = self.nodes[i].node.as_ref() else { continue };
+            let name = &self.nodes[i].member.name;
+            if node.is_leader()
+                && let Some(other) =
+                    self.leaders.insert(node.term(), node.id()).filter(|other| *other != node.id())
+            {
+                self.fail(format!("two leaders in term {}: {other} and {}", node.term(), node.id()));
+            }
+            if node.applied() < self.nodes[i].applied {
+                self.fail(format!(
+                    "{name}'s applied index went back from {} to {}",
+                    self.nodes[i].applied,
+                    node.applied()
+                ));
+            }
+            let records = Arc::clone(node.records());
+            let applied = node.applied();
+            let start = self.nodes[i].checked.max(records.lowest_offset());
+            let next = records.next_offset();
+            for offset in start..next {
+                let value = match records.read(offset) {
+                    Ok(record) => record.value,
+                    Err(error) => self.fail(format!("{name} cannot read {offset}: {error}")),
+                };
+                match self.history.get(&offset) {
+                    Some(committed) if *committed != value => {
+                        self.fail(format!("{name} holds {value:?} at {offset}, another node {committed:?}"))
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(acked) = self.acked.get(&offset)
+                            && *acked != value
+                        {
+                            self.fail(format!("{name} holds {value:?} at acknowledged {offset} ({acked:?})"));
+                        }
+                        self.history.insert(offset, value);
+                    }
+                }
+            }
+            self.nodes[i].checked = next;
+            self.nodes[i].applied = applied;
+        }
+    }
+
+    /// Heals everything, restarts every node and runs until all agree.
+    fn settle(&mut self) {
+        self.faults = false;
+        self.cut.clear();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].node.is_none() {
+                self.start(i, false);
+            }
+        }
+        for _ in 0..5_000 {
+            self.step();
+            if self.pending.is_empty() && self.agreed() {
+                break;
+            }
+        }
+        if !self.agreed() {
+            let states: Vec<String> = self
+                .alive()
+                .map(|(i, n)| {
+                    format!(
+                        "{} leader={} applied={} next={}",
+                        self.nodes[i].member.name,
+                        n.is_leader(),
+                        n.applied(),
+                        n.records().next_offset()
+                    )
+                })
+                .collect();
+            self.fail(format!("the cluster did not settle: {states:?}"));
+        }
+        let next = self.alive().map(|(_, n)| n.records().next_offset()).next().unwrap_or(0);
+        if let Some((offset, _)) = self.acked.range(next..).next() {
+            self.fail(format!("acknowledged offset {offset} is lost (the log ends at {next})"));
+        }
+    }
+
+    fn agreed(&self) -> bool {
+        let Some(leader) = self.leader() else { return false };
+        let Some(leader) = self.nodes[leader].node.as_ref() else { return false };
+        let commit = leader.store().hard_state().commit.max(leader.applied());
+        self.alive().all(|(_, n)| {
+            n.applied() >= commit && n.records().next_offset() == leader.records().next_offset()
+        })
+    }
+}
+
+fn run(seed: u64, size: usize, steps: u64) {
+    // A panic inside raft-rs (an invariant it asserts) must name the seed too.
+    let outcome = std::panic::catch_unwind(|| simulate(seed, size, steps));
+    if let Err(panic) = outcome {
+        eprintln!("replay: PROGLOG_SIM_SEED={seed} PROGLOG_SIM_NODES={size}");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn simulate(seed: u64, size: usize, steps: u64) {
+    let mut sim = Sim::new(seed, size);
+    sim.form();
+    sim.faults = true;
+    for _ in 0..steps {
+        sim.step();
+    }
+    sim.settle();
+    assert!(!sim.acked.is_empty(), "seed {seed}: nothing was acknowledged");
+}
+
+fn seeds(size: usize, default_count: u64) -> Vec<u64> {
+    let env = |key: &str| std::env::var(key).ok().and_then(|value| value.parse::<u64>().ok());
+    if let Some(seed) = env("PROGLOG_SIM_SEED") {
+        return if env("PROGLOG_SIM_NODES").is_none_or(|nodes| nodes == size as u64) {
+            vec![seed]
+        } else {
+            vec![]
+        };
+    }
+    let count = env("PROGLOG_SIM_SEEDS").unwrap_or(default_count);
+    (0..count).map(|i| 1_000 * size as u64 + i).collect()
+}
+
+#[test]
+fn three_node_clusters_stay_consistent_under_faults() {
+    for seed in seeds(3, 12) {
+        run(seed, 3, 1_500);
+    }
+}
+
+#[test]
+fn five_node_clusters_stay_consistent_under_faults() {
+    for seed in seeds(5, 6) {
+        run(seed, 5, 1_500);
+    }
+}

@@ -1,0 +1,267 @@
+//! In-process clusters of the replicated log over a [`ChannelNetwork`]: the
+//! book's multiple-nodes test plus rejoin, failover and snapshot catch-up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proglog_raft::{ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog};
+
+/// Generous: clusters share two cores with the rest of the suite.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Keeps the messages nodes log, to check what happened inside.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl slog::Drain for Captured {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let mut line = record.msg().to_string();
+        let mut serializer = KeyValues(&mut line);
+        let _ = slog::KV::serialize(values, record, &mut serializer);
+        let _ = slog::KV::serialize(&record.kv(), record, &mut serializer);
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(line);
+        }
+        Ok(())
+    }
+}
+
+struct KeyValues<'a>(&'a mut String);
+
+impl slog::Serializer for KeyValues<'_> {
+    fn emit_arguments(&mut self, key: slog::Key, value: &std::fmt::Arguments<'_>) -> slog::Result {
+        self.0.push_str(&format!(" {key}={value}"));
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn contains(&self, text: &str, node: &str) -> bool {
+        let node = format!("node={node}");
+        self.0.lock().is_ok_and(|lines| lines.iter().any(|line| line.contains(text) && line.contains(&node)))
+    }
+}
+
+struct Cluster {
+    network: Arc<ChannelNetwork>,
+    logs: Captured,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<String, Arc<RaftLog>>,
+    compact_entries: u64,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self {
+            network: ChannelNetwork::new(),
+            logs: Captured::default(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes: BTreeMap::new(),
+            compact_entries: 16_384,
+        }
+    }
+
+    fn config(&self, name: &str, bootstrap: bool) -> RaftConfig {
+        let member = Member::new(name, format!("{name}.invalid:8400"));
+        let mut config = RaftConfig::new(member, self.dir.path().join(name));
+        config.bootstrap = bootstrap;
+        config.heartbeat_interval = Duration::from_millis(20);
+        config.election_timeout = Duration::from_millis(200);
+        config.compact_entries = self.compact_entries;
+        config.trailing_entries = 4;
+        config.logger = slog::Logger::root(slog::Fuse(self.logs.clone()), slog::o!());
+        config
+    }
+
+    async fn start(&mut self, name: &str, bootstrap: bool) -> Arc<RaftLog> {
+        let config = self.config(name, bootstrap);
+        let transport = self.network.transport(name);
+        let log = tokio::task::spawn_blocking(move || RaftLog::open(config, transport))
+            .await
+            .expect("joined")
+            .expect("opens");
+        let log = Arc::new(log);
+        self.network.attach(&log);
+        self.nodes.insert(name.to_owned(), Arc::clone(&log));
+        log
+    }
+
+    async fn stop(&mut self, name: &str) {
+        self.network.detach(name);
+        let log = self.nodes.remove(name).expect("running");
+        tokio::task::spawn_blocking(move || log.close()).await.expect("joined").expect("closes");
+    }
+
+    /// Starts node-0 as a one-member cluster and joins the others through it.
+    async fn form(&mut self, size: usize) {
+        let first = self.start("node-0", true).await;
+        first.wait_for_leader(DEADLINE).await.expect("a leader");
+        for i in 1..size {
+            let name = format!("node-{i}");
+            self.start(&name, false).await;
+            self.leader().await.join(self.nodes[&name].member().clone()).await.expect("joins");
+        }
+        for node in self.nodes.values() {
+            wait_until(|| node.status().voters == size).await;
+        }
+    }
+
+    async fn leader(&self) -> Arc<RaftLog> {
+        let mut found = None;
+        wait_until(|| {
+            found = self.nodes.values().find(|node| node.status().is_leader).cloned();
+            found.is_some()
+        })
+        .await;
+        found.expect("a leader")
+    }
+
+    async fn append(&self, values: &[&str]) -> u64 {
+        let leader = self.leader().await;
+        let values = values.iter().map(|v| Bytes::copy_from_slice(v.as_bytes())).collect();
+        leader.append(values).await.expect("queued").await.expect("committed")
+    }
+}
+
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_committed(node: &RaftLog, next: u64) {
+    let mut committed = node.committed();
+    tokio::time::timeout(DEADLINE, committed.wait_for(|c| *c >= next)).await.expect("in time").expect("open");
+}
+
+async fn values(node: &RaftLog, from: u64, to: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for offset in from..to {
+        let record = node.read(offset).await.expect("reads");
+        assert_eq!(record.offset, offset);
+        out.push(String::from_utf8(record.value.to_vec()).expect("utf-8"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_membership_changes_take_effect() {
+    let mut cluster = Cluster::new();
+    cluster.form(3).await;
+
+    assert_eq!(cluster.append(&["first"]).await, 0);
+    assert_eq!(cluster.append(&["second", "third"]).await, 1);
+    for node in cluster.nodes.values() {
+        wait_committed(node, 3).await;
+        assert_eq!(values(node, 0, 3).await, ["first", "second", "third"]);
+        assert!(matches!(node.read(3).await, Err(LogError::OutOfRange { offset: 3 })));
+    }
+    let servers = cluster.nodes["node-2"].servers().await.expect("servers");
+    assert_eq!(servers.len(), 3, "{servers:?}");
+    assert_eq!(servers.iter().filter(|s| s.is_leader).count(), 1, "{servers:?}");
+
+    // A follower cannot append; it names the leader.
+    let follower = cluster.nodes.values().find(|n| !n.status().is_leader).cloned().expect("a follower");
+    let refused = follower.append(vec![Bytes::from_static(b"x")]).await.expect("queued").await;
+    assert!(matches!(refused, Err(LogError::NotLeader { leader: Some(_) })), "{refused:?}");
+
+    // Leave: the removed node receives nothing new, the others do.
+    let leaving = if cluster.leader().await.member().name == "node-1" { "node-2" } else { "node-1" };
+    cluster.leader().await.leave(leaving).await.expect("leaves");
+    for node in cluster.nodes.values().filter(|n| n.member().name != leaving) {
+        wait_until(|| node.status().members == 2).await;
+    }
+    assert_eq!(cluster.append(&["fourth"]).await, 3);
+    for node in cluster.nodes.values().filter(|n| n.member().name != leaving) {
+        wait_committed(node, 4).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*cluster.nodes[leaving].committed().borrow(), 3, "the removed node got a new record");
+
+    // Rejoin (after a restart with the same name and data): it catches up.
+    cluster.stop(leaving).await;
+    cluster.start(leaving, false).await;
+    cluster.leader().await.join(cluster.nodes[leaving].member().clone()).await.expect("rejoins");
+    wait_committed(&cluster.nodes[leaving], 4).await;
+    assert_eq!(values(&cluster.nodes[leaving], 0, 4).await, ["first", "second", "third", "fourth"]);
+    for node in cluster.nodes.values() {
+        wait_until(|| node.status().members == 3 && node.status().leader.is_some()).await;
+    }
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_and_a_restarted_node_recovers() {
+    let mut cluster = Cluster::new();
+    cluster.form(3).await;
+    cluster.append(&["a", "b"]).await;
+    let old = cluster.leader().await.member().name.clone();
+    cluster.stop(&old).await;
+    // The survivors elect a leader and keep appending.
+    assert_eq!(cluster.append(&["c"]).await, 2);
+    cluster.start(&old, false).await;
+    wait_committed(&cluster.nodes[&old], 3).await;
+    assert_eq!(values(&cluster.nodes[&old], 0, 3).await, ["a", "b", "c"]);
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_steps_down_and_acknowledges_nothing() {
+    let mut cluster = Cluster::new();
+    cluster.form(3).await;
+    cluster.append(&["before"]).await;
+    let old = cluster.leader().await;
+    cluster.network.isolate(&old.member().name);
+    let pending = old.append(vec![Bytes::from_static(b"lost")]).await.expect("queued");
+    // The isolated leader steps down (check-quorum) and the others elect one.
+    wait_until(|| !old.status().is_leader).await;
+    let outcome = tokio::time::timeout(Duration::from_millis(500), pending).await;
+    assert!(!matches!(outcome, Ok(Ok(_))), "an isolated leader acknowledged: {outcome:?}");
+    let others: Vec<_> = cluster.nodes.values().filter(|n| n.member() != old.member()).cloned().collect();
+    wait_until(|| others.iter().any(|n| n.status().is_leader)).await;
+    let leader = others.iter().find(|n| n.status().is_leader).expect("leader");
+    let offset =
+        leader.append(vec![Bytes::from_static(b"after")]).await.expect("queued").await.expect("committed");
+    assert_eq!(offset, 1);
+    cluster.network.heal();
+    wait_committed(&old, 2).await;
+    assert_eq!(values(&old, 0, 2).await, ["before", "after"]);
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_compacted_entries_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::new();
+    cluster.compact_entries = 8;
+    cluster.form(3).await;
+    let leader_name = cluster.leader().await.member().name.clone();
+    let lagging = cluster.nodes.keys().find(|n| **n != leader_name).cloned().expect("a follower");
+    cluster.stop(&lagging).await;
+    // More than one fetch chunk (1 MiB) of records, over many entries.
+    let value = "v".repeat(64 << 10);
+    for _ in 0..40 {
+        cluster.append(&[value.as_str()]).await;
+    }
+    cluster.start(&lagging, false).await;
+    wait_committed(&cluster.nodes[&lagging], 40).await;
+    assert_eq!(values(&cluster.nodes[&lagging], 39, 40).await, [value]);
+    let (status, leader) = (cluster.nodes[&lagging].status(), cluster.leader().await.status());
+    wait_until(|| cluster.nodes[&lagging].status().applied_index >= leader.commit_index).await;
+    assert!(status.lowest_offset <= 39, "{status:?}");
+    assert!(cluster.logs.contains("snapshot records fetched", &lagging), "caught up without a snapshot");
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
