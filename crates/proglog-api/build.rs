@@ -4,11 +4,14 @@
 
 use std::path::PathBuf;
 
+/// The agent-to-agent service.
+const INTERNAL: &str = "internal/v1/internal.proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto_root = manifest_dir.join("../../proto");
     let files = ["log/v1/log.proto"];
-    for file in files {
+    for file in files.iter().chain(&[INTERNAL]) {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
     }
 
@@ -26,5 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".log.v1.Record.value")
         .compile_fds(compiler.file_descriptor_set())?;
+
+    // The agent-to-agent service: compiled apart, so reflection does not list it.
+    let mut internal = protox::Compiler::new([&proto_root])?;
+    internal.open_file(INTERNAL)?;
+    tonic_prost_build::configure()
+        .bytes(".proglog.internal.v1")
+        .compile_fds(internal.file_descriptor_set())?;
     Ok(())
 }

@@ -23,6 +23,17 @@ pub mod v1 {
     tonic::include_proto!("log.v1");
 }
 
+/// Generated types and stubs of `proglog.internal.v1`, the agent-to-agent
+/// service (Raft messages, snapshot records, forwarded produces). Not a public
+/// contract.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod internal {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("proglog.internal.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of `log.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("log_descriptor");
 

@@ -166,10 +166,11 @@ async fn three_nodes_replicate_and_membership_changes_take_effect() {
     assert_eq!(servers.len(), 3, "{servers:?}");
     assert_eq!(servers.iter().filter(|s| s.is_leader).count(), 1, "{servers:?}");
 
-    // A follower cannot append; it names the leader.
+    // A follower forwards appends to the leader, in order.
     let follower = cluster.nodes.values().find(|n| !n.status().is_leader).cloned().expect("a follower");
-    let refused = follower.append(vec![Bytes::from_static(b"x")]).await.expect("queued").await;
-    assert!(matches!(refused, Err(LogError::NotLeader { leader: Some(_) })), "{refused:?}");
+    let first = follower.append(vec![Bytes::from_static(b"forwarded")]).await.expect("queued");
+    let second = follower.append(vec![Bytes::from_static(b"forwarded too")]).await.expect("queued");
+    assert_eq!((first.await.expect("committed"), second.await.expect("committed")), (3, 4));
 
     // Leave: the removed node receives nothing new, the others do.
     let leaving = if cluster.leader().await.member().name == "node-1" { "node-2" } else { "node-1" };
@@ -177,19 +178,22 @@ async fn three_nodes_replicate_and_membership_changes_take_effect() {
     for node in cluster.nodes.values().filter(|n| n.member().name != leaving) {
         wait_until(|| node.status().members == 2).await;
     }
-    assert_eq!(cluster.append(&["fourth"]).await, 3);
+    assert_eq!(cluster.append(&["fourth"]).await, 5);
     for node in cluster.nodes.values().filter(|n| n.member().name != leaving) {
-        wait_committed(node, 4).await;
+        wait_committed(node, 6).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(*cluster.nodes[leaving].committed().borrow(), 3, "the removed node got a new record");
+    assert_eq!(*cluster.nodes[leaving].committed().borrow(), 5, "the removed node got a new record");
 
     // Rejoin (after a restart with the same name and data): it catches up.
     cluster.stop(leaving).await;
     cluster.start(leaving, false).await;
     cluster.leader().await.join(cluster.nodes[leaving].member().clone()).await.expect("rejoins");
-    wait_committed(&cluster.nodes[leaving], 4).await;
-    assert_eq!(values(&cluster.nodes[leaving], 0, 4).await, ["first", "second", "third", "fourth"]);
+    wait_committed(&cluster.nodes[leaving], 6).await;
+    assert_eq!(
+        values(&cluster.nodes[leaving], 0, 6).await,
+        ["first", "second", "third", "forwarded", "forwarded too", "fourth"]
+    );
     for node in cluster.nodes.values() {
         wait_until(|| node.status().members == 3 && node.status().leader.is_some()).await;
     }

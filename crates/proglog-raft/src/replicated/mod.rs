@@ -115,6 +115,10 @@ pub trait Transport: Send + Sync + 'static {
     /// `sink`, in order and in bounded chunks (from the lowest offset `from` still
     /// holds, if above `start`).
     fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink);
+    /// Forwards an append to node `to` (the leader), after every append
+    /// forwarded before; the future resolves with the leader's answer (which is
+    /// never retried: a lost answer is an error, never a second append).
+    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend;
 }
 
 enum Event {
@@ -156,6 +160,18 @@ impl Mailbox {
     pub fn snapshot_status(&self, id: u64, delivered: bool) {
         let _ = self.events.send(Event::SnapshotStatus(id, delivered));
     }
+
+    /// Appends `values` on this node, which must lead (a forwarded append is
+    /// never forwarded again): resolves with the first value's offset once
+    /// committed, or `NotLeader`.
+    pub fn append(&self, values: Vec<Bytes>) -> PendingAppend {
+        let (reply, done) = oneshot::channel();
+        let queued = self.events.send(Event::Append(values, reply, None));
+        Box::pin(async move {
+            queued.map_err(|_| closed())?;
+            done.await.unwrap_or_else(|_| Err(closed()))
+        })
+    }
 }
 
 /// Receives the records of a snapshot fetch.
@@ -179,9 +195,9 @@ impl FetchSink {
 
 /// A node of the Raft-replicated log. Appends go to the leader; reads are served
 /// from this node's copy of the committed records (SPEC §1).
-#[derive(Debug)]
 pub struct RaftLog {
     member: Member,
+    transport: Arc<dyn Transport>,
     records: Committed,
     shared: watch::Receiver<Shared>,
     queued_bytes: Arc<Semaphore>,
@@ -213,10 +229,14 @@ impl RaftLog {
         let interval = config.heartbeat_interval;
         let thread = std::thread::Builder::new()
             .name(format!("proglog-raft-{}", config.member.name))
-            .spawn(move || run(node, &inbox, &mailbox_events, transport.as_ref(), interval))
+            .spawn({
+                let transport = Arc::clone(&transport);
+                move || run(node, &inbox, &mailbox_events, transport.as_ref(), interval)
+            })
             .map_err(|error| LogError::Internal(format!("cannot start the Raft thread: {error}")))?;
         Ok(Self {
             member: config.member,
+            transport,
             records: Committed { log: records, committed },
             shared,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
@@ -296,6 +316,12 @@ impl RaftLog {
         let _ = self.events.send(Event::Close);
         thread.join().map_err(|_| LogError::Internal("the Raft thread panicked".into()))??;
         self.records.log.close().map_err(LogError::from)
+    }
+}
+
+impl std::fmt::Debug for RaftLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftLog").field("member", &self.member).finish_non_exhaustive()
     }
 }
 
@@ -399,7 +425,18 @@ fn dispatch(outbox: &mut Outbox, transport: &dyn Transport, events: &std::sync::
 
 #[async_trait::async_trait]
 impl CommitLog for RaftLog {
+    /// On the leader, proposes the values; on a follower, forwards them to the
+    /// leader it knows (SPEC §1), in order with earlier appends.
     async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        let leader = {
+            let shared = self.shared.borrow();
+            (!shared.status.is_leader).then(|| shared.status.leader.clone())
+        };
+        match leader {
+            Some(Some(leader)) => return Ok(self.transport.forward(node_id(&leader.id), values)),
+            Some(None) => return Err(LogError::NotLeader { leader: None }),
+            None => {}
+        }
         let bytes: usize = values.iter().map(Bytes::len).sum();
         let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.queued_bytes).acquire_many_owned(permits).await.ok();

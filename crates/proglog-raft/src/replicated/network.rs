@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use proglog_log::Log;
 use raft::eraftpb::{Message, MessageType};
 
+use bytes::Bytes;
+
 use super::{FetchSink, Mailbox, Member, RaftLog, Transport};
+use crate::{LogError, PendingAppend};
 
 /// Records per fetched chunk, at most (bytes are bounded too: 1 MiB).
 const FETCH_CHUNK_BYTES: u64 = 1 << 20;
@@ -107,6 +110,17 @@ impl Transport for Link {
                     own.snapshot_status(to, delivered);
                 }
             }
+        }
+    }
+
+    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
+        let target = {
+            let nodes = self.network.nodes();
+            (!nodes.cut.contains(&(self.me, to))).then(|| nodes.mailboxes.get(&to).cloned()).flatten()
+        };
+        match target {
+            Some(mailbox) => mailbox.append(values),
+            None => Box::pin(async { Err(LogError::Unavailable("the leader is unreachable".into())) }),
         }
     }
 
