@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// A TLS or ACL file could not be read.
+    /// An ACL file could not be read.
     #[error("cannot read {}: {source}", path.display())]
     ReadFile {
         /// The file.
@@ -14,18 +14,11 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
-    /// A TLS file holds no usable PEM certificate or key.
-    #[error("{}: {reason}", path.display())]
-    BadPem {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The TLS files do not make a usable configuration (a key that does not
-    /// match its certificate).
+    /// The TLS files do not make a usable configuration (a missing or
+    /// unreadable file, no PEM block, a key that does not match its
+    /// certificate); the error names the file.
     #[error("tls: {0}")]
-    Tls(String),
+    Tls(#[from] proglog_tls::Error),
     /// The casbin model or policy was rejected.
     #[error("cannot load ACL (model {}, policy {}): {reason}", model.display(), policy.display())]
     Acl {

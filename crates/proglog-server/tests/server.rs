@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Pki, TestServer, client_as, plaintext_client, tls_endpoint};
+use common::{Pki, TestServer, client_as, plaintext_client, tls_channel};
 use proglog_api::v1::log_client::LogClient;
 use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record};
 use tokio_stream::StreamExt;
@@ -22,7 +22,7 @@ fn produce(value: &str) -> ProduceRequest {
 async fn produce_then_consume_a_record() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
-    let mut root = client_as(&pki, server.addr, "root").await;
+    let mut root = client_as(&pki, server.addr, "root");
     let offset = root.produce(produce("hello world")).await.unwrap().into_inner().offset;
     assert_eq!(offset, 0);
     let record = root.consume(ConsumeRequest { offset }).await.unwrap().into_inner().record.unwrap();
@@ -34,7 +34,7 @@ async fn produce_then_consume_a_record() {
 async fn produce_stream_and_consume_stream() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
-    let mut root = client_as(&pki, server.addr, "root").await;
+    let mut root = client_as(&pki, server.addr, "root");
     let values = ["first message", "second message"];
     let requests = tokio_stream::iter(values.map(produce));
     let mut responses = root.produce_stream(requests).await.unwrap().into_inner();
@@ -59,7 +59,7 @@ async fn produce_stream_and_consume_stream() {
 async fn consume_past_the_end_is_out_of_range_with_a_localized_message() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
-    let mut root = client_as(&pki, server.addr, "root").await;
+    let mut root = client_as(&pki, server.addr, "root");
     let offset = root.produce(produce("hello world")).await.unwrap().into_inner().offset;
     let status = root.consume(ConsumeRequest { offset: offset + 1 }).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange);
@@ -73,7 +73,7 @@ async fn consume_past_the_end_is_out_of_range_with_a_localized_message() {
 async fn nobody_is_denied_every_rpc_including_both_streams() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
-    let mut nobody = client_as(&pki, server.addr, "nobody").await;
+    let mut nobody = client_as(&pki, server.addr, "nobody");
     let denied = |status: tonic::Status, action: &str| {
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert_eq!(status.message(), format!("nobody not permitted to {action} to *"));
@@ -94,26 +94,24 @@ async fn nobody_is_denied_every_rpc_including_both_streams() {
 async fn connections_without_a_valid_client_certificate_are_rejected() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
-    let ca = pki.ca.cert_pem();
-
     // No client certificate.
-    let channel = tls_endpoint(server.addr, &ca, None).connect_lazy();
+    let channel = tls_channel(&pki, server.addr, None);
     assert!(LogClient::new(channel).produce(produce("x")).await.is_err());
     // A certificate from another CA.
     let other = proglog_certs::Ca::new("other CA").unwrap();
     let foreign = other.client_cert("root").unwrap();
-    let channel = tls_endpoint(server.addr, &ca, Some(&foreign)).connect_lazy();
+    let channel = tls_channel(&pki, server.addr, Some(&foreign));
     assert!(LogClient::new(channel).produce(produce("x")).await.is_err());
     // An expired certificate from the right CA.
     let expired = pki.ca.expired_client_cert("root").unwrap();
-    let channel = tls_endpoint(server.addr, &ca, Some(&expired)).connect_lazy();
+    let channel = tls_channel(&pki, server.addr, Some(&expired));
     assert!(LogClient::new(channel).produce(produce("x")).await.is_err());
     // Plaintext to the TLS port.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr)).unwrap();
     assert!(LogClient::new(channel.connect_lazy()).produce(produce("x")).await.is_err());
 
     // The server still serves good clients.
-    let mut root = client_as(&pki, server.addr, "root").await;
+    let mut root = client_as(&pki, server.addr, "root");
     assert_eq!(root.produce(produce("ok")).await.unwrap().into_inner().offset, 0);
     server.stop().await;
 }
@@ -122,7 +120,7 @@ async fn connections_without_a_valid_client_certificate_are_rejected() {
 async fn bad_records_are_rejected_and_the_server_stays_healthy() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
-    let mut root = client_as(&pki, server.addr, "root").await;
+    let mut root = client_as(&pki, server.addr, "root");
 
     let status = root.produce(ProduceRequest { record: None }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -160,7 +158,7 @@ async fn bad_records_are_rejected_and_the_server_stays_healthy() {
 
     // Same connection, and a new one, both still work; nothing bad was stored.
     assert_eq!(root.produce(produce("fine")).await.unwrap().into_inner().offset, 3);
-    let mut other = client_as(&pki, server.addr, "root").await;
+    let mut other = client_as(&pki, server.addr, "root");
     let record = other.consume(ConsumeRequest { offset: 3 }).await.unwrap().into_inner().record.unwrap();
     assert_eq!(record.value, "fine");
     server.stop().await;
@@ -213,7 +211,7 @@ async fn health_and_reflection_are_served() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
     let identity = pki.ca.client_cert("nobody").unwrap();
-    let channel = tls_endpoint(server.addr, &pki.ca.cert_pem(), Some(&identity)).connect().await.unwrap();
+    let channel = tls_channel(&pki, server.addr, Some(&identity));
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "log.v1.Log"] {
         let response = health.check(HealthCheckRequest { service: service.into() }).await.unwrap();

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proglog_api::v1::log_client::LogClient;
 use proglog_certs::{Ca, CertifiedKey};
@@ -11,7 +12,7 @@ use proglog_raft::{Fsync, LocalLog};
 use proglog_server::{Acl, AllowAll, Authorizer, ServerConfig, ServerError, TlsFiles};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 pub const MODEL: &str = "[request_definition]\nr = sub, obj, act\n\n[policy_definition]\np = sub, obj, act\n\n\
     [policy_effect]\ne = some(where (p.eft == allow))\n\n[matchers]\n\
@@ -32,7 +33,7 @@ impl Pki {
         Self { ca, dir: tempfile::tempdir().unwrap(), server }
     }
 
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.dir.path().join(name);
         std::fs::write(&path, contents).unwrap();
         path
@@ -98,18 +99,26 @@ pub async fn plaintext_client(addr: std::net::SocketAddr) -> LogClient<Channel> 
     LogClient::connect(format!("http://{addr}")).await.unwrap()
 }
 
-/// A TLS endpoint trusting `ca_pem`, presenting `identity` if given.
-pub fn tls_endpoint(addr: std::net::SocketAddr, ca_pem: &str, identity: Option<&CertifiedKey>) -> Endpoint {
-    let mut tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("localhost");
-    if let Some(identity) = identity {
-        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
-    }
-    Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap()
+/// A channel (connecting on first use) over TLS to `addr`, trusting the
+/// server's CA and presenting `identity` if given.
+pub fn tls_channel(pki: &Pki, addr: std::net::SocketAddr, identity: Option<&CertifiedKey>) -> Channel {
+    static FILES: AtomicUsize = AtomicUsize::new(0);
+    let ca = pki.write("client-ca.pem", &pki.ca.cert_pem());
+    let identity = identity.map(|key| {
+        let n = FILES.fetch_add(1, Ordering::Relaxed);
+        proglog_tls::Identity::new(
+            pki.write(&format!("client-{n}.pem"), &key.cert_pem),
+            pki.write(&format!("client-{n}-key.pem"), &key.key_pem),
+        )
+    });
+    let config = proglog_tls::client_config(&[ca], identity.as_ref(), &[b"h2"]).unwrap();
+    let connector = proglog_tls::Connector::tls(config, "localhost").unwrap();
+    let endpoint = connector.endpoint(&addr.to_string()).unwrap();
+    connector.connect_lazy(&endpoint)
 }
 
 /// A client with a certificate for `common_name` from the server's CA.
-pub async fn client_as(pki: &Pki, addr: std::net::SocketAddr, common_name: &str) -> LogClient<Channel> {
+pub fn client_as(pki: &Pki, addr: std::net::SocketAddr, common_name: &str) -> LogClient<Channel> {
     let identity = pki.ca.client_cert(common_name).unwrap();
-    LogClient::new(tls_endpoint(addr, &pki.ca.cert_pem(), Some(&identity)).connect().await.unwrap())
+    LogClient::new(tls_channel(pki, addr, Some(&identity)))
 }
