@@ -1,9 +1,11 @@
-//! `--addr` parsing and the tonic endpoint (plaintext, TLS, mutual TLS).
+//! `--addr` parsing and the connection (plaintext, TLS, mutual TLS), dialed
+//! through `proglog_tls`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use proglog_tls::{Connector, Identity};
+use tonic::transport::Channel;
 
 use crate::UsageError;
 
@@ -75,7 +77,7 @@ impl Target {
 pub(crate) struct TlsOptions {
     ca_file: PathBuf,
     /// Client certificate and key (mutual TLS).
-    identity: Option<(PathBuf, PathBuf)>,
+    identity: Option<Identity>,
     server_name: Option<String>,
 }
 
@@ -88,7 +90,7 @@ impl TlsOptions {
         server_name: Option<String>,
     ) -> Result<Option<Self>, UsageError> {
         let identity = match (cert_file, key_file) {
-            (Some(cert), Some(key)) => Some((cert, key)),
+            (Some(cert), Some(key)) => Some(Identity::new(cert, key)),
             (None, None) => None,
             (Some(_), None) => return Err(UsageError("--cert-file needs --key-file".into())),
             (None, Some(_)) => return Err(UsageError("--key-file needs --cert-file".into())),
@@ -114,38 +116,65 @@ impl TlsOptions {
     }
 }
 
-/// Reads a PEM file; the error names the flag and the file.
-fn read_pem(flag: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path)
-        .map_err(|error| anyhow::anyhow!("cannot read {flag} {}: {error}", path.display()))?;
-    if !bytes.windows(11).any(|window| window == b"-----BEGIN ") {
-        anyhow::bail!("{flag} {} holds no PEM block", path.display());
+impl TlsOptions {
+    /// The flag that named `path` (`expected` tells a certificate from a key
+    /// when one file was given for both).
+    fn flag_of(&self, path: &Path, expected: Option<&str>) -> &'static str {
+        let identity = self.identity.as_ref();
+        if expected == Some("private key")
+            || identity.is_some_and(|id| id.key_file == path && id.cert_file != path)
+        {
+            "--key-file"
+        } else if path == self.ca_file {
+            "--ca-file"
+        } else if identity.is_some_and(|id| id.cert_file == path) {
+            "--cert-file"
+        } else {
+            "a TLS file"
+        }
     }
-    Ok(bytes)
+
+    /// A TLS error naming the flag and the file, as the CLI's other errors do.
+    fn error(&self, error: proglog_tls::Error) -> anyhow::Error {
+        match error {
+            proglog_tls::Error::Read { path, source } => {
+                anyhow::anyhow!("cannot read {} {}: {source}", self.flag_of(&path, None), path.display())
+            }
+            proglog_tls::Error::NoPem { path, expected } => anyhow::anyhow!(
+                "{} {} holds no PEM block ({expected})",
+                self.flag_of(&path, Some(expected)),
+                path.display()
+            ),
+            other => anyhow::anyhow!("invalid TLS settings: {other}"),
+        }
+    }
+
+    /// The connector: verifying the server against the CA as `--server-name`
+    /// (default: the host of `--addr`), presenting the client certificate if given.
+    fn connector(&self, target: &Target) -> anyhow::Result<Connector> {
+        let server_name = self.server_name.as_deref().unwrap_or(&target.host);
+        let roots = std::slice::from_ref(&self.ca_file);
+        let config = proglog_tls::client_config(roots, self.identity.as_ref(), &[b"h2"])
+            .map_err(|error| self.error(error))?;
+        Connector::tls(config, server_name).map_err(|error| self.error(error))
+    }
 }
 
-/// The endpoint for `target`: `http://` without TLS, `https://` verifying the server
-/// against the CA (and presenting the client certificate) with it.
-pub(crate) fn endpoint(target: &Target, tls: Option<&TlsOptions>) -> anyhow::Result<Endpoint> {
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let uri = format!("{scheme}://{}", target.authority());
-    let endpoint = Endpoint::from_shared(uri)
+/// A channel to `target`, connected (TCP, and the TLS handshake with `tls`)
+/// before this returns.
+pub(crate) async fn connect(target: &Target, tls: Option<&TlsOptions>) -> anyhow::Result<Channel> {
+    let connector = match tls {
+        Some(tls) => tls.connector(target)?,
+        None => Connector::plaintext(),
+    };
+    let endpoint = connector
+        .endpoint(&target.authority())
         .map_err(|error| UsageError(format!("invalid --addr {}: {error}", target.authority())))?
         .connect_timeout(CONNECT_TIMEOUT);
-    let Some(tls) = tls else {
-        return Ok(endpoint);
-    };
-    let server_name = tls.server_name.clone().unwrap_or_else(|| target.host.clone());
-    let mut config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read_pem("--ca-file", &tls.ca_file)?))
-        .domain_name(server_name);
-    if let Some((cert, key)) = &tls.identity {
-        config =
-            config.identity(Identity::from_pem(read_pem("--cert-file", cert)?, read_pem("--key-file", key)?));
-    }
-    endpoint
-        .tls_config(config)
-        .map_err(|error| anyhow::anyhow!("invalid TLS settings: {}", error_chain(&error)))
+    connector
+        .connect(&endpoint)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to {}: {}", target.authority(), error_chain(&error)))
 }
 
 /// An error and its sources as `a: b: c`, skipping a source whose text repeats the

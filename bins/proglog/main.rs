@@ -156,10 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { common, command } = cli;
     let target = Target::parse(&common.addr)?;
     let tls = TlsOptions::new(common.ca_file, common.cert_file, common.key_file, common.server_name)?;
-    let endpoint = connect::endpoint(&target, tls.as_ref())?;
-    let channel = endpoint.connect().await.map_err(|error| {
-        anyhow::anyhow!("cannot connect to {}: {}", target.authority(), connect::error_chain(&error))
-    })?;
+    let channel = connect::connect(&target, tls.as_ref()).await?;
     // The server bounds record sizes (max-record-bytes); tonic's default 4 MiB must not.
     let mut client =
         proglog_api::v1::log_client::LogClient::new(channel).max_decoding_message_size(usize::MAX);

@@ -252,25 +252,13 @@ impl Pki {
     /// A rustls client config trusting the CA, presenting `client` (e.g. "root")
     /// or no certificate, offering `alpn`.
     pub fn client_config(&self, client: Option<&str>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(self.path("ca.pem")).unwrap()).unwrap();
-        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-        let mut config = match client {
-            Some(name) => {
-                let certs = CertificateDer::pem_file_iter(self.path(&format!("{name}-client.pem")))
-                    .unwrap()
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                let key = PrivateKeyDer::from_pem_file(self.path(&format!("{name}-client-key.pem"))).unwrap();
-                builder.with_client_auth_cert(certs, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        Arc::new(config)
+        let identity = client.map(|name| {
+            proglog_tls::Identity::new(
+                self.path(&format!("{name}-client.pem")),
+                self.path(&format!("{name}-client-key.pem")),
+            )
+        });
+        proglog_tls::client_config(&[self.path("ca.pem")], identity.as_ref(), alpn).unwrap()
     }
 
     /// A TLS HTTP exchange presenting `client` (e.g. "root") or no certificate.
@@ -301,19 +289,11 @@ impl Pki {
         Some((status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
     }
 
-    /// A gRPC client over mutual TLS as `client`.
+    /// A gRPC client over mutual TLS as `client` (connecting on first use).
     pub fn grpc(&self, addr: SocketAddr, client: &str) -> LogClient<tonic::transport::Channel> {
-        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-        let read = |name: &str| std::fs::read_to_string(self.path(name)).unwrap();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca.pem")))
-            .identity(Identity::from_pem(
-                read(&format!("{client}-client.pem")),
-                read(&format!("{client}-client-key.pem")),
-            ))
-            .domain_name("localhost");
-        LogClient::new(
-            Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect_lazy(),
-        )
+        let config = self.client_config(Some(client), &[b"h2"]);
+        let connector = proglog_tls::Connector::tls(config, "localhost").unwrap();
+        let endpoint = connector.endpoint(&addr.to_string()).unwrap();
+        LogClient::new(connector.connect_lazy(&endpoint))
     }
 }
