@@ -124,6 +124,7 @@ impl Agent {
             limits,
             observer: Some(observer),
             logger: logger.clone(),
+            extra_services: Vec::new(),
         };
         let mut rpc_stopped = stopped.clone();
         let served: Arc<dyn CommitLog> = log.clone();

@@ -34,24 +34,67 @@ const FRAME_HEADER_BYTES: usize = 5;
 struct Method {
     /// The ACL action it needs, if any (GetServers, health and reflection need none).
     action: Option<&'static str>,
-    /// Its request messages carry record values (up to `max-record-bytes`).
-    carries_records: bool,
+    /// How long its request messages may be.
+    limit: MessageLimit,
     /// A unary request: its whole body must arrive within the body timeout.
     unary_request: bool,
 }
 
-fn method(path: &str) -> Method {
-    let (action, carries_records, unary_request) = match path {
-        "/log.v1.Log/Produce" => (Some(action::PRODUCE), true, true),
-        "/log.v1.Log/ProduceStream" => (Some(action::PRODUCE), true, false),
-        "/log.v1.Log/Consume" | "/log.v1.Log/ConsumeStream" => (Some(action::CONSUME), false, true),
+/// How long a method's request messages may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MessageLimit {
+    /// They carry record values: up to `max-record-bytes` plus overhead (a
+    /// larger one is refused naming `max-record-bytes`).
+    Records,
+    /// At most this many bytes.
+    Bytes(usize),
+}
+
+/// Admission rules of a service the caller added to the port
+/// ([`crate::ExtraService`]): every path under `/<name>/` needs `action`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ExtraRule {
+    /// The gRPC service name, `pkg.Service`.
+    pub(crate) name: &'static str,
+    pub(crate) action: &'static str,
+    pub(crate) max_message_bytes: usize,
+    /// Methods whose requests are client streams.
+    pub(crate) streaming_requests: Vec<&'static str>,
+}
+
+/// The method of a built-in service, or `None` for any other path.
+fn built_in(path: &str) -> Option<Method> {
+    let small = MessageLimit::Bytes(SMALL_MESSAGE_BYTES);
+    let (action, limit, unary_request) = match path {
+        "/log.v1.Log/Produce" => (Some(action::PRODUCE), MessageLimit::Records, true),
+        "/log.v1.Log/ProduceStream" => (Some(action::PRODUCE), MessageLimit::Records, false),
+        "/log.v1.Log/Consume" | "/log.v1.Log/ConsumeStream" => (Some(action::CONSUME), small, true),
         "/log.v1.Log/GetServers" | "/grpc.health.v1.Health/Check" | "/grpc.health.v1.Health/Watch" => {
-            (None, false, true)
+            (None, small, true)
         }
-        // Reflection streams requests; anything else is answered UNIMPLEMENTED.
-        _ => (None, false, false),
+        _ => return None,
     };
-    Method { action, carries_records, unary_request }
+    Some(Method { action, limit, unary_request })
+}
+
+/// The method `path` names: a built-in one, one under an extra service's
+/// prefix (known to that service or not: the prefix decides the action), or
+/// else one that needs no action and is answered by reflection's stream or
+/// tonic's UNIMPLEMENTED.
+fn method(path: &str, extras: &[ExtraRule]) -> Method {
+    if let Some(method) = built_in(path) {
+        return method;
+    }
+    let (service, name) = path.strip_prefix('/').and_then(|rest| rest.split_once('/')).unwrap_or_default();
+    if let Some(extra) = extras.iter().find(|extra| extra.name == service) {
+        return Method {
+            action: Some(extra.action),
+            limit: MessageLimit::Bytes(extra.max_message_bytes),
+            unary_request: !extra.streaming_requests.contains(&name),
+        };
+    }
+    // Reflection streams requests; anything else is answered UNIMPLEMENTED.
+    Method { action: None, limit: MessageLimit::Bytes(SMALL_MESSAGE_BYTES), unary_request: false }
 }
 
 /// The tower layer that admits calls to the gRPC routes.
@@ -59,14 +102,20 @@ fn method(path: &str) -> Method {
 pub(crate) struct AdmitLayer {
     authorizer: Arc<dyn Authorizer>,
     max_record_bytes: u64,
+    extras: Arc<[ExtraRule]>,
 }
 
 impl AdmitLayer {
-    pub(crate) fn new(authorizer: Arc<dyn Authorizer>, max_record_bytes: u64) -> Self {
-        Self { authorizer, max_record_bytes }
+    pub(crate) fn new(
+        authorizer: Arc<dyn Authorizer>,
+        max_record_bytes: u64,
+        extras: Vec<ExtraRule>,
+    ) -> Self {
+        Self { authorizer, max_record_bytes, extras: extras.into() }
     }
 
-    /// The largest request message of any method (the decode limit).
+    /// The largest request message of a method that carries records (the log
+    /// service's decode limit).
     pub(crate) fn max_message_bytes(&self) -> usize {
         usize::try_from(self.max_record_bytes).unwrap_or(usize::MAX).saturating_add(RECORD_MESSAGE_OVERHEAD)
     }
@@ -111,16 +160,15 @@ where
         let Some(peer) = Peer::of(request.extensions()).cloned() else {
             return reject(Status::internal("call without a connection peer"));
         };
-        let method = method(request.uri().path());
+        let method = method(request.uri().path(), &self.layer.extras);
         if let Some(action) = method.action
             && !self.layer.authorizer.is_allowed(peer.subject(), OBJECT_WILDCARD, action)
         {
             return reject(status::permission_denied(peer.subject(), action, OBJECT_WILDCARD));
         }
-        let (limit, max_record_bytes) = if method.carries_records {
-            (self.layer.max_message_bytes(), Some(self.layer.max_record_bytes))
-        } else {
-            (SMALL_MESSAGE_BYTES, None)
+        let (limit, max_record_bytes) = match method.limit {
+            MessageLimit::Records => (self.layer.max_message_bytes(), Some(self.layer.max_record_bytes)),
+            MessageLimit::Bytes(limit) => (limit, None),
         };
         let deadline = request.headers().get("grpc-timeout").and_then(|value| grpc_timeout(value.as_bytes()));
         let (budget, timeout) = (peer.request_budget(), peer.body_timeout());
@@ -434,12 +482,40 @@ mod tests {
 
     #[test]
     fn methods_map_to_the_book_acl_actions() {
+        let method = |path| method(path, &[]);
         assert_eq!(method("/log.v1.Log/Produce").action, Some(action::PRODUCE));
         assert_eq!(method("/log.v1.Log/ProduceStream").action, Some(action::PRODUCE));
         assert_eq!(method("/log.v1.Log/ConsumeStream").action, Some(action::CONSUME));
         assert_eq!(method("/log.v1.Log/GetServers").action, None);
         assert!(!method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").unary_request);
-        assert!(method("/log.v1.Log/ProduceStream").carries_records);
-        assert!(!method("/log.v1.Log/Consume").carries_records);
+        assert_eq!(method("/log.v1.Log/ProduceStream").limit, MessageLimit::Records);
+        assert_eq!(method("/log.v1.Log/Consume").limit, MessageLimit::Bytes(SMALL_MESSAGE_BYTES));
+    }
+
+    #[test]
+    fn paths_under_an_extra_service_take_its_action_and_limit() {
+        let extras = [ExtraRule {
+            name: "proglog.internal.v1.Raft",
+            action: action::REPLICATE,
+            max_message_bytes: 8 << 20,
+            streaming_requests: vec!["InstallSnapshot"],
+        }];
+        let step = method("/proglog.internal.v1.Raft/Step", &extras);
+        assert_eq!(
+            step,
+            Method {
+                action: Some(action::REPLICATE),
+                limit: MessageLimit::Bytes(8 << 20),
+                unary_request: true
+            }
+        );
+        assert!(!method("/proglog.internal.v1.Raft/InstallSnapshot", &extras).unary_request);
+        // A method the service does not have still needs its action.
+        assert_eq!(method("/proglog.internal.v1.Raft/Nope", &extras).action, Some(action::REPLICATE));
+        // Built-ins and unknown services are as without extras.
+        assert_eq!(method("/log.v1.Log/Produce", &extras), method("/log.v1.Log/Produce", &[]));
+        for path in ["/proglog.internal.v1.Raft", "/proglog.internal.v1.RaftX/Step", "/other.Svc/Step", ""] {
+            assert_eq!(method(path, &extras).action, None, "{path}");
+        }
     }
 }

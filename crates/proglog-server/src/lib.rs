@@ -48,6 +48,6 @@ pub use crate::auth::{
 pub use crate::error::ServerError;
 pub use crate::listener::{BodyError, Limits, Listener, Peer, Serves, TrackedBody};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
-pub use crate::server::{ServerConfig, serve};
+pub use crate::server::{ExtraService, ServerConfig, serve};
 pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream, check_record_size};
 pub use crate::tls::TlsFiles;

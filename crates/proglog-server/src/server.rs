@@ -2,6 +2,7 @@
 //! reflection behind the admission and observation layers, served by a bounded
 //! [`Listener`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -9,9 +10,10 @@ use proglog_api::v1::log_server::LogServer;
 use slog::Logger;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::server::NamedService;
 use tonic::service::Routes;
 
-use crate::admit::AdmitLayer;
+use crate::admit::{AdmitLayer, ExtraRule};
 use crate::auth::Authorizer;
 use crate::listener::{Limits, Listener};
 use crate::observe::{ObserveLayer, ObservedBody, RpcObserver};
@@ -32,6 +34,123 @@ pub struct ServerConfig {
     pub observer: Option<RpcObserver>,
     /// Where the listener reports attacks and failures (at bounded rates).
     pub logger: Logger,
+    /// More tonic services on the same port (the agent's internal Raft
+    /// service), each admitted with its own ACL action and message limit.
+    /// Default none.
+    pub extra_services: Vec<ExtraService>,
+}
+
+/// Services `serve` mounts itself: an extra service may not take their names.
+const BUILT_IN_SERVICES: [&str; 4] = [
+    "log.v1.Log",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// A tonic service mounted by [`serve`] beside `log.v1.Log`, on the same port
+/// and behind the same admission layer: every call to a path under
+/// `/<name>/` (its [`NamedService::NAME`]) is authorized from its headers
+/// for `action` on object `*` (denied: `PERMISSION_DENIED`, its body unread),
+/// and its request messages are refused above `max_message_bytes`
+/// (`INVALID_ARGUMENT`, from their 5-byte header). A unary request's whole
+/// body must arrive within the body timeout; methods named in
+/// [`ExtraService::streaming_requests`] get that bound per message instead.
+///
+/// The service is type-erased here, so a list of them can live in
+/// [`ServerConfig`]. Set the service's own decoding limit
+/// (`max_decoding_message_size`, 4 MiB by default in tonic) to at least
+/// `max_message_bytes`, and size [`Limits`] for the largest message of any
+/// service (`Limits::for_requests_of`).
+#[derive(Clone)]
+pub struct ExtraService {
+    name: &'static str,
+    action: &'static str,
+    max_message_bytes: usize,
+    streaming_requests: Vec<&'static str>,
+    mount: Arc<dyn Fn(Routes) -> Routes + Send + Sync>,
+}
+
+impl std::fmt::Debug for ExtraService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraService")
+            .field("name", &self.name)
+            .field("action", &self.action)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("streaming_requests", &self.streaming_requests)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExtraService {
+    /// `service` (a tonic-generated `...Server`), whose calls need `action`
+    /// (e.g. [`crate::action::REPLICATE`]) and whose request messages may be
+    /// up to `max_message_bytes` long. Every method's request is unary until
+    /// [`ExtraService::streaming_requests`] says otherwise.
+    pub fn new<S>(service: S, action: &'static str, max_message_bytes: usize) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self {
+            name: S::NAME,
+            action,
+            max_message_bytes,
+            streaming_requests: Vec::new(),
+            mount: Arc::new(move |routes: Routes| routes.add_service(service.clone())),
+        }
+    }
+
+    /// The methods (names only, e.g. `"InstallSnapshot"`) whose requests are
+    /// client streams: their messages are bounded in time one at a time, once
+    /// begun, rather than the whole body.
+    pub fn streaming_requests(mut self, methods: &[&'static str]) -> Self {
+        self.streaming_requests = methods.to_vec();
+        self
+    }
+
+    /// The gRPC service name (`pkg.Service`): calls go to `/pkg.Service/Method`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn rule(&self) -> ExtraRule {
+        ExtraRule {
+            name: self.name,
+            action: self.action,
+            max_message_bytes: self.max_message_bytes,
+            streaming_requests: self.streaming_requests.clone(),
+        }
+    }
+}
+
+/// Rejects extra services that could not be mounted or admitted: a name
+/// taken by a built-in or another extra service (routes would collide), no
+/// action, or no room for a message.
+fn check_extra_services(extras: &[ExtraService]) -> Result<(), ServerError> {
+    for (index, extra) in extras.iter().enumerate() {
+        let invalid = |why: &str| Err(ServerError::Config(format!("extra service {}: {why}", extra.name)));
+        if BUILT_IN_SERVICES.contains(&extra.name)
+            || extras[..index].iter().any(|other| other.name == extra.name)
+        {
+            return invalid("its name is already served");
+        }
+        if extra.action.is_empty() {
+            return invalid("needs an ACL action");
+        }
+        if extra.max_message_bytes == 0 {
+            return invalid("max_message_bytes must be positive");
+        }
+    }
+    Ok(())
 }
 
 impl Default for ServerConfig {
@@ -43,6 +162,7 @@ impl Default for ServerConfig {
             limits: Limits::for_requests_of(max_record_bytes as usize),
             observer: None,
             logger: Logger::root(slog::Discard, slog::o!()),
+            extra_services: Vec::new(),
         }
     }
 }
@@ -62,8 +182,9 @@ fn overloaded(message: String) -> http::Response<ObservedBody<tonic::body::Body>
 /// connection is closed (drop the future to close them at once).
 ///
 /// Registers `log.v1.Log`, `grpc.health.v1.Health` (serving for `""` and
-/// `"log.v1.Log"`) and server reflection (v1 and v1alpha). Every call is admitted
-/// (authorized, its body bounded) before its body is read.
+/// `"log.v1.Log"`), server reflection (v1 and v1alpha) and the config's
+/// [`ExtraService`]s. Every call is admitted (authorized, its body bounded)
+/// before its body is read.
 pub async fn serve(
     listener: TcpListener,
     log: Arc<dyn CommitLog>,
@@ -75,9 +196,11 @@ pub async fn serve(
         return Err(ServerError::Config("max-record-bytes must be positive".into()));
     }
     config.limits.validate().map_err(ServerError::Config)?;
+    check_extra_services(&config.extra_services)?;
     let tls = config.tls.as_ref().map(|tls| tls.server_config(&[b"h2"])).transpose()?;
     let observer = config.observer.unwrap_or_else(|| RpcObserver::new(config.logger.clone(), None));
-    let admit = AdmitLayer::new(authorizer, config.max_record_bytes);
+    let extra_rules = config.extra_services.iter().map(ExtraService::rule).collect();
+    let admit = AdmitLayer::new(authorizer, config.max_record_bytes, extra_rules);
     let (stop_tx, stop_rx) = watch::channel(false);
     let service = LogServer::new(LogService::new(log, config.max_record_bytes, stop_rx))
         // A backstop: the admission layer refuses larger messages first.
@@ -97,8 +220,8 @@ pub async fn serve(
     let routes = Routes::new(service)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(reflection_alpha)
-        .prepare();
+        .add_service(reflection_alpha);
+    let routes = config.extra_services.iter().fold(routes, |routes, extra| (extra.mount)(routes)).prepare();
     let service =
         tower::ServiceBuilder::new().layer(ObserveLayer::new(observer)).layer(admit).service(routes);
 

@@ -62,13 +62,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(tls: Option<TlsFiles>, authorizer: Arc<dyn Authorizer>, fsync: Fsync) -> Self {
+        Self::start_with(ServerConfig { tls, ..ServerConfig::default() }, authorizer, fsync).await
+    }
+
+    pub async fn start_with(config: ServerConfig, authorizer: Arc<dyn Authorizer>, fsync: Fsync) -> Self {
         let data = tempfile::tempdir().unwrap();
         let log = proglog_log::Log::open(data.path(), proglog_log::Config::default()).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(LocalLog::new(log, fsync, "test-node", addr.to_string()).unwrap());
         let (stop, stopped) = oneshot::channel();
-        let config = ServerConfig { tls, ..ServerConfig::default() };
         let task = tokio::spawn(proglog_server::serve(listener, log.clone(), authorizer, config, async {
             let _ = stopped.await;
         }));
