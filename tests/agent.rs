@@ -293,3 +293,22 @@ async fn tls_and_acl_guard_http_exactly_as_grpc() {
     assert_eq!(record.value, "hi");
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn clients_of_the_peer_ca_are_admitted_beside_those_of_the_server_ca() {
+    let (pki, peers, strangers) = (Pki::new(), Pki::new(), Pki::new());
+    let data = tempfile::tempdir().unwrap();
+    let peer_ca = peers.path("ca.pem");
+    let agent = pki.start_agent(data.path(), &["--peer-tls-ca-file", peer_ca.to_str().unwrap()]);
+    let offset = pki.grpc(agent.rpc, "root").produce(produce("client")).await.unwrap().into_inner().offset;
+    assert_eq!(offset, 0);
+    let mut peer = pki.grpc_issued_by(agent.rpc, &peers, "root");
+    assert_eq!(peer.produce(produce("peer")).await.unwrap().into_inner().offset, 1);
+    // The ACL still applies to a peer's certificate.
+    let status = pki.grpc_issued_by(agent.rpc, &peers, "nobody").produce(produce("x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    // A certificate of neither CA is refused in the handshake, before any call.
+    let status = pki.grpc_issued_by(agent.rpc, &strangers, "root").produce(produce("x")).await.unwrap_err();
+    assert!(std::error::Error::source(&status).is_some(), "a transport failure: {status:?}");
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}

@@ -63,7 +63,7 @@ impl TestServer {
         let tls = TlsFiles {
             cert_file: pki.file("server.pem"),
             key_file: pki.file("server-key.pem"),
-            ca_file: Some(pki.file("ca.pem")),
+            ca_files: vec![pki.file("ca.pem")],
         };
         let acl =
             Acl::from_files(&pki.file("model.conf"), &pki.file("policy.csv")).await.expect("ACL from files");

@@ -291,7 +291,22 @@ impl Pki {
 
     /// A gRPC client over mutual TLS as `client` (connecting on first use).
     pub fn grpc(&self, addr: SocketAddr, client: &str) -> LogClient<tonic::transport::Channel> {
-        let config = self.client_config(Some(client), &[b"h2"]);
+        self.grpc_issued_by(addr, self, client)
+    }
+
+    /// A gRPC client trusting this PKI's CA (the agent's) and presenting the
+    /// certificate of `client` that `issuer`'s CA signed (a peer's CA, say).
+    pub fn grpc_issued_by(
+        &self,
+        addr: SocketAddr,
+        issuer: &Pki,
+        client: &str,
+    ) -> LogClient<tonic::transport::Channel> {
+        let identity = proglog_tls::Identity::new(
+            issuer.path(&format!("{client}-client.pem")),
+            issuer.path(&format!("{client}-client-key.pem")),
+        );
+        let config = proglog_tls::client_config(&[self.path("ca.pem")], Some(&identity), &[b"h2"]).unwrap();
         let connector = proglog_tls::Connector::tls(config, "localhost").unwrap();
         let endpoint = connector.endpoint(&addr.to_string()).unwrap();
         LogClient::new(connector.connect_lazy(&endpoint))

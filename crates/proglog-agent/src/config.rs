@@ -118,7 +118,9 @@ pub struct AgentConfig {
     pub peer_tls_cert_file: Option<PathBuf>,
     /// Its key.
     pub peer_tls_key_file: Option<PathBuf>,
-    /// CA other agents' certificates must be signed by.
+    /// CA other agents' certificates must be signed by. With
+    /// `server-tls-ca-file`, the RPC and HTTP ports accept client certificates
+    /// of this CA too (other agents dial the same port).
     pub peer_tls_ca_file: Option<PathBuf>,
     /// HTTP listener (SPEC §4); `None` when disabled. Default `127.0.0.1:8402`.
     pub http_addr: Option<SocketAddr>,
@@ -249,7 +251,7 @@ pub struct ConfigLayer {
     /// Key of the peer certificate [default: none]
     #[arg(long, value_name = "FILE")]
     pub peer_tls_key_file: Option<PathBuf>,
-    /// CA of other agents' certificates [default: none]
+    /// CA of other agents' certificates; with --server-tls-ca-file, also trusted for client certificates [default: none]
     #[arg(long, value_name = "FILE")]
     pub peer_tls_ca_file: Option<PathBuf>,
     /// HTTP API listener; empty disables it [default: 127.0.0.1:8402]
@@ -502,12 +504,21 @@ impl AgentConfig {
         }
     }
 
-    /// TLS for the RPC and HTTP listeners, if configured.
+    /// TLS for the RPC and HTTP listeners, if configured. With
+    /// `server-tls-ca-file`, client certificates are required and may be signed
+    /// by that CA or by `peer-tls-ca-file` (other agents dial the same port).
+    /// Without it no client certificate is requested, from peers either.
     pub fn server_tls(&self) -> Option<proglog_server::TlsFiles> {
+        let mut ca_files: Vec<PathBuf> = self.server_tls_ca_file.iter().cloned().collect();
+        if let (Some(_), Some(peer_ca)) = (&self.server_tls_ca_file, &self.peer_tls_ca_file)
+            && !ca_files.contains(peer_ca)
+        {
+            ca_files.push(peer_ca.clone());
+        }
         Some(proglog_server::TlsFiles {
             cert_file: self.server_tls_cert_file.clone()?,
             key_file: self.server_tls_key_file.clone()?,
-            ca_file: self.server_tls_ca_file.clone(),
+            ca_files,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -101,4 +102,24 @@ fn bad_toml_names_the_key() {
     ] {
         assert_eq!(ConfigLayer::from_toml(text).unwrap_err().key, key, "{text}");
     }
+}
+
+#[test]
+fn the_server_trusts_the_peer_ca_beside_the_client_ca() {
+    let ca_files = |server_ca: Option<&str>, peer_ca: Option<&str>| {
+        let config = AgentConfig {
+            server_tls_cert_file: Some("server.pem".into()),
+            server_tls_key_file: Some("server-key.pem".into()),
+            server_tls_ca_file: server_ca.map(PathBuf::from),
+            peer_tls_ca_file: peer_ca.map(PathBuf::from),
+            ..AgentConfig::default()
+        };
+        config.server_tls().unwrap().ca_files
+    };
+    let path = PathBuf::from;
+    assert_eq!(ca_files(Some("ca.pem"), Some("peer-ca.pem")), [path("ca.pem"), path("peer-ca.pem")]);
+    assert_eq!(ca_files(Some("ca.pem"), Some("ca.pem")), [path("ca.pem")]);
+    assert_eq!(ca_files(Some("ca.pem"), None), [path("ca.pem")]);
+    // Without client authentication, peers are not asked for a certificate either.
+    assert!(ca_files(None, Some("peer-ca.pem")).is_empty());
 }

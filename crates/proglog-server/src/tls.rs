@@ -13,8 +13,11 @@ pub struct TlsFiles {
     pub cert_file: PathBuf,
     /// The server's private key.
     pub key_file: PathBuf,
-    /// With a CA, clients must present a certificate it signed (mutual TLS).
-    pub ca_file: Option<PathBuf>,
+    /// CA files for client certificates: with any, clients must present a
+    /// certificate signed by one of their CAs (mutual TLS; the agent trusts
+    /// its clients' CA and its peers' CA). Empty: no client certificate is
+    /// requested.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl TlsFiles {
@@ -22,7 +25,7 @@ impl TlsFiles {
     /// or unusable file is an error naming it.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, ServerError> {
         let identity = proglog_tls::Identity::new(&self.cert_file, &self.key_file);
-        let client_roots = self.ca_file.as_ref().map(std::slice::from_ref);
+        let client_roots = (!self.ca_files.is_empty()).then_some(&self.ca_files[..]);
         Ok(proglog_tls::server_config(&identity, client_roots, alpn)?)
     }
 }

@@ -43,7 +43,7 @@ impl Pki {
         TlsFiles {
             cert_file: self.write("server.pem", &self.server.cert_pem),
             key_file: self.write("server-key.pem", &self.server.key_pem),
-            ca_file: mutual.then(|| self.write("ca.pem", &self.ca.cert_pem())),
+            ca_files: if mutual { vec![self.write("ca.pem", &self.ca.cert_pem())] } else { Vec::new() },
         }
     }
 
