@@ -2,7 +2,10 @@
 //!
 //! - [`serve`]: any [`proglog_raft::CommitLog`] (the single-node log, the
 //!   replicated log) as the `log.v1.Log` service, gRPC health and server reflection over
-//!   rustls (ring; mutual TLS when a client CA is given), graceful shutdown.
+//!   rustls (built by `proglog-tls`; mutual TLS when client CAs are given), graceful
+//!   shutdown. [`ExtraService`]s the caller adds (the agent's internal Raft service)
+//!   share the port and the admission layer, each with its own ACL action and
+//!   message limit.
 //! - [`Listener`]: how both the gRPC port and the agent's HTTP API are served —
 //!   within [`Limits`] on connections, calls, time and request bytes, so that no
 //!   client can make the process grow without bound; [`Peer`] is the connection a
@@ -11,7 +14,7 @@
 //!   read, as (subject = client certificate CN, object `*`, action
 //!   `produce`/`consume`); [`Acl`] enforces a casbin model + policy, [`AllowAll`]
 //!   allows everything. GetServers, health and reflection are not ACL-checked (TLS
-//!   still applies).
+//!   still applies); an extra service's calls are checked with its own action.
 //!
 //! This crate is the only place that builds a `tonic::Status`. It does not parse
 //! flags or config files, install a crypto provider or a log drain: the agent does.
