@@ -114,23 +114,19 @@ impl TlsOptions {
     pub(crate) fn has_identity(&self) -> bool {
         self.identity.is_some()
     }
-}
 
-impl TlsOptions {
-    /// The flag that named `path` (`expected` tells a certificate from a key
-    /// when one file was given for both).
+    /// The flag that named `path`. Files are read in flag order (CA,
+    /// certificate, key), so a path given twice is named by its first flag,
+    /// unless a key was looked for.
     fn flag_of(&self, path: &Path, expected: Option<&str>) -> &'static str {
-        let identity = self.identity.as_ref();
-        if expected == Some("private key")
-            || identity.is_some_and(|id| id.key_file == path && id.cert_file != path)
-        {
+        if expected == Some("private key") {
             "--key-file"
         } else if path == self.ca_file {
             "--ca-file"
-        } else if identity.is_some_and(|id| id.cert_file == path) {
+        } else if self.identity.as_ref().is_some_and(|identity| identity.cert_file == path) {
             "--cert-file"
         } else {
-            "a TLS file"
+            "--key-file"
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ConfigBuilder, ServerConfig, WantsVerifier};
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::pem::{load_certificates, load_private_key, load_roots};
 use crate::{Error, Result};
@@ -50,10 +50,6 @@ fn alpn_protocols(alpn: &[&[u8]]) -> Vec<Vec<u8>> {
     alpn.iter().map(|protocol| protocol.to_vec()).collect()
 }
 
-fn server_builder(provider: Arc<CryptoProvider>) -> Result<ConfigBuilder<ServerConfig, WantsVerifier>> {
-    ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions().map_err(config_error)
-}
-
 /// A server config presenting `identity` and offering the `alpn` protocols
 /// (`h2`; `http/1.1` too for the HTTP API).
 ///
@@ -73,7 +69,9 @@ pub fn server_config(
     let provider = provider();
     let chain = load_certificates(&identity.cert_file)?;
     let key = load_private_key(&identity.key_file)?;
-    let builder = server_builder(Arc::clone(&provider))?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?;
     let builder = match client_roots {
         Some(ca_files) => {
             let roots = load_roots(ca_files, "client authentication")?;
