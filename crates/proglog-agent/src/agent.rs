@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proglog_raft::{CommitLog, Fsync, LocalLog};
-use proglog_server::{Authorizer, Limits, RpcObserver, ServerConfig};
+use proglog_raft::{CommitLog, Fsync, Member, RaftConfig, RaftLog};
+use proglog_server::{Authorizer, Limits, PeerTransport, RpcObserver, ServerConfig};
 use slog::{Logger, error, info, warn};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -28,6 +28,9 @@ pub enum AgentError {
     /// The gRPC server failed to start or serve.
     #[error("rpc server: {0}")]
     Server(#[from] proglog_server::ServerError),
+    /// The peer TLS files are unusable.
+    #[error("peer tls: {0}")]
+    PeerTls(#[from] proglog_tls::Error),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -45,7 +48,7 @@ pub enum AgentError {
 #[derive(Debug)]
 pub struct Agent {
     logger: Logger,
-    log: Arc<LocalLog>,
+    log: Arc<RaftLog>,
     rpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -80,6 +83,7 @@ impl Agent {
         )
         .await?;
         let tls = config.server_tls();
+        let peer_tls = config.peer_tls()?;
         // Reports a bad certificate before anything is written.
         let http_tls = tls.as_ref().map(|tls| tls.server_config(&[b"h2", b"http/1.1"])).transpose()?;
         let rpc_listener = bind(config.rpc_addr())?;
@@ -107,7 +111,23 @@ impl Agent {
             FsyncPolicy::Always => Fsync::Always,
             FsyncPolicy::Never => Fsync::Never,
         };
-        let log = Arc::new(LocalLog::new(log, fsync, config.node_name.clone(), rpc_addr.to_string())?);
+        // Always the replicated log: a single node is a one-member cluster.
+        let member = Member::new(config.node_name.clone(), rpc_addr.to_string());
+        let transport =
+            PeerTransport::new(&member, peer_tls, tokio::runtime::Handle::current(), logger.clone());
+        let raft_config = RaftConfig {
+            bootstrap: config.bootstrap,
+            fsync,
+            heartbeat_interval: config.raft_heartbeat_interval,
+            election_timeout: config.raft_election_timeout,
+            logger: logger.clone(),
+            ..RaftConfig::new(member, config.data_dir.clone())
+        };
+        let peer_transport = Arc::new(transport.clone());
+        let log =
+            tokio::task::spawn_blocking(move || RaftLog::open(raft_config, log, peer_transport)).await??;
+        let log = Arc::new(log);
+        transport.bind(log.mailbox());
 
         let (stop, stopped) = watch::channel(false);
         let metrics = Metrics::new();
@@ -124,7 +144,7 @@ impl Agent {
             limits,
             observer: Some(observer),
             logger: logger.clone(),
-            extra_services: Vec::new(),
+            extra_services: vec![transport.service(Arc::clone(&log), config.max_record_bytes)],
         };
         let mut rpc_stopped = stopped.clone();
         let served: Arc<dyn CommitLog> = log.clone();
@@ -162,9 +182,10 @@ impl Agent {
         self.http_addr
     }
 
-    /// The log this agent serves.
-    pub fn log(&self) -> Arc<dyn CommitLog> {
-        self.log.clone()
+    /// The log this agent serves: its node of the replicated log (join and
+    /// leave other nodes through it).
+    pub fn log(&self) -> Arc<RaftLog> {
+        Arc::clone(&self.log)
     }
 
     /// Stops accepting, finishes in-flight requests (for at most
@@ -223,7 +244,7 @@ fn report_recovery(logger: &Logger, log: &proglog_log::Log) {
     let recovery = log.recovery();
     let store = recovery.truncated_store.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
     if let Some(lost) = &recovery.lost_offsets {
-        error!(logger, "log damaged: records that were durable before a clean shutdown are gone; the next records reuse their offsets";
+        error!(logger, "log damaged: records that were durable before a clean shutdown are gone from the record log; those the Raft entries still hold are applied again, the others are lost";
             "file" => &store, "lost_offsets" => format!("{}..{}", lost.start, lost.end),
             "records_lost" => lost.end - lost.start, "bytes_cut" => recovery.truncated_bytes);
     } else if recovery.truncated_bytes > 0 {

@@ -504,6 +504,24 @@ impl AgentConfig {
         }
     }
 
+    /// How this agent dials other agents: with `peer-tls-cert-file` and
+    /// `peer-tls-key-file`, mutual TLS presenting that identity and trusting
+    /// `peer-tls-ca-file` and `server-tls-ca-file` (whichever are set) to have
+    /// signed the other agents' server certificates; plaintext otherwise.
+    pub fn peer_tls(&self) -> Result<proglog_server::PeerTls, proglog_tls::Error> {
+        let (Some(cert_file), Some(key_file)) = (&self.peer_tls_cert_file, &self.peer_tls_key_file) else {
+            return Ok(proglog_server::PeerTls::Plaintext);
+        };
+        let mut roots: Vec<PathBuf> = self.peer_tls_ca_file.iter().cloned().collect();
+        if let Some(server_ca) = &self.server_tls_ca_file
+            && !roots.contains(server_ca)
+        {
+            roots.push(server_ca.clone());
+        }
+        let identity = proglog_tls::Identity::new(cert_file, key_file);
+        Ok(proglog_server::PeerTls::Tls(proglog_tls::client_config(&roots, Some(&identity), &[b"h2"])?))
+    }
+
     /// TLS for the RPC and HTTP listeners, if configured. With
     /// `server-tls-ca-file`, client certificates are required and may be signed
     /// by that CA or by `peer-tls-ca-file` (other agents dial the same port).

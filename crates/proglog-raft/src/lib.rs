@@ -40,7 +40,10 @@ pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend};
 pub use crate::error::{Leader, LogError};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{
-    ChannelNetwork, FetchSink, Mailbox, Member, RaftConfig, RaftLog, Transport, node_id,
+    ChannelNetwork, FetchSink, Mailbox, Member, RaftConfig, RaftLog, Transport, decode_message,
+    encode_message, node_id,
 };
 /// raft-rs's message type, which [`Transport`]s carry.
 pub use raft::eraftpb::Message as RaftMessage;
+/// The kind of a [`RaftMessage`].
+pub use raft::eraftpb::MessageType as RaftMessageType;

@@ -80,10 +80,14 @@ impl Cluster {
     async fn start(&mut self, name: &str, bootstrap: bool) -> Arc<RaftLog> {
         let config = self.config(name, bootstrap);
         let transport = self.network.transport(name);
-        let log = tokio::task::spawn_blocking(move || RaftLog::open(config, transport))
-            .await
-            .expect("joined")
-            .expect("opens");
+        let log = tokio::task::spawn_blocking(move || {
+            let records =
+                proglog_log::Log::open(config.data_dir.join("log"), proglog_log::Config::default())?;
+            RaftLog::open(config, records, transport)
+        })
+        .await
+        .expect("joined")
+        .expect("opens");
         let log = Arc::new(log);
         self.network.attach(&log);
         self.nodes.insert(name.to_owned(), Arc::clone(&log));

@@ -40,6 +40,7 @@ mod auth;
 mod error;
 mod listener;
 mod observe;
+mod peer;
 mod server;
 mod service;
 mod status;
@@ -51,6 +52,9 @@ pub use crate::auth::{
 pub use crate::error::ServerError;
 pub use crate::listener::{BodyError, Limits, Listener, Peer, Serves, TrackedBody};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
+pub use crate::peer::{
+    FETCH_CHUNK_BYTES, FORWARD_QUEUE, PEER_QUEUE_BYTES, PeerTls, PeerTransport, max_message_bytes,
+};
 pub use crate::server::{ExtraService, ServerConfig, serve};
 pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream, check_record_size};
 pub use crate::tls::TlsFiles;

@@ -88,6 +88,19 @@ pub(crate) fn conf_change(node_id: u64, kind: raft::eraftpb::ConfChangeType) -> 
     change
 }
 
+/// Encodes a Raft message for a transport.
+pub fn encode_message(message: &raft::eraftpb::Message) -> Result<Bytes, LogError> {
+    protobuf::Message::write_to_bytes(message)
+        .map(Bytes::from)
+        .map_err(|error| LogError::Internal(format!("cannot encode a Raft message: {error}")))
+}
+
+/// Decodes a Raft message a transport received.
+pub fn decode_message(bytes: &[u8]) -> Result<raft::eraftpb::Message, LogError> {
+    <raft::eraftpb::Message as protobuf::Message>::parse_from_bytes(bytes)
+        .map_err(|error| LogError::InvalidArgument(format!("a Raft message does not decode: {error}")))
+}
+
 /// A server of the cluster: its Raft id, its name and the address clients dial.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Member {

@@ -25,7 +25,7 @@ use raft::eraftpb::Message;
 use slog::Logger;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-pub use self::codec::{Member, node_id};
+pub use self::codec::{Member, decode_message, encode_message, node_id};
 pub use self::network::ChannelNetwork;
 use self::node::{AppendReply, ChangeReply, Node, NodeConfig, Outbox, Shared};
 use self::store::Store;
@@ -44,7 +44,7 @@ const EVENTS_PER_ROUND: usize = 4096;
 pub struct RaftConfig {
     /// This node: its name (its Raft id derives from it) and RPC address.
     pub member: Member,
-    /// Where the record log (`log/`) and the Raft state (`raft/`) live.
+    /// Where the Raft state (`raft/`) lives, next to the record log (`log/`).
     pub data_dir: PathBuf,
     /// Start a one-member cluster if there is no Raft state yet.
     pub bootstrap: bool,
@@ -55,8 +55,6 @@ pub struct RaftConfig {
     pub heartbeat_interval: Duration,
     /// Raft election timeout (randomised up to twice this), at least 2 heartbeats.
     pub election_timeout: Duration,
-    /// The record log's layout.
-    pub log: proglog_log::Config,
     /// Compact the Raft entries once this many applied entries are held…
     pub compact_entries: u64,
     /// …keeping this many of the newest for followers that briefly lag.
@@ -75,7 +73,6 @@ impl RaftConfig {
             fsync: Fsync::Always,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_secs(1),
-            log: proglog_log::Config::default(),
             compact_entries: 16_384,
             trailing_entries: 1_024,
             logger: Logger::root(slog::Discard, slog::o!()),
@@ -126,7 +123,7 @@ enum Event {
     Message(Message),
     Unreachable(u64),
     SnapshotStatus(u64, bool),
-    Fetched(u64, Vec<Bytes>),
+    Fetched(u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
     FetchFailed(String),
     Join(Member, ChangeReply),
     Leave(String, ChangeReply),
@@ -178,13 +175,26 @@ impl Mailbox {
 #[derive(Debug)]
 pub struct FetchSink {
     events: std::sync::mpsc::Sender<Event>,
+    /// Bytes handed over and not yet written, at most [`FETCH_BUDGET_BYTES`].
+    budget: Arc<Semaphore>,
 }
 
+/// Fetched record bytes waiting for the Raft thread, at most.
+const FETCH_BUDGET_BYTES: usize = 8 << 20;
+
 impl FetchSink {
-    /// Records from `first_offset` on, following the previous chunk. `false`
-    /// once the node no longer wants them.
-    pub fn chunk(&self, first_offset: u64, values: Vec<Bytes>) -> bool {
-        self.events.send(Event::Fetched(first_offset, values)).is_ok()
+    fn new(events: std::sync::mpsc::Sender<Event>) -> Self {
+        Self { events, budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES)) }
+    }
+
+    /// Records from `first_offset` on, following the previous chunk; waits while
+    /// earlier chunks are still being written. `false` once the node no longer
+    /// wants them.
+    pub async fn chunk(&self, first_offset: u64, values: Vec<Bytes>) -> bool {
+        let bytes: usize = values.iter().map(Bytes::len).sum();
+        let permits = u32::try_from(bytes.min(FETCH_BUDGET_BYTES)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.budget).acquire_many_owned(permits).await.ok();
+        self.events.send(Event::Fetched(first_offset, values, permit)).is_ok()
     }
 
     /// The fetch stopped early; it resumes from the records already received.
@@ -197,6 +207,8 @@ impl FetchSink {
 /// from this node's copy of the committed records (SPEC §1).
 pub struct RaftLog {
     member: Member,
+    /// How long an append waits for a leader to be elected.
+    leader_wait: Duration,
     transport: Arc<dyn Transport>,
     records: Committed,
     shared: watch::Receiver<Shared>,
@@ -206,13 +218,14 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// Opens (or creates) the node's state under `config.data_dir` and starts its
-    /// Raft thread, talking to peers through `transport`. Blocks on disk: call it
-    /// off the async workers.
-    pub fn open(config: RaftConfig, transport: Arc<dyn Transport>) -> Result<Self, LogError> {
+    /// Opens (or creates) the node's Raft state under `config.data_dir/raft`,
+    /// serving `records` (its record log, usually `config.data_dir/log`), and
+    /// starts its Raft thread, talking to peers through `transport`. Blocks on
+    /// disk: call it off the async workers.
+    pub fn open(config: RaftConfig, records: Log, transport: Arc<dyn Transport>) -> Result<Self, LogError> {
         let node_config = config.node_config()?;
         let logger = config.logger.new(slog::o!("node" => config.member.name.clone()));
-        let records = Arc::new(Log::open(config.data_dir.join("log"), config.log.clone())?);
+        let records = Arc::new(records);
         let store = Store::open(&config.data_dir.join("raft"), config.fsync)?;
         let node = Node::open(
             config.member.clone(),
@@ -235,6 +248,7 @@ impl RaftLog {
             })
             .map_err(|error| LogError::Internal(format!("cannot start the Raft thread: {error}")))?;
         Ok(Self {
+            leader_wait: config.election_timeout * 2,
             member: config.member,
             transport,
             records: Committed { log: records, committed },
@@ -397,7 +411,7 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         Event::Message(message) => node.step(message, outbox),
         Event::Unreachable(id) => node.report_unreachable(id),
         Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
-        Event::Fetched(first_offset, values) => node.fetched(first_offset, &values)?,
+        Event::Fetched(first_offset, values, _written) => node.fetched(first_offset, &values)?,
         Event::FetchFailed(reason) => node.fetch_failed(&reason),
         Event::Join(member, reply) => node.join(member, reply),
         Event::Leave(name, reply) => node.leave(&name, reply),
@@ -419,27 +433,37 @@ fn dispatch(outbox: &mut Outbox, transport: &dyn Transport, events: &std::sync::
         messages = rest;
     }
     if let Some(fetch) = outbox.fetch.take() {
-        transport.fetch(fetch.from, fetch.start, fetch.end, FetchSink { events: events.clone() });
+        transport.fetch(fetch.from, fetch.start, fetch.end, FetchSink::new(events.clone()));
     }
 }
 
 #[async_trait::async_trait]
 impl CommitLog for RaftLog {
     /// On the leader, proposes the values; on a follower, forwards them to the
-    /// leader it knows (SPEC §1), in order with earlier appends.
+    /// leader it knows (SPEC §1), in order with earlier appends. During an
+    /// election it waits (up to two election timeouts) for a leader first:
+    /// nothing was sent yet, so this is no retry.
     async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        if self.shared.borrow().status.leader.is_none() {
+            let _ = self.wait_for_leader(self.leader_wait).await;
+        }
         let leader = {
             let shared = self.shared.borrow();
             (!shared.status.is_leader).then(|| shared.status.leader.clone())
         };
-        match leader {
-            Some(Some(leader)) => return Ok(self.transport.forward(node_id(&leader.id), values)),
-            Some(None) => return Err(LogError::NotLeader { leader: None }),
-            None => {}
+        if let Some(None) = leader {
+            return Err(LogError::NotLeader { leader: None });
         }
         let bytes: usize = values.iter().map(Bytes::len).sum();
         let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.queued_bytes).acquire_many_owned(permits).await.ok();
+        if let Some(Some(leader)) = leader {
+            let forwarded = self.transport.forward(node_id(&leader.id), values);
+            return Ok(Box::pin(async move {
+                let _queued = permit;
+                forwarded.await
+            }));
+        }
         let (reply, done) = oneshot::channel();
         self.send(Event::Append(values, reply, permit))?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))

@@ -47,9 +47,14 @@ impl ChannelNetwork {
     }
 
     /// The transport for the node named `name` (open its log with it, then
-    /// [`ChannelNetwork::attach`] the log).
+    /// [`ChannelNetwork::attach`] the log). Call it within a tokio runtime: the
+    /// transport runs snapshot fetches there.
     pub fn transport(self: &Arc<Self>, name: &str) -> Arc<dyn Transport> {
-        Arc::new(Link { network: Arc::clone(self), me: super::node_id(name) })
+        Arc::new(Link {
+            network: Arc::clone(self),
+            me: super::node_id(name),
+            runtime: tokio::runtime::Handle::current(),
+        })
     }
 
     /// Connects `log` to the network (again, after it was reopened).
@@ -87,6 +92,7 @@ impl ChannelNetwork {
 struct Link {
     network: Arc<ChannelNetwork>,
     me: u64,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Transport for Link {
@@ -133,17 +139,19 @@ impl Transport for Link {
             sink.fail("the source is unreachable");
             return;
         };
-        // Off the Raft thread: reading the source's log takes disk time.
-        std::thread::spawn(move || {
+        self.runtime.spawn(async move {
             let mut next = start.max(source.lowest_offset());
             while next < end {
-                match source.read_batch(next, FETCH_CHUNK_BYTES) {
+                let reader = Arc::clone(&source);
+                let read =
+                    tokio::task::spawn_blocking(move || reader.read_batch(next, FETCH_CHUNK_BYTES)).await;
+                match read.unwrap_or_else(|error| Err(proglog_log::Error::Failed(error.to_string()))) {
                     Ok(records) if !records.is_empty() => {
                         let first = records[0].offset;
                         let values: Vec<_> =
                             records.into_iter().take_while(|r| r.offset < end).map(|r| r.value).collect();
                         next = first + values.len() as u64;
-                        if !sink.chunk(first, values) {
+                        if !sink.chunk(first, values).await {
                             return;
                         }
                     }

@@ -122,10 +122,18 @@ impl Node {
         config: NodeConfig,
         logger: Logger,
     ) -> Result<Self, LogError> {
-        if bootstrap && store.last() == 0 && store.conf_state().voters.is_empty() {
-            store.bootstrap(&me)?;
-        }
         let record_end = records.next_offset();
+        if store.is_empty() {
+            if bootstrap {
+                store.bootstrap(&me, record_end)?;
+            } else if record_end > records.lowest_offset() {
+                return Err(LogError::InvalidArgument(format!(
+                    "{} holds records but this node has no Raft state to say where they came from; \
+                     start it with --bootstrap (a new cluster keeping them) or with an empty data directory",
+                    records.dir().display()
+                )));
+            }
+        }
         let point = store.snapshot_point();
         if record_end < point.end_offset {
             return Err(LogError::DataLoss(format!(
@@ -304,11 +312,19 @@ impl Node {
             return;
         }
         let cs = self.raw.store().conf_state();
-        if cs.voters.contains(&member.id) || cs.learners.contains(&member.id) {
+        let kind = if cs.voters.contains(&member.id) {
+            ConfChangeType::AddNode
+        } else if cs.learners.contains(&member.id) {
+            ConfChangeType::AddLearnerNode
+        } else {
+            return self.propose_change(ConfChangeType::AddLearnerNode, member, reply);
+        };
+        if self.members.get(&member.id) == Some(&member) {
             let _ = reply.send(Ok(()));
-            return;
+        } else {
+            // A member back at another address: the same role, with the new address.
+            self.propose_change(kind, member, reply);
         }
-        self.propose_change(ConfChangeType::AddLearnerNode, member, reply);
     }
 
     /// Removes the member named `name`; replies once it is out of the configuration.
@@ -451,6 +467,7 @@ impl Node {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        let became_leader = ready.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader);
         outbox.messages.extend(ready.take_messages());
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone(), outbox)?;
@@ -474,6 +491,11 @@ impl Node {
         self.apply(light.take_committed_entries(), outbox)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
+        if became_leader && self.members.get(&self.me.id).is_some_and(|known| *known != self.me) {
+            // Restarted at another address: tell the cluster (learners included).
+            let (reply, _) = oneshot::channel();
+            self.join(self.me.clone(), reply);
+        }
         self.refresh();
         Ok(())
     }
@@ -512,6 +534,7 @@ impl Node {
     }
 
     fn apply(&mut self, entries: Vec<Entry>, outbox: &mut Outbox) -> Result<(), LogError> {
+        let mut resolved = Vec::new();
         for entry in entries {
             let index = entry.index;
             let first_offset = match entry.get_entry_type() {
@@ -529,10 +552,14 @@ impl Node {
             };
             self.raw.mut_store().set_applied(index);
             if let Some(waiter) = self.waiters.remove(&index) {
-                self.resolve(waiter, entry.term, first_offset);
+                resolved.push((waiter, entry.term, first_offset));
             }
         }
+        // Readable before acknowledged: a producer may read its record at once.
         self.publish();
+        for (waiter, term, first_offset) in resolved {
+            self.resolve(waiter, term, first_offset);
+        }
         Ok(())
     }
 

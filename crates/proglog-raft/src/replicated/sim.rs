@@ -65,6 +65,8 @@ struct InFlight {
 }
 
 struct Pending {
+    /// The node it was proposed on (which must be able to read it once acknowledged).
+    target: usize,
     values: Vec<Bytes>,
     reply: oneshot::Receiver<Result<u64, LogError>>,
 }
@@ -350,7 +352,7 @@ impl Sim {
             .collect();
         let (reply, done): (AppendReply, _) = oneshot::channel();
         self.node_mut(target).propose(vec![(values.clone(), reply)]);
-        self.pending.push(Pending { values, reply: done });
+        self.pending.push(Pending { target, values, reply: done });
     }
 
     fn step(&mut self) {
@@ -471,6 +473,12 @@ impl Sim {
         for mut pending in std::mem::take(&mut self.pending) {
             match pending.reply.try_recv() {
                 Ok(Ok(first)) => {
+                    let end = first + pending.values.len() as u64;
+                    if let Some(node) = &self.nodes[pending.target].node
+                        && *node.committed().borrow() < end
+                    {
+                        self.fail(format!("{first}..{end} acknowledged before it is readable there"));
+                    }
                     for (offset, value) in (first..).zip(pending.values) {
                         if let Some(previous) = self.acked.insert(offset, value.clone())
                             && previous != value

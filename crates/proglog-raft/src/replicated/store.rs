@@ -321,12 +321,21 @@ impl Store {
         self.applied = index;
     }
 
+    /// Has no Raft state (never bootstrapped or joined).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.last() == 0 && self.meta.conf.voters.is_empty() && self.meta.conf.learners.is_empty()
+    }
+
     /// Starts a fresh cluster whose only voter is `member`: entry 1 adds it (so
-    /// that nodes joining later learn its name and address from the log).
-    pub(crate) fn bootstrap(&mut self, member: &Member) -> Result<(), LogError> {
-        if self.last() != 0 || !self.meta.conf.voters.is_empty() {
+    /// that nodes joining later learn its name and address from the log). The
+    /// record log may already hold `record_end` records (a single-node log from
+    /// before replication): they stay, and the first entry's records follow them.
+    pub(crate) fn bootstrap(&mut self, member: &Member, record_end: u64) -> Result<(), LogError> {
+        if !self.is_empty() {
             return Err(LogError::Internal("bootstrap of a node that has Raft state".into()));
         }
+        self.meta.snapshot.end_offset = record_end;
+        self.tail_end = record_end;
         let change = conf_change(member.id, raft::eraftpb::ConfChangeType::AddNode);
         let mut entry = Entry {
             term: 1,

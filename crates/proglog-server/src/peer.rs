@@ -1,0 +1,561 @@
+//! Agent-to-agent traffic (SPEC §1, `proglog.internal.v1.Raft` on the RPC port):
+//! [`PeerTransport`], the replicated log's [`Transport`] over gRPC, and the
+//! service that receives it ([`PeerTransport::service`], mounted by the caller
+//! as an [`ExtraService`] needing action `replicate`).
+//!
+//! Bounds: each peer has one sending task fed by a queue of at most
+//! [`PEER_QUEUE_BYTES`]; when it is full (a slow or unreachable peer) messages are
+//! dropped and reported unreachable, so the Raft thread never waits and other
+//! peers never notice. Forwarded appends travel on one ordered stream per leader
+//! (at most [`FORWARD_QUEUE`] waiting). Snapshot records stream in chunks of
+//! [`FETCH_CHUNK_BYTES`]. Connections back off from 100 ms to 2 s between attempts.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proglog_api::internal::v1::raft_client::RaftClient;
+use proglog_api::internal::v1::raft_server::{Raft, RaftServer};
+use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse, Sender};
+use proglog_raft::{
+    FetchSink, Leader, LogError, Mailbox, Member, PendingAppend, RaftLog, RaftMessage, RaftMessageType,
+    Transport, decode_message, encode_message, node_id,
+};
+use slog::Logger;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{ExtraService, action, status};
+
+/// Encoded Raft messages queued for one peer, at most.
+pub const PEER_QUEUE_BYTES: usize = 16 << 20;
+/// Forwarded appends waiting for the leader's answer, at most.
+pub const FORWARD_QUEUE: usize = 1024;
+/// Record bytes per snapshot chunk, about.
+pub const FETCH_CHUNK_BYTES: u64 = 1 << 20;
+/// Longest internal request message: a batch of Raft messages (a batch holds
+/// more than one only up to [`BATCH_BYTES`]; one message is at most raft's 1 MiB
+/// plus one entry, itself at most a 1 MiB merged batch or one record) or a
+/// forwarded append (one record).
+pub fn max_message_bytes(max_record_bytes: u64) -> usize {
+    usize::try_from(max_record_bytes).unwrap_or(usize::MAX).saturating_add(4 << 20)
+}
+
+/// Raft messages share a batch up to this many encoded bytes.
+const BATCH_BYTES: usize = 1 << 20;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How a node dials its peers.
+#[derive(Clone)]
+pub enum PeerTls {
+    /// Plaintext (loopback-only clusters).
+    Plaintext,
+    /// Mutual TLS with this client config (the peer identity, trusting the CA
+    /// that signed the other agents' server certificates).
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Plaintext => "Plaintext",
+            Self::Tls(_) => "Tls",
+        })
+    }
+}
+
+struct Peer {
+    addr: String,
+    queue: mpsc::UnboundedSender<(Vec<RaftMessage>, Vec<Bytes>)>,
+    queued: Arc<AtomicUsize>,
+}
+
+struct Inner {
+    me: Sender,
+    tls: PeerTls,
+    runtime: tokio::runtime::Handle,
+    logger: Logger,
+    mailbox: OnceLock<Mailbox>,
+    /// Node id → RPC address: from the configuration and from senders.
+    addresses: Mutex<HashMap<u64, String>>,
+    peers: Mutex<HashMap<u64, Peer>>,
+    forwarders: Mutex<HashMap<u64, (String, mpsc::Sender<Forwarded>)>>,
+}
+
+type Forwarded = (Vec<Bytes>, oneshot::Sender<Result<u64, LogError>>);
+
+/// The replicated log's transport over gRPC. Create it, open the [`RaftLog`]
+/// with it, then [`PeerTransport::bind`] the log's mailbox.
+#[derive(Clone)]
+pub struct PeerTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTransport").field("me", &self.inner.me.name).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl PeerTransport {
+    /// The transport of node `me`, spawning its tasks on `runtime` (it is called
+    /// from the Raft thread, outside any runtime).
+    pub fn new(me: &Member, tls: PeerTls, runtime: tokio::runtime::Handle, logger: Logger) -> Self {
+        let me = Sender { name: me.name.clone(), rpc_addr: me.rpc_addr.clone() };
+        Self {
+            inner: Arc::new(Inner {
+                me,
+                tls,
+                runtime,
+                logger,
+                mailbox: OnceLock::new(),
+                addresses: Mutex::default(),
+                peers: Mutex::default(),
+                forwarders: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Delivers what peers send to `mailbox` (the log opened with this transport).
+    pub fn bind(&self, mailbox: Mailbox) {
+        let _ = self.inner.mailbox.set(mailbox);
+    }
+
+    /// The internal service, answering for `log`; mount it on the RPC port.
+    pub fn service(&self, log: Arc<RaftLog>, max_record_bytes: u64) -> ExtraService {
+        let limit = max_message_bytes(max_record_bytes);
+        let server = RaftServer::new(PeerService { log, inner: Arc::clone(&self.inner) })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        ExtraService::new(server, action::REPLICATE, limit).streaming_requests(&["Messages", "Forward"])
+    }
+}
+
+impl Inner {
+    fn unreachable(&self, to: u64, messages: &[RaftMessage]) {
+        if let Some(mailbox) = self.mailbox.get() {
+            mailbox.unreachable(to);
+            for message in messages.iter().filter(|m| is_snapshot(m)) {
+                mailbox.snapshot_status(message.to, false);
+            }
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let connector = match &self.tls {
+            PeerTls::Plaintext => proglog_tls::Connector::plaintext(),
+            PeerTls::Tls(config) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                proglog_tls::Connector::tls(Arc::clone(config), host).map_err(|error| error.to_string())?
+            }
+        };
+        let endpoint = connector
+            .endpoint(addr)
+            .map_err(|error| error.to_string())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Ok(connector.connect_lazy(&endpoint))
+    }
+
+    fn address(&self, id: u64) -> Option<String> {
+        lock(&self.addresses).get(&id).cloned()
+    }
+}
+
+fn is_snapshot(message: &RaftMessage) -> bool {
+    message.get_msg_type() == RaftMessageType::MsgSnapshot
+}
+
+impl Transport for PeerTransport {
+    fn set_members(&self, members: &[Member]) {
+        let mut addresses = lock(&self.inner.addresses);
+        for member in members {
+            addresses.insert(member.id, member.rpc_addr.clone());
+        }
+    }
+
+    fn send(&self, to: u64, messages: Vec<RaftMessage>) {
+        let inner = &self.inner;
+        let Some(addr) = inner.address(to) else {
+            return inner.unreachable(to, &messages);
+        };
+        let mut encoded = Vec::with_capacity(messages.len());
+        for message in &messages {
+            match encode_message(message) {
+                Ok(bytes) => encoded.push(bytes),
+                Err(error) => {
+                    slog::error!(inner.logger, "cannot encode a Raft message"; "error" => %error);
+                    return;
+                }
+            }
+        }
+        let bytes: usize = encoded.iter().map(Bytes::len).sum();
+        let mut peers = lock(&inner.peers);
+        let peer = peers.entry(to).or_insert_with(|| spawn_peer(inner, to, addr.clone()));
+        if peer.addr != addr || peer.queue.is_closed() {
+            *peer = spawn_peer(inner, to, addr);
+        }
+        if peer.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > PEER_QUEUE_BYTES {
+            peer.queued.fetch_sub(bytes, Ordering::AcqRel);
+            drop(peers);
+            return inner.unreachable(to, &messages);
+        }
+        if let Err(mpsc::error::SendError((messages, _))) = peer.queue.send((messages, encoded)) {
+            peer.queued.fetch_sub(bytes, Ordering::AcqRel);
+            drop(peers);
+            inner.unreachable(to, &messages);
+        }
+    }
+
+    fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
+        let inner = Arc::clone(&self.inner);
+        self.inner.runtime.spawn(async move {
+            let result = async {
+                let addr = inner.address(from).ok_or_else(|| "the source's address is unknown".to_owned())?;
+                let mut client = RaftClient::new(inner.channel(&addr)?);
+                let mut chunks = client
+                    .fetch(FetchRequest { start, end })
+                    .await
+                    .map_err(|status| status.message().to_owned())?
+                    .into_inner();
+                while let Some(chunk) =
+                    chunks.message().await.map_err(|status| status.message().to_owned())?
+                {
+                    if !sink.chunk(chunk.first_offset, chunk.values).await {
+                        return Ok(None);
+                    }
+                }
+                Ok::<_, String>(Some(sink))
+            }
+            .await;
+            match result {
+                Ok(Some(sink)) => sink.fail("the source ended the fetch early"),
+                Ok(None) => {}
+                Err(reason) => {
+                    slog::warn!(inner.logger, "snapshot fetch failed"; "from" => from, "reason" => reason)
+                }
+            }
+        });
+    }
+
+    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
+        let inner = &self.inner;
+        let Some(addr) = inner.address(to) else {
+            return Box::pin(async { Err(LogError::Unavailable("the leader's address is unknown".into())) });
+        };
+        let (reply, done) = oneshot::channel();
+        let queued = {
+            let mut forwarders = lock(&inner.forwarders);
+            let entry =
+                forwarders.entry(to).or_insert_with(|| (addr.clone(), spawn_forwarder(inner, addr.clone())));
+            if entry.0 != addr || entry.1.is_closed() {
+                *entry = (addr.clone(), spawn_forwarder(inner, addr));
+            }
+            entry.1.try_send((values, reply)).is_ok()
+        };
+        Box::pin(async move {
+            if !queued {
+                return Err(LogError::Unavailable("too many appends are being forwarded; retry".into()));
+            }
+            done.await.unwrap_or_else(|_| Err(outcome_unknown()))
+        })
+    }
+}
+
+fn outcome_unknown() -> LogError {
+    LogError::Unavailable(
+        "the connection to the leader was lost; the append may or may not be committed".into(),
+    )
+}
+
+/// Starts the task that streams messages to one peer, reconnecting with backoff.
+fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
+    let (queue, mut rx) = mpsc::unbounded_channel::<(Vec<RaftMessage>, Vec<Bytes>)>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (task_inner, task_queued, task_addr) = (Arc::clone(inner), Arc::clone(&queued), addr.clone());
+    inner.runtime.spawn(async move {
+        let inner = task_inner;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let channel = match inner.channel(&task_addr) {
+                Ok(channel) => channel,
+                Err(reason) => {
+                    slog::warn!(inner.logger, "cannot dial a peer"; "peer" => &task_addr, "reason" => reason);
+                    return;
+                }
+            };
+            let (tx, batches) = mpsc::channel::<Batch>(4);
+            let mut client = RaftClient::new(channel);
+            let mut call = Box::pin(client.messages(ReceiverStream::new(batches)));
+            let mut sent_any = false;
+            let ended = loop {
+                tokio::select! {
+                    result = &mut call => break result.err(),
+                    next = rx.recv() => {
+                        let Some((messages, encoded)) = next else { return };
+                        let bytes: usize = encoded.iter().map(Bytes::len).sum();
+                        task_queued.fetch_sub(bytes, Ordering::AcqRel);
+                        let mut failed = false;
+                        for messages in batches_of(encoded) {
+                            let batch = Batch { sender: Some(inner.me.clone()), messages };
+                            if tx.send(batch).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        if failed {
+                            inner.unreachable(to, &messages);
+                            break None;
+                        }
+                        sent_any = true;
+                        if let Some(mailbox) = inner.mailbox.get() {
+                            for message in messages.iter().filter(|m| is_snapshot(m)) {
+                                mailbox.snapshot_status(message.to, true);
+                            }
+                        }
+                    }
+                }
+            };
+            if sent_any {
+                backoff = BACKOFF_MIN;
+            }
+            if let Some(status) = ended {
+                slog::debug!(inner.logger, "peer stream ended"; "peer" => &task_addr, "status" => %status);
+            }
+            // Drop what queued meanwhile (Raft resends), then wait before redialling.
+            while let Ok((messages, encoded)) = rx.try_recv() {
+                task_queued.fetch_sub(encoded.iter().map(Bytes::len).sum(), Ordering::AcqRel);
+                inner.unreachable(to, &messages);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    });
+    Peer { addr, queue, queued }
+}
+
+/// Splits encoded messages into batches of at most [`BATCH_BYTES`] (or one message).
+fn batches_of(encoded: Vec<Bytes>) -> Vec<Vec<Bytes>> {
+    let mut batches: Vec<Vec<Bytes>> = Vec::new();
+    let mut bytes = 0;
+    for message in encoded {
+        match batches.last_mut() {
+            Some(batch) if bytes + message.len() <= BATCH_BYTES => {
+                bytes += message.len();
+                batch.push(message);
+            }
+            _ => {
+                bytes = message.len();
+                batches.push(vec![message]);
+            }
+        }
+    }
+    batches
+}
+
+/// Starts the task that forwards appends to one leader over one ordered stream;
+/// answers come back in order. When the stream breaks, every append waiting on
+/// it fails with "outcome unknown" (never retried).
+fn spawn_forwarder(inner: &Arc<Inner>, addr: String) -> mpsc::Sender<Forwarded> {
+    let (queue, mut rx) = mpsc::channel::<Forwarded>(FORWARD_QUEUE);
+    let inner = Arc::clone(inner);
+    inner.runtime.clone().spawn(async move {
+        let channel = match inner.channel(&addr) {
+            Ok(channel) => channel,
+            Err(reason) => {
+                slog::warn!(inner.logger, "cannot dial the leader"; "leader" => &addr, "reason" => reason);
+                return;
+            }
+        };
+        let mut client = RaftClient::new(channel);
+        let (tx, requests) = mpsc::channel::<ForwardRequest>(16);
+        let mut waiting: VecDeque<oneshot::Sender<Result<u64, LogError>>> = VecDeque::new();
+        let mut responses = match client.forward(ReceiverStream::new(requests)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                let error =
+                    LogError::Unavailable(format!("cannot forward to the leader: {}", status.message()));
+                rx.close();
+                while let Some((_, reply)) = rx.recv().await {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                next = rx.recv(), if waiting.len() < FORWARD_QUEUE => {
+                    let Some((values, reply)) = next else { break };
+                    if tx.send(ForwardRequest { values }).await.is_err() {
+                        let _ = reply.send(Err(outcome_unknown()));
+                        break;
+                    }
+                    waiting.push_back(reply);
+                }
+                response = responses.message() => {
+                    let Ok(Some(response)) = response else { break };
+                    if let Some(reply) = waiting.pop_front() {
+                        let _ = reply.send(from_response(response));
+                    }
+                }
+            }
+        }
+        rx.close();
+        for reply in waiting.drain(..) {
+            let _ = reply.send(Err(outcome_unknown()));
+        }
+        while let Some((_, reply)) = rx.recv().await {
+            let _ = reply.send(Err(outcome_unknown()));
+        }
+    });
+    queue
+}
+
+fn to_response(result: Result<u64, LogError>) -> ForwardResponse {
+    match result {
+        Ok(first_offset) => ForwardResponse { first_offset, ..ForwardResponse::default() },
+        Err(error) => {
+            let leader = match &error {
+                LogError::NotLeader { leader: Some(leader) } => {
+                    Some(Sender { name: leader.id.clone(), rpc_addr: leader.rpc_addr.clone() })
+                }
+                _ => None,
+            };
+            let status = status::from_log(error);
+            ForwardResponse {
+                first_offset: 0,
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                leader,
+            }
+        }
+    }
+}
+
+fn from_response(response: ForwardResponse) -> Result<u64, LogError> {
+    match (tonic::Code::from_i32(response.code), response.leader) {
+        (tonic::Code::Ok, _) => Ok(response.first_offset),
+        (_, Some(leader)) => {
+            Err(LogError::NotLeader { leader: Some(Leader { id: leader.name, rpc_addr: leader.rpc_addr }) })
+        }
+        (tonic::Code::InvalidArgument, None) => Err(LogError::InvalidArgument(response.message)),
+        (tonic::Code::DataLoss, None) => Err(LogError::DataLoss(response.message)),
+        (tonic::Code::Unavailable, None) => Err(LogError::Unavailable(response.message)),
+        (_, None) => Err(LogError::Internal(response.message)),
+    }
+}
+
+struct PeerService {
+    log: Arc<RaftLog>,
+    inner: Arc<Inner>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Raft for PeerService {
+    async fn messages(&self, request: Request<Streaming<Batch>>) -> Result<Response<Ack>, Status> {
+        let mailbox = self.log.mailbox();
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            let sender = batch.sender.ok_or_else(|| {
+                status::from_log(LogError::InvalidArgument("a batch without its sender".into()))
+            })?;
+            let id = node_id(&sender.name);
+            lock(&self.inner.addresses).insert(id, sender.rpc_addr);
+            for bytes in batch.messages {
+                let message = decode_message(&bytes).map_err(status::from_log)?;
+                if message.from != id || message.to != self.log.member().id {
+                    return Err(status::from_log(LogError::InvalidArgument(format!(
+                        "a Raft message from {} to {} on {}'s stream to {}",
+                        message.from,
+                        message.to,
+                        sender.name,
+                        self.log.member().name
+                    ))));
+                }
+                if !mailbox.deliver(message) {
+                    return Err(status::from_log(LogError::Unavailable("the log is closed".into())));
+                }
+            }
+        }
+        Ok(Response::new(Ack {}))
+    }
+
+    type FetchStream = BoxStream<Chunk>;
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let FetchRequest { start, end } = request.into_inner();
+        let records = Arc::clone(self.log.records());
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut next = start.max(records.lowest_offset());
+            while next < end {
+                let reader = Arc::clone(&records);
+                let read = tokio::task::spawn_blocking(move || reader.read_batch(next, FETCH_CHUNK_BYTES))
+                    .await
+                    .map_err(|error| LogError::Internal(error.to_string()))
+                    .and_then(|read| read.map_err(LogError::from));
+                let chunk = match read {
+                    Ok(batch) if !batch.is_empty() => {
+                        let first_offset = batch[0].offset;
+                        let values: Vec<Bytes> =
+                            batch.into_iter().take_while(|r| r.offset < end).map(|r| r.value).collect();
+                        next = first_offset + values.len() as u64;
+                        Ok(Chunk { first_offset, values })
+                    }
+                    Ok(_) => Err(status::from_log(LogError::OutOfRange { offset: next })),
+                    Err(error) => Err(status::from_log(error)),
+                };
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ForwardStream = BoxStream<ForwardResponse>;
+
+    async fn forward(
+        &self,
+        request: Request<Streaming<ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mailbox = self.log.mailbox();
+        let mut requests = request.into_inner();
+        let (pending_tx, mut pending_rx) = mpsc::channel::<PendingAppend>(FORWARD_QUEUE);
+        let (tx, rx) = mpsc::channel(16);
+        // Queue appends in the order they arrive...
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                if pending_tx.send(mailbox.append(request.values)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // ...and answer them in that order.
+        tokio::spawn(async move {
+            while let Some(pending) = pending_rx.recv().await {
+                if tx.send(Ok(to_response(pending.await))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
