@@ -49,6 +49,7 @@ pub enum AgentError {
 pub struct Agent {
     logger: Logger,
     log: Arc<RaftLog>,
+    transport: PeerTransport,
     rpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -169,7 +170,7 @@ impl Agent {
         });
         info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => http_addr.map(|addr| addr.to_string()).unwrap_or_default(),
             "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
-        Ok(Self { logger, log, rpc_addr, http_addr, stop, rpc, http })
+        Ok(Self { logger, log, transport, rpc_addr, http_addr, stop, rpc, http })
     }
 
     /// The address the gRPC service listens on.
@@ -196,6 +197,8 @@ impl Agent {
         info!(self.logger, "shutting down");
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let _ = self.stop.send(true);
+        // Peers' streams would hold the graceful shutdown open.
+        self.transport.shutdown();
         let http = async {
             match self.http {
                 Some(http) => within(deadline, http, &self.logger, "http").await.map(|_| ()),

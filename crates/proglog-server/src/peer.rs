@@ -25,7 +25,7 @@ use proglog_raft::{
     Transport, decode_message, encode_message, node_id,
 };
 use slog::Logger;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -88,6 +88,8 @@ struct Inner {
     addresses: Mutex<HashMap<u64, String>>,
     peers: Mutex<HashMap<u64, Peer>>,
     forwarders: Mutex<HashMap<u64, (String, mpsc::Sender<Forwarded>)>>,
+    /// Set by [`PeerTransport::shutdown`]: every stream ends.
+    closing: watch::Sender<bool>,
 }
 
 type Forwarded = (Vec<Bytes>, oneshot::Sender<Result<u64, LogError>>);
@@ -124,6 +126,7 @@ impl PeerTransport {
                 addresses: Mutex::default(),
                 peers: Mutex::default(),
                 forwarders: Mutex::default(),
+                closing: watch::Sender::new(false),
             }),
         }
     }
@@ -131,6 +134,15 @@ impl PeerTransport {
     /// Delivers what peers send to `mailbox` (the log opened with this transport).
     pub fn bind(&self, mailbox: Mailbox) {
         let _ = self.inner.mailbox.set(mailbox);
+    }
+
+    /// Ends every stream, both ways, so that the server's graceful shutdown is
+    /// not held by peers' long-lived calls; call it when shutdown begins. The
+    /// transport sends nothing afterwards.
+    pub fn shutdown(&self) {
+        self.inner.closing.send_replace(true);
+        lock(&self.inner.peers).clear();
+        lock(&self.inner.forwarders).clear();
     }
 
     /// The internal service, answering for `log`; mount it on the RPC port.
@@ -190,6 +202,9 @@ impl Transport for PeerTransport {
 
     fn send(&self, to: u64, messages: Vec<RaftMessage>) {
         let inner = &self.inner;
+        if *inner.closing.borrow() {
+            return;
+        }
         let Some(addr) = inner.address(to) else {
             return inner.unreachable(to, &messages);
         };
@@ -254,6 +269,9 @@ impl Transport for PeerTransport {
 
     fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
         let inner = &self.inner;
+        if *inner.closing.borrow() {
+            return Box::pin(async { Err(LogError::Unavailable("the node is shutting down".into())) });
+        }
         let Some(addr) = inner.address(to) else {
             return Box::pin(async { Err(LogError::Unavailable("the leader's address is unknown".into())) });
         };
@@ -341,7 +359,11 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                 task_queued.fetch_sub(encoded.iter().map(Bytes::len).sum(), Ordering::AcqRel);
                 inner.unreachable(to, &messages);
             }
-            tokio::time::sleep(backoff).await;
+            let mut closing = inner.closing.subscribe();
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = closing.wait_for(|closing| *closing) => return,
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     });
@@ -471,7 +493,13 @@ impl Raft for PeerService {
     async fn messages(&self, request: Request<Streaming<Batch>>) -> Result<Response<Ack>, Status> {
         let mailbox = self.log.mailbox();
         let mut batches = request.into_inner();
-        while let Some(batch) = batches.message().await? {
+        let mut closing = self.inner.closing.subscribe();
+        loop {
+            let batch = tokio::select! {
+                batch = batches.message() => batch?,
+                _ = closing.wait_for(|closing| *closing) => None,
+            };
+            let Some(batch) = batch else { break };
             let sender = batch.sender.ok_or_else(|| {
                 status::from_log(LogError::InvalidArgument("a batch without its sender".into()))
             })?;
@@ -502,9 +530,10 @@ impl Raft for PeerService {
         let FetchRequest { start, end } = request.into_inner();
         let records = Arc::clone(self.log.records());
         let (tx, rx) = mpsc::channel(2);
+        let closing = self.inner.closing.subscribe();
         tokio::spawn(async move {
             let mut next = start.max(records.lowest_offset());
-            while next < end {
+            while next < end && !*closing.borrow() {
                 let reader = Arc::clone(&records);
                 let read = tokio::task::spawn_blocking(move || reader.read_batch(next, FETCH_CHUNK_BYTES))
                     .await
@@ -540,9 +569,15 @@ impl Raft for PeerService {
         let mut requests = request.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel::<PendingAppend>(FORWARD_QUEUE);
         let (tx, rx) = mpsc::channel(16);
-        // Queue appends in the order they arrive...
+        let mut closing = self.inner.closing.subscribe();
+        // Queue appends in the order they arrive (until shutdown)...
         tokio::spawn(async move {
-            while let Ok(Some(request)) = requests.message().await {
+            loop {
+                let request = tokio::select! {
+                    request = requests.message() => request,
+                    _ = closing.wait_for(|closing| *closing) => return,
+                };
+                let Ok(Some(request)) = request else { return };
                 if pending_tx.send(mailbox.append(request.values)).await.is_err() {
                     return;
                 }

@@ -257,10 +257,15 @@ impl Store {
         Some(self.held.get(position + 1).map_or(self.tail_end, |next| next.start))
     }
 
-    /// The index to restart applying from: the last entry whose records the
-    /// record log (ending at `record_end`) holds completely, never above an
-    /// entry that might not be committed.
+    /// The index to restart applying from: the longest prefix of entries whose
+    /// records the record log (ending at `record_end`) holds completely, ending
+    /// at an entry with records or at one known committed (never above an entry
+    /// that might not be committed).
     pub(crate) fn recovered_applied(&self, record_end: u64) -> u64 {
+        let known_commit = match self.meta.fetching {
+            Some(commit) => commit.min(self.meta.commit),
+            None => self.meta.commit,
+        };
         let mut applied = self.meta.snapshot.index;
         for (position, held) in self.held.iter().enumerate() {
             let index = self.first() + position as u64;
@@ -268,14 +273,14 @@ impl Store {
             if end > record_end {
                 break;
             }
-            if end > held.start {
+            let has_records = end > held.start;
+            if (has_records && self.meta.fetching.is_none_or(|commit| index <= commit))
+                || index <= known_commit
+            {
                 applied = index;
             }
         }
-        match self.meta.fetching {
-            Some(commit) => applied.min(commit).max(self.meta.snapshot.index),
-            None => applied,
-        }
+        applied
     }
 
     pub(crate) fn snapshot_point(&self) -> SnapshotPoint {
