@@ -4,15 +4,26 @@
 //!   await its commit, read, read a batch, watch the commit point, list the
 //!   servers, report a [`LogStatus`]. The server, the HTTP API and the metrics
 //!   see the log only through it.
-//! - [`LocalLog`]: a single node's log, a [`proglog_log::Log`] behind one writer
-//!   thread that group-commits concurrent appends.
+//! - [`RaftLog`]: the log replicated with tikv's raft-rs — what every agent runs
+//!   (a single node is a one-member cluster). Appends go to the leader (a follower
+//!   forwards them), reads are served from each node's copy of the committed
+//!   records, and every record has the same offset on every node. [`RaftLog::join`]
+//!   and [`RaftLog::leave`] change the membership. It talks to its peers through a
+//!   [`Transport`] (the agent's is gRPC, in `proglog-server`; [`ChannelNetwork`]
+//!   connects nodes of one process) which delivers to the node's [`Mailbox`].
+//! - [`LocalLog`]: a single node's log without Raft, a [`proglog_log::Log`] behind
+//!   one writer thread that group-commits concurrent appends (the benchmarks'
+//!   baseline).
 //! - [`LogError`]: one error type, including [`LogError::NotLeader`] with the
 //!   leader a follower knows, so that forwarding and clients never parse text.
 //!
-//! The Raft-replicated log (tikv raft-rs over `proglog-log`) joins these here
-//! (issue #8): it implements [`CommitLog`], so the server serves it unchanged.
-//! This crate knows nothing of gRPC serving, TLS or ACLs (it sits below
-//! `proglog-server`), and does not block async tasks on disk.
+//! Guarantees of [`RaftLog`]: nothing is acknowledged before it is committed on a
+//! quorum and durable there per the fsync policy; an acknowledged record is
+//! readable at once on the node that acknowledged it; a caller learns its
+//! append's offset or an error, and nothing is ever appended twice on its behalf.
+//! One thread per node owns the Raft state; nothing here blocks an async task on
+//! disk or network, and this crate knows nothing of gRPC serving, TLS or ACLs (it
+//! sits below `proglog-server`).
 //!
 //! ```
 //! use proglog_raft::{CommitLog, Fsync, LocalLog};

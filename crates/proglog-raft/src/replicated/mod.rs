@@ -205,6 +205,27 @@ impl FetchSink {
 
 /// A node of the Raft-replicated log. Appends go to the leader; reads are served
 /// from this node's copy of the committed records (SPEC §1).
+///
+/// ```
+/// use std::sync::Arc;
+/// use proglog_raft::{ChannelNetwork, CommitLog, Member, RaftConfig, RaftLog};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let network = ChannelNetwork::new();
+/// // A one-member cluster (others may join it later).
+/// let config = RaftConfig::new(Member::new("node-0", "127.0.0.1:8400"), dir.path());
+/// let records = proglog_log::Log::open(dir.path().join("log"), proglog_log::Config::default())?;
+/// let log = Arc::new(RaftLog::open(config, records, network.transport("node-0"))?);
+/// network.attach(&log);
+/// let offset = log.append(vec!["hello".into()]).await?.await?; // committed
+/// assert_eq!(log.read(offset).await?.value, "hello");
+/// assert!(log.status().is_leader);
+/// log.close()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct RaftLog {
     member: Member,
     /// How long an append waits for a leader to be elected.
