@@ -507,6 +507,7 @@ impl Raft for PeerService {
             lock(&self.inner.addresses).insert(id, sender.rpc_addr);
             for bytes in batch.messages {
                 let message = decode_message(&bytes).map_err(status::from_log)?;
+                let size = bytes.len();
                 if message.from != id || message.to != self.log.member().id {
                     return Err(status::from_log(LogError::InvalidArgument(format!(
                         "a Raft message from {} to {} on {}'s stream to {}",
@@ -516,7 +517,7 @@ impl Raft for PeerService {
                         self.log.member().name
                     ))));
                 }
-                if !mailbox.deliver(message) {
+                if !mailbox.receive(message, size).await {
                     return Err(status::from_log(LogError::Unavailable("the log is closed".into())));
                 }
             }

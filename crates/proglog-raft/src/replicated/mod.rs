@@ -120,7 +120,7 @@ pub trait Transport: Send + Sync + 'static {
 
 enum Event {
     Append(Vec<Bytes>, AppendReply, Option<OwnedSemaphorePermit>),
-    Message(Message),
+    Message(Message, Option<OwnedSemaphorePermit>),
     Unreachable(u64),
     SnapshotStatus(u64, bool),
     Fetched(u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
@@ -134,7 +134,13 @@ enum Event {
 #[derive(Clone, Debug)]
 pub struct Mailbox {
     events: std::sync::mpsc::Sender<Event>,
+    /// Bytes of received messages waiting for the Raft thread, at most
+    /// [`INBOUND_BYTES`] (see [`Mailbox::receive`]).
+    inbound: Arc<Semaphore>,
 }
+
+/// Encoded bytes of peers' messages waiting for the Raft thread, at most.
+const INBOUND_BYTES: usize = 64 << 20;
 
 impl std::fmt::Debug for Event {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,9 +149,19 @@ impl std::fmt::Debug for Event {
 }
 
 impl Mailbox {
-    /// A Raft message from a peer. `false` once the node has stopped.
+    /// A Raft message from a peer of this process. `false` once the node has
+    /// stopped.
     pub fn deliver(&self, message: Message) -> bool {
-        self.events.send(Event::Message(message)).is_ok()
+        self.events.send(Event::Message(message, None)).is_ok()
+    }
+
+    /// A Raft message from a remote peer, `bytes` long encoded: waits while
+    /// received messages hold [`INBOUND_BYTES`] (the transport stops reading, and
+    /// flow control holds the peer). `false` once the node has stopped.
+    pub async fn receive(&self, message: Message, bytes: usize) -> bool {
+        let permits = u32::try_from(bytes.min(INBOUND_BYTES)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.inbound).acquire_many_owned(permits).await.ok();
+        self.events.send(Event::Message(message, permit)).is_ok()
     }
 
     /// Node `id` could not be reached.
@@ -234,6 +250,7 @@ pub struct RaftLog {
     records: Committed,
     shared: watch::Receiver<Shared>,
     queued_bytes: Arc<Semaphore>,
+    inbound: Arc<Semaphore>,
     events: std::sync::mpsc::Sender<Event>,
     thread: Mutex<Option<JoinHandle<Result<(), LogError>>>>,
 }
@@ -275,6 +292,7 @@ impl RaftLog {
             records: Committed { log: records, committed },
             shared,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
+            inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
             events,
             thread: Mutex::new(Some(thread)),
         })
@@ -287,7 +305,7 @@ impl RaftLog {
 
     /// Where its transport delivers messages.
     pub fn mailbox(&self) -> Mailbox {
-        Mailbox { events: self.events.clone() }
+        Mailbox { events: self.events.clone(), inbound: Arc::clone(&self.inbound) }
     }
 
     /// The record log (transports serve snapshot fetches from it).
@@ -429,7 +447,7 @@ fn run(
 
 fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogError> {
     match event {
-        Event::Message(message) => node.step(message, outbox),
+        Event::Message(message, _received) => node.step(message, outbox),
         Event::Unreachable(id) => node.report_unreachable(id),
         Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
         Event::Fetched(first_offset, values, _written) => node.fetched(first_offset, &values)?,
