@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use proglog_api::v1::{Record, Server};
@@ -25,7 +26,7 @@ pub enum Fsync {
 }
 
 /// How often `Fsync::Never` logs are synced in the background.
-pub const BACKGROUND_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
+pub const BACKGROUND_SYNC_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Appends waiting for the writer thread, at most.
 const QUEUE_REQUESTS: usize = 1024;
@@ -87,7 +88,7 @@ impl LocalLog {
                 let syncer_log = Arc::clone(&log);
                 let handle = std::thread::Builder::new()
                     .name("proglog-syncer".into())
-                    .spawn(move || sync_in_background(&syncer_log, &stopped))
+                    .spawn(move || sync_in_background(&[syncer_log], BACKGROUND_SYNC_INTERVAL, &stopped))
                     .map_err(|error| {
                         LogError::Internal(format!("cannot start the syncer thread: {error}"))
                     })?;
@@ -182,18 +183,23 @@ fn write_loop(
     let _ = log.sync();
 }
 
-/// Syncs the log every [`BACKGROUND_SYNC_INTERVAL`] while it grows, until
-/// `stopped` is disconnected (or a sync fails: the log has then stopped anyway).
-fn sync_in_background(log: &Log, stopped: &std::sync::mpsc::Receiver<()>) {
-    let mut synced = log.next_offset();
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(BACKGROUND_SYNC_INTERVAL)
-    {
-        let next = log.next_offset();
-        if next != synced {
-            if log.sync().is_err() {
-                return;
+/// Syncs each of `logs` every `interval` while it grows, until `stopped` is
+/// disconnected (or a sync fails: that log has then stopped anyway).
+pub(crate) fn sync_in_background(
+    logs: &[Arc<Log>],
+    interval: Duration,
+    stopped: &std::sync::mpsc::Receiver<()>,
+) {
+    let mut synced: Vec<u64> = logs.iter().map(|log| log.next_offset()).collect();
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+        for (log, synced) in logs.iter().zip(&mut synced) {
+            let next = log.next_offset();
+            if next != *synced {
+                if log.sync().is_err() {
+                    return;
+                }
+                *synced = next;
             }
-            synced = next;
         }
     }
 }

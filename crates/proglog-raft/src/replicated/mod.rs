@@ -29,6 +29,7 @@ pub use self::codec::{Member, decode_message, encode_message, node_id};
 pub use self::network::ChannelNetwork;
 use self::node::{AppendReply, ChangeReply, Node, NodeConfig, Outbox, Shared};
 use self::store::Store;
+use crate::local::sync_in_background;
 use crate::records::Committed;
 use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend};
 
@@ -36,6 +37,8 @@ use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend};
 /// wait. (Proposed, uncommitted entries are bounded by Raft's
 /// `max_uncommitted_size`: the leader refuses appends beyond it.)
 const QUEUE_BYTES: usize = 64 << 20;
+/// How often the logs not synced on the write path are synced while they grow.
+const BACKGROUND_SYNC: Duration = Duration::from_millis(50);
 /// Events the Raft thread handles between two Ready rounds, at most.
 const EVENTS_PER_ROUND: usize = 4096;
 
@@ -253,6 +256,7 @@ pub struct RaftLog {
     inbound: Arc<Semaphore>,
     events: std::sync::mpsc::Sender<Event>,
     thread: Mutex<Option<JoinHandle<Result<(), LogError>>>>,
+    syncer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl RaftLog {
@@ -273,6 +277,18 @@ impl RaftLog {
             node_config,
             logger,
         )?;
+        // Keeps segment rolls short (a roll fsyncs the sealed segment): the record
+        // log is never synced on the write path, nor are the entries with
+        // `Fsync::Never`.
+        let mut unsynced = vec![Arc::clone(&records)];
+        if config.fsync == Fsync::Never {
+            unsynced.push(Arc::clone(node.store().entries_log()));
+        }
+        let (stop_syncer, syncer_stopped) = std::sync::mpsc::channel();
+        let syncer = std::thread::Builder::new()
+            .name(format!("proglog-sync-{}", config.member.name))
+            .spawn(move || sync_in_background(&unsynced, BACKGROUND_SYNC, &syncer_stopped))
+            .map_err(|error| LogError::Internal(format!("cannot start the syncer thread: {error}")))?;
         let (events, inbox) = std::sync::mpsc::channel();
         let committed = node.committed();
         let shared = node.shared();
@@ -295,6 +311,7 @@ impl RaftLog {
             inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
             events,
             thread: Mutex::new(Some(thread)),
+            syncer: Mutex::new(Some((stop_syncer, syncer))),
         })
     }
 
@@ -367,7 +384,13 @@ impl RaftLog {
         let thread = self.thread.lock().map_err(|_| LogError::Internal("lock poisoned".into()))?.take();
         let Some(thread) = thread else { return Ok(()) };
         let _ = self.events.send(Event::Close);
-        thread.join().map_err(|_| LogError::Internal("the Raft thread panicked".into()))??;
+        let stopped = thread.join().map_err(|_| LogError::Internal("the Raft thread panicked".into()));
+        let syncer = self.syncer.lock().map_err(|_| LogError::Internal("lock poisoned".into()))?.take();
+        if let Some((stop, handle)) = syncer {
+            drop(stop);
+            handle.join().map_err(|_| LogError::Internal("the syncer thread panicked".into()))?;
+        }
+        stopped??;
         self.records.log.close().map_err(LogError::from)
     }
 }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
@@ -111,7 +112,7 @@ struct Held {
 /// One node's durable Raft state. Implements [`raft::Storage`] for `RawNode`.
 #[derive(Debug)]
 pub(crate) struct Store {
-    entries_log: proglog_log::Log,
+    entries_log: Arc<proglog_log::Log>,
     dir: PathBuf,
     fsync: Fsync,
     meta: Meta,
@@ -150,7 +151,7 @@ impl Store {
             max_record_bytes: MAX_ENTRY_BYTES,
             ..proglog_log::Config::default()
         };
-        let entries_log = proglog_log::Log::open(dir.join("entries"), config)?;
+        let entries_log = Arc::new(proglog_log::Log::open(dir.join("entries"), config)?);
         let hard_state =
             HardState { term: meta.term, vote: meta.vote, commit: meta.commit, ..HardState::default() };
         let mut store = Self {
@@ -477,6 +478,11 @@ impl Store {
         }
         self.synced_index = self.last();
         Ok(())
+    }
+
+    /// The entries' log (for a background syncer).
+    pub(crate) fn entries_log(&self) -> &Arc<proglog_log::Log> {
+        &self.entries_log
     }
 
     /// Where the entries and metadata take space.
