@@ -273,3 +273,30 @@ async fn a_node_behind_the_compacted_entries_catches_up_from_a_snapshot() {
         cluster.stop(&name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_from_before_replication_becomes_a_one_member_cluster() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let records =
+        proglog_log::Log::open(dir.path().join("log"), proglog_log::Config::default()).expect("opens");
+    records.append_batch(&[b"old 0".as_slice(), b"old 1"]).expect("appends");
+    records.close().expect("closes");
+    let network = ChannelNetwork::new();
+    let open = |bootstrap: bool| {
+        let member = Member::new("node-0", "node-0.invalid:8400");
+        let config = RaftConfig { bootstrap, ..RaftConfig::new(member, dir.path()) };
+        let records = proglog_log::Log::open(dir.path().join("log"), proglog_log::Config::default())?;
+        RaftLog::open(config, records, network.transport("node-0"))
+    };
+    // Joining a cluster with records from elsewhere is refused...
+    let refused = open(false).expect_err("refused");
+    assert!(refused.to_string().contains("--bootstrap"), "{refused}");
+    // ...bootstrapping keeps them and appends after them.
+    let log = Arc::new(open(true).expect("opens"));
+    network.attach(&log);
+    let offset =
+        log.append(vec![Bytes::from_static(b"new")]).await.expect("queued").await.expect("committed");
+    assert_eq!(offset, 2);
+    assert_eq!(values(&log, 0, 3).await, ["old 0", "old 1", "new"]);
+    log.close().expect("closes");
+}
