@@ -300,3 +300,32 @@ async fn a_log_from_before_replication_becomes_a_one_member_cluster() {
     assert_eq!(values(&log, 0, 3).await, ["old 0", "old 1", "new"]);
     log.close().expect("closes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_hands_over_before_leaving_and_the_last_voter_stays() {
+    let mut cluster = Cluster::new();
+    cluster.form(3).await;
+    let leader = cluster.leader().await;
+    let name = leader.member().name.clone();
+    // Asked to remove itself, a leader hands leadership over first.
+    let refused = leader.leave(&name).await;
+    assert!(matches!(refused, Err(LogError::Unavailable(_))), "{refused:?}");
+    wait_until(|| cluster.nodes.values().any(|n| n.status().is_leader && n.member().name != name)).await;
+    cluster.leader().await.leave(&name).await.expect("removed by the new leader");
+    let survivors: Vec<_> = cluster.nodes.values().filter(|n| n.member().name != name).cloned().collect();
+    for node in &survivors {
+        wait_until(|| node.status().voters == 2).await;
+    }
+    assert_eq!(cluster.append(&["after"]).await, 0);
+    // Down to one voter, it cannot leave.
+    let second = survivors.iter().find(|n| !n.status().is_leader).expect("a follower").member().name.clone();
+    cluster.leader().await.leave(&second).await.expect("removed");
+    let last = cluster.leader().await;
+    wait_until(|| last.status().voters == 1).await;
+    let refused = last.leave(&last.member().name.clone()).await;
+    assert!(matches!(refused, Err(LogError::InvalidArgument(_))), "{refused:?}");
+    assert_eq!(cluster.append(&["still"]).await, 1);
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}

@@ -224,7 +224,9 @@ impl Transport for PeerTransport {
         if peer.addr != addr || peer.queue.is_closed() {
             *peer = spawn_peer(inner, to, addr);
         }
-        if peer.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > PEER_QUEUE_BYTES {
+        // Always room for one batch, however large (one huge entry must get through).
+        let queued = peer.queued.fetch_add(bytes, Ordering::AcqRel);
+        if queued > 0 && queued + bytes > PEER_QUEUE_BYTES {
             peer.queued.fetch_sub(bytes, Ordering::AcqRel);
             drop(peers);
             return inner.unreachable(to, &messages);
@@ -239,7 +241,7 @@ impl Transport for PeerTransport {
     fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
         let inner = Arc::clone(&self.inner);
         self.inner.runtime.spawn(async move {
-            let result = async {
+            let copied = async {
                 let addr = inner.address(from).ok_or_else(|| "the source's address is unknown".to_owned())?;
                 let mut client = RaftClient::new(inner.channel(&addr)?);
                 let mut chunks = client
@@ -251,17 +253,17 @@ impl Transport for PeerTransport {
                     chunks.message().await.map_err(|status| status.message().to_owned())?
                 {
                     if !sink.chunk(chunk.first_offset, chunk.values).await {
-                        return Ok(None);
+                        break; // the node no longer wants this fetch
                     }
                 }
-                Ok::<_, String>(Some(sink))
+                Ok::<_, String>(())
             }
             .await;
-            match result {
-                Ok(Some(sink)) => sink.fail("the source ended the fetch early"),
-                Ok(None) => {}
+            match copied {
+                Ok(()) => sink.finish(),
                 Err(reason) => {
-                    slog::warn!(inner.logger, "snapshot fetch failed"; "from" => from, "reason" => reason)
+                    slog::warn!(inner.logger, "snapshot fetch failed"; "from" => from, "reason" => &reason);
+                    sink.fail(reason);
                 }
             }
         });
@@ -313,6 +315,10 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                 Ok(channel) => channel,
                 Err(reason) => {
                     slog::warn!(inner.logger, "cannot dial a peer"; "peer" => &task_addr, "reason" => reason);
+                    rx.close();
+                    while let Ok((messages, _)) = rx.try_recv() {
+                        inner.unreachable(to, &messages);
+                    }
                     return;
                 }
             };
@@ -504,7 +510,7 @@ impl Raft for PeerService {
                 status::from_log(LogError::InvalidArgument("a batch without its sender".into()))
             })?;
             let id = node_id(&sender.name);
-            lock(&self.inner.addresses).insert(id, sender.rpc_addr);
+            let mut learned = false;
             for bytes in batch.messages {
                 let message = decode_message(&bytes).map_err(status::from_log)?;
                 let size = bytes.len();
@@ -516,6 +522,11 @@ impl Raft for PeerService {
                         sender.name,
                         self.log.member().name
                     ))));
+                }
+                if !learned {
+                    // Its address, once a message proves the batch is its own.
+                    lock(&self.inner.addresses).insert(id, sender.rpc_addr.clone());
+                    learned = true;
                 }
                 if !mailbox.receive(message, size).await {
                     return Err(status::from_log(LogError::Unavailable("the log is closed".into())));
@@ -534,6 +545,11 @@ impl Raft for PeerService {
         let closing = self.inner.closing.subscribe();
         tokio::spawn(async move {
             let mut next = start.max(records.lowest_offset());
+            if next >= end {
+                // Nothing left to copy: say where this log starts.
+                let _ = tx.send(Ok(Chunk { first_offset: next, values: Vec::new() })).await;
+                return;
+            }
             while next < end && !*closing.borrow() {
                 let reader = Arc::clone(&records);
                 let read = tokio::task::spawn_blocking(move || reader.read_batch(next, FETCH_CHUNK_BYTES))
@@ -579,7 +595,8 @@ impl Raft for PeerService {
                     _ = closing.wait_for(|closing| *closing) => return,
                 };
                 let Ok(Some(request)) = request else { return };
-                if pending_tx.send(mailbox.append(request.values)).await.is_err() {
+                let Ok(pending) = mailbox.append(request.values).await else { return };
+                if pending_tx.send(pending).await.is_err() {
                     return;
                 }
             }

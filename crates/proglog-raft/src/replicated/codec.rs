@@ -57,7 +57,10 @@ pub(crate) fn batch_header(data: &[u8]) -> Result<(u64, u64), LogError> {
 pub(crate) fn decode_batch(data: &Bytes) -> Result<Batch, LogError> {
     let (first_offset, count) = batch_header(data)?;
     let mut rest = data.slice(BATCH_HEADER_BYTES..);
-    let mut values = Vec::with_capacity(usize::try_from(count.min(1 << 20)).unwrap_or(0));
+    // Every record takes at least its length prefix: a header cannot make us
+    // reserve more than the data could hold.
+    let mut values =
+        Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(rest.len() / RECORD_HEADER_BYTES));
     for _ in 0..count {
         if rest.len() < RECORD_HEADER_BYTES {
             return Err(damaged("a batch cut inside a record header"));

@@ -14,6 +14,7 @@ mod sim;
 mod store;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -126,8 +127,8 @@ enum Event {
     Message(Message, Option<OwnedSemaphorePermit>),
     Unreachable(u64),
     SnapshotStatus(u64, bool),
-    Fetched(u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
-    FetchFailed(String),
+    Fetched(u64, u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
+    FetchFailed(u64, String),
     Join(Member, ChangeReply),
     Leave(String, ChangeReply),
     Close,
@@ -137,6 +138,8 @@ enum Event {
 #[derive(Clone, Debug)]
 pub struct Mailbox {
     events: std::sync::mpsc::Sender<Event>,
+    /// The node's budget for queued appends (shared with [`RaftLog`]'s own).
+    queued: Arc<Semaphore>,
     /// Bytes of received messages waiting for the Raft thread, at most
     /// [`INBOUND_BYTES`] (see [`Mailbox::receive`]).
     inbound: Arc<Semaphore>,
@@ -178,47 +181,68 @@ impl Mailbox {
     }
 
     /// Appends `values` on this node, which must lead (a forwarded append is
-    /// never forwarded again): resolves with the first value's offset once
-    /// committed, or `NotLeader`.
-    pub fn append(&self, values: Vec<Bytes>) -> PendingAppend {
+    /// never forwarded again): once queued (within the node's byte budget for
+    /// queued appends), a future of the first value's offset once committed, or
+    /// `NotLeader`.
+    pub async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        let bytes: usize = values.iter().map(Bytes::len).sum();
+        let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.queued).acquire_many_owned(permits).await.ok();
         let (reply, done) = oneshot::channel();
-        let queued = self.events.send(Event::Append(values, reply, None));
-        Box::pin(async move {
-            queued.map_err(|_| closed())?;
-            done.await.unwrap_or_else(|_| Err(closed()))
-        })
+        self.events.send(Event::Append(values, reply, permit)).map_err(|_| closed())?;
+        Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
     }
 }
 
-/// Receives the records of a snapshot fetch.
+/// Receives the records of a snapshot fetch. Dropped before the fetch is
+/// complete, it reports the fetch failed (so it resumes with the next snapshot).
 #[derive(Debug)]
 pub struct FetchSink {
+    id: u64,
     events: std::sync::mpsc::Sender<Event>,
     /// Bytes handed over and not yet written, at most [`FETCH_BUDGET_BYTES`].
     budget: Arc<Semaphore>,
+    /// Shared with the node's view: cleared when another fetch replaced this one.
+    current: Arc<AtomicU64>,
+    done: bool,
 }
 
 /// Fetched record bytes waiting for the Raft thread, at most.
 const FETCH_BUDGET_BYTES: usize = 8 << 20;
 
 impl FetchSink {
-    fn new(events: std::sync::mpsc::Sender<Event>) -> Self {
-        Self { events, budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES)) }
-    }
-
-    /// Records from `first_offset` on, following the previous chunk; waits while
-    /// earlier chunks are still being written. `false` once the node no longer
-    /// wants them.
+    /// Records from `first_offset` on, following the previous chunk (the first
+    /// chunk may start above the requested start, and may be empty, when the
+    /// source no longer holds older records); waits while earlier chunks are
+    /// still being written. `false` once the node no longer wants them (it
+    /// stopped, or started another fetch): stop sending.
     pub async fn chunk(&self, first_offset: u64, values: Vec<Bytes>) -> bool {
+        if self.current.load(Ordering::Acquire) != self.id {
+            return false;
+        }
         let bytes: usize = values.iter().map(Bytes::len).sum();
         let permits = u32::try_from(bytes.min(FETCH_BUDGET_BYTES)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.budget).acquire_many_owned(permits).await.ok();
-        self.events.send(Event::Fetched(first_offset, values, permit)).is_ok()
+        self.events.send(Event::Fetched(self.id, first_offset, values, permit)).is_ok()
+    }
+
+    /// Every record was sent: the sink is not dropped as a failure.
+    pub fn finish(mut self) {
+        self.done = true;
     }
 
     /// The fetch stopped early; it resumes from the records already received.
-    pub fn fail(self, reason: impl Into<String>) {
-        let _ = self.events.send(Event::FetchFailed(reason.into()));
+    pub fn fail(mut self, reason: impl Into<String>) {
+        self.done = true;
+        let _ = self.events.send(Event::FetchFailed(self.id, reason.into()));
+    }
+}
+
+impl Drop for FetchSink {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.events.send(Event::FetchFailed(self.id, "the fetch was abandoned".into()));
+        }
     }
 }
 
@@ -322,7 +346,11 @@ impl RaftLog {
 
     /// Where its transport delivers messages.
     pub fn mailbox(&self) -> Mailbox {
-        Mailbox { events: self.events.clone(), inbound: Arc::clone(&self.inbound) }
+        Mailbox {
+            events: self.events.clone(),
+            queued: Arc::clone(&self.queued_bytes),
+            inbound: Arc::clone(&self.inbound),
+        }
     }
 
     /// The record log (transports serve snapshot fetches from it).
@@ -417,10 +445,18 @@ fn run(
     use std::sync::mpsc::RecvTimeoutError;
     let mut next_tick = Instant::now() + interval;
     let mut outbox = Outbox { members: Some(node.store().members().to_vec()), ..Outbox::default() };
+    let fetching = Arc::new(AtomicU64::new(0));
     let mut result = Ok(());
     'run: loop {
-        dispatch(&mut outbox, transport, events);
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        // Tells a cancelled fetch's task to stop.
+        fetching.store(node.fetch_id().unwrap_or(0), Ordering::Release);
+        dispatch(&mut outbox, transport, events, &fetching);
+        // More is ready (a backlog applied in slices): go on at once.
+        let wait = if node.has_ready() {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
         let mut appends = Vec::new();
         let mut event = match inbox.recv_timeout(wait) {
             Ok(event) => Some(event),
@@ -455,7 +491,9 @@ fn run(
             node.tick();
             next_tick = Instant::now() + interval;
         }
-        if let Err(error) = node.process_ready(&mut outbox) {
+        // A leader's messages go out before its own write (they need not wait for it).
+        let mut send_early = |messages: Vec<Message>| send_messages(messages, transport);
+        if let Err(error) = node.process_ready(&mut outbox, &mut send_early) {
             result = Err(error);
             break;
         }
@@ -473,8 +511,8 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         Event::Message(message, _received) => node.step(message, outbox),
         Event::Unreachable(id) => node.report_unreachable(id),
         Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
-        Event::Fetched(first_offset, values, _written) => node.fetched(first_offset, &values)?,
-        Event::FetchFailed(reason) => node.fetch_failed(&reason),
+        Event::Fetched(id, first_offset, values, _written) => node.fetched(id, first_offset, &values)?,
+        Event::FetchFailed(id, reason) => node.fetch_failed(id, &reason),
         Event::Join(member, reply) => node.join(member, reply),
         Event::Leave(name, reply) => node.leave(&name, reply),
         Event::Append(..) | Event::Close => {}
@@ -482,20 +520,36 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
     Ok(())
 }
 
-/// Hands the outbox to the transport: messages grouped per peer, in order.
-fn dispatch(outbox: &mut Outbox, transport: &dyn Transport, events: &std::sync::mpsc::Sender<Event>) {
-    if let Some(members) = outbox.members.take() {
-        transport.set_members(&members);
-    }
-    let mut messages = std::mem::take(&mut outbox.messages);
+/// Hands messages to the transport, grouped per peer, in order.
+fn send_messages(mut messages: Vec<Message>, transport: &dyn Transport) {
     while !messages.is_empty() {
         let to = messages[0].to;
         let (batch, rest): (Vec<Message>, Vec<Message>) = messages.into_iter().partition(|m| m.to == to);
         transport.send(to, batch);
         messages = rest;
     }
+}
+
+/// Hands the outbox to the transport.
+fn dispatch(
+    outbox: &mut Outbox,
+    transport: &dyn Transport,
+    events: &std::sync::mpsc::Sender<Event>,
+    fetching: &Arc<AtomicU64>,
+) {
+    if let Some(members) = outbox.members.take() {
+        transport.set_members(&members);
+    }
+    send_messages(std::mem::take(&mut outbox.messages), transport);
     if let Some(fetch) = outbox.fetch.take() {
-        transport.fetch(fetch.from, fetch.start, fetch.end, FetchSink::new(events.clone()));
+        let sink = FetchSink {
+            id: fetch.id,
+            events: events.clone(),
+            budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES)),
+            current: Arc::clone(fetching),
+            done: false,
+        };
+        transport.fetch(fetch.from, fetch.start, fetch.end, sink);
     }
 }
 

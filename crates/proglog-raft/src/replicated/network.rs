@@ -124,10 +124,10 @@ impl Transport for Link {
             let nodes = self.network.nodes();
             (!nodes.cut.contains(&(self.me, to))).then(|| nodes.mailboxes.get(&to).cloned()).flatten()
         };
-        match target {
-            Some(mailbox) => mailbox.append(values),
-            None => Box::pin(async { Err(LogError::Unavailable("the leader is unreachable".into())) }),
-        }
+        Box::pin(async move {
+            let mailbox = target.ok_or_else(|| LogError::Unavailable("the leader is unreachable".into()))?;
+            mailbox.append(values).await?.await
+        })
     }
 
     fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
@@ -141,6 +141,11 @@ impl Transport for Link {
         };
         self.runtime.spawn(async move {
             let mut next = start.max(source.lowest_offset());
+            if next >= end {
+                // Nothing left to copy: the first chunk says where the source starts.
+                sink.chunk(next, Vec::new()).await;
+                return sink.finish();
+            }
             while next < end {
                 let reader = Arc::clone(&source);
                 let read =
@@ -152,13 +157,14 @@ impl Transport for Link {
                             records.into_iter().take_while(|r| r.offset < end).map(|r| r.value).collect();
                         next = first + values.len() as u64;
                         if !sink.chunk(first, values).await {
-                            return;
+                            return sink.finish();
                         }
                     }
                     Ok(_) => return sink.fail("the source holds nothing there"),
                     Err(error) => return sink.fail(error.to_string()),
                 }
             }
+            sink.finish();
         });
     }
 }

@@ -63,6 +63,8 @@ pub(crate) struct Outbox {
 /// A request to copy committed records from another node's record log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fetch {
+    /// Tells this fetch's chunks from a cancelled one's.
+    pub id: u64,
     pub from: u64,
     pub start: u64,
     pub end: u64,
@@ -74,8 +76,11 @@ enum Waiter {
 }
 
 struct Fetching {
+    id: u64,
     snapshot: Message,
     end: u64,
+    /// No chunk arrived yet (only the first may move the record log's start).
+    first_chunk: bool,
 }
 
 /// What the status view shows, refreshed after every ready.
@@ -97,6 +102,10 @@ pub(crate) struct Node {
     proposed: u64,
     waiters: BTreeMap<u64, Waiter>,
     fetching: Option<Fetching>,
+    /// Ids of fetches started so far.
+    fetches: u64,
+    /// The commit index when the previous tick ended.
+    commit_at_last_tick: u64,
     committed_tx: watch::Sender<u64>,
     shared: watch::Sender<Shared>,
 }
@@ -122,9 +131,11 @@ impl Node {
         config: NodeConfig,
         logger: Logger,
     ) -> Result<Self, LogError> {
-        let record_end = records.next_offset();
+        let mut record_end = records.next_offset();
         if store.is_empty() {
             if bootstrap {
+                // The snapshot point will rely on them: durable first.
+                records.sync()?;
                 store.bootstrap(&me, record_end)?;
             } else if record_end > records.lowest_offset() {
                 return Err(LogError::InvalidArgument(format!(
@@ -135,6 +146,14 @@ impl Node {
             }
         }
         let point = store.snapshot_point();
+        if record_end < point.end_offset && store.fetching().is_some() {
+            // A snapshot fetch was replacing the record log (a crash while it
+            // reset it): start it again where the snapshot point is.
+            slog::warn!(logger, "the record log was being replaced by a snapshot fetch; it restarts empty";
+                "next_offset" => point.end_offset);
+            records.reset(point.end_offset)?;
+            record_end = point.end_offset;
+        }
         if record_end < point.end_offset {
             return Err(LogError::DataLoss(format!(
                 "{} ends at offset {record_end}, but Raft compacted entries up to offset {} into it",
@@ -158,7 +177,8 @@ impl Node {
             heartbeat_tick: config.heartbeat_tick,
             applied,
             max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
+            // With 1 MiB messages: what a peer's send queue holds.
+            max_inflight_msgs: 16,
             check_quorum: true,
             pre_vote: true,
             max_uncommitted_size: config.max_uncommitted_bytes,
@@ -178,6 +198,8 @@ impl Node {
             proposed: 0,
             waiters: BTreeMap::new(),
             fetching: None,
+            fetches: 0,
+            commit_at_last_tick: 0,
             committed_tx,
             shared: watch::Sender::new(Shared::default()),
         };
@@ -242,6 +264,21 @@ impl Node {
         self.raw.tick();
         if self.is_leader() {
             self.promote_caught_up_learner();
+            self.announce_address();
+        }
+        self.commit_at_last_tick = self.raw.raft.raft_log.committed;
+    }
+
+    /// A leader restarted at another address tells the cluster (tried every tick
+    /// until a configuration change can be proposed).
+    fn announce_address(&mut self) {
+        let stale = self.members.get(&self.me.id).is_some_and(|known| *known != self.me);
+        if stale
+            && !self.raw.raft.has_pending_conf()
+            && self.raw.store().conf_state().voters.contains(&self.me.id)
+        {
+            let (reply, _) = oneshot::channel();
+            self.join(self.me.clone(), reply);
         }
     }
 
@@ -328,11 +365,34 @@ impl Node {
     }
 
     /// Removes the member named `name`; replies once it is out of the configuration.
+    /// The last voter cannot leave; a leader leaving hands leadership over first
+    /// (the caller retries on the new leader).
     pub(crate) fn leave(&mut self, name: &str, reply: ChangeReply) {
         let member = Member::new(name, "");
         let cs = self.raw.store().conf_state();
         if !cs.voters.contains(&member.id) && !cs.learners.contains(&member.id) {
             let _ = reply.send(Ok(()));
+            return;
+        }
+        if cs.voters == [member.id] {
+            let _ = reply.send(Err(LogError::InvalidArgument(format!(
+                "{name} is the only voter: it cannot leave its cluster"
+            ))));
+            return;
+        }
+        if member.id == self.me.id && self.is_leader() {
+            let successor = cs
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| *id != self.me.id)
+                .max_by_key(|id| self.raw.raft.prs().get(*id).map_or(0, |progress| progress.matched));
+            if let Some(successor) = successor {
+                self.raw.transfer_leader(successor);
+            }
+            let _ = reply.send(Err(LogError::Unavailable(
+                "this node leads: leadership is being handed over; ask the new leader to remove it".into(),
+            )));
             return;
         }
         let member = self.members.get(&member.id).cloned().unwrap_or(member);
@@ -360,12 +420,14 @@ impl Node {
         }
     }
 
-    /// A learner whose log has caught up with the commit index becomes a voter.
+    /// A learner whose log has caught up with the commit index of the previous
+    /// tick becomes a voter (under steady load it never catches up with the
+    /// current one).
     fn promote_caught_up_learner(&mut self) {
         if self.raw.raft.has_pending_conf() {
             return;
         }
-        let committed = self.raw.raft.raft_log.committed;
+        let committed = self.commit_at_last_tick;
         let learner =
             self.raw.store().conf_state().learners.into_iter().find(|id| {
                 self.raw.raft.prs().get(*id).is_some_and(|progress| progress.matched >= committed)
@@ -379,24 +441,23 @@ impl Node {
     }
 
     /// Takes a message from a peer. A snapshot whose records this node lacks is
-    /// held back until they are fetched (see [`Node::fetched`]).
+    /// held back until they are fetched (see [`Node::fetched`]). Messages a peer
+    /// has no business sending (proposals, local ones) are dropped.
     pub(crate) fn step(&mut self, message: Message, outbox: &mut Outbox) {
-        if message.get_msg_type() == MessageType::MsgSnapshot
-            && let Some(fetch) = self.needs_fetch(message.get_snapshot())
-        {
-            if self.fetching.is_some() {
-                return; // one fetch at a time; the leader sends the snapshot again
-            }
-            let committed = self.raw.raft.raft_log.committed;
-            if let Err(error) = self.raw.mut_store().set_fetching(Some(committed)) {
-                slog::error!(self.logger, "cannot record the snapshot fetch"; "error" => %error);
+        let kind = message.get_msg_type();
+        if kind == MessageType::MsgPropose || raft::raw_node::is_local_msg(kind) {
+            slog::warn!(self.logger, "dropped a message no peer may send"; "type" => ?kind, "from" => message.from);
+            return;
+        }
+        if kind == MessageType::MsgSnapshot {
+            let Ok(data) = serde_json::from_slice::<SnapshotData>(&message.get_snapshot().data) else {
+                slog::warn!(self.logger, "dropped a snapshot whose data does not decode"; "from" => message.from);
+                return;
+            };
+            if let Some((start, end)) = self.needs_fetch(message.get_snapshot(), &data) {
+                self.start_fetch(message, start, end, outbox);
                 return;
             }
-            slog::info!(self.logger, "fetching snapshot records";
-                "from" => message.from, "start" => fetch.0, "end" => fetch.1);
-            outbox.fetch = Some(Fetch { from: message.from, start: fetch.0, end: fetch.1 });
-            self.fetching = Some(Fetching { end: fetch.1, snapshot: message });
-            return;
         }
         if let Err(error) = self.raw.step(message) {
             slog::debug!(self.logger, "message not taken"; "error" => %error);
@@ -404,29 +465,68 @@ impl Node {
     }
 
     /// The record range a snapshot needs that the record log lacks, if any.
-    fn needs_fetch(&self, snapshot: &Snapshot) -> Option<(u64, u64)> {
+    fn needs_fetch(&self, snapshot: &Snapshot, data: &SnapshotData) -> Option<(u64, u64)> {
         if snapshot.get_metadata().index <= self.raw.raft.raft_log.committed {
             return None;
         }
-        let data: SnapshotData = serde_json::from_slice(&snapshot.data).ok()?;
         let start = self.records.next_offset();
         (start < data.end_offset).then_some((start, data.end_offset))
     }
 
-    /// Records fetched for the pending snapshot, in order from its start (the
-    /// source's records begin at `first_offset` when it no longer holds older
-    /// ones). Once complete, the snapshot is stepped into Raft.
-    pub(crate) fn fetched(&mut self, first_offset: u64, values: &[Bytes]) -> Result<(), LogError> {
-        let Some(fetching) = &self.fetching else { return Ok(()) };
+    fn start_fetch(&mut self, snapshot: Message, start: u64, end: u64, outbox: &mut Outbox) {
+        if self.fetching.is_some() {
+            return; // one fetch at a time; the leader sends the snapshot again
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        if let Err(error) = self.raw.mut_store().set_fetching(Some(committed)) {
+            slog::error!(self.logger, "cannot record the snapshot fetch"; "error" => %error);
+            return;
+        }
+        self.fetches += 1;
+        let id = self.fetches;
+        slog::info!(self.logger, "fetching snapshot records"; "from" => snapshot.from, "start" => start, "end" => end);
+        outbox.fetch = Some(Fetch { id, from: snapshot.from, start, end });
+        self.fetching = Some(Fetching { id, end, snapshot, first_chunk: true });
+    }
+
+    /// Whether fetch `id` is the one in progress (a cancelled one's chunks are
+    /// ignored and its task told to stop).
+    pub(crate) fn fetch_id(&self) -> Option<u64> {
+        self.fetching.as_ref().map(|fetching| fetching.id)
+    }
+
+    pub(crate) fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    pub(crate) fn is_fetching(&self, id: u64) -> bool {
+        self.fetching.as_ref().is_some_and(|fetching| fetching.id == id)
+    }
+
+    /// Records of fetch `id`, in order from its start (the first chunk begins
+    /// where the source's records begin when it no longer holds older ones; it may
+    /// hold no records at all). Once complete, the snapshot is stepped into Raft.
+    pub(crate) fn fetched(&mut self, id: u64, first_offset: u64, values: &[Bytes]) -> Result<(), LogError> {
+        let Some(fetching) = self.fetching.as_mut().filter(|fetching| fetching.id == id) else {
+            return Ok(());
+        };
+        let end = fetching.end;
         let next = self.records.next_offset();
         if first_offset > next {
+            if !fetching.first_chunk {
+                // A gap inside one fetch: give up; the next snapshot resumes.
+                self.fetching = None;
+                slog::warn!(self.logger, "snapshot records arrived with a gap"; "expected" => next, "got" => first_offset);
+                return Ok(());
+            }
             // The source no longer holds [next, first_offset): start where it does.
-            self.records.reset(first_offset)?;
+            self.records.reset(first_offset.min(end))?;
         }
-        let skip = (self.records.next_offset() - first_offset.min(self.records.next_offset())) as usize;
-        let end = fetching.end;
+        fetching.first_chunk = false;
+        let next = self.records.next_offset();
+        let skip = usize::try_from(next.saturating_sub(first_offset)).unwrap_or(usize::MAX);
         if skip < values.len() {
-            let take = (end.saturating_sub(self.records.next_offset()) as usize).min(values.len() - skip);
+            let take = (end.saturating_sub(next) as usize).min(values.len() - skip);
             self.records.append_batch(&values[skip..skip + take])?;
         }
         if self.records.next_offset() >= end {
@@ -442,10 +542,11 @@ impl Node {
         Ok(())
     }
 
-    /// The fetch failed or was cut short: the next snapshot message resumes it
+    /// Fetch `id` failed or was cut short: the next snapshot message resumes it
     /// from the records already copied.
-    pub(crate) fn fetch_failed(&mut self, reason: &str) {
-        if self.fetching.take().is_some() {
+    pub(crate) fn fetch_failed(&mut self, id: u64, reason: &str) {
+        if self.is_fetching(id) {
+            self.fetching = None;
             slog::warn!(self.logger, "snapshot fetch failed; it resumes when the leader resends"; "reason" => reason);
         }
     }
@@ -462,13 +563,22 @@ impl Node {
     /// Persists, applies and collects what Raft has ready, in the order raft-rs
     /// documents: a leader's messages go out at once (replication overlaps its own
     /// write), a follower's only after its entries and hard state are durable.
-    pub(crate) fn process_ready(&mut self, outbox: &mut Outbox) -> Result<(), LogError> {
+    /// `send_early` takes the messages that need not wait for this round's
+    /// write (a leader's), so that replication overlaps it.
+    pub(crate) fn process_ready(
+        &mut self,
+        outbox: &mut Outbox,
+        send_early: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<(), LogError> {
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
         let became_leader = ready.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader);
-        outbox.messages.extend(ready.take_messages());
+        let early = ready.take_messages();
+        if !early.is_empty() {
+            send_early(early);
+        }
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone(), outbox)?;
         }
@@ -491,10 +601,8 @@ impl Node {
         self.apply(light.take_committed_entries(), outbox)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
-        if became_leader && self.members.get(&self.me.id).is_some_and(|known| *known != self.me) {
-            // Restarted at another address: tell the cluster (learners included).
-            let (reply, _) = oneshot::channel();
-            self.join(self.me.clone(), reply);
+        if became_leader {
+            self.announce_address();
         }
         self.refresh();
         Ok(())
@@ -512,7 +620,8 @@ impl Node {
                 self.records.next_offset()
             )));
         }
-        self.raw.mut_store().install_snapshot(meta, &data)?;
+        let records_beyond = self.records.next_offset() > data.end_offset;
+        self.raw.mut_store().install_snapshot(meta, &data, records_beyond)?;
         self.members = data.members.iter().map(|m| (m.id, m.clone())).collect();
         outbox.members = Some(data.members);
         // Appends this node proposed as leader at or below the snapshot: their
@@ -588,7 +697,15 @@ impl Node {
         let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|error| {
             LogError::DataLoss(format!("entry {} holds a bad change: {error}", entry.index))
         })?;
-        let cs = self.raw.apply_conf_change(&change).map_err(raft_error)?;
+        let cs = match self.raw.apply_conf_change(&change) {
+            Ok(cs) => cs,
+            Err(raft::Error::ConfChangeError(reason)) => {
+                // Every node refuses it alike (e.g. it would remove every voter).
+                slog::warn!(self.logger, "a configuration change was refused"; "index" => entry.index, "reason" => reason);
+                return Ok(());
+            }
+            Err(error) => return Err(raft_error(error)),
+        };
         let member = Member::decode(&entry.context).ok();
         for single in change.get_changes() {
             match single.get_change_type() {

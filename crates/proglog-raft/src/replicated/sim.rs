@@ -372,7 +372,12 @@ impl Sim {
             let Some(node) = self.nodes[i].node.as_mut() else { continue };
             node.tick();
             let mut outbox = std::mem::take(&mut self.nodes[i].outbox);
-            if let Err(error) = self.nodes[i].node.as_mut().map_or(Ok(()), |n| n.process_ready(&mut outbox)) {
+            let mut early = Vec::new();
+            let mut send_early = |messages: Vec<Message>| early.extend(messages);
+            let processed =
+                self.nodes[i].node.as_mut().map_or(Ok(()), |n| n.process_ready(&mut outbox, &mut send_early));
+            outbox.messages.splice(0..0, early);
+            if let Err(error) = processed {
                 self.fail(format!("{} failed: {error}", self.nodes[i].member.name));
             }
             self.route(i, outbox);
@@ -435,10 +440,16 @@ impl Sim {
             let reachable = !self.cut.contains(&(self.nodes[i].member.id, fetch.from));
             let Some(node) = self.nodes[i].node.as_mut() else { continue };
             let Some(source) = source.filter(|_| reachable) else {
-                node.fetch_failed("unreachable");
+                node.fetch_failed(fetch.id, "unreachable");
                 continue;
             };
             let mut next = fetch.start.max(source.lowest_offset());
+            if next >= fetch.end
+                && let Err(error) = node.fetched(fetch.id, next, &[])
+            {
+                let name = self.nodes[i].member.name.clone();
+                self.fail(format!("{name} cannot store fetched records: {error}"));
+            }
             let mut interrupted = false;
             while next < fetch.end {
                 if self.faults && self.rng.chance(100) {
@@ -457,13 +468,13 @@ impl Sim {
                 let values: Vec<Bytes> =
                     records.into_iter().take_while(|r| r.offset < fetch.end).map(|r| r.value).collect();
                 next = first + values.len() as u64;
-                if let Err(error) = node.fetched(first, &values) {
+                if let Err(error) = node.fetched(fetch.id, first, &values) {
                     let name = self.nodes[i].member.name.clone();
                     self.fail(format!("{name} cannot store fetched records: {error}"));
                 }
             }
             if interrupted {
-                node.fetch_failed("interrupted");
+                node.fetch_failed(fetch.id, "interrupted");
             }
         }
     }

@@ -23,7 +23,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMe
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{Member, batch_header, conf_change};
+use super::codec::{Member, batch_header};
 use crate::{Fsync, LogError};
 
 /// The metadata file.
@@ -104,6 +104,8 @@ struct Meta {
 #[derive(Clone, Copy, Debug)]
 struct Held {
     term: u64,
+    /// A configuration change.
+    conf: bool,
     /// Offset of its first record (the offset after the previous entry's records
     /// for an entry without records).
     start: u64,
@@ -228,7 +230,8 @@ impl Store {
             }
             self.tail_end = start + count;
         }
-        self.held.push_back(Held { term: entry.term, start });
+        let conf = entry.get_entry_type() != EntryType::EntryNormal;
+        self.held.push_back(Held { term: entry.term, conf, start });
         Ok(())
     }
 
@@ -261,7 +264,8 @@ impl Store {
     /// The index to restart applying from: the longest prefix of entries whose
     /// records the record log (ending at `record_end`) holds completely, ending
     /// at an entry with records or at one known committed (never above an entry
-    /// that might not be committed).
+    /// that might not be committed, nor above a configuration change not yet
+    /// applied).
     pub(crate) fn recovered_applied(&self, record_end: u64) -> u64 {
         let known_commit = match self.meta.fetching {
             Some(commit) => commit.min(self.meta.commit),
@@ -273,6 +277,9 @@ impl Store {
             let end = self.held.get(position + 1).map_or(self.tail_end, |next| next.start);
             if end > record_end {
                 break;
+            }
+            if held.conf && index > self.meta.conf_index {
+                break; // a configuration change not applied yet: apply it again
             }
             let has_records = end > held.start;
             if (has_records && self.meta.fetching.is_none_or(|commit| index <= commit))
@@ -332,35 +339,33 @@ impl Store {
         self.last() == 0 && self.meta.conf.voters.is_empty() && self.meta.conf.learners.is_empty()
     }
 
-    /// Starts a fresh cluster whose only voter is `member`: entry 1 adds it (so
-    /// that nodes joining later learn its name and address from the log). The
-    /// record log may already hold `record_end` records (a single-node log from
-    /// before replication): they stay, and the first entry's records follow them.
+    /// The commit index a snapshot fetch in progress started from, if any.
+    pub(crate) fn fetching(&self) -> Option<u64> {
+        self.meta.fetching
+    }
+
+    /// Starts a fresh cluster whose only voter is `member`, as if from a snapshot
+    /// at index 1 (term 1) holding the configuration and the member's name and
+    /// address: nodes joining later receive that snapshot and so learn every
+    /// member. The record log may already hold `record_end` records (a
+    /// single-node log from before replication, made durable by the caller):
+    /// they are the snapshot's records, so joiners fetch them. One atomic write.
     pub(crate) fn bootstrap(&mut self, member: &Member, record_end: u64) -> Result<(), LogError> {
         if !self.is_empty() {
             return Err(LogError::Internal("bootstrap of a node that has Raft state".into()));
         }
-        self.meta.snapshot.end_offset = record_end;
-        self.tail_end = record_end;
-        let change = conf_change(member.id, raft::eraftpb::ConfChangeType::AddNode);
-        let mut entry = Entry {
-            term: 1,
-            index: 1,
-            data: change.write_to_bytes().map_err(|error| internal("encode", error))?.into(),
-            context: member.encode().into(),
-            ..Entry::default()
-        };
-        entry.set_entry_type(EntryType::EntryConfChangeV2);
-        self.append(&[entry])?;
-        self.sync()?;
-        self.meta.term = 1;
+        self.meta.snapshot = SnapshotPoint { index: 1, term: 1, end_offset: record_end };
         self.meta.commit = 1;
         self.meta.conf = Conf { voters: vec![member.id], ..Conf::default() };
         self.meta.conf_index = 1;
         self.meta.members = vec![member.clone()];
         self.hard_state.term = 1;
         self.hard_state.commit = 1;
-        self.write_meta()
+        self.write_meta()?;
+        self.reconcile()?;
+        self.applied = 1;
+        self.synced_index = 1;
+        Ok(())
     }
 
     /// Appends `entries`, first cutting any held entry at or after the first one's
@@ -449,18 +454,21 @@ impl Store {
     }
 
     /// Installs a snapshot received from the leader (its records are already in
-    /// the record log).
+    /// the record log). `records_beyond`: the record log holds records past the
+    /// snapshot's (from an earlier fetch), so recovery must still not trust the
+    /// entries above it.
     pub(crate) fn install_snapshot(
         &mut self,
         meta: &SnapshotMetadata,
         data: &SnapshotData,
+        records_beyond: bool,
     ) -> Result<(), LogError> {
         self.meta.snapshot =
             SnapshotPoint { index: meta.index, term: meta.term, end_offset: data.end_offset };
         self.meta.conf = Conf::from(meta.get_conf_state());
         self.meta.conf_index = meta.index;
         self.meta.members = data.members.clone();
-        self.meta.fetching = None;
+        self.meta.fetching = records_beyond.then(|| self.meta.fetching.unwrap_or(meta.index).min(meta.index));
         self.meta.commit = self.meta.commit.max(meta.index);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.write_meta()?;
@@ -508,21 +516,19 @@ impl Store {
     fn write_meta(&mut self) -> Result<(), LogError> {
         self.meta.term = self.hard_state.term;
         self.meta.vote = self.hard_state.vote;
-        self.meta.commit = self.meta.commit.max(self.hard_state.commit.min(self.last()));
+        // Never above what is durable (entries of this round are not yet synced).
+        self.meta.commit = self.meta.commit.max(self.hard_state.commit.min(self.synced_index));
         let path = self.dir.join(META_FILE);
         let temporary = self.dir.join(format!("{META_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&self.meta).map_err(|error| internal("encode", error))?;
+        // Always synced, whatever the fsync policy: it changes rarely (terms,
+        // votes, membership) and a torn one would stop the node for good.
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&temporary)?;
             file.write_all(&bytes)?;
-            if self.fsync == Fsync::Always {
-                file.sync_all()?;
-            }
+            file.sync_all()?;
             std::fs::rename(&temporary, &path)?;
-            if self.fsync == Fsync::Always {
-                File::open(&self.dir)?.sync_all()?;
-            }
-            Ok(())
+            File::open(&self.dir)?.sync_all()
         };
         write().map_err(|error| internal(&path.display().to_string(), error))
     }
