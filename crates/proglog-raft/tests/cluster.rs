@@ -298,6 +298,18 @@ async fn a_log_from_before_replication_becomes_a_one_member_cluster() {
         log.append(vec![Bytes::from_static(b"new")]).await.expect("queued").await.expect("committed");
     assert_eq!(offset, 2);
     assert_eq!(values(&log, 0, 3).await, ["old 0", "old 1", "new"]);
+    // A node joining it fetches the old records with the snapshot.
+    let joiner_dir = tempfile::tempdir().expect("temp dir");
+    let member = Member::new("node-1", "node-1.invalid:8400");
+    let config = RaftConfig { bootstrap: false, ..RaftConfig::new(member.clone(), joiner_dir.path()) };
+    let records =
+        proglog_log::Log::open(joiner_dir.path().join("log"), proglog_log::Config::default()).expect("opens");
+    let joiner = Arc::new(RaftLog::open(config, records, network.transport("node-1")).expect("opens"));
+    network.attach(&joiner);
+    log.join(member).await.expect("joins");
+    wait_committed(&joiner, 3).await;
+    assert_eq!(values(&joiner, 0, 3).await, ["old 0", "old 1", "new"]);
+    joiner.close().expect("closes");
     log.close().expect("closes");
 }
 

@@ -574,10 +574,16 @@ impl CommitLog for RaftLog {
         let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.queued_bytes).acquire_many_owned(permits).await.ok();
         if let Some(Some(leader)) = leader {
+            let count = values.len() as u64;
             let forwarded = self.transport.forward(node_id(&leader.id), values);
+            let (mut committed, wait) = (self.records.committed.clone(), self.leader_wait);
             return Ok(Box::pin(async move {
                 let _queued = permit;
-                forwarded.await
+                let first = forwarded.await?;
+                // Readable here too before it is acknowledged (as on the leader),
+                // unless this node lags too far behind to wait for.
+                let _ = tokio::time::timeout(wait, committed.wait_for(|next| *next >= first + count)).await;
+                Ok(first)
             }));
         }
         let (reply, done) = oneshot::channel();
