@@ -2,8 +2,8 @@
 //! against a *null* `log.v1` service with no storage, over loopback, in the same run.
 //!
 //! ```text
-//! cargo bench -p proglog-server                # 3 repetitions (cargo xtask bench server)
-//! cargo bench -p proglog-server -- --quick     # 1 repetition, shorter runs (smoke check)
+//! cargo bench -p proglog-server --bench server              # 3 repetitions (cargo xtask bench server)
+//! cargo bench -p proglog-server --bench server -- --quick   # 1 repetition, shorter runs (smoke check)
 //! ```
 //!
 //! Environment: `PROGLOG_BENCH_QUICK=1` (same as `--quick`), `PROGLOG_BENCH_RECORDS`
@@ -65,11 +65,14 @@
 //! with `always`; ConsumeStream at 1 KiB ≥ 2× NATS's 203k rec/s. The NATS figures
 //! are a reference measured on this machine earlier, not in this run.
 
-#[path = "../../proglog-log/benches/support/mod.rs"]
-mod support;
-use support::{XorShift, filesystem_of, human, mb_per_s, rate, spread, stats};
+mod common;
+use common::support::{filesystem_of, human, mb_per_s, rate, spread, stats};
+use common::{
+    Invocation, MAX_RECORD_BYTES, POOL, Running, WINDOW, base_dir_from_env, connect, env_parse, listen,
+    machine, percentiles_us, produce_request, produce_stream, runtime, runtime_threads_from_env, start_local,
+    value_pool,
+};
 
-use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -79,31 +82,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use proglog_api::v1::log_client::LogClient;
 use proglog_api::v1::log_server::{Log as LogRpc, LogServer};
 use proglog_api::v1::{
     ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
     Record,
 };
-use proglog_raft::{CommitLog, Fsync, LocalLog};
-use proglog_server::{AllowAll, ServerConfig};
+use proglog_raft::Fsync;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 const VALUE_SIZES: [usize; 2] = [256, 1024];
 const PRODUCERS: [usize; 2] = [1, 8];
-/// Requests each ProduceStream producer keeps in flight, at most.
-const WINDOW: usize = 256;
-/// Distinct values cycled through by the producers and the null ConsumeStream.
-const POOL: usize = 256;
-const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// NATS JetStream on this machine, 1 KiB messages, measured earlier (not in this run).
 const NATS_PUBLISH: f64 = 144_000.0;
 const NATS_CONSUME: f64 = 203_000.0;
@@ -135,15 +129,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn runtime(name: &str, threads: usize) -> Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .with_context(|| format!("building the {name} runtime"))
-}
-
 // ---------------------------------------------------------------- settings
 
 struct Settings {
@@ -160,35 +145,14 @@ struct Settings {
     base_dir: PathBuf,
 }
 
-fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
-where
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    match std::env::var(name) {
-        Ok(v) => Ok(Some(v.trim().parse().with_context(|| format!("{name}={v:?}"))?)),
-        Err(_) => Ok(None),
-    }
-}
-
 impl Settings {
     fn from_env() -> Result<Self> {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let bench = args.iter().any(|arg| arg == "--bench");
-        let quick = args.iter().any(|arg| arg == "--quick")
-            || std::env::var("PROGLOG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        for arg in args.iter().filter(|arg| !matches!(arg.as_str(), "--bench" | "--quick")) {
-            eprintln!("note: ignoring argument {arg:?}");
-        }
+        let Invocation { bench, quick } = Invocation::from_args();
         let records: u64 = env_parse("PROGLOG_BENCH_RECORDS")?.unwrap_or(200_000);
         let seconds: Option<f64> = env_parse("PROGLOG_BENCH_SECONDS")?;
         let stream_seconds: Option<f64> = env_parse("PROGLOG_BENCH_STREAM_SECONDS")?;
-        let server_threads: usize = env_parse("PROGLOG_BENCH_SERVER_THREADS")?.unwrap_or(2).max(1);
-        let client_threads: usize = env_parse("PROGLOG_BENCH_CLIENT_THREADS")?.unwrap_or(2).max(1);
-        let base_dir = match std::env::var_os("PROGLOG_BENCH_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => std::env::temp_dir(),
-        };
-        fs::create_dir_all(&base_dir).with_context(|| format!("creating {}", base_dir.display()))?;
+        let (server_threads, client_threads) = runtime_threads_from_env()?;
+        let base_dir = base_dir_from_env()?;
         let secs = |value: Option<f64>, default: f64| Duration::from_secs_f64(value.unwrap_or(default));
         let (mode, reps, records, unary, stream_cap) = if !bench {
             // `cargo test --all-targets` runs benches without `--bench`: just check they work.
@@ -202,7 +166,7 @@ impl Settings {
     }
 
     fn tempdir(&self) -> Result<TempDir> {
-        support::tempdir_in(&self.base_dir, "proglog-server-bench-")
+        common::support::tempdir_in(&self.base_dir, "proglog-server-bench-")
     }
 
     fn print_header(&self) {
@@ -216,7 +180,7 @@ impl Settings {
         println!(
             "{} repetition(s), interleaved (proglog `never`, null, proglog `always`, ...); median \
              [min..max]; proglog/null is the ratio of the medians (range of the per-repetition \
-             ratios). MB = 10^6 payload bytes. Machine: {} CPUs ({}), Linux {}; logs in `{}` ({fs}). \
+             ratios). MB = 10^6 payload bytes. Machine: {}; logs in `{}` ({fs}). \
              Loopback 127.0.0.1, plaintext h2c, `AllowAll`, max-record-bytes 1 MiB. Server and \
              clients in one process on separate tokio runtimes: server {} worker(s) (+ proglog's \
              writer thread and tokio's blocking pool), client {} worker(s). Unary runs {:.1} s each; \
@@ -225,10 +189,7 @@ impl Settings {
              (fewer if fewer were written). proglog: `serve` on a bound listener (its bounded accept \
              loop, TCP_NODELAY, default limits); null: tonic's `TcpIncoming` with TCP_NODELAY.",
             self.reps,
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model().unwrap_or_else(|| "unknown CPU".to_string()),
-            fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map_or_else(|_| "?".into(), |s| s.trim().to_string()),
+            machine(),
             self.base_dir.display(),
             self.server_threads,
             self.client_threads,
@@ -244,32 +205,7 @@ impl Settings {
     }
 }
 
-fn cpu_model() -> Option<String> {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = cpuinfo.lines().find(|line| line.starts_with("model name"))?;
-    Some(line.split_once(':')?.1.trim().to_string())
-}
-
 // ---------------------------------------------------------------- helpers
-
-fn value_pool(size: usize) -> Arc<Vec<Bytes>> {
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ size as u64);
-    Arc::new((0..POOL).map(|_| (0..size).map(|_| rng.next() as u8).collect::<Vec<u8>>().into()).collect())
-}
-
-fn produce_request(pool: &[Bytes], i: usize) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: pool[i % pool.len()].clone(), ..Default::default() }) }
-}
-
-/// Sorts `nanos` and returns (p50, p99) in microseconds.
-fn percentiles_us(nanos: &mut [u64]) -> (f64, f64) {
-    if nanos.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    nanos.sort_unstable();
-    let at = |q: f64| nanos[((nanos.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
-    (at(0.50), at(0.99))
-}
 
 fn fsync_name(fsync: Fsync) -> &'static str {
     match fsync {
@@ -344,38 +280,6 @@ impl LogRpc for NullLog {
 
 // ---------------------------------------------------------------- servers
 
-/// A server running on the server runtime.
-struct Running {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<()>>,
-    /// proglog only: the log (closed and checked on stop) and its directory.
-    log: Option<(Arc<LocalLog>, TempDir)>,
-}
-
-/// A listener on 127.0.0.1:0, registered with `rt`.
-fn listen(rt: &Runtime) -> Result<tokio::net::TcpListener> {
-    let _runtime = rt.enter();
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    Ok(socket.listen(1024)?)
-}
-
-fn start_ours(settings: &Settings, rt: &Runtime, fsync: Fsync) -> Result<Running> {
-    let dir = settings.tempdir()?;
-    let log = proglog_log::Log::open(dir.path(), proglog_log::Config::default())?;
-    let listener = listen(rt)?;
-    let addr = listener.local_addr()?;
-    let log = Arc::new(LocalLog::new(log, fsync, "bench", addr.to_string())?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let config = ServerConfig { max_record_bytes: MAX_RECORD_BYTES, ..ServerConfig::default() };
-    let serving = proglog_server::serve(listener, log.clone(), Arc::new(AllowAll), config, async {
-        let _ = stopped.await;
-    });
-    let task = rt.spawn(async move { serving.await.context("proglog server") });
-    Ok(Running { addr, stop, task, log: Some((log, dir)) })
-}
-
 fn start_null(rt: &Runtime, pool: Arc<Vec<Bytes>>) -> Result<Running> {
     let listener = listen(rt)?;
     let addr = listener.local_addr()?;
@@ -396,29 +300,7 @@ fn start_null(rt: &Runtime, pool: Arc<Vec<Bytes>>) -> Result<Running> {
     Ok(Running { addr, stop, task, log: None })
 }
 
-impl Running {
-    /// Stops the server; for proglog, closes the log and checks it holds exactly
-    /// the `acked` records.
-    fn stop(self, rt: &Runtime, acked: u64) -> Result<()> {
-        let _ = self.stop.send(());
-        rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), self.task).await })
-            .context("the server did not stop within 30 s")???;
-        if let Some((log, dir)) = self.log {
-            let held = log.status().highest_offset.map_or(0, |highest| highest + 1);
-            log.close()?;
-            ensure!(held == acked, "the log holds {held} records, {acked} were acknowledged");
-            dir.close()?;
-        }
-        Ok(())
-    }
-}
-
 // ---------------------------------------------------------------- clients
-
-async fn connect(addr: SocketAddr) -> Result<LogClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
-    Ok(LogClient::new(channel))
-}
 
 struct Unary {
     records: u64,
@@ -464,69 +346,6 @@ async fn unary(
     }
     let elapsed = start.elapsed();
     Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
-}
-
-/// `producers` ProduceStreams together producing `total` records (or fewer, if
-/// `cap` passes first: then they stop sending and drain), each keeping at most
-/// `WINDOW` requests unanswered. Checks every producer gets one response per
-/// request, with increasing offsets. Returns the records acknowledged and the time
-/// until the last response.
-async fn produce_stream(
-    addr: SocketAddr,
-    producers: usize,
-    pool: Arc<Vec<Bytes>>,
-    total: u64,
-    cap: Duration,
-) -> Result<(u64, Duration)> {
-    let mut clients = Vec::with_capacity(producers);
-    for _ in 0..producers {
-        clients.push(connect(addr).await?);
-    }
-    let start = Instant::now();
-    let deadline = start + cap;
-    let tasks: Vec<JoinHandle<Result<u64>>> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(producer, mut client)| {
-            let pool = Arc::clone(&pool);
-            let count = total / producers as u64 + u64::from((producer as u64) < total % producers as u64);
-            tokio::spawn(async move {
-                let window = Arc::new(Semaphore::new(WINDOW));
-                let (tx, rx) = mpsc::channel(WINDOW);
-                let sender_window = Arc::clone(&window);
-                let sender = tokio::spawn(async move {
-                    let mut sent = 0u64;
-                    for i in 0..count as usize {
-                        sender_window.acquire().await?.forget();
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                        if tx.send(produce_request(&pool, producer + i * producers)).await.is_err() {
-                            break; // the call failed: the reader reports why
-                        }
-                        sent += 1;
-                    }
-                    anyhow::Ok(sent)
-                });
-                let mut responses = client.produce_stream(ReceiverStream::new(rx)).await?.into_inner();
-                let (mut got, mut last) = (0u64, None);
-                while let Some(response) = responses.message().await? {
-                    window.add_permits(1);
-                    ensure!(last.is_none_or(|last| response.offset > last), "offsets out of order");
-                    last = Some(response.offset);
-                    got += 1;
-                }
-                let sent = sender.await??;
-                ensure!(got == sent, "producer {producer}: {got} responses to {sent} requests");
-                Ok(got)
-            })
-        })
-        .collect();
-    let mut acked = 0;
-    for task in tasks {
-        acked += task.await??;
-    }
-    Ok((acked, start.elapsed()))
 }
 
 /// A ConsumeStream from offset 0: reads `n` records, checking offsets and sizes.
@@ -591,11 +410,17 @@ fn suite(
             acked += run.records;
         }
         for producers in PRODUCERS {
-            let (records, elapsed) =
-                produce_stream(addr, producers, Arc::clone(pool), settings.records, settings.stream_cap)
-                    .await?;
-            figures.push(Figure::new(records, elapsed));
-            acked += records;
+            let run = produce_stream(
+                addr,
+                producers,
+                Arc::clone(pool),
+                settings.records,
+                settings.stream_cap,
+                false,
+            )
+            .await?;
+            figures.push(Figure::new(run.acked, run.elapsed));
+            acked += run.acked;
         }
         let records = settings.records.min(acked);
         // Spawned like the producers, so it runs on a client worker, not on the main thread.
@@ -666,7 +491,7 @@ impl Bench<'_> {
                     eprintln!("{tag} null   {}", progress(&figures));
                     null = figures;
                 }
-                let server = start_ours(self.settings, self.server_rt, fsync)?;
+                let server = start_local(self.settings.tempdir()?, self.server_rt, fsync)?;
                 let (figures, acked) = suite(self, server.addr, size, &pool)?;
                 server.stop(self.server_rt, acked)?;
                 eprintln!("{tag} {:<6} {}", fsync_name(fsync), progress(&figures));
