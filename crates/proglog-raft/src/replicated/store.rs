@@ -28,6 +28,8 @@ use crate::{Fsync, LogError};
 
 /// The metadata file.
 const META_FILE: &str = "meta.json";
+/// Bytes of the newest entries kept in memory.
+const RECENT_BYTES: usize = 32 << 20;
 /// Entries are one record each; the batch size bounds them, not this.
 const MAX_ENTRY_BYTES: u64 = u32::MAX as u64 - 1;
 
@@ -121,6 +123,10 @@ pub(crate) struct Store {
     hard_state: HardState,
     /// Entries `snapshot.index + 1 ..`, in order.
     held: VecDeque<Held>,
+    /// The newest entries themselves, up to [`RECENT_BYTES`]: what followers
+    /// and the apply path ask for, served without reading the disk back.
+    recent: VecDeque<Entry>,
+    recent_bytes: usize,
     /// Offset after the last entry's records.
     tail_end: u64,
     /// The last entry index known on stable storage (for crash simulation).
@@ -163,6 +169,8 @@ impl Store {
             meta,
             hard_state,
             held: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
             tail_end: 0,
             synced_index: 0,
             applied: 0,
@@ -199,12 +207,31 @@ impl Store {
             self.entries_log.reset(snapshot.index + 1)?;
         }
         self.held.clear();
+        self.recent.clear();
+        self.recent_bytes = 0;
         self.tail_end = snapshot.end_offset;
         for index in snapshot.index + 1..self.entries_log.next_offset() {
             let entry = self.read_entry(index)?;
             self.push_held(&entry)?;
         }
         Ok(())
+    }
+
+    /// Drops the oldest (`front`) or newest kept entry.
+    fn forget_recent(&mut self, front: bool) {
+        let entry = if front { self.recent.pop_front() } else { self.recent.pop_back() };
+        if let Some(entry) = entry {
+            self.recent_bytes = self.recent_bytes.saturating_sub(entry.compute_size() as usize);
+        }
+    }
+
+    /// Entry `index`, from memory if it is recent, else from disk.
+    fn entry(&self, index: u64) -> Result<Entry, LogError> {
+        let cached = self.recent.front().and_then(|front| index.checked_sub(front.index));
+        match cached.and_then(|position| self.recent.get(usize::try_from(position).ok()?)) {
+            Some(entry) => Ok(entry.clone()),
+            None => self.read_entry(index),
+        }
     }
 
     fn read_entry(&self, index: u64) -> Result<Entry, LogError> {
@@ -385,6 +412,9 @@ impl Store {
             let keep = (first.index - self.first()) as usize;
             self.tail_end = self.held.get(keep).map_or(self.tail_end, |held| held.start);
             self.held.truncate(keep);
+            while self.recent.back().is_some_and(|entry| entry.index >= first.index) {
+                self.forget_recent(false);
+            }
             self.synced_index = self.synced_index.min(first.index - 1);
         }
         let mut encoded = Vec::with_capacity(entries.len());
@@ -396,6 +426,13 @@ impl Store {
             encoded.push(entry.write_to_bytes().map_err(|error| internal("encode", error))?);
         }
         self.entries_log.append_batch(&encoded)?;
+        for (entry, bytes) in entries.iter().zip(&encoded) {
+            self.recent_bytes += bytes.len();
+            self.recent.push_back(entry.clone());
+        }
+        while self.recent_bytes > RECENT_BYTES && self.recent.len() > 1 {
+            self.forget_recent(true);
+        }
         Ok(())
     }
 
@@ -449,6 +486,9 @@ impl Store {
         self.meta.snapshot = SnapshotPoint { index, term, end_offset };
         self.write_meta()?;
         self.held.drain(..dropped);
+        while self.recent.front().is_some_and(|entry| entry.index <= index) {
+            self.forget_recent(true);
+        }
         self.entries_log.truncate_before(index + 1)?;
         Ok(())
     }
@@ -557,7 +597,7 @@ impl raft::Storage for Store {
         let mut size = 0;
         for index in low..high {
             let entry = self
-                .read_entry(index)
+                .entry(index)
                 .map_err(|error| raft::Error::Store(StorageError::Other(Box::new(error))))?;
             size += u64::from(entry.compute_size());
             if !entries.is_empty() && size > max_size {
