@@ -129,6 +129,10 @@ enum Event {
     SnapshotStatus(u64, bool),
     Fetched(u64, u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
     FetchFailed(u64, String),
+    /// The entries written up to round `.0` are durable.
+    Synced(u64),
+    /// Syncing the entries failed: the node stops.
+    SyncFailed(String),
     Join(Member, ChangeReply),
     Leave(String, ChangeReply),
     Close,
@@ -314,6 +318,15 @@ impl RaftLog {
             .spawn(move || sync_in_background(&unsynced, BACKGROUND_SYNC, &syncer_stopped))
             .map_err(|error| LogError::Internal(format!("cannot start the syncer thread: {error}")))?;
         let (events, inbox) = std::sync::mpsc::channel();
+        // Entries are fsynced here while the Raft thread goes on with the next
+        // round; concurrent requests share one fdatasync.
+        let (sync_requests, sync_wanted) = std::sync::mpsc::channel::<u64>();
+        let entries = Arc::clone(node.store().entries_log());
+        let (synced_events, fsync) = (events.clone(), config.fsync);
+        let fsyncer = std::thread::Builder::new()
+            .name(format!("proglog-fsync-{}", config.member.name))
+            .spawn(move || sync_rounds(&entries, fsync, &sync_wanted, &synced_events))
+            .map_err(|error| LogError::Internal(format!("cannot start the fsync thread: {error}")))?;
         let committed = node.committed();
         let shared = node.shared();
         let mailbox_events = events.clone();
@@ -322,7 +335,13 @@ impl RaftLog {
             .name(format!("proglog-raft-{}", config.member.name))
             .spawn({
                 let transport = Arc::clone(&transport);
-                move || run(node, &inbox, &mailbox_events, transport.as_ref(), interval)
+                move || {
+                    let result =
+                        run(node, &inbox, &mailbox_events, &sync_requests, transport.as_ref(), interval);
+                    drop(sync_requests);
+                    let _ = fsyncer.join();
+                    result
+                }
             })
             .map_err(|error| LogError::Internal(format!("cannot start the Raft thread: {error}")))?;
         Ok(Self {
@@ -439,6 +458,7 @@ fn run(
     mut node: Node,
     inbox: &std::sync::mpsc::Receiver<Event>,
     events: &std::sync::mpsc::Sender<Event>,
+    sync_requests: &std::sync::mpsc::Sender<u64>,
     transport: &dyn Transport,
     interval: Duration,
 ) -> Result<(), LogError> {
@@ -450,6 +470,9 @@ fn run(
     'run: loop {
         // Tells a cancelled fetch's task to stop.
         fetching.store(node.fetch_id().unwrap_or(0), Ordering::Release);
+        if let Some(round) = outbox.sync.take() {
+            let _ = sync_requests.send(round);
+        }
         dispatch(&mut outbox, transport, events, &fetching);
         // More is ready (a backlog applied in slices): go on at once.
         let wait = if node.has_ready() {
@@ -513,11 +536,43 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
         Event::Fetched(id, first_offset, values, _written) => node.fetched(id, first_offset, &values)?,
         Event::FetchFailed(id, reason) => node.fetch_failed(id, &reason),
+        Event::Synced(round) => node.synced(round, outbox),
+        Event::SyncFailed(error) => {
+            return Err(LogError::Internal(format!("syncing the Raft entries failed: {error}")));
+        }
         Event::Join(member, reply) => node.join(member, reply),
         Event::Leave(name, reply) => node.leave(&name, reply),
         Event::Append(..) | Event::Close => {}
     }
     Ok(())
+}
+
+/// The fsync thread: for each request, syncs the entries written so far (one
+/// fdatasync for every request queued meanwhile) and reports the newest round it
+/// covers. A failed sync is reported and ends it (the node then stops).
+fn sync_rounds(
+    entries: &Log,
+    fsync: Fsync,
+    requests: &std::sync::mpsc::Receiver<u64>,
+    events: &std::sync::mpsc::Sender<Event>,
+) {
+    while let Ok(mut round) = requests.recv() {
+        while let Ok(later) = requests.try_recv() {
+            round = round.max(later);
+        }
+        let synced = match fsync {
+            Fsync::Always => entries.sync(),
+            Fsync::Never => entries.flush(),
+        };
+        let event = match synced {
+            Ok(()) => Event::Synced(round),
+            Err(error) => Event::SyncFailed(error.to_string()),
+        };
+        let failed = matches!(event, Event::SyncFailed(_));
+        if events.send(event).is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Hands messages to the transport, grouped per peer, in order.

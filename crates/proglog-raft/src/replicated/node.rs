@@ -58,6 +58,9 @@ pub(crate) struct Outbox {
     pub fetch: Option<Fetch>,
     /// Membership changed: the members (for address lookup).
     pub members: Option<Vec<Member>>,
+    /// Sync the entries written so far, then call [`Node::synced`] with this
+    /// round number.
+    pub sync: Option<u64>,
 }
 
 /// A request to copy committed records from another node's record log.
@@ -73,6 +76,17 @@ pub(crate) struct Fetch {
 enum Waiter {
     Append { term: u64, replies: Vec<(u64, AppendReply)> },
     Change { term: u64, reply: ChangeReply },
+}
+
+/// A Ready round whose writes are done but not yet known durable.
+struct Unsynced {
+    number: u64,
+    /// The last entry index once it was written.
+    last_index: u64,
+    /// It wrote entries (rounds that did not complete with the sync before them).
+    needs_sync: bool,
+    /// Messages to send once it is durable.
+    messages: Vec<Message>,
 }
 
 struct Fetching {
@@ -101,6 +115,8 @@ pub(crate) struct Node {
     /// Records proposed since the last ready (not yet in the store).
     proposed: u64,
     waiters: BTreeMap<u64, Waiter>,
+    /// Rounds written and waiting for their sync, in order.
+    unsynced: std::collections::VecDeque<Unsynced>,
     fetching: Option<Fetching>,
     /// Ids of fetches started so far.
     fetches: u64,
@@ -197,6 +213,7 @@ impl Node {
             members,
             proposed: 0,
             waiters: BTreeMap::new(),
+            unsynced: std::collections::VecDeque::new(),
             fetching: None,
             fetches: 0,
             commit_at_last_tick: 0,
@@ -317,7 +334,7 @@ impl Node {
             values.extend(append);
         }
         let count = values.len() as u64;
-        match self.raw.propose(Vec::new(), encode_batch(first_offset, &values).to_vec()) {
+        match self.raw.propose(Vec::new(), encode_batch(first_offset, &values)) {
             Ok(()) => {
                 self.proposed += count;
                 let index = self.raw.raft.raft_log.last_index();
@@ -580,31 +597,86 @@ impl Node {
             send_early(early);
         }
         if !ready.snapshot().is_empty() {
+            // Installing resets the entries: nothing may be waiting for a sync.
+            self.sync_now(outbox)?;
             self.install_snapshot(ready.snapshot().clone(), outbox)?;
         }
         self.apply(ready.take_committed_entries(), outbox)?;
+        let conflict = ready.entries().first().is_some_and(|entry| entry.index <= self.raw.store().last());
+        if conflict {
+            // Cutting a suffix while a sync is in flight would blur what it covered.
+            self.sync_now(outbox)?;
+        }
         let store = self.raw.mut_store();
         store.append(ready.entries())?;
         if let Some(hs) = ready.hs() {
             store.set_hard_state(hs)?;
         }
-        if ready.must_sync() {
+        let installed = !ready.snapshot().is_empty();
+        if installed {
+            // Raft counts an installed snapshot (and entries after it) as
+            // persisted only when told: make it so at once.
             store.sync()?;
         }
+        let needs_sync = !ready.entries().is_empty() && !installed;
+        let unsynced = Unsynced {
+            number: ready.number(),
+            last_index: store.last(),
+            needs_sync,
+            messages: ready.take_persisted_messages(),
+        };
         self.proposed = 0;
-        outbox.messages.extend(ready.take_persisted_messages());
-        let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit);
+        // The entries are written (readable through `Storage`); their sync runs
+        // elsewhere while this thread goes on, and `synced` completes the round.
+        self.raw.advance_append_async(ready);
+        self.unsynced.push_back(unsynced);
+        if needs_sync {
+            outbox.sync = Some(self.unsynced.back().map_or(0, |round| round.number));
+        } else if installed || self.unsynced.len() == 1 {
+            self.complete_rounds(u64::MAX, outbox);
         }
-        outbox.messages.extend(light.take_messages());
-        self.apply(light.take_committed_entries(), outbox)?;
         self.raw.advance_apply();
         self.maybe_compact()?;
         if became_leader {
             self.announce_address();
         }
         self.refresh();
+        Ok(())
+    }
+
+    /// The sync requested for round `number` (and every round before it) is
+    /// done: Raft may count those entries as persisted, and the messages that
+    /// waited for them (a follower's acknowledgements, votes) go out.
+    pub(crate) fn synced(&mut self, number: u64, outbox: &mut Outbox) {
+        self.complete_rounds(number, outbox);
+    }
+
+    /// Completes the rounds up to `number`, and the rounds after them that need
+    /// no sync.
+    fn complete_rounds(&mut self, number: u64, outbox: &mut Outbox) {
+        let mut persisted = None;
+        while let Some(round) = self.unsynced.front() {
+            if round.number > number && round.needs_sync {
+                break;
+            }
+            let Some(round) = self.unsynced.pop_front() else { break };
+            if round.needs_sync {
+                self.raw.mut_store().mark_synced(round.last_index);
+            }
+            outbox.messages.extend(round.messages);
+            persisted = Some(round.number);
+        }
+        if let Some(number) = persisted {
+            self.raw.on_persist_ready(number);
+        }
+    }
+
+    /// Syncs now, on this thread, and completes every round waiting for a sync.
+    fn sync_now(&mut self, outbox: &mut Outbox) -> Result<(), LogError> {
+        if let Some(last) = self.unsynced.back().map(|round| round.number) {
+            self.raw.mut_store().sync()?;
+            self.complete_rounds(last, outbox);
+        }
         Ok(())
     }
 

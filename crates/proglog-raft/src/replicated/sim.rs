@@ -50,6 +50,8 @@ struct SimNode {
     dir: PathBuf,
     node: Option<Node>,
     outbox: Outbox,
+    /// Requested syncs: (tick at which it completes, round).
+    syncs: Vec<(u64, u64)>,
     /// Records below this offset were checked against the history.
     checked: u64,
     /// The applied index this life started from or reached.
@@ -162,6 +164,7 @@ impl Sim {
                     member,
                     node: None,
                     outbox: Outbox::default(),
+                    syncs: Vec::new(),
                     checked: 0,
                     applied: 0,
                     restart_at: 0,
@@ -218,6 +221,7 @@ impl Sim {
                 sim_node.checked = sim_node.checked.min(node.records().next_offset());
                 sim_node.applied = node.applied();
                 sim_node.outbox = Outbox::default();
+                sim_node.syncs.clear();
                 sim_node.node = Some(node);
             }
             Err(error) => self.fail(format!("{} does not restart: {error}", self.nodes[i].member.name)),
@@ -369,7 +373,16 @@ impl Sim {
         self.deliver();
         self.run_fetches();
         for i in 0..self.nodes.len() {
-            let Some(node) = self.nodes[i].node.as_mut() else { continue };
+            let now = self.now;
+            let sim_node = &mut self.nodes[i];
+            let Some(node) = sim_node.node.as_mut() else { continue };
+            // Syncs complete in order, some at once, some a few ticks later.
+            let due: Vec<u64> =
+                sim_node.syncs.iter().filter(|(at, _)| *at <= now).map(|(_, round)| *round).collect();
+            sim_node.syncs.retain(|(at, _)| *at > now);
+            if let Some(round) = due.into_iter().max() {
+                node.synced(round, &mut sim_node.outbox);
+            }
             node.tick();
             let mut outbox = std::mem::take(&mut self.nodes[i].outbox);
             let mut early = Vec::new();
@@ -409,6 +422,12 @@ impl Sim {
     }
 
     fn route(&mut self, i: usize, mut outbox: Outbox) {
+        if let Some(round) = outbox.sync.take() {
+            // Never before an earlier request: syncs complete in order.
+            let earliest = self.nodes[i].syncs.iter().map(|(at, _)| *at).max().unwrap_or(self.now);
+            let at = earliest.max(self.now + self.rng.below(3));
+            self.nodes[i].syncs.push((at, round));
+        }
         if let Some(fetch) = outbox.fetch.take() {
             self.fetches.push((i, fetch));
         }

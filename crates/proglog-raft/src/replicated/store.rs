@@ -29,7 +29,7 @@ use crate::{Fsync, LogError};
 /// The metadata file.
 const META_FILE: &str = "meta.json";
 /// Bytes of the newest entries kept in memory.
-const RECENT_BYTES: usize = 32 << 20;
+const RECENT_BYTES: usize = 8 << 20;
 /// Entries are one record each; the batch size bounds them, not this.
 const MAX_ENTRY_BYTES: u64 = u32::MAX as u64 - 1;
 
@@ -518,7 +518,12 @@ impl Store {
         Ok(())
     }
 
-    /// Makes appended entries durable per the fsync policy.
+    /// Entries up to `index` were made durable (by a sync elsewhere).
+    pub(crate) fn mark_synced(&mut self, index: u64) {
+        self.synced_index = self.synced_index.max(index.min(self.last()));
+    }
+
+    /// Makes appended entries durable per the fsync policy (on this thread).
     pub(crate) fn sync(&mut self) -> Result<(), LogError> {
         match self.fsync {
             Fsync::Always => self.entries_log.sync()?,
