@@ -242,6 +242,7 @@ impl Pki {
             ("--server-tls-ca-file", "ca.pem"),
             ("--acl-model-file", "model.conf"),
             ("--acl-policy-file", "policy.csv"),
+            ("--gossip-key-file", "gossip.key"),
         ]
         .map(|(flag, file)| (flag, self.path(file).to_str().unwrap().to_owned()));
         let mut args: Vec<&str> = files.iter().flat_map(|(flag, path)| [*flag, path.as_str()]).collect();

@@ -77,10 +77,11 @@ fn certs(dir: Option<PathBuf>) -> Result<()> {
         (&set.nobody_client_key, "nobody client key (0600)"),
         (&set.acl_model, "casbin model"),
         (&set.acl_policy, "casbin policy"),
+        (&set.gossip_key, "gossip key (0600), shared by the agents of a cluster"),
     ] {
         println!("  {:<24} {what}", file_name(path));
     }
-    let [ca, server, server_key, root, root_key, model, policy] = [
+    let [ca, server, server_key, root, root_key, model, policy, gossip] = [
         &set.ca_cert,
         &set.server_cert,
         &set.server_key,
@@ -88,12 +89,14 @@ fn certs(dir: Option<PathBuf>) -> Result<()> {
         &set.root_client_key,
         &set.acl_model,
         &set.acl_policy,
+        &set.gossip_key,
     ]
     .map(|path| path.strip_prefix(&cwd).unwrap_or(path).display());
     println!();
     println!("agent with mutual TLS and the ACL:");
     println!("  --server-tls-cert-file {server} --server-tls-key-file {server_key} \\");
-    println!("  --server-tls-ca-file {ca} --acl-model-file {model} --acl-policy-file {policy}");
+    println!("  --server-tls-ca-file {ca} --acl-model-file {model} --acl-policy-file {policy} \\");
+    println!("  --gossip-key-file {gossip}");
     println!("agent-to-agent identity (CN root, allowed to replicate):");
     println!("  --peer-tls-cert-file {root} --peer-tls-key-file {root_key} --peer-tls-ca-file {ca}");
     println!("client (proglog CLI):");

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proglog_discovery::{Config as DiscoveryConfig, Discovery};
 use proglog_raft::{CommitLog, Fsync, Member, RaftConfig, RaftLog};
 use proglog_server::{Authorizer, Limits, PeerTransport, RpcObserver, ServerConfig};
 use slog::{Logger, error, info, warn};
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{AgentConfig, FsyncPolicy};
 use crate::http::{self, HttpState};
+use crate::membership;
 use crate::metrics::Metrics;
 
 /// Why the agent failed to start or stopped with an error.
@@ -31,6 +33,25 @@ pub enum AgentError {
     /// The peer TLS files are unusable.
     #[error("peer tls: {0}")]
     PeerTls(#[from] proglog_tls::Error),
+    /// Gossip discovery could not start.
+    #[error("discovery: {0}")]
+    Discovery(#[from] proglog_discovery::Error),
+    /// The gossip key file is unusable.
+    #[error("gossip-key-file {path}: {reason}")]
+    GossipKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A start-join address does not resolve.
+    #[error("start-join-addrs {addr}: {reason}")]
+    JoinAddr {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -50,6 +71,9 @@ pub struct Agent {
     logger: Logger,
     log: Arc<RaftLog>,
     transport: PeerTransport,
+    discovery: Arc<Discovery>,
+    membership: JoinHandle<()>,
+    election_timeout: Duration,
     rpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -168,9 +192,38 @@ impl Agent {
             };
             tokio::spawn(http::serve(listener, Arc::new(state), http_tls, limits, shutdown, logger.clone()))
         });
+        let (discovery, events) = Discovery::start(DiscoveryConfig {
+            name: config.node_name.clone(),
+            bind_addr: config.bind_addr,
+            rpc_addr: rpc_addr.to_string(),
+            start_join_addrs: resolve(&config.start_join_addrs).await?,
+            key: gossip_key(config.gossip_key_file.as_deref())?,
+            logger: logger.clone(),
+        })
+        .await?;
+        let discovery = Arc::new(discovery);
+        let membership = tokio::spawn(membership::run(
+            Arc::clone(&log),
+            Arc::clone(&discovery),
+            events,
+            stop.subscribe(),
+            logger.clone(),
+        ));
         info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => http_addr.map(|addr| addr.to_string()).unwrap_or_default(),
-            "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
-        Ok(Self { logger, log, transport, rpc_addr, http_addr, stop, rpc, http })
+            "gossip_addr" => %discovery.local_addr(), "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
+        Ok(Self {
+            logger,
+            log,
+            transport,
+            discovery,
+            membership,
+            election_timeout: config.raft_election_timeout,
+            rpc_addr,
+            http_addr,
+            stop,
+            rpc,
+            http,
+        })
     }
 
     /// The address the gRPC service listens on.
@@ -196,7 +249,9 @@ impl Agent {
     pub async fn shutdown(self) -> Result<(), AgentError> {
         info!(self.logger, "shutting down");
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        self.leave_cluster().await;
         let _ = self.stop.send(true);
+        self.membership.abort();
         // Peers' streams would hold the graceful shutdown open.
         self.transport.shutdown();
         let http = async {
@@ -214,6 +269,69 @@ impl Agent {
         info!(self.logger, "stopped");
         Ok(())
     }
+}
+
+impl Agent {
+    /// Leaves the cluster gracefully: a leader hands leadership over first, then
+    /// gossip announces the leave and the (new) leader removes this node from the
+    /// configuration; each step waits a bounded time. A node alone in its
+    /// cluster stays its only voter.
+    async fn leave_cluster(&self) {
+        let name = self.log.member().name.clone();
+        let others = self.log.status().members > 1;
+        if others && self.log.status().is_leader {
+            let _ = self.log.leave(&name).await; // hands leadership over
+            let handed = async {
+                let mut status = self.log.watch_status();
+                let _ = status.wait_for(|status| !status.is_leader && status.leader.is_some()).await;
+            };
+            let _ = tokio::time::timeout(self.election_timeout * 2, handed).await;
+        }
+        self.discovery.leave().await;
+        if others {
+            let removed = async {
+                while self
+                    .log
+                    .servers()
+                    .await
+                    .is_ok_and(|servers| servers.iter().any(|server| server.id == name))
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            // A removed node may never hear that its removal committed: bounded.
+            if tokio::time::timeout(self.election_timeout, removed).await.is_err() {
+                info!(self.logger, "left gossip; the leader removes this node from the cluster");
+            }
+        }
+    }
+}
+
+/// Resolves the start-join addresses (host:port).
+async fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
+    let mut resolved = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut found = tokio::net::lookup_host(addr.as_str())
+            .await
+            .map_err(|error| AgentError::JoinAddr { addr: addr.clone(), reason: error.to_string() })?;
+        let first = found
+            .next()
+            .ok_or_else(|| AgentError::JoinAddr { addr: addr.clone(), reason: "no address".into() })?;
+        resolved.push(first);
+    }
+    Ok(resolved)
+}
+
+/// The gossip key: the file's bytes, without leading or trailing whitespace.
+fn gossip_key(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, AgentError> {
+    let Some(path) = path else { return Ok(None) };
+    let error = |reason: String| AgentError::GossipKey { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let key = bytes.trim_ascii();
+    if key.len() < 16 {
+        return Err(error(format!("holds {} bytes; a key needs at least 16", key.len())));
+    }
+    Ok(Some(key.to_vec()))
 }
 
 /// How long shutdown waits, in all, for in-flight requests to finish.

@@ -434,6 +434,12 @@ impl AgentConfig {
             }
             _ => {}
         }
+        if self.server_tls_cert_file.is_some() && self.gossip_key_file.is_none() {
+            return Err(invalid(
+                "gossip-key-file",
+                "required when TLS is on (gossip must be authenticated too)",
+            ));
+        }
         match (&self.acl_model_file, &self.acl_policy_file) {
             (Some(_), None) => return Err(invalid("acl-policy-file", "required with acl-model-file")),
             (None, Some(_)) => return Err(invalid("acl-model-file", "required with acl-policy-file")),

@@ -1,6 +1,8 @@
-//! `proglog-agent`: composes the storage, the gRPC server (and, as they land, the
-//! HTTP API, Raft replication and gossip discovery) into one node, from one
-//! [`AgentConfig`], with one shutdown path ([`Agent::shutdown`]).
+//! `proglog-agent`: composes the replicated log, its transport, the gRPC server,
+//! the HTTP API, metrics and gossip discovery into one node, from one
+//! [`AgentConfig`], with one shutdown path ([`Agent::shutdown`]). Agents find each
+//! other by gossip (`--start-join-addrs`), and the Raft leader turns membership
+//! into configuration changes.
 //!
 //! The binary (`bins/proglog-agent`) only parses flags and the TOML file into an
 //! `AgentConfig`, builds the log drain and waits for a signal.
@@ -20,6 +22,7 @@
 mod agent;
 mod config;
 mod http;
+mod membership;
 mod metrics;
 
 pub use crate::agent::{Agent, AgentError, SHUTDOWN_GRACE};

@@ -77,6 +77,9 @@ fn contradictions_name_their_key() {
     assert_eq!(error_key(&["--http-max-connections", "0"]), "http-max-connections");
     assert_eq!(error_key(&["--max-concurrent-calls", "0"]), "max-concurrent-calls");
     assert_eq!(error_key(&["--idle-timeout", "0s"]), "idle-timeout");
+    let tls = ["--server-tls-cert-file", "Cargo.toml", "--server-tls-key-file", "Cargo.toml"];
+    assert_eq!(error_key(&tls), "gossip-key-file", "TLS without an authenticated gossip");
+    AgentConfig::load(flags(&[&tls[..], &["--gossip-key-file", "Cargo.toml"]].concat())).unwrap();
 }
 
 #[test]

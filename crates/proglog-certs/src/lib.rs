@@ -50,6 +50,9 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// The system's random source failed.
+    #[error("the system random source failed")]
+    Random,
     /// [`Ca::server_cert`] was called without any subject alternative name.
     #[error("a server certificate needs at least one subject alternative name")]
     NoSubjectAltNames,
@@ -221,6 +224,9 @@ pub struct DevSet {
     pub acl_model: PathBuf,
     /// `policy.csv`: [`ACL_POLICY`].
     pub acl_policy: PathBuf,
+    /// `gossip.key` (mode 0600): 32 random bytes, hex, the shared key that
+    /// authenticates gossip (`--gossip-key-file`).
+    pub gossip_key: PathBuf,
 }
 
 /// Creates `dir` if needed and writes a fresh development set into it (see [`DevSet`] for
@@ -245,6 +251,7 @@ pub fn write_dev_set(dir: &Path) -> Result<DevSet> {
         nobody_client_key: dir.join("nobody-client-key.pem"),
         acl_model: dir.join("model.conf"),
         acl_policy: dir.join("policy.csv"),
+        gossip_key: dir.join("gossip.key"),
     };
     write_file(&set.ca_cert, &ca.cert_pem, false)?;
     write_file(&set.server_cert, &server.cert_pem, false)?;
@@ -255,12 +262,20 @@ pub fn write_dev_set(dir: &Path) -> Result<DevSet> {
     write_file(&set.nobody_client_key, &nobody.key_pem, true)?;
     write_file(&set.acl_model, ACL_MODEL, false)?;
     write_file(&set.acl_policy, ACL_POLICY, false)?;
+    write_file(&set.gossip_key, &gossip_key()?, true)?;
     Ok(set)
 }
 
 /// Writes `contents` to `path`, replacing it. A private file is created with mode 0600,
 /// and an existing one is narrowed to 0600 before the key is written into it.
 #[cfg_attr(not(unix), allow(unused_variables))]
+/// A fresh gossip key: 32 random bytes from the system, as hex.
+fn gossip_key() -> Result<String> {
+    let mut key = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(|_| Error::Random)?;
+    Ok(key.iter().map(|byte| format!("{byte:02x}")).collect::<String>() + "\n")
+}
+
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     #[cfg(unix)]
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -403,6 +418,7 @@ mod tests {
             names,
             [
                 "ca.pem",
+                "gossip.key",
                 "model.conf",
                 "nobody-client-key.pem",
                 "nobody-client.pem",
@@ -418,6 +434,14 @@ mod tests {
             assert_eq!(mode, 0o600, "{}", key.display());
             assert!(std::fs::read_to_string(key).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
         }
+        let gossip = std::fs::read_to_string(&set.gossip_key).unwrap();
+        assert_eq!(std::fs::metadata(&set.gossip_key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(gossip.trim().len(), 64, "32 bytes as hex");
+        assert_ne!(
+            gossip,
+            std::fs::read_to_string(write_dev_set(&dir).unwrap().gossip_key).unwrap(),
+            "fresh each time"
+        );
         with_cert(&std::fs::read_to_string(&set.server_cert).unwrap(), |cert| {
             assert_eq!(eku(cert), (true, false));
         });

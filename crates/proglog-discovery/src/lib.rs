@@ -155,7 +155,7 @@ pub struct Discovery {
     commands: mpsc::Sender<Command>,
     shared: Arc<Mutex<Shared>>,
     rejected: Arc<AtomicU64>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -252,7 +252,7 @@ impl Discovery {
             leaving: HashSet::new(),
         };
         let task = tokio::spawn(gossip.run(commands_rx));
-        Ok((Self { local_addr, commands, shared, rejected, task: Some(task) }, events))
+        Ok((Self { local_addr, commands, shared, rejected, task: Mutex::new(Some(task)) }, events))
     }
 
     /// The bound gossip address.
@@ -271,12 +271,17 @@ impl Discovery {
     }
 
     /// Tells the cluster this node leaves (gracefully), then stops gossiping.
-    pub async fn leave(mut self) {
+    pub async fn leave(&self) {
         let (done, left) = oneshot::channel();
         if self.commands.send(Command::Leave(done)).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), left).await;
         }
-        if let Some(task) = self.task.take() {
+        self.stop();
+    }
+
+    fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(task) = task {
             task.abort();
         }
     }
@@ -284,9 +289,7 @@ impl Discovery {
 
 impl Drop for Discovery {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.stop();
     }
 }
 
