@@ -21,6 +21,8 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_proglog-agent");
 pub struct Agent {
     pub child: Child,
     pub rpc: SocketAddr,
+    /// The gossip (UDP) address.
+    pub gossip: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     /// The agent's log lines (JSON) up to "serving".
     pub startup: Vec<String>,
@@ -40,17 +42,13 @@ impl Agent {
     /// [`Agent::start`], with the agent's open-file limit (soft and hard) set to
     /// `nofile` if given, as `ulimit -n` would.
     pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Self {
-        let mut args = vec![
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--node-name",
-            "black-box",
-            "--log-format",
-            "json",
-        ];
-        for (flag, value) in
-            [("--bind-addr", "127.0.0.1:0"), ("--rpc-port", "0"), ("--http-addr", "127.0.0.1:0")]
-        {
+        let mut args = vec!["--data-dir", data_dir.to_str().unwrap(), "--log-format", "json"];
+        for (flag, value) in [
+            ("--node-name", "black-box"),
+            ("--bind-addr", "127.0.0.1:0"),
+            ("--rpc-port", "0"),
+            ("--http-addr", "127.0.0.1:0"),
+        ] {
             if !extra.contains(&flag) {
                 args.extend([flag, value]);
             }
@@ -97,7 +95,15 @@ impl Agent {
             let start = serving.find(&format!("\"{name}\":\""))? + name.len() + 4;
             serving[start..].split('"').next()?.parse().ok()
         };
-        Self { rpc: field("rpc_addr").unwrap(), http_addr: field("http_addr"), child, startup, log, logged }
+        Self {
+            rpc: field("rpc_addr").unwrap(),
+            gossip: field("gossip_addr").unwrap(),
+            http_addr: field("http_addr"),
+            child,
+            startup,
+            log,
+            logged,
+        }
     }
 
     pub fn signal(&self, signal: libc::c_int) {

@@ -1,0 +1,193 @@
+//! Black-box clusters: real `proglog-agent` processes on loopback forming a
+//! cluster by gossip, with mutual TLS, the ACL and a gossip key (issue #9).
+//! Conditions are waited on with generous deadlines; nothing here asserts timing.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use proglog_api::v1::{ConsumeRequest, GetServersRequest, Server};
+use support::{Agent, Pki, produce};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Starts node `name` of the cluster, joining through `seed` (a gossip address).
+fn start(pki: &Pki, data: &Path, name: &str, seed: Option<&Agent>) -> Agent {
+    let dir = data.join(name);
+    let (cert, key, ca) = (pki.path("root-client.pem"), pki.path("root-client-key.pem"), pki.path("ca.pem"));
+    let seed = seed.map(|seed| seed.gossip.to_string());
+    let mut args = vec![
+        "--node-name",
+        name,
+        "--peer-tls-cert-file",
+        cert.to_str().unwrap(),
+        "--peer-tls-key-file",
+        key.to_str().unwrap(),
+        "--peer-tls-ca-file",
+        ca.to_str().unwrap(),
+        "--raft-heartbeat-interval",
+        "50ms",
+        "--raft-election-timeout",
+        "500ms",
+    ];
+    if let Some(seed) = &seed {
+        args.extend(["--start-join-addrs", seed.as_str()]);
+    }
+    pki.start_agent(&dir, &args)
+}
+
+/// The servers `agent` reports (empty while it cannot answer).
+async fn servers(pki: &Pki, agent: &Agent) -> Vec<Server> {
+    let mut client = pki.grpc(agent.rpc, "root");
+    let request = tonic::Request::new(GetServersRequest {});
+    match tokio::time::timeout(Duration::from_secs(2), client.get_servers(request)).await {
+        Ok(Ok(response)) => response.into_inner().servers,
+        _ => Vec::new(),
+    }
+}
+
+/// Waits until `agent` reports exactly `names` with one leader; returns the leader.
+async fn wait_for_servers(pki: &Pki, agent: &Agent, names: &[&str]) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let servers = servers(pki, agent).await;
+        let mut listed: Vec<&str> = servers.iter().map(|s| s.id.as_str()).collect();
+        listed.sort_unstable();
+        let leaders: Vec<&Server> = servers.iter().filter(|s| s.is_leader).collect();
+        if listed == names && leaders.len() == 1 {
+            return leaders[0].id.clone();
+        }
+        assert!(Instant::now() < deadline, "servers {servers:?}, wanted {names:?} with one leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `agent` logs a configuration of `voters` voters and no learner.
+fn wait_for_voters(agent: &Agent, voters: usize) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = agent.log.recv_timeout(left).expect("no such configuration in time");
+        let voter_list = line.split("\"voters\":\"[").nth(1).and_then(|rest| rest.split(']').next());
+        if line.contains("configuration changed")
+            && line.contains("\"learners\":\"[]\"")
+            && voter_list.is_some_and(|list| list.split(',').count() == voters)
+        {
+            return;
+        }
+    }
+}
+
+/// Produces `value` through `agent`, retrying while the cluster elects a leader.
+async fn produce_through(pki: &Pki, agent: &Agent, value: &str) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut client = pki.grpc(agent.rpc, "root");
+        match client.produce(produce(value)).await {
+            Ok(response) => return response.into_inner().offset,
+            Err(status) => {
+                assert!(Instant::now() < deadline, "produce through {} failed: {status:?}", agent.rpc);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Waits until `agent` holds `value` at `offset`.
+async fn wait_for_record(pki: &Pki, agent: &Agent, offset: u64, value: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut client = pki.grpc(agent.rpc, "root");
+        if let Ok(response) = client.consume(ConsumeRequest { offset }).await {
+            assert_eq!(response.into_inner().record.unwrap().value, value.as_bytes());
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never held offset {offset}", agent.rpc);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let mut agents: BTreeMap<&str, Agent> = BTreeMap::new();
+    agents.insert("node-0", start(&pki, data.path(), "node-0", None));
+    for name in ["node-1", "node-2"] {
+        let agent = start(&pki, data.path(), name, agents.get("node-0"));
+        agents.insert(name, agent);
+    }
+    let all = ["node-0", "node-1", "node-2"];
+    // Every member votes (learners are promoted once caught up).
+    wait_for_voters(&agents["node-0"], 3);
+    let leader = wait_for_servers(&pki, &agents["node-0"], &all).await;
+    for agent in agents.values() {
+        wait_for_servers(&pki, agent, &all).await;
+    }
+
+    // Produce on the leader; consume on both followers; offset + 1 is out of range.
+    let offset = produce_through(&pki, &agents[leader.as_str()], "first").await;
+    for agent in agents.values() {
+        wait_for_record(&pki, agent, offset, "first").await;
+        let mut client = pki.grpc(agent.rpc, "root");
+        let missing = client.consume(ConsumeRequest { offset: offset + 1 }).await.unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::OutOfRange);
+    }
+
+    // A forged gossip datagram changes nothing.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.send_to(b"\x50\x00not a member", agents["node-0"].gossip).await.unwrap();
+
+    // kill -9 the leader: the survivors elect another and serve produces
+    // (through either: a follower forwards).
+    let killed = leader.clone();
+    agents.remove(killed.as_str()).unwrap().kill();
+    let survivors: Vec<&str> = all.iter().copied().filter(|name| *name != killed).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let servers = servers(&pki, &agents[survivors[0]]).await;
+        if servers.iter().any(|s| s.is_leader && s.id != killed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader: {servers:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = produce_through(&pki, &agents[survivors[1]], "second").await;
+    assert_eq!(second, offset + 1);
+
+    // The killed node restarts with its name and data (on new ports) and catches up.
+    let name: &'static str = all.iter().copied().find(|name| *name == killed).unwrap();
+    let restarted = start(&pki, data.path(), name, agents.get(survivors[0]));
+    wait_for_record(&pki, &restarted, second, "second").await;
+    agents.insert(name, restarted);
+    for agent in agents.values() {
+        wait_for_servers(&pki, agent, &all).await;
+    }
+
+    // SIGTERM a follower: it leaves, and the others stop listing it.
+    let leader = wait_for_servers(&pki, &agents["node-0"], &all).await;
+    let follower: &str = all.iter().copied().find(|name| *name != leader).unwrap();
+    let status = agents.remove(follower).unwrap().terminate().await;
+    assert!(status.success(), "{status:?}");
+    let remaining: Vec<&str> = all.iter().copied().filter(|name| *name != follower).collect();
+    for agent in agents.values() {
+        wait_for_servers(&pki, agent, &remaining).await;
+    }
+
+    // A fourth node started later joins and catches up.
+    let fourth = start(&pki, data.path(), "node-3", agents.values().next());
+    wait_for_record(&pki, &fourth, second, "second").await;
+    let mut with_fourth = remaining.clone();
+    with_fourth.push("node-3");
+    with_fourth.sort_unstable();
+    wait_for_servers(&pki, &fourth, &with_fourth).await;
+
+    for agent in agents.into_values() {
+        assert!(agent.terminate().await.success());
+    }
+    assert!(fourth.terminate().await.success());
+}
