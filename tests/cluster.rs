@@ -66,22 +66,6 @@ async fn wait_for_servers(pki: &Pki, agent: &Agent, names: &[&str]) -> String {
     }
 }
 
-/// Waits until `agent` logs a configuration of `voters` voters and no learner.
-fn wait_for_voters(agent: &Agent, voters: usize) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = agent.log.recv_timeout(left).expect("no such configuration in time");
-        let voter_list = line.split("\"voters\":\"[").nth(1).and_then(|rest| rest.split(']').next());
-        if line.contains("configuration changed")
-            && line.contains("\"learners\":\"[]\"")
-            && voter_list.is_some_and(|list| list.split(',').count() == voters)
-        {
-            return;
-        }
-    }
-}
-
 /// Produces `value` through `agent`, retrying while the cluster elects a leader.
 async fn produce_through(pki: &Pki, agent: &Agent, value: &str) -> u64 {
     let deadline = Instant::now() + DEADLINE;
@@ -123,7 +107,7 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
     }
     let all = ["node-0", "node-1", "node-2"];
     // Every member votes (learners are promoted once caught up).
-    wait_for_voters(&agents["node-0"], 3);
+    agents["node-0"].wait_for_voters(3, DEADLINE);
     let leader = wait_for_servers(&pki, &agents["node-0"], &all).await;
     for agent in agents.values() {
         wait_for_servers(&pki, agent, &all).await;

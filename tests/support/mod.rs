@@ -42,6 +42,15 @@ impl Agent {
     /// [`Agent::start`], with the agent's open-file limit (soft and hard) set to
     /// `nofile` if given, as `ulimit -n` would.
     pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Self {
+        Self::start_with(None, data_dir, extra, nofile)
+    }
+
+    /// [`Agent::start`] inside the network namespace `netns` (`ip netns exec`).
+    pub fn start_in(netns: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with(Some(netns), data_dir, extra, None)
+    }
+
+    fn start_with(netns: Option<&str>, data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Self {
         let mut args = vec!["--data-dir", data_dir.to_str().unwrap(), "--log-format", "json"];
         for (flag, value) in [
             ("--node-name", "black-box"),
@@ -53,7 +62,14 @@ impl Agent {
                 args.extend([flag, value]);
             }
         }
-        let mut command = Command::new(AGENT);
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, AGENT]);
+                command
+            }
+            None => Command::new(AGENT),
+        };
         command.args(args).args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
         if let Some(nofile) = nofile {
             use std::os::unix::process::CommandExt;
@@ -103,6 +119,23 @@ impl Agent {
             startup,
             log,
             logged,
+        }
+    }
+
+    /// Waits until the agent logs a configuration of `voters` voters and no
+    /// learner (consuming its log lines up to it).
+    pub fn wait_for_voters(&self, voters: usize, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.log.recv_timeout(left).expect("no such configuration in time");
+            let voter_list = line.split("\"voters\":\"[").nth(1).and_then(|rest| rest.split(']').next());
+            if line.contains("configuration changed")
+                && line.contains("\"learners\":\"[]\"")
+                && voter_list.is_some_and(|list| list.split(',').count() == voters)
+            {
+                return;
+            }
         }
     }
 
@@ -235,6 +268,15 @@ impl Pki {
         Self { dir }
     }
 
+    /// A PKI whose server certificate also names `sans` (agents on other
+    /// addresses dial each other by them).
+    pub fn with_sans(sans: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<&str> = ["localhost", "127.0.0.1"].iter().chain(sans).copied().collect();
+        proglog_certs::write_dev_set_for(dir.path(), &all).unwrap();
+        Self { dir }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -242,6 +284,11 @@ impl Pki {
     /// Starts an agent on `data_dir` with mutual TLS and the ACL of this PKI,
     /// and `extra` flags.
     pub fn start_agent(&self, data_dir: &Path, extra: &[&str]) -> Agent {
+        self.start_agent_in(None, data_dir, extra)
+    }
+
+    /// [`Pki::start_agent`], inside the network namespace `netns` if given.
+    pub fn start_agent_in(&self, netns: Option<&str>, data_dir: &Path, extra: &[&str]) -> Agent {
         let files = [
             ("--server-tls-cert-file", "server.pem"),
             ("--server-tls-key-file", "server-key.pem"),
@@ -253,7 +300,10 @@ impl Pki {
         .map(|(flag, file)| (flag, self.path(file).to_str().unwrap().to_owned()));
         let mut args: Vec<&str> = files.iter().flat_map(|(flag, path)| [*flag, path.as_str()]).collect();
         args.extend_from_slice(extra);
-        Agent::start(data_dir, &args)
+        match netns {
+            Some(netns) => Agent::start_in(netns, data_dir, &args),
+            None => Agent::start(data_dir, &args),
+        }
     }
 
     /// A rustls client config trusting the CA, presenting `client` (e.g. "root")

@@ -234,8 +234,14 @@ pub struct DevSet {
 /// names are overwritten, so certificates minted by an earlier run stop being trusted by
 /// servers given the new `ca.pem`. Private keys are written with mode 0600 on Unix.
 pub fn write_dev_set(dir: &Path) -> Result<DevSet> {
+    write_dev_set_for(dir, &["localhost", "127.0.0.1"])
+}
+
+/// [`write_dev_set`], with a server certificate for `sans` (host names or IP
+/// addresses: agents on other addresses dial each other by them).
+pub fn write_dev_set_for(dir: &Path, sans: &[&str]) -> Result<DevSet> {
     let ca = Ca::new("proglog development CA")?;
-    let server = ca.server_cert(&["localhost", "127.0.0.1"])?;
+    let server = ca.server_cert(sans)?;
     let root = ca.client_cert("root")?;
     let nobody = ca.client_cert("nobody")?;
 
