@@ -125,6 +125,16 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
     // A forged gossip datagram changes nothing.
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     socket.send_to(b"\x50\x00not a member", agents["node-0"].gossip).await.unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, metrics) = pki.https(agents["node-0"].http(), Some("root"), "GET", "/metrics", None).unwrap();
+        let rejected = metrics.lines().find_map(|line| line.strip_prefix("proglog_gossip_rejected_total "));
+        if rejected.is_some_and(|count| count.trim().parse::<f64>().is_ok_and(|count| count >= 1.0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the forged datagram was not counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // kill -9 the leader: the survivors elect another and serve produces
     // (through either: a follower forwards).

@@ -154,8 +154,20 @@ impl Agent {
         let log = Arc::new(log);
         transport.bind(log.mailbox());
 
+        // Gossip starts with the servers: what it tells the leader, peers dial on
+        // the RPC port, which is already bound.
+        let (discovery, events) = Discovery::start(DiscoveryConfig {
+            name: config.node_name.clone(),
+            bind_addr: config.bind_addr,
+            rpc_addr: rpc_addr.to_string(),
+            start_join_addrs: resolve(&config.start_join_addrs).await?,
+            key: gossip_key(config.gossip_key_file.as_deref())?,
+            logger: logger.clone(),
+        })
+        .await?;
+        let discovery = Arc::new(discovery);
         let (stop, stopped) = watch::channel(false);
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(discovery.rejected_counter());
         let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
         let limits = Limits {
             max_connections,
@@ -192,16 +204,6 @@ impl Agent {
             };
             tokio::spawn(http::serve(listener, Arc::new(state), http_tls, limits, shutdown, logger.clone()))
         });
-        let (discovery, events) = Discovery::start(DiscoveryConfig {
-            name: config.node_name.clone(),
-            bind_addr: config.bind_addr,
-            rpc_addr: rpc_addr.to_string(),
-            start_join_addrs: resolve(&config.start_join_addrs).await?,
-            key: gossip_key(config.gossip_key_file.as_deref())?,
-            logger: logger.clone(),
-        })
-        .await?;
-        let discovery = Arc::new(discovery);
         let membership = tokio::spawn(membership::run(
             Arc::clone(&log),
             Arc::clone(&discovery),

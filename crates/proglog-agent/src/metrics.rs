@@ -1,8 +1,9 @@
 //! The agent's Prometheus metrics (SPEC §7): the RPC layer records into this
-//! recorder; the log gauges are read at each scrape. Nothing is installed
-//! globally.
+//! recorder; the log gauges and gossip's rejected-datagram count are read at
+//! each scrape. Nothing is installed globally.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -17,6 +18,8 @@ const DURATION_BUCKETS: &[f64] =
 pub(crate) struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// Gossip datagrams dropped as unauthentic or stale (kept by discovery).
+    gossip_rejected: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -26,7 +29,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(gossip_rejected: Arc<AtomicU64>) -> Self {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(
@@ -36,7 +39,7 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
-        Self { recorder, handle }
+        Self { recorder, handle, gossip_rejected }
     }
 
     pub(crate) fn recorder(&self) -> Arc<PrometheusRecorder> {
@@ -59,6 +62,13 @@ impl Metrics {
         self.gauge("proglog_raft_commit_index", status.commit_index as f64);
         self.gauge("proglog_raft_applied_index", status.applied_index as f64);
         self.gauge("proglog_cluster_members", status.members as f64);
+        let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
+        self.recorder
+            .register_counter(
+                &Key::from_parts("proglog_gossip_rejected_total", Vec::<Label>::new()),
+                &metadata,
+            )
+            .absolute(self.gossip_rejected.load(Ordering::Relaxed));
         self.handle.render()
     }
 }

@@ -270,6 +270,11 @@ impl Discovery {
         self.rejected.load(Ordering::Relaxed)
     }
 
+    /// The counter behind [`Discovery::rejected`], for a metrics exporter.
+    pub fn rejected_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.rejected)
+    }
+
     /// Tells the cluster this node leaves (gracefully), then stops gossiping.
     pub async fn leave(&self) {
         let (done, left) = oneshot::channel();
