@@ -17,27 +17,12 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Starts node `name` of the cluster, joining through `seed` (a gossip address).
 fn start(pki: &Pki, data: &Path, name: &str, seed: Option<&Agent>) -> Agent {
-    let dir = data.join(name);
-    let (cert, key, ca) = (pki.path("root-client.pem"), pki.path("root-client-key.pem"), pki.path("ca.pem"));
     let seed = seed.map(|seed| seed.gossip.to_string());
-    let mut args = vec![
-        "--node-name",
-        name,
-        "--peer-tls-cert-file",
-        cert.to_str().unwrap(),
-        "--peer-tls-key-file",
-        key.to_str().unwrap(),
-        "--peer-tls-ca-file",
-        ca.to_str().unwrap(),
-        "--raft-heartbeat-interval",
-        "50ms",
-        "--raft-election-timeout",
-        "500ms",
-    ];
+    let mut args = vec!["--raft-heartbeat-interval", "50ms", "--raft-election-timeout", "500ms"];
     if let Some(seed) = &seed {
         args.extend(["--start-join-addrs", seed.as_str()]);
     }
-    pki.start_agent(&dir, &args)
+    pki.start_member(None, data, name, &args)
 }
 
 /// The servers `agent` reports (empty while it cannot answer).

@@ -115,27 +115,18 @@ async fn partitions_and_pauses_lose_nothing_acknowledged() {
     let addresses: Vec<String> = (0..NODES).map(Network::address).collect();
     let pki = Pki::with_sans(&addresses.iter().map(String::as_str).collect::<Vec<_>>());
     let data = tempfile::tempdir().unwrap();
-    let (cert, key, ca) = (pki.path("root-client.pem"), pki.path("root-client-key.pem"), pki.path("ca.pem"));
     let mut agents: Vec<Agent> = Vec::new();
     for node in 0..NODES {
         let name = format!("node-{node}");
         let bind = format!("{}:8401", addresses[node]);
         let seed = format!("{}:8401", addresses[0]);
         let mut args = vec![
-            "--node-name",
-            &name,
             "--bind-addr",
             &bind,
             "--rpc-port",
             "8400",
             "--http-addr",
             "",
-            "--peer-tls-cert-file",
-            cert.to_str().unwrap(),
-            "--peer-tls-key-file",
-            key.to_str().unwrap(),
-            "--peer-tls-ca-file",
-            ca.to_str().unwrap(),
             "--raft-heartbeat-interval",
             "100ms",
             "--raft-election-timeout",
@@ -144,7 +135,7 @@ async fn partitions_and_pauses_lose_nothing_acknowledged() {
         if node > 0 {
             args.extend(["--start-join-addrs", &seed]);
         }
-        let agent = pki.start_agent_in(Some(&network.namespace(node)), &data.path().join(&name), &args);
+        let agent = pki.start_member(Some(&network.namespace(node)), data.path(), &name, &args);
         agents.push(agent);
     }
     // Wait for the three to agree on a leader (node-0, bootstrapped, leads at first).

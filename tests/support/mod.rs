@@ -287,6 +287,26 @@ impl Pki {
         self.start_agent_in(None, data_dir, extra)
     }
 
+    /// Starts cluster member `name` (its data under `data_dir`), presenting the
+    /// root certificate to its peers (the ACL lets root replicate), inside the
+    /// network namespace `netns` if given, with `extra` flags.
+    pub fn start_member(&self, netns: Option<&str>, data_dir: &Path, name: &str, extra: &[&str]) -> Agent {
+        let (cert, key, ca) =
+            (self.path("root-client.pem"), self.path("root-client-key.pem"), self.path("ca.pem"));
+        let mut args = vec![
+            "--node-name",
+            name,
+            "--peer-tls-cert-file",
+            cert.to_str().unwrap(),
+            "--peer-tls-key-file",
+            key.to_str().unwrap(),
+            "--peer-tls-ca-file",
+            ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.start_agent_in(netns, &data_dir.join(name), &args)
+    }
+
     /// [`Pki::start_agent`], inside the network namespace `netns` if given.
     pub fn start_agent_in(&self, netns: Option<&str>, data_dir: &Path, extra: &[&str]) -> Agent {
         let files = [
