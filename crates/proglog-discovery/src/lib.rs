@@ -356,8 +356,8 @@ impl Gossip {
                             }
                         }
                         Some((KIND_LEAVING, payload)) => {
-                            if let Ok(name) = std::str::from_utf8(payload) && self.leaving.len() < MAX_MEMBERS {
-                                self.leaving.insert(name.to_owned());
+                            if let Ok(name) = std::str::from_utf8(payload) {
+                                self.announced_leave(name);
                             }
                         }
                         _ => {
@@ -372,8 +372,15 @@ impl Gossip {
                     match command {
                         Some(Command::Leave(done)) => {
                             let notice = self.sealer.seal(KIND_LEAVING, self.me.name.as_bytes());
-                            for member in foca.iter_members() {
-                                let _ = self.socket.send_to(&notice, member.id().gossip_addr).await;
+                            // Everyone who may know this node: its peers by foca and by
+                            // its own events, and its seeds (a join in progress).
+                            let mut to: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().gossip_addr).collect();
+                            to.extend(lock(&self.shared).members.values().map(|node| node.gossip_addr));
+                            to.extend(self.seeds.iter().copied());
+                            to.sort_unstable();
+                            to.dedup();
+                            for addr in to {
+                                let _ = self.socket.send_to(&notice, addr).await;
                             }
                             let _ = foca.leave_cluster(&mut runtime);
                             self.drain(&mut runtime, &timers_tx, &mut joined).await;
@@ -434,6 +441,21 @@ impl Gossip {
         }
         self.leaving.remove(&node.name);
         self.report(Event::Joined { name: node.name, rpc_addr: node.rpc_addr });
+    }
+
+    /// A member says it leaves: reported as it goes down — or at once if it is
+    /// already down here (declared failed earlier, e.g. while this host was busy).
+    fn announced_leave(&mut self, name: &str) {
+        if name == self.me.name {
+            return;
+        }
+        if lock(&self.shared).members.contains_key(name) {
+            if self.leaving.len() < MAX_MEMBERS {
+                self.leaving.insert(name.to_owned());
+            }
+        } else {
+            self.report(Event::Left { name: name.to_owned() });
+        }
     }
 
     fn member_down(&mut self, node: &Node) {
