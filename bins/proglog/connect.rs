@@ -21,54 +21,22 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Parses `host:port`, `proglog://host:port` or `proglog:///host:port` (IPv6 hosts in
-    /// brackets). The `proglog://` forms will select the leader-aware client; until it
-    /// exists they dial that one server too.
+    /// Parses `host:port`, `proglog://host:port` or `proglog:///host:port` (IPv6
+    /// hosts in brackets) as `proglog_client` does. The `proglog://` forms will
+    /// select the leader-aware client; until the CLI is built on it they dial that
+    /// one server too, so a single one is expected.
     pub(crate) fn parse(addr: &str) -> Result<Self, UsageError> {
         let bad = |why: &str| UsageError(format!("invalid --addr '{addr}': {why}"));
-        let host_port = match addr.split_once("://") {
-            Some(("proglog", rest)) => rest.strip_prefix('/').unwrap_or(rest),
-            Some((scheme, _)) => {
-                return Err(bad(&format!(
-                    "unsupported scheme '{scheme}' (use host:port or proglog://host:port)"
-                )));
-            }
-            None => addr,
-        };
-        if host_port.is_empty() {
-            return Err(bad("expected host:port"));
+        let target = proglog_client::Target::parse(addr).map_err(|why| bad(&why))?;
+        match target.seeds.as_slice() {
+            [one] => Ok(Self { host: one.host.clone(), port: one.port }),
+            _ => Err(bad("expected a single host:port")),
         }
-        if host_port.contains(['/', ',', '?', '#', '@']) || host_port.chars().any(char::is_whitespace) {
-            return Err(bad("expected a single host:port"));
-        }
-        let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
-            let (host, rest) = bracketed.split_once(']').ok_or_else(|| bad("unclosed '[' in the host"))?;
-            let port = rest.strip_prefix(':').ok_or_else(|| bad("expected host:port"))?;
-            (host, port)
-        } else {
-            let (host, port) = host_port.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
-            if host.contains(':') {
-                return Err(bad("put an IPv6 address in brackets, as in [::1]:8400"));
-            }
-            (host, port)
-        };
-        if host.is_empty() {
-            return Err(bad("the host is empty"));
-        }
-        let port = match port.parse::<u16>() {
-            Ok(port) if port > 0 => port,
-            _ => return Err(bad(&format!("'{port}' is not a port number"))),
-        };
-        Ok(Self { host: host.to_owned(), port })
     }
 
     /// `host:port`, with an IPv6 host in brackets.
     pub(crate) fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        proglog_client::Authority { host: self.host.clone(), port: self.port }.to_addr()
     }
 }
 
@@ -224,7 +192,7 @@ mod tests {
             ("[::1", "unclosed"),
             ("http://host:1", "unsupported scheme 'http'"),
             ("proglog://a:1,b:2", "single host:port"),
-            ("proglog://host:1/path", "single host:port"),
+            ("proglog://host:1/path", "expected host:port"),
         ] {
             match Target::parse(addr) {
                 Ok(target) => panic!("{addr:?} parsed as {target:?}"),

@@ -1,0 +1,266 @@
+//! `proglog-client`: the client of a proglog cluster (SPEC §8).
+//!
+//! [`Client::connect`] takes `proglog://host:port[,host:port...]` (the cluster:
+//! the hosts are seeds) or `host:port` (that one server). For a cluster, a
+//! resolver asks GetServers, keeps one channel per server and refreshes the list
+//! periodically and on errors; a [`Picker`] sends produces to the leader and
+//! spreads consumes round-robin over the followers (the leader when there are
+//! none).
+//!
+//! Delivery semantics: **at most once**. A produce is retried (once, after a
+//! refresh) only when the server refused it as not the leader — it appended
+//! nothing. Any other failure is returned: the record may or may not have been
+//! appended, and retrying could duplicate it. Consumes are idempotent and move
+//! to another server on `UNAVAILABLE`.
+//!
+//! This is the first part of the issue-#10 client: produce, consume and servers.
+//! Streams, failover within 2 s and the CLI on top of it follow.
+
+mod picker;
+mod target;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use proglog_api::v1::log_client::LogClient;
+use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record, Server};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub use crate::picker::{Call, Picker};
+pub use crate::target::{Authority, Target};
+
+/// TLS to the servers.
+#[derive(Clone)]
+pub struct Tls {
+    /// The client config (roots, and an identity for mutual TLS), from `proglog_tls`.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name server certificates must carry; default: each server's host.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+/// How the client connects.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// TLS, or plaintext when `None`.
+    pub tls: Option<Tls>,
+    /// TCP (and TLS) handshake timeout per server.
+    pub connect_timeout: Duration,
+    /// How often the server list is refreshed without errors.
+    pub refresh_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { tls: None, connect_timeout: Duration::from_secs(5), refresh_interval: Duration::from_secs(10) }
+    }
+}
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The address does not parse.
+    #[error("invalid address '{addr}': {reason}")]
+    InvalidAddress {
+        /// The address given.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No server fits the call (no leader is known for a produce).
+    #[error("{0}")]
+    NoServer(String),
+    /// A server's TLS settings are unusable.
+    #[error("tls: {0}")]
+    Tls(#[from] proglog_tls::Error),
+    /// The server answered with an error.
+    #[error("{} ({:?})", .0.message(), .0.code())]
+    Status(#[from] Status),
+}
+
+struct State {
+    picker: Arc<Picker>,
+    channels: HashMap<String, Channel>,
+}
+
+struct Inner {
+    target: Target,
+    options: Options,
+    state: Mutex<State>,
+}
+
+/// A client of a proglog cluster (or of one server). Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("target", &self.inner.target).finish_non_exhaustive()
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The server refused an append because it does not lead: it appended nothing.
+fn not_leader(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && status.get_error_details().error_info().is_some_and(|info| info.reason == "NOT_LEADER")
+}
+
+impl Client {
+    /// Connects to `addr`; for a cluster, learns its servers from the first seed
+    /// that answers GetServers.
+    pub async fn connect(addr: &str, options: Options) -> Result<Self, Error> {
+        let target =
+            Target::parse(addr).map_err(|reason| Error::InvalidAddress { addr: addr.to_owned(), reason })?;
+        let seeds: Vec<Server> = target
+            .seeds
+            .iter()
+            .map(|seed| Server { id: seed.to_addr(), rpc_addr: seed.to_addr(), is_leader: !target.cluster })
+            .collect();
+        let client = Self {
+            inner: Arc::new(Inner {
+                target,
+                options,
+                state: Mutex::new(State { picker: Arc::new(Picker::new(seeds)), channels: HashMap::new() }),
+            }),
+        };
+        if client.inner.target.cluster {
+            client.refresh().await?;
+            let weak = Arc::downgrade(&client.inner);
+            tokio::spawn(refresh_periodically(weak, client.inner.options.refresh_interval));
+        }
+        Ok(client)
+    }
+
+    /// Asks the known servers (then the seeds) for the server list, and picks from
+    /// the first answer. A single-server client has nothing to refresh.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        if !self.inner.target.cluster {
+            return Ok(());
+        }
+        let known: Vec<String> = {
+            let state = lock(&self.inner.state);
+            state.picker.servers().iter().map(|server| server.rpc_addr.clone()).collect()
+        };
+        let seeds = self.inner.target.seeds.iter().map(Authority::to_addr);
+        let mut last = Error::NoServer("no server to ask for the cluster's servers".into());
+        for addr in known.into_iter().chain(seeds) {
+            let mut client = LogClient::new(self.channel(&addr)?);
+            match client.get_servers(GetServersRequest {}).await {
+                Ok(response) => {
+                    let servers = response.into_inner().servers;
+                    if servers.is_empty() {
+                        continue;
+                    }
+                    lock(&self.inner.state).picker = Arc::new(Picker::new(servers));
+                    return Ok(());
+                }
+                Err(status) => last = Error::Status(status),
+            }
+        }
+        Err(last)
+    }
+
+    /// The channel to `addr` (created on first use; connects lazily).
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        if let Some(channel) = lock(&self.inner.state).channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let connector = match &self.inner.options.tls {
+            None => proglog_tls::Connector::plaintext(),
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let name =
+                    tls.server_name.as_deref().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+                proglog_tls::Connector::tls(Arc::clone(&tls.config), name)?
+            }
+        };
+        let endpoint = connector.endpoint(addr)?.connect_timeout(self.inner.options.connect_timeout);
+        let channel = connector.connect_lazy(&endpoint);
+        lock(&self.inner.state).channels.insert(addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A gRPC client for the server picked for `call`.
+    fn pick(&self, call: Call) -> Result<LogClient<Channel>, Error> {
+        let picker = Arc::clone(&lock(&self.inner.state).picker);
+        let server = picker.pick(call).ok_or_else(|| {
+            Error::NoServer(match call {
+                Call::Produce => "no leader is known".into(),
+                _ => "no server is known".into(),
+            })
+        })?;
+        Ok(LogClient::new(self.channel(&server.rpc_addr)?))
+    }
+
+    /// Appends `value` on the leader; its offset once committed.
+    pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Error> {
+        let request = ProduceRequest { record: Some(Record { value: value.into(), ..Record::default() }) };
+        match self.pick(Call::Produce)?.produce(request.clone()).await {
+            Ok(response) => Ok(response.into_inner().offset),
+            Err(status) if not_leader(&status) => {
+                // Nothing was appended: the leader changed. Once more, on the new one.
+                self.refresh().await?;
+                Ok(self.pick(Call::Produce)?.produce(request).await?.into_inner().offset)
+            }
+            Err(status) => {
+                if status.code() == Code::Unavailable {
+                    let _ = self.refresh().await;
+                }
+                Err(Error::Status(status))
+            }
+        }
+    }
+
+    /// Reads the record at `offset` from a follower (in turn), trying another
+    /// server if one is unavailable.
+    pub async fn consume(&self, offset: u64) -> Result<Record, Error> {
+        let attempts = lock(&self.inner.state).picker.servers().len().max(1);
+        let mut last = None;
+        for _ in 0..attempts {
+            match self.pick(Call::Consume)?.consume(ConsumeRequest { offset }).await {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .record
+                        .ok_or_else(|| Error::Status(Status::internal("no record")));
+                }
+                Err(status) if status.code() == Code::Unavailable => {
+                    let _ = self.refresh().await;
+                    last = Some(status);
+                }
+                Err(status) => return Err(Error::Status(status)),
+            }
+        }
+        Err(Error::Status(last.unwrap_or_else(|| Status::unavailable("no server answered"))))
+    }
+
+    /// The cluster's servers, as a server reports them.
+    pub async fn servers(&self) -> Result<Vec<Server>, Error> {
+        Ok(self.pick(Call::Other)?.get_servers(GetServersRequest {}).await?.into_inner().servers)
+    }
+}
+
+/// Refreshes the server list every `interval` while the client lives.
+async fn refresh_periodically(inner: Weak<Inner>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let _ = Client { inner }.refresh().await;
+    }
+}

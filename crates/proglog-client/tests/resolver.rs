@@ -1,0 +1,120 @@
+//! The resolver and picker against fake `log.v1` servers whose GetServers
+//! answer the test changes: produces reach the server listed as leader,
+//! consumes alternate over the followers, and a refresh follows the change.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use proglog_api::v1::log_server::{Log, LogServer};
+use proglog_api::v1::{
+    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
+    Record, Server,
+};
+use proglog_client::{Client, Options};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+type Servers = Arc<Mutex<Vec<Server>>>;
+
+/// A server that answers produces with its number and consumes with its name.
+struct Fake {
+    number: u64,
+    name: String,
+    servers: Servers,
+}
+
+type Empty<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Log for Fake {
+    async fn produce(&self, _: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        Ok(Response::new(ProduceResponse { offset: self.number }))
+    }
+
+    async fn consume(&self, _: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
+        let record = Record { value: self.name.clone().into(), ..Record::default() };
+        Ok(Response::new(ConsumeResponse { record: Some(record) }))
+    }
+
+    type ConsumeStreamStream = Empty<ConsumeResponse>;
+
+    async fn consume_stream(
+        &self,
+        _: Request<ConsumeRequest>,
+    ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    type ProduceStreamStream = Empty<ProduceResponse>;
+
+    async fn produce_stream(
+        &self,
+        _: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn get_servers(
+        &self,
+        _: Request<GetServersRequest>,
+    ) -> Result<Response<GetServersResponse>, Status> {
+        Ok(Response::new(GetServersResponse { servers: self.servers.lock().unwrap().clone() }))
+    }
+}
+
+async fn start(number: u64, servers: &Servers) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = Fake { number, name: format!("s{number}"), servers: Arc::clone(servers) };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LogServer::new(fake))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+fn listing(addrs: &[String], leader: usize) -> Vec<Server> {
+    addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| Server { id: format!("s{i}"), rpc_addr: addr.clone(), is_leader: i == leader })
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_follow_the_servers_the_cluster_reports() {
+    let servers = Servers::default();
+    let mut addrs = Vec::new();
+    for number in 0..3 {
+        addrs.push(start(number, &servers).await);
+    }
+    *servers.lock().unwrap() = listing(&addrs, 0);
+    // One seed is enough: the rest is learned from GetServers.
+    let client = Client::connect(&format!("proglog://{}", addrs[2]), Options::default()).await.unwrap();
+    assert_eq!(client.produce("x").await.unwrap(), 0, "the leader, s0");
+    let mut consumed = Vec::new();
+    for _ in 0..4 {
+        consumed.push(String::from_utf8(client.consume(0).await.unwrap().value.to_vec()).unwrap());
+    }
+    assert_eq!(consumed, ["s1", "s2", "s1", "s2"], "the followers in turn");
+    assert_eq!(client.servers().await.unwrap().len(), 3);
+
+    // The cluster elects s2: after a refresh, produces go there.
+    *servers.lock().unwrap() = listing(&addrs, 2);
+    client.refresh().await.unwrap();
+    assert_eq!(client.produce("y").await.unwrap(), 2);
+
+    // Without a leader, a produce says so at once.
+    *servers.lock().unwrap() = listing(&addrs, usize::MAX);
+    client.refresh().await.unwrap();
+    let error = client.produce("z").await.unwrap_err();
+    assert!(error.to_string().contains("no leader"), "{error}");
+
+    // A plain host:port always dials that server.
+    let single = Client::connect(&addrs[1], Options::default()).await.unwrap();
+    assert_eq!(single.produce("w").await.unwrap(), 1);
+    assert!(Client::connect("http://nowhere:1", Options::default()).await.is_err());
+}
