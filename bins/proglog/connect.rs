@@ -113,14 +113,49 @@ impl TlsOptions {
         }
     }
 
+    /// The rustls config: trusting the CA, presenting the client certificate if given.
+    fn client_config(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let roots = std::slice::from_ref(&self.ca_file);
+        proglog_tls::client_config(roots, self.identity.as_ref(), &[b"h2"]).map_err(|error| self.error(error))
+    }
+
     /// The connector: verifying the server against the CA as `--server-name`
     /// (default: the host of `--addr`), presenting the client certificate if given.
     fn connector(&self, target: &Target) -> anyhow::Result<Connector> {
         let server_name = self.server_name.as_deref().unwrap_or(&target.host);
-        let roots = std::slice::from_ref(&self.ca_file);
-        let config = proglog_tls::client_config(roots, self.identity.as_ref(), &[b"h2"])
-            .map_err(|error| self.error(error))?;
-        Connector::tls(config, server_name).map_err(|error| self.error(error))
+        Connector::tls(self.client_config()?, server_name).map_err(|error| self.error(error))
+    }
+
+    /// The same TLS for the leader-aware client.
+    pub(crate) fn for_client(&self) -> anyhow::Result<proglog_client::Tls> {
+        Ok(proglog_client::Tls { config: self.client_config()?, server_name: self.server_name.clone() })
+    }
+}
+
+/// For `proglog://` addresses, the server the leader-aware client picks for
+/// `call` (the leader for produces, a follower for consumes); for `host:port`,
+/// or when the cluster cannot be asked, the server `--addr` names.
+pub(crate) async fn pick(
+    addr: &str,
+    target: Target,
+    tls: Option<&TlsOptions>,
+    call: proglog_client::Call,
+) -> anyhow::Result<Target> {
+    if !addr.starts_with("proglog://") {
+        return Ok(target);
+    }
+    let options = proglog_client::Options {
+        tls: tls.map(TlsOptions::for_client).transpose()?,
+        connect_timeout: CONNECT_TIMEOUT,
+        ..proglog_client::Options::default()
+    };
+    let picked = match proglog_client::Client::connect(addr, options).await {
+        Ok(client) => client.address_for(call).ok(),
+        Err(_) => None, // dialing the named server reports why, with a hint
+    };
+    match picked {
+        Some(picked) => Target::parse(&picked).map_err(Into::into),
+        None => Ok(target),
     }
 }
 

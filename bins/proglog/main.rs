@@ -156,6 +156,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { common, command } = cli;
     let target = Target::parse(&common.addr)?;
     let tls = TlsOptions::new(common.ca_file, common.cert_file, common.key_file, common.server_name)?;
+    let call = match &command {
+        Command::Produce { .. } => proglog_client::Call::Produce,
+        Command::Consume { .. } => proglog_client::Call::Consume,
+        Command::Servers => proglog_client::Call::Other,
+    };
+    let target = connect::pick(&common.addr, target, tls.as_ref(), call).await?;
     let channel = connect::connect(&target, tls.as_ref()).await?;
     // The server bounds record sizes (max-record-bytes); tonic's default 4 MiB must not.
     let mut client =

@@ -208,6 +208,16 @@ impl Client {
         Ok(LogClient::new(self.channel(&server.rpc_addr)?))
     }
 
+    /// The RPC address of the server the picker chooses now for `call` (for
+    /// callers that dial it themselves, as the CLI's streams do).
+    pub fn address_for(&self, call: Call) -> Result<String, Error> {
+        let picker = Arc::clone(&lock(&self.inner.state).picker);
+        picker
+            .pick(call)
+            .map(|server| server.rpc_addr.clone())
+            .ok_or_else(|| Error::NoServer("no server fits".into()))
+    }
+
     /// Appends `value` on the leader; its offset once committed.
     pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Error> {
         let request = ProduceRequest { record: Some(Record { value: value.into(), ..Record::default() }) };
