@@ -159,21 +159,32 @@ impl Client {
         };
         let seeds = self.inner.target.seeds.iter().map(Authority::to_addr);
         let mut last = Error::NoServer("no server to ask for the cluster's servers".into());
+        let mut leaderless = None;
         for addr in known.into_iter().chain(seeds) {
             let mut client = LogClient::new(self.channel(&addr)?);
             match client.get_servers(GetServersRequest {}).await {
                 Ok(response) => {
                     let servers = response.into_inner().servers;
-                    if servers.is_empty() {
-                        continue;
+                    if servers.iter().any(|server| server.is_leader) {
+                        lock(&self.inner.state).picker = Arc::new(Picker::new(servers));
+                        return Ok(());
                     }
-                    lock(&self.inner.state).picker = Arc::new(Picker::new(servers));
-                    return Ok(());
+                    // A server that knows no leader (an election, a lagging node):
+                    // ask the others, keep this answer if none knows better.
+                    if leaderless.is_none() && !servers.is_empty() {
+                        leaderless = Some(servers);
+                    }
                 }
                 Err(status) => last = Error::Status(status),
             }
         }
-        Err(last)
+        match leaderless {
+            Some(servers) => {
+                lock(&self.inner.state).picker = Arc::new(Picker::new(servers));
+                Ok(())
+            }
+            None => Err(last),
+        }
     }
 
     /// The channel to `addr` (created on first use; connects lazily).

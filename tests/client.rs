@@ -1,0 +1,67 @@
+//! The leader-aware client against real agents (issue #10): through a
+//! `proglog://` address, produces land on the leader and consumes are spread
+//! over the followers — checked on the servers' own metrics, not by trusting
+//! the picker.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod support;
+
+use std::time::Duration;
+
+use proglog_client::{Client, Options};
+use support::{Agent, http};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn start(data: &std::path::Path, name: &str, seed: Option<&Agent>) -> Agent {
+    let seed = seed.map(|seed| seed.gossip.to_string());
+    let mut args =
+        vec!["--node-name", name, "--raft-heartbeat-interval", "50ms", "--raft-election-timeout", "500ms"];
+    if let Some(seed) = &seed {
+        args.extend(["--start-join-addrs", seed.as_str()]);
+    }
+    Agent::start(&data.join(name), &args)
+}
+
+/// `proglog_rpc_requests_total{method=..,code="OK"}` on `agent`.
+fn calls(agent: &Agent, method: &str) -> u64 {
+    let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
+    let prefix = format!("proglog_rpc_requests_total{{method=\"{method}\",code=\"OK\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_go_to_the_leader_and_consumes_to_the_followers() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(data.path(), "node-0", None);
+    let second = start(data.path(), "node-1", Some(&first));
+    let third = start(data.path(), "node-2", Some(&first));
+    first.wait_for_voters(3, DEADLINE);
+    let agents = [&first, &second, &third];
+
+    // Seeded with a follower: the client still finds the leader.
+    let client = Client::connect(&format!("proglog://{}", third.rpc), Options::default()).await.unwrap();
+    let servers = client.servers().await.unwrap();
+    let leader = servers.iter().find(|s| s.is_leader).unwrap().rpc_addr.clone();
+    for i in 0..10 {
+        assert_eq!(client.produce(format!("record {i}")).await.unwrap(), i);
+    }
+    for i in 0..10 {
+        assert_eq!(client.consume(i).await.unwrap().value, format!("record {i}").as_bytes());
+    }
+    for agent in agents {
+        let (produces, consumes) = (calls(agent, "Produce"), calls(agent, "Consume"));
+        if agent.rpc.to_string() == leader {
+            assert_eq!((produces, consumes), (10, 0), "the leader");
+        } else {
+            assert_eq!((produces, consumes), (0, 5), "a follower, every other consume");
+        }
+    }
+    for agent in [first, second, third] {
+        assert!(agent.terminate().await.success());
+    }
+}
