@@ -13,8 +13,25 @@
 //! appended, and retrying could duplicate it. Consumes are idempotent and move
 //! to another server on `UNAVAILABLE`.
 //!
-//! This is the first part of the issue-#10 client: produce, consume and servers.
-//! Streams, failover within 2 s and the CLI on top of it follow.
+//! ```no_run
+//! use proglog_client::{Client, Options};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), proglog_client::Error> {
+//! // Any member will do as a seed: the client learns the others.
+//! let client = Client::connect("proglog://127.0.0.1:8400", Options::default()).await?;
+//! let offset = client.produce("hello").await?; // on the leader, once committed
+//! let record = client.consume(offset).await?; // from a follower
+//! assert_eq!(record.value, "hello");
+//! for server in client.servers().await? {
+//!     println!("{} {} {}", server.id, server.rpc_addr, if server.is_leader { "leader" } else { "" });
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Produce, consume and servers are here; streams, transparent failover and the
+//! CLI built entirely on this crate come with the rest of issue #10.
 
 mod picker;
 mod target;
