@@ -65,3 +65,42 @@ async fn produces_go_to_the_leader_and_consumes_to_the_followers() {
         assert!(agent.terminate().await.success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produces_continue_on_the_new_leader_when_the_leader_dies() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(data.path(), "node-0", None);
+    let second = start(data.path(), "node-1", Some(&first));
+    let third = start(data.path(), "node-2", Some(&first));
+    first.wait_for_voters(3, DEADLINE);
+    let mut agents = vec![first, second, third];
+    let seeds: Vec<String> = agents.iter().map(|agent| agent.rpc.to_string()).collect();
+    let client =
+        Client::connect(&format!("proglog://{}", seeds.join(",")), Options::default()).await.unwrap();
+
+    let mut acked = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..40 {
+        if i == 20 {
+            // kill -9 the leader between two produces: the caller does nothing.
+            let servers = client.servers().await.unwrap();
+            let leader = servers.iter().find(|s| s.is_leader).unwrap().rpc_addr.clone();
+            let position = agents.iter().position(|agent| agent.rpc.to_string() == leader).unwrap();
+            agents.remove(position).kill();
+        }
+        let value = format!("record {i}");
+        match client.produce(value.clone()).await {
+            Ok(offset) => acked.push((offset, value)),
+            Err(error) => unknown.push(error.to_string()),
+        }
+    }
+    // At most the produce racing the kill may end with an unknown outcome.
+    assert!(unknown.len() <= 1, "{unknown:?}");
+    assert!(acked.len() >= 39);
+    for (offset, value) in &acked {
+        assert_eq!(client.consume(*offset).await.unwrap().value, value.as_bytes(), "offset {offset}");
+    }
+    for agent in agents {
+        assert!(agent.terminate().await.success());
+    }
+}

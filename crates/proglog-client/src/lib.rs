@@ -74,11 +74,20 @@ pub struct Options {
     pub connect_timeout: Duration,
     /// How often the server list is refreshed without errors.
     pub refresh_interval: Duration,
+    /// How long a produce keeps trying while the cluster has no reachable
+    /// leader (an election, a dead leader), as long as retrying cannot append
+    /// twice.
+    pub failover_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { tls: None, connect_timeout: Duration::from_secs(5), refresh_interval: Duration::from_secs(10) }
+        Self {
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+            refresh_interval: Duration::from_secs(10),
+            failover_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -138,6 +147,30 @@ fn not_leader(status: &Status) -> bool {
         && status.get_error_details().error_info().is_some_and(|info| info.reason == "NOT_LEADER")
 }
 
+/// The call failed before any server could have appended its record: no leader
+/// was known, the server refused as not the leader, or the connection was
+/// refused (nothing was sent).
+fn never_appended(error: &Error) -> bool {
+    match error {
+        Error::NoServer(_) => true,
+        Error::Status(status) if not_leader(status) => true,
+        Error::Status(status) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+            while let Some(cause) = source {
+                if cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                {
+                    return true;
+                }
+                source = cause.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
 impl Client {
     /// Connects to `addr`; for a cluster, learns its servers from the first seed
     /// that answers GetServers.
@@ -183,7 +216,7 @@ impl Client {
                 Ok(response) => {
                     let servers = response.into_inner().servers;
                     if servers.iter().any(|server| server.is_leader) {
-                        lock(&self.inner.state).picker = Arc::new(Picker::new(servers));
+                        self.replace_servers(servers);
                         return Ok(());
                     }
                     // A server that knows no leader (an election, a lagging node):
@@ -197,11 +230,16 @@ impl Client {
         }
         match leaderless {
             Some(servers) => {
-                lock(&self.inner.state).picker = Arc::new(Picker::new(servers));
+                self.replace_servers(servers);
                 Ok(())
             }
             None => Err(last),
         }
+    }
+
+    fn replace_servers(&self, servers: Vec<Server>) {
+        let mut state = lock(&self.inner.state);
+        state.picker = Arc::new(Picker::succeeding(&state.picker, servers));
     }
 
     /// The channel to `addr` (created on first use; connects lazily).
@@ -246,22 +284,33 @@ impl Client {
             .ok_or_else(|| Error::NoServer("no server fits".into()))
     }
 
-    /// Appends `value` on the leader; its offset once committed.
+    /// Appends `value` on the leader; its offset once committed. While no leader
+    /// is reachable it waits for one (up to `failover_timeout`), retrying only
+    /// what cannot have been appended: a refusal as not the leader, or a leader
+    /// that could not even be connected to. Anything else — a connection lost
+    /// mid-call, a timeout — is returned: the record may or may not be in the log.
     pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Error> {
         let request = ProduceRequest { record: Some(Record { value: value.into(), ..Record::default() }) };
-        match self.pick(Call::Produce)?.produce(request.clone()).await {
-            Ok(response) => Ok(response.into_inner().offset),
-            Err(status) if not_leader(&status) => {
-                // Nothing was appended: the leader changed. Once more, on the new one.
-                self.refresh().await?;
-                Ok(self.pick(Call::Produce)?.produce(request).await?.into_inner().offset)
+        let deadline = tokio::time::Instant::now() + self.inner.options.failover_timeout;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let result = match self.pick(Call::Produce) {
+                Ok(mut client) => client.produce(request.clone()).await.map_err(Error::Status),
+                Err(error) => Err(error),
+            };
+            let error = match result {
+                Ok(response) => return Ok(response.into_inner().offset),
+                Err(error) => error,
+            };
+            if matches!(&error, Error::Status(status) if status.code() == Code::Unavailable) {
+                let _ = self.refresh().await;
             }
-            Err(status) => {
-                if status.code() == Code::Unavailable {
-                    let _ = self.refresh().await;
-                }
-                Err(Error::Status(status))
+            if !never_appended(&error) || tokio::time::Instant::now() >= deadline {
+                return Err(error);
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(400));
+            let _ = self.refresh().await;
         }
     }
 

@@ -30,6 +30,12 @@ impl Picker {
         Self { servers, next: AtomicUsize::new(0) }
     }
 
+    /// A picker over a new list of `servers` that goes on with `previous`'s turn
+    /// (a refresh does not send the next consume back to the first follower).
+    pub fn succeeding(previous: &Picker, servers: Vec<Server>) -> Self {
+        Self { servers, next: AtomicUsize::new(previous.next.load(Ordering::Relaxed)) }
+    }
+
     /// The servers it picks from.
     pub fn servers(&self) -> &[Server] {
         &self.servers
@@ -74,6 +80,15 @@ mod tests {
         // The order is pinned: followers in the order GetServers listed them.
         assert_eq!(ids(&picker, Call::Consume, 5), ["a", "c", "a", "c", "a"]);
         assert_eq!(ids(&picker, Call::Other, 2), ["b", "b"]);
+    }
+
+    #[test]
+    fn a_new_list_goes_on_with_the_turn() {
+        let servers = vec![server("a", false), server("b", true), server("c", false)];
+        let picker = Picker::new(servers.clone());
+        assert_eq!(ids(&picker, Call::Consume, 1), ["a"]);
+        let refreshed = Picker::succeeding(&picker, servers);
+        assert_eq!(ids(&refreshed, Call::Consume, 2), ["c", "a"]);
     }
 
     #[test]
