@@ -93,7 +93,8 @@ async fn calls_follow_the_servers_the_cluster_reports() {
     }
     *servers.lock().unwrap() = listing(&addrs, 0);
     // One seed is enough: the rest is learned from GetServers.
-    let client = Client::connect(&format!("proglog://{}", addrs[2]), Options::default()).await.unwrap();
+    let options = Options { failover_timeout: std::time::Duration::from_millis(200), ..Options::default() };
+    let client = Client::connect(&format!("proglog://{}", addrs[2]), options).await.unwrap();
     assert_eq!(client.produce("x").await.unwrap(), 0, "the leader, s0");
     let mut consumed = Vec::new();
     for _ in 0..4 {
@@ -107,7 +108,7 @@ async fn calls_follow_the_servers_the_cluster_reports() {
     client.refresh().await.unwrap();
     assert_eq!(client.produce("y").await.unwrap(), 2);
 
-    // Without a leader, a produce says so at once.
+    // Without a leader, a produce says so (after waiting out the failover timeout).
     *servers.lock().unwrap() = listing(&addrs, usize::MAX);
     client.refresh().await.unwrap();
     let error = client.produce("z").await.unwrap_err();
