@@ -104,3 +104,41 @@ async fn produces_continue_on_the_new_leader_when_the_leader_dies() {
         assert!(agent.terminate().await.success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_the_loss_of_its_server() {
+    let data = tempfile::tempdir().unwrap();
+    let first = start(data.path(), "node-0", None);
+    let second = start(data.path(), "node-1", Some(&first));
+    let third = start(data.path(), "node-2", Some(&first));
+    first.wait_for_voters(3, DEADLINE);
+    let mut agents = vec![first, second, third];
+    let seeds: Vec<String> = agents.iter().map(|agent| agent.rpc.to_string()).collect();
+    let client =
+        Client::connect(&format!("proglog://{}", seeds.join(",")), Options::default()).await.unwrap();
+    for i in 0..10 {
+        client.produce(format!("record {i}")).await.unwrap();
+    }
+    let mut subscription = client.subscribe(0);
+    let mut delivered = Vec::new();
+    for _ in 0..5 {
+        delivered.push(subscription.next().await.unwrap().offset);
+    }
+    // The server it reads from dies (a follower: consumes go there).
+    let serving = subscription.server().unwrap().to_owned();
+    let position = agents.iter().position(|agent| agent.rpc.to_string() == serving).unwrap();
+    agents.remove(position).kill();
+    for i in 10..15 {
+        client.produce(format!("record {i}")).await.unwrap();
+    }
+    for _ in 5..15 {
+        let record = subscription.next().await.unwrap();
+        assert_eq!(record.value, format!("record {}", record.offset).as_bytes());
+        delivered.push(record.offset);
+    }
+    assert_eq!(delivered, (0..15).collect::<Vec<u64>>(), "no gap, no duplicate");
+    assert_ne!(subscription.server(), Some(serving.as_str()));
+    for agent in agents {
+        assert!(agent.terminate().await.success());
+    }
+}

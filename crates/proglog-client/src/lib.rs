@@ -30,8 +30,10 @@
 //! # }
 //! ```
 //!
-//! Produce, consume and servers are here; streams, transparent failover and the
-//! CLI built entirely on this crate come with the rest of issue #10.
+//! [`Client::subscribe`] follows the log from an offset (a ConsumeStream on a
+//! follower) and resumes on another server, without gap or duplicate, when its
+//! server goes away. A produce stream and the CLI built entirely on this crate
+//! come with the rest of issue #10.
 
 mod picker;
 mod target;
@@ -337,9 +339,105 @@ impl Client {
         Err(Error::Status(last.unwrap_or_else(|| Status::unavailable("no server answered"))))
     }
 
+    /// Follows the log from `offset` on, record after record, waiting at the end
+    /// for new ones (a ConsumeStream on a follower). When its server goes away,
+    /// it resumes on another from the next offset it has not delivered: no gap,
+    /// no duplicate.
+    pub fn subscribe(&self, offset: u64) -> Subscription {
+        Subscription { client: self.clone(), next: offset, server: None, stream: None }
+    }
+
     /// The cluster's servers, as a server reports them.
     pub async fn servers(&self) -> Result<Vec<Server>, Error> {
         Ok(self.pick(Call::Other)?.get_servers(GetServersRequest {}).await?.into_inner().servers)
+    }
+}
+
+/// A consume stream that survives the loss of its server ([`Client::subscribe`]).
+pub struct Subscription {
+    client: Client,
+    /// The offset of the next record to deliver.
+    next: u64,
+    /// The server the current stream comes from.
+    server: Option<String>,
+    stream: Option<tonic::Streaming<proglog_api::v1::ConsumeResponse>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("next", &self.next).field("server", &self.server).finish()
+    }
+}
+
+impl Subscription {
+    /// The RPC address of the server the records come from now, if connected.
+    pub fn server(&self) -> Option<&str> {
+        self.server.as_deref()
+    }
+
+    /// The next record (waiting for it if it is not written yet). Moves to
+    /// another server when this one fails, for up to the client's
+    /// `failover_timeout` without a record; an error it cannot get past (the
+    /// offset was removed by retention, a denial) is returned.
+    pub async fn next(&mut self) -> Result<Record, Error> {
+        let timeout = self.client.inner.options.failover_timeout;
+        // Counted from the first failure: waiting at the tail is not failing.
+        let mut deadline = None;
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            let failure = match self.stream.as_mut() {
+                None => match self.open().await {
+                    Ok(()) => continue,
+                    Err(error) => error,
+                },
+                Some(stream) => match stream.message().await {
+                    Ok(Some(response)) => {
+                        let Some(record) = response.record else { continue };
+                        if record.offset < self.next {
+                            continue; // already delivered (a resumed stream overlaps)
+                        }
+                        if record.offset > self.next {
+                            return Err(Error::Status(Status::data_loss(format!(
+                                "expected offset {}, the server sent {}",
+                                self.next, record.offset
+                            ))));
+                        }
+                        self.next += 1;
+                        return Ok(record);
+                    }
+                    Ok(None) => Error::Status(Status::unavailable("the server ended the stream")),
+                    Err(status) => Error::Status(status),
+                },
+            };
+            self.stream = None;
+            self.server = None;
+            let resumable = match &failure {
+                Error::NoServer(_) => true,
+                Error::Status(status) => {
+                    matches!(
+                        status.code(),
+                        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Internal
+                    )
+                }
+                _ => false,
+            };
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+            if !resumable || tokio::time::Instant::now() >= deadline {
+                return Err(failure);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(400));
+            let _ = self.client.refresh().await;
+        }
+    }
+
+    async fn open(&mut self) -> Result<(), Error> {
+        let addr = self.client.address_for(Call::Consume)?;
+        let mut client = LogClient::new(self.client.channel(&addr)?).max_decoding_message_size(usize::MAX);
+        let stream = client.consume_stream(ConsumeRequest { offset: self.next }).await?.into_inner();
+        self.stream = Some(stream);
+        self.server = Some(addr);
+        Ok(())
     }
 }
 
