@@ -24,6 +24,19 @@ fn start(data: &std::path::Path, name: &str, seed: Option<&Agent>) -> Agent {
     Agent::start(&data.join(name), &args)
 }
 
+/// Three agents voting together, and a client seeded with all of them.
+async fn cluster(data: &std::path::Path) -> (Vec<Agent>, Client) {
+    let first = start(data, "node-0", None);
+    let second = start(data, "node-1", Some(&first));
+    let third = start(data, "node-2", Some(&first));
+    first.wait_for_voters(3, DEADLINE);
+    let agents = vec![first, second, third];
+    let seeds: Vec<String> = agents.iter().map(|agent| agent.rpc.to_string()).collect();
+    let client =
+        Client::connect(&format!("proglog://{}", seeds.join(",")), Options::default()).await.unwrap();
+    (agents, client)
+}
+
 /// `proglog_rpc_requests_total{method=..,code="OK"}` on `agent`.
 fn calls(agent: &Agent, method: &str) -> u64 {
     let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
@@ -69,14 +82,7 @@ async fn produces_go_to_the_leader_and_consumes_to_the_followers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produces_continue_on_the_new_leader_when_the_leader_dies() {
     let data = tempfile::tempdir().unwrap();
-    let first = start(data.path(), "node-0", None);
-    let second = start(data.path(), "node-1", Some(&first));
-    let third = start(data.path(), "node-2", Some(&first));
-    first.wait_for_voters(3, DEADLINE);
-    let mut agents = vec![first, second, third];
-    let seeds: Vec<String> = agents.iter().map(|agent| agent.rpc.to_string()).collect();
-    let client =
-        Client::connect(&format!("proglog://{}", seeds.join(",")), Options::default()).await.unwrap();
+    let (mut agents, client) = cluster(data.path()).await;
 
     let mut acked = Vec::new();
     let mut unknown = Vec::new();
@@ -108,14 +114,7 @@ async fn produces_continue_on_the_new_leader_when_the_leader_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_survives_the_loss_of_its_server() {
     let data = tempfile::tempdir().unwrap();
-    let first = start(data.path(), "node-0", None);
-    let second = start(data.path(), "node-1", Some(&first));
-    let third = start(data.path(), "node-2", Some(&first));
-    first.wait_for_voters(3, DEADLINE);
-    let mut agents = vec![first, second, third];
-    let seeds: Vec<String> = agents.iter().map(|agent| agent.rpc.to_string()).collect();
-    let client =
-        Client::connect(&format!("proglog://{}", seeds.join(",")), Options::default()).await.unwrap();
+    let (mut agents, client) = cluster(data.path()).await;
     for i in 0..10 {
         client.produce(format!("record {i}")).await.unwrap();
     }
