@@ -415,8 +415,10 @@ fn spawn_forwarder(inner: &Arc<Inner>, addr: String) -> mpsc::Sender<Forwarded> 
         let mut responses = match client.forward(ReceiverStream::new(requests)).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                let error =
-                    LogError::Unavailable(format!("cannot forward to the leader: {}", status.message()));
+                // The stream never opened, so nothing was sent: as if no leader
+                // were known (clients may retry that safely).
+                slog::debug!(inner.logger, "cannot forward to the leader"; "leader" => &addr, "status" => %status);
+                let error = LogError::NotLeader { leader: None };
                 rx.close();
                 while let Some((_, reply)) = rx.recv().await {
                     let _ = reply.send(Err(error.clone()));
