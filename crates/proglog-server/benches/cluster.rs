@@ -196,12 +196,7 @@ impl Settings {
 
     fn print_header(&self) {
         let fs = filesystem_of(&self.base_dir).unwrap_or_else(|| "unknown".to_string());
-        println!("## proglog replicated-log benchmark ({} mode)", self.mode);
-        println!();
-        if self.mode.starts_with("smoke") {
-            println!("Smoke run only (possibly a debug build): the figures mean nothing.");
-            println!();
-        }
+        common::print_title("proglog replicated-log benchmark", self.mode);
         println!(
             "{} repetition(s), interleaved (LocalLog, one-member, 3-node + failover, ...); median \
              [min..max]; a ratio is that of the medians (range of the per-repetition ratios). MB = \

@@ -171,12 +171,7 @@ impl Settings {
 
     fn print_header(&self) {
         let fs = filesystem_of(&self.base_dir).unwrap_or_else(|| "unknown".to_string());
-        println!("## proglog-server gRPC benchmark ({} mode)", self.mode);
-        println!();
-        if self.mode.starts_with("smoke") {
-            println!("Smoke run only (possibly a debug build): the figures mean nothing.");
-            println!();
-        }
+        common::print_title("proglog-server gRPC benchmark", self.mode);
         println!(
             "{} repetition(s), interleaved (proglog `never`, null, proglog `always`, ...); median \
              [min..max]; proglog/null is the ratio of the medians (range of the per-repetition \

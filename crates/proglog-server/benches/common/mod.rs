@@ -93,6 +93,16 @@ pub fn runtime_threads_from_env() -> Result<(usize, usize)> {
 }
 
 /// "2 CPUs (model), Linux release" for the table's header.
+/// The report's heading, and the warning a smoke run's figures deserve.
+pub fn print_title(title: &str, mode: &str) {
+    println!("## {title} ({mode} mode)");
+    println!();
+    if mode.starts_with("smoke") {
+        println!("Smoke run only (possibly a debug build): the figures mean nothing.");
+        println!();
+    }
+}
+
 pub fn machine() -> String {
     format!(
         "{} CPUs ({}), Linux {}",
