@@ -49,6 +49,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: AgentConfig, logger: Logger) -> ExitCode {
+    // Listening starts before the agent logs that it is serving: a signal sent
+    // as soon as that line appears must not be lost.
+    let shutdown_signal = match shutdown_signal() {
+        Ok(signal) => signal,
+        Err(failure) => {
+            error!(logger, "cannot listen for signals"; "error" => %failure);
+            return ExitCode::FAILURE;
+        }
+    };
     let agent = match Agent::start(config, logger.clone()).await {
         Ok(agent) => agent,
         Err(failure) => {
@@ -56,9 +65,7 @@ async fn run(config: AgentConfig, logger: Logger) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(failure) = shutdown_signal().await {
-        error!(logger, "cannot wait for signals"; "error" => %failure);
-    }
+    shutdown_signal.await;
     match agent.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -81,16 +88,18 @@ fn raise_descriptor_limit() {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Listens for SIGINT and SIGTERM from now on; the future resolves on the
+/// first of them.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 /// The process's log drain (to stderr), asynchronous, level-filtered; records
