@@ -51,7 +51,7 @@ pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend};
 pub use crate::error::{Leader, LogError};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{
-    ChannelNetwork, FetchSink, Mailbox, Member, RaftConfig, RaftLog, Transport, decode_message,
+    ChannelNetwork, FetchSink, Mailbox, Member, RaftConfig, RaftLog, StatusWatch, Transport, decode_message,
     encode_message, node_id,
 };
 /// raft-rs's message type, which [`Transport`]s carry.

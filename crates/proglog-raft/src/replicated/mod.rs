@@ -397,28 +397,16 @@ impl RaftLog {
 
     /// Waits until a leader is known (or `timeout` passes: `Unavailable`).
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), LogError> {
-        let mut shared = self.shared.clone();
-        let known = shared.wait_for(|shared| shared.status.leader.is_some());
-        match tokio::time::timeout(timeout, known).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(closed()),
+        let mut status = self.watch_status();
+        match tokio::time::timeout(timeout, status.wait_for(|status| status.leader.is_some())).await {
+            Ok(result) => result,
             Err(_) => Err(LogError::Unavailable(format!("no leader elected within {timeout:?}"))),
         }
     }
 
-    /// Watches this node's status (changes after Raft rounds).
-    pub fn watch_status(&self) -> watch::Receiver<LogStatus> {
-        let (tx, rx) = watch::channel(self.status());
-        let mut shared = self.shared.clone();
-        tokio::spawn(async move {
-            while shared.changed().await.is_ok() {
-                let status = shared.borrow_and_update().status.clone();
-                if tx.send(status).is_err() {
-                    return;
-                }
-            }
-        });
-        rx
+    /// Watches this node's status (it changes after Raft rounds).
+    pub fn watch_status(&self) -> StatusWatch {
+        StatusWatch(self.shared.clone())
     }
 
     fn send(&self, event: Event) -> Result<(), LogError> {
@@ -439,6 +427,23 @@ impl RaftLog {
         }
         stopped??;
         self.records.log.close().map_err(LogError::from)
+    }
+}
+
+/// A node's status as it changes ([`RaftLog::watch_status`]).
+#[derive(Debug, Clone)]
+pub struct StatusWatch(watch::Receiver<Shared>);
+
+impl StatusWatch {
+    /// Waits for the next change; `Unavailable` once the node has stopped.
+    pub async fn changed(&mut self) -> Result<(), LogError> {
+        self.0.changed().await.map_err(|_| closed())
+    }
+
+    /// Waits until `ready` holds for the status; `Unavailable` once the node
+    /// has stopped.
+    pub async fn wait_for(&mut self, mut ready: impl FnMut(&LogStatus) -> bool) -> Result<(), LogError> {
+        self.0.wait_for(|shared| ready(&shared.status)).await.map(|_| ()).map_err(|_| closed())
     }
 }
 
