@@ -262,10 +262,13 @@ async fn consume_below_the_lowest_offset_is_out_of_range() {
     // A log that starts at offset 10, as one whose older segments were removed.
     let config = proglog_log::Config { initial_offset: 10, ..proglog_log::Config::default() };
     let server = TestServer::start_with(None, Arc::new(AllowAll), config).await;
-    let message = failure(&run(&at(&server, &["consume"])).await, 1);
+    // Without --offset, consume starts at the lowest offset still held.
+    assert_eq!(success(&run(&at(&server, &["consume"])).await), "");
+    let message = failure(&run(&at(&server, &["consume", "--offset", "0"])).await, 1);
     assert!(message.contains("offset out of range: 0"), "{message}");
     assert_eq!(success(&run(&at(&server, &["consume", "--offset", "10"])).await), ""); // the end
     assert_eq!(success(&run(&at(&server, &["produce", "ten", "eleven"])).await), "10\n11\n");
+    assert_eq!(success(&run(&at(&server, &["consume"])).await), "ten\neleven\n");
     let message = failure(&run(&at(&server, &["consume", "--offset", "9"])).await, 1);
     assert!(message.contains("offset out of range: 9"), "{message}");
     assert_eq!(success(&run(&at(&server, &["consume", "--offset", "10"])).await), "ten\neleven\n");

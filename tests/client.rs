@@ -112,6 +112,68 @@ async fn produces_continue_on_the_new_leader_when_the_leader_dies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_stream_goes_on_on_the_new_leader_when_the_leader_dies() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut agents, client) = cluster(data.path()).await;
+    let seeds: Vec<String> = agents.iter().map(|agent| agent.rpc.to_string()).collect();
+    let leader = client.address_for(proglog_client::Call::Produce).unwrap();
+
+    // Values trickle in; the caller only reads results.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let feeder = tokio::spawn(async move {
+        for i in 0..400 {
+            tx.send(format!("record {i}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut stream = client.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut results = Vec::new();
+    while let Some(result) = stream.next().await {
+        results.push(result);
+        if results.len() == 100 {
+            let position = agents.iter().position(|agent| agent.rpc.to_string() == leader).unwrap();
+            agents.remove(position).kill();
+        }
+    }
+    feeder.await.unwrap();
+
+    assert_eq!(results.len(), 400, "one result per value");
+    let mut unknown = 0;
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(offset) => {
+                let record = client.consume(*offset).await.unwrap();
+                assert_eq!(record.value, format!("record {i}").as_bytes(), "offset {offset}");
+            }
+            Err(proglog_client::Error::OutcomeUnknown { .. }) => unknown += 1,
+            Err(other) => panic!("value {i}: {other}"),
+        }
+    }
+    assert!(results[300..].iter().all(Result::is_ok), "the stream went on on the new leader");
+    assert!(unknown <= 16, "only what was in flight when the leader died: {unknown}");
+    assert_ne!(client.address_for(proglog_client::Call::Produce).unwrap(), leader);
+
+    // The CLI does the same with only a proglog:// address.
+    let addr = format!("proglog://{}", seeds.join(","));
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_proglog"))
+            .args(["--addr", &addr])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let offset: u64 = cli(&["produce", "after the failover"]).trim().parse().unwrap();
+    let printed = cli(&["consume", "--offset", &offset.to_string()]);
+    assert_eq!(printed, "after the failover\n");
+    assert_eq!(cli(&["consume"]).lines().count() as u64, offset + 1, "from the lowest offset to the end");
+    for agent in agents {
+        assert!(agent.terminate().await.success());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_survives_the_loss_of_its_server() {
     let data = tempfile::tempdir().unwrap();
     let (mut agents, client) = cluster(data.path()).await;

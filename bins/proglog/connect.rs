@@ -1,44 +1,16 @@
-//! `--addr` parsing and the connection (plaintext, TLS, mutual TLS), dialed
-//! through `proglog_tls`.
+//! The client the flags describe: `--addr` and TLS (plaintext, TLS, mutual
+//! TLS) for `proglog_client`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proglog_tls::{Connector, Identity};
-use tonic::transport::Channel;
+use proglog_client::{Client, Options};
+use proglog_tls::Identity;
 
 use crate::UsageError;
 
 /// How long to wait for a server's TCP (and TLS) handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The server `--addr` names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    /// Host name or IP address, without IPv6 brackets.
-    pub(crate) host: String,
-    pub(crate) port: u16,
-}
-
-impl Target {
-    /// Parses `host:port`, `proglog://host:port` or `proglog:///host:port` (IPv6
-    /// hosts in brackets) as `proglog_client` does. The `proglog://` forms will
-    /// select the leader-aware client; until the CLI is built on it they dial that
-    /// one server too, so a single one is expected.
-    pub(crate) fn parse(addr: &str) -> Result<Self, UsageError> {
-        let bad = |why: &str| UsageError(format!("invalid --addr '{addr}': {why}"));
-        let target = proglog_client::Target::parse(addr).map_err(|why| bad(&why))?;
-        match target.seeds.as_slice() {
-            [one] => Ok(Self { host: one.host.clone(), port: one.port }),
-            _ => Err(bad("expected a single host:port")),
-        }
-    }
-
-    /// `host:port`, with an IPv6 host in brackets.
-    pub(crate) fn authority(&self) -> String {
-        proglog_client::Authority { host: self.host.clone(), port: self.port }.to_addr()
-    }
-}
 
 /// TLS material: on iff a CA file is given.
 #[derive(Debug)]
@@ -119,122 +91,30 @@ impl TlsOptions {
         proglog_tls::client_config(roots, self.identity.as_ref(), &[b"h2"]).map_err(|error| self.error(error))
     }
 
-    /// The connector: verifying the server against the CA as `--server-name`
-    /// (default: the host of `--addr`), presenting the client certificate if given.
-    fn connector(&self, target: &Target) -> anyhow::Result<Connector> {
-        let server_name = self.server_name.as_deref().unwrap_or(&target.host);
-        Connector::tls(self.client_config()?, server_name).map_err(|error| self.error(error))
-    }
-
-    /// The same TLS for the leader-aware client.
-    pub(crate) fn for_client(&self) -> anyhow::Result<proglog_client::Tls> {
+    /// The client's TLS: trusting the CA, presenting the client certificate if
+    /// given, verifying servers as `--server-name` (default: each server's host).
+    fn for_client(&self) -> anyhow::Result<proglog_client::Tls> {
         Ok(proglog_client::Tls { config: self.client_config()?, server_name: self.server_name.clone() })
     }
 }
 
-/// For `proglog://` addresses, the server the leader-aware client picks for
-/// `call` (the leader for produces, a follower for consumes); for `host:port`,
-/// or when the cluster cannot be asked, the server `--addr` names.
-pub(crate) async fn pick(
-    addr: &str,
-    target: Target,
-    tls: Option<&TlsOptions>,
-    call: proglog_client::Call,
-) -> anyhow::Result<Target> {
-    if !addr.starts_with("proglog://") {
-        return Ok(target);
+/// Connects to `addr` (`host:port`: that server; `proglog://`: the cluster,
+/// whose servers it learns).
+pub(crate) async fn client(addr: &str, tls: Option<&TlsOptions>) -> anyhow::Result<Client> {
+    if let Err(reason) = proglog_client::Target::parse(addr) {
+        return Err(UsageError(format!("invalid --addr '{addr}': {reason}")).into());
     }
-    let options = proglog_client::Options {
+    let options = Options {
         tls: tls.map(TlsOptions::for_client).transpose()?,
         connect_timeout: CONNECT_TIMEOUT,
-        ..proglog_client::Options::default()
+        ..Options::default()
     };
-    let picked = match proglog_client::Client::connect(addr, options).await {
-        Ok(client) => client.address_for(call).ok(),
-        Err(_) => None, // dialing the named server reports why, with a hint
-    };
-    match picked {
-        Some(picked) => Target::parse(&picked).map_err(Into::into),
-        None => Ok(target),
-    }
-}
-
-/// A channel to `target`, connected (TCP, and the TLS handshake with `tls`)
-/// before this returns.
-pub(crate) async fn connect(target: &Target, tls: Option<&TlsOptions>) -> anyhow::Result<Channel> {
-    let connector = match tls {
-        Some(tls) => tls.connector(target)?,
-        None => Connector::plaintext(),
-    };
-    let endpoint = connector
-        .endpoint(&target.authority())
-        .map_err(|error| UsageError(format!("invalid --addr {}: {error}", target.authority())))?
-        .connect_timeout(CONNECT_TIMEOUT);
-    connector
-        .connect(&endpoint)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot connect to {}: {}", target.authority(), error_chain(&error)))
-}
-
-/// An error and its sources as `a: b: c`, skipping a source whose text repeats the
-/// previous one.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut last = message.clone();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !text.is_empty() && !last.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        last = text;
-        source = cause.source();
-    }
-    message
+    Ok(Client::connect(addr, options).await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn target(host: &str, port: u16) -> Target {
-        Target { host: host.into(), port }
-    }
-
-    #[test]
-    fn parses_every_address_form() {
-        assert_eq!(Target::parse("127.0.0.1:8400").ok(), Some(target("127.0.0.1", 8400)));
-        assert_eq!(Target::parse("proglog://node-1:9000").ok(), Some(target("node-1", 9000)));
-        assert_eq!(Target::parse("proglog:///localhost:1").ok(), Some(target("localhost", 1)));
-        assert_eq!(Target::parse("[::1]:8400").ok(), Some(target("::1", 8400)));
-        assert_eq!(
-            Target::parse("proglog://[::1]:8400").map(|t| t.authority()).ok(),
-            Some("[::1]:8400".into())
-        );
-    }
-
-    #[test]
-    fn rejects_malformed_addresses_with_the_reason() {
-        for (addr, reason) in [
-            ("", "expected host:port"),
-            ("localhost", "expected host:port"),
-            (":8400", "the host is empty"),
-            ("host:http", "not a port number"),
-            ("host:0", "not a port number"),
-            ("host:65536", "not a port number"),
-            ("::1:8400", "brackets"),
-            ("[::1", "unclosed"),
-            ("http://host:1", "unsupported scheme 'http'"),
-            ("proglog://a:1,b:2", "single host:port"),
-            ("proglog://host:1/path", "expected host:port"),
-        ] {
-            match Target::parse(addr) {
-                Ok(target) => panic!("{addr:?} parsed as {target:?}"),
-                Err(error) => assert!(error.0.contains(reason), "{addr:?}: {error}"),
-            }
-        }
-    }
 
     #[test]
     fn tls_flags_must_fit_together() {

@@ -14,7 +14,7 @@ mod commands;
 mod connect;
 mod output;
 
-use crate::connect::{Target, TlsOptions};
+use crate::connect::TlsOptions;
 use crate::output::Printer;
 
 /// Exit code for bad flags or flag values.
@@ -39,8 +39,9 @@ struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Connection and output (before or after the subcommand)")]
 struct Common {
-    /// Server to dial: `host:port`, `proglog://host:port` or `proglog:///host:port`.
-    /// Until the leader-aware client exists, the proglog:// forms also dial just that one server.
+    /// Where to connect: `proglog://host:port[,host:port...]` or `proglog:///host:port` for a
+    /// cluster (any members as seeds: produces go to the leader, consumes to followers), or
+    /// `host:port` for that one server only.
     #[arg(long, global = true, value_name = "ADDR", default_value = DEFAULT_ADDR)]
     addr: String,
 
@@ -87,12 +88,13 @@ enum Command {
     },
     /// Print record values, one per line (use --output json for binary values).
     ///
-    /// Without --follow, reads from --offset to the current end of the log. With --follow,
-    /// keeps waiting for new records until interrupted or the server ends the stream.
+    /// Without --follow, reads from --offset to the end the log had when the command started.
+    /// With --follow, keeps waiting for new records until interrupted, moving to another
+    /// server if its server goes away.
     Consume {
-        /// First offset to read.
-        #[arg(long, value_name = "N", default_value_t = 0)]
-        offset: u64,
+        /// First offset to read [default: the lowest offset the log still holds].
+        #[arg(long, value_name = "N")]
+        offset: Option<u64>,
         /// Wait for new records at the end of the log instead of stopping there.
         #[arg(long, short = 'f')]
         follow: bool,
@@ -154,41 +156,52 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { common, command } = cli;
-    let target = Target::parse(&common.addr)?;
     let tls = TlsOptions::new(common.ca_file, common.cert_file, common.key_file, common.server_name)?;
-    let call = match &command {
-        Command::Produce { .. } => proglog_client::Call::Produce,
-        Command::Consume { .. } => proglog_client::Call::Consume,
-        Command::Servers => proglog_client::Call::Other,
-    };
-    let target = connect::pick(&common.addr, target, tls.as_ref(), call).await?;
-    let channel = connect::connect(&target, tls.as_ref()).await?;
-    // The server bounds record sizes (max-record-bytes); tonic's default 4 MiB must not.
-    let mut client =
-        proglog_api::v1::log_client::LogClient::new(channel).max_decoding_message_size(usize::MAX);
+    let hint = |error: anyhow::Error| with_hint(error, tls.as_ref());
+    let client = connect::client(&common.addr, tls.as_ref()).await.map_err(hint)?;
     let mut out = Printer::new(common.output);
     let result = match command {
-        Command::Produce { values } => commands::produce(&mut client, values, &mut out).await,
+        Command::Produce { values } => commands::produce(&client, values, &mut out).await,
         Command::Consume { offset, follow, count } => {
-            commands::consume(&mut client, offset, follow, count, &mut out).await
+            commands::consume(&client, offset, follow, count, &mut out).await
         }
-        Command::Servers => commands::servers(&mut client, &mut out).await,
+        Command::Servers => commands::servers(&client, &mut out).await,
     };
     // Whatever was printed before an error is still flushed.
     let flushed = out.flush();
-    result.and(flushed).map_err(|error| match error.downcast::<commands::ConnectionFailed>() {
-        Ok(failed) => {
-            let hint = match &tls {
-                None => "if the server uses TLS, give --ca-file",
-                Some(tls) if !tls.has_identity() => {
-                    "if the server requires a client certificate, give --cert-file and --key-file"
-                }
-                Some(_) => "the server may not trust the client certificate",
-            };
-            anyhow::anyhow!("connection to {} failed: {failed} ({hint})", target.authority())
+    result.and(flushed).map_err(hint)
+}
+
+/// `error`, with what to check when it is a failure below gRPC (a connection
+/// or handshake that failed, likely a TLS mismatch); a server's error status as
+/// its message alone (e.g. `nobody not permitted to produce to *`).
+fn with_hint(error: anyhow::Error, tls: Option<&TlsOptions>) -> anyhow::Error {
+    let Some(client_error) = error.downcast_ref::<proglog_client::Error>() else {
+        return error;
+    };
+    let transport = match client_error {
+        proglog_client::Error::Status(status) => {
+            let message = status.message();
+            return anyhow::anyhow!(
+                "{}",
+                if message.is_empty() { status.code().description() } else { message }
+            );
         }
-        Err(error) => error,
-    })
+        proglog_client::Error::Connect { .. } | proglog_client::Error::Connection { .. } => true,
+        proglog_client::Error::OutcomeUnknown { status, .. } => std::error::Error::source(status).is_some(),
+        _ => false,
+    };
+    if !transport {
+        return error;
+    }
+    let hint = match tls {
+        None => "if the server uses TLS, give --ca-file",
+        Some(tls) if !tls.has_identity() => {
+            "if the server requires a client certificate, give --cert-file and --key-file"
+        }
+        Some(_) => "the server may not trust the client certificate",
+    };
+    anyhow::anyhow!("{error} ({hint})")
 }
 
 /// Keeps an error message on one line.

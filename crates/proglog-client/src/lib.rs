@@ -1,18 +1,5 @@
 //! `proglog-client`: the client of a proglog cluster (SPEC §8).
 //!
-//! [`Client::connect`] takes `proglog://host:port[,host:port...]` (the cluster:
-//! the hosts are seeds) or `host:port` (that one server). For a cluster, a
-//! resolver asks GetServers, keeps one channel per server and refreshes the list
-//! periodically and on errors; a [`Picker`] sends produces to the leader and
-//! spreads consumes round-robin over the followers (the leader when there are
-//! none).
-//!
-//! Delivery semantics: **at most once**. A produce is retried (once, after a
-//! refresh) only when the server refused it as not the leader — it appended
-//! nothing. Any other failure is returned: the record may or may not have been
-//! appended, and retrying could duplicate it. Consumes are idempotent and move
-//! to another server on `UNAVAILABLE`.
-//!
 //! ```no_run
 //! use proglog_client::{Client, Options};
 //!
@@ -20,22 +7,58 @@
 //! # async fn main() -> Result<(), proglog_client::Error> {
 //! // Any member will do as a seed: the client learns the others.
 //! let client = Client::connect("proglog://127.0.0.1:8400", Options::default()).await?;
-//! let offset = client.produce("hello").await?; // on the leader, once committed
-//! let record = client.consume(offset).await?; // from a follower
+//!
+//! // Produce on the leader; the offset comes back once the record is committed.
+//! let offset = client.produce("hello").await?;
+//! // Many records, pipelined over one ProduceStream: one result per value, in order.
+//! for result in client.produce_many(["a", "b", "c"]).await {
+//!     println!("appended at {}", result?);
+//! }
+//!
+//! // Consume from a follower (round-robin over them).
+//! let record = client.consume(offset).await?;
 //! assert_eq!(record.value, "hello");
-//! for server in client.servers().await? {
-//!     println!("{} {} {}", server.id, server.rpc_addr, if server.is_leader { "leader" } else { "" });
+//!
+//! // Follow the log from where it starts, waiting at the end for new records.
+//! let range = client.offsets().await?;
+//! let mut subscription = client.subscribe(range.lowest);
+//! while let Ok(record) = subscription.next().await {
+//!     println!("{}: {}", record.offset, String::from_utf8_lossy(&record.value));
+//!     # break;
 //! }
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! [`Client::subscribe`] follows the log from an offset (a ConsumeStream on a
-//! follower) and resumes on another server, without gap or duplicate, when its
-//! server goes away. A produce stream and the CLI built entirely on this crate
-//! come with the rest of issue #10.
+//! # Where calls go
+//! [`Client::connect`] takes `proglog://host:port[,host:port...]` (the cluster:
+//! the hosts are only seeds) or `host:port` (that one server, for everything).
+//! For a cluster, a resolver asks GetServers on connect, then every
+//! [`Options::refresh_interval`] and after errors, and keeps one lazily
+//! connected tonic channel per server; a [`Picker`] sends produces to the
+//! leader and spreads consumes round-robin over the followers (the leader when
+//! there are none). Anything else goes to the leader, or any server.
+//!
+//! # Delivery: at most once, unless asked otherwise
+//! A produce is retried only when the record cannot be in the log: no leader
+//! was known, the server refused it as not the leader, or the connection was
+//! refused. Those retries wait for a new leader for up to
+//! [`Options::failover_timeout`], so a produce issued during a failover lands on
+//! the new leader without the caller doing anything.
+//!
+//! A record that may have reached a leader when something failed (the
+//! connection broke, the leader died, the call timed out) has an unknown
+//! outcome: [`Error::OutcomeUnknown`]. It may be in the log, or not; reading
+//! the log tells. With [`Delivery::AtLeastOnce`] the client sends such records
+//! again instead, which can store them twice.
+//!
+//! Consumes are idempotent: they move on to another server when one is
+//! unavailable, and a [`Subscription`] resumes on another server from the
+//! next offset it has not delivered (no gap, no duplicate).
 
 mod picker;
+mod produce;
+mod subscription;
 mod target;
 
 use std::collections::HashMap;
@@ -44,13 +67,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proglog_api::v1::log_client::LogClient;
-use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record, Server};
+use proglog_api::v1::{ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceRequest, Record, Server};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 pub use crate::picker::{Call, Picker};
+pub use crate::produce::ProduceStream;
+pub use crate::subscription::Subscription;
 pub use crate::target::{Authority, Target};
+
+use crate::produce::Outcome;
 
 /// TLS to the servers.
 #[derive(Clone)]
@@ -67,6 +93,19 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// What happens to a record whose produce failed after it may have reached a
+/// leader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// It is reported as [`Error::OutcomeUnknown`]: never stored twice, maybe
+    /// not stored at all.
+    #[default]
+    AtMostOnce,
+    /// It is sent again (to the new leader): never lost while the client
+    /// retries, maybe stored twice.
+    AtLeastOnce,
+}
+
 /// How the client connects.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -74,12 +113,15 @@ pub struct Options {
     pub tls: Option<Tls>,
     /// TCP (and TLS) handshake timeout per server.
     pub connect_timeout: Duration,
+    /// How long a unary call (produce, consume, servers, offsets) may take.
+    pub request_timeout: Duration,
     /// How often the server list is refreshed without errors.
     pub refresh_interval: Duration,
-    /// How long a produce keeps trying while the cluster has no reachable
-    /// leader (an election, a dead leader), as long as retrying cannot append
-    /// twice.
+    /// How long produces wait for a reachable leader (an election, a dead
+    /// leader) and subscriptions for a server to resume on.
     pub failover_timeout: Duration,
+    /// What to do with produces of unknown outcome.
+    pub delivery: Delivery,
 }
 
 impl Default for Options {
@@ -87,8 +129,10 @@ impl Default for Options {
         Self {
             tls: None,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(10),
             failover_timeout: Duration::from_secs(10),
+            delivery: Delivery::AtMostOnce,
         }
     }
 }
@@ -111,9 +155,108 @@ pub enum Error {
     /// A server's TLS settings are unusable.
     #[error("tls: {0}")]
     Tls(#[from] proglog_tls::Error),
-    /// The server answered with an error.
-    #[error("{} ({:?})", .0.message(), .0.code())]
-    Status(#[from] Status),
+    /// The server answered with an error status. For a produce: the record was
+    /// not appended.
+    #[error("{}", status_text(.0))]
+    Status(Status),
+    /// No connection to `addr` could be made (refused, timed out, the TLS or
+    /// HTTP/2 handshake failed): nothing was sent.
+    #[error("cannot connect to {addr}: {}", chain(.source))]
+    Connect {
+        /// The server's RPC address.
+        addr: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A call to `addr` failed below gRPC: the connection broke, or could not
+    /// be made again. A produce that fails so is [`Error::OutcomeUnknown`]
+    /// instead, unless the connection was refused.
+    #[error("connection to {addr} failed: {}", status_text(.status))]
+    Connection {
+        /// The server's RPC address.
+        addr: String,
+        /// The status tonic reported; its sources say why.
+        status: Status,
+    },
+    /// A produce failed after its record may have reached the leader at `addr`
+    /// (a broken connection, a dead leader, a timeout): the record may or may
+    /// not be in the log. See [`Delivery`].
+    #[error("outcome unknown: the record may or may not be in the log ({addr}: {})", status_text(.status))]
+    OutcomeUnknown {
+        /// The server's RPC address.
+        addr: String,
+        /// What failed.
+        status: Status,
+    },
+}
+
+impl Error {
+    /// The gRPC status behind the error, if there is one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Self::Status(status) | Self::Connection { status, .. } | Self::OutcomeUnknown { status, .. } => {
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A status as one line: its message (or its code's description), then the
+/// causes of a transport failure.
+fn status_text(status: &Status) -> String {
+    let message = status.message();
+    let text = if message.is_empty() { status.code().description() } else { message };
+    with_causes(text.to_owned(), std::error::Error::source(status))
+}
+
+/// An error and its causes as one line, `a: b: c`.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(error.to_string(), error.source())
+}
+
+/// `text`, then each cause from `source` on, skipping a cause whose text it
+/// already holds.
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `status` reports a failure below gRPC (tonic attaches the cause).
+fn is_transport(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// `status` from the call to `addr`, as an [`Error`].
+fn call_error(addr: &str, status: Status) -> Error {
+    if is_transport(&status) {
+        Error::Connection { addr: addr.to_owned(), status }
+    } else {
+        Error::Status(status)
+    }
+}
+
+/// The range of offsets a server holds ([`Client::offsets`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    /// The lowest offset still held.
+    pub lowest: u64,
+    /// The offset the next record will get: one past the highest.
+    pub next: u64,
+}
+
+impl Offsets {
+    /// Whether the log holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.lowest >= self.next
+    }
 }
 
 struct State {
@@ -143,39 +286,26 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The server refused an append because it does not lead: it appended nothing.
-fn not_leader(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        && status.get_error_details().error_info().is_some_and(|info| info.reason == "NOT_LEADER")
+/// A server's gRPC client for `channel`, taking responses of any size (the
+/// server bounds record sizes).
+fn log_client(channel: Channel) -> LogClient<Channel> {
+    LogClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
-/// The call failed before any server could have appended its record: no leader
-/// was known, the server refused as not the leader, or the connection was
-/// refused (nothing was sent).
-fn never_appended(error: &Error) -> bool {
-    match error {
-        Error::NoServer(_) => true,
-        Error::Status(status) if not_leader(status) => true,
-        Error::Status(status) => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-            while let Some(cause) = source {
-                if cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-                {
-                    return true;
-                }
-                source = cause.source();
-            }
-            false
-        }
-        _ => false,
-    }
+fn produce_request(value: Bytes) -> ProduceRequest {
+    ProduceRequest { record: Some(Record { value, ..Record::default() }) }
 }
+
+/// Doubles `backoff`, up to 400 ms: how long to wait between failover tries.
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).min(Duration::from_millis(400))
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 
 impl Client {
     /// Connects to `addr`; for a cluster, learns its servers from the first seed
-    /// that answers GetServers.
+    /// that answers GetServers. A single server is dialled on first use.
     pub async fn connect(addr: &str, options: Options) -> Result<Self, Error> {
         let target =
             Target::parse(addr).map_err(|reason| Error::InvalidAddress { addr: addr.to_owned(), reason })?;
@@ -199,8 +329,14 @@ impl Client {
         Ok(client)
     }
 
+    /// The options the client was made with.
+    pub fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
     /// Asks the known servers (then the seeds) for the server list, and picks from
-    /// the first answer. A single-server client has nothing to refresh.
+    /// the first answer that names a leader (or else the first answer). A
+    /// single-server client has nothing to refresh.
     pub async fn refresh(&self) -> Result<(), Error> {
         if !self.inner.target.cluster {
             return Ok(());
@@ -213,10 +349,16 @@ impl Client {
         let mut last = Error::NoServer("no server to ask for the cluster's servers".into());
         let mut leaderless = None;
         for addr in known.into_iter().chain(seeds) {
-            let mut client = LogClient::new(self.channel(&addr)?);
-            match client.get_servers(GetServersRequest {}).await {
+            let mut client = match self.channel(&addr).await {
+                Ok(channel) => log_client(channel),
+                Err(error) => {
+                    last = error;
+                    continue;
+                }
+            };
+            match self.unary(&addr, client.get_servers(GetServersRequest {})).await {
                 Ok(response) => {
-                    let servers = response.into_inner().servers;
+                    let servers = response.servers;
                     if servers.iter().any(|server| server.is_leader) {
                         self.replace_servers(servers);
                         return Ok(());
@@ -227,7 +369,7 @@ impl Client {
                         leaderless = Some(servers);
                     }
                 }
-                Err(status) => last = Error::Status(status),
+                Err(error) => last = error,
             }
         }
         match leaderless {
@@ -244,12 +386,15 @@ impl Client {
         state.picker = Arc::new(Picker::succeeding(&state.picker, servers));
     }
 
-    /// The channel to `addr` (created on first use; connects lazily).
-    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+    /// The channel to `addr`. The first use connects (so a server that cannot
+    /// be reached is reported as [`Error::Connect`]: nothing was sent); the
+    /// channel then reconnects by itself after failures.
+    async fn channel(&self, addr: &str) -> Result<Channel, Error> {
         if let Some(channel) = lock(&self.inner.state).channels.get(addr) {
             return Ok(channel.clone());
         }
-        let connector = match &self.inner.options.tls {
+        let options = &self.inner.options;
+        let connector = match &options.tls {
             None => proglog_tls::Connector::plaintext(),
             Some(tls) => {
                 let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
@@ -258,62 +403,117 @@ impl Client {
                 proglog_tls::Connector::tls(Arc::clone(&tls.config), name)?
             }
         };
-        let endpoint = connector.endpoint(addr)?.connect_timeout(self.inner.options.connect_timeout);
-        let channel = connector.connect_lazy(&endpoint);
-        lock(&self.inner.state).channels.insert(addr.to_owned(), channel.clone());
-        Ok(channel)
+        let endpoint = connector
+            .endpoint(addr)?
+            .connect_timeout(options.connect_timeout)
+            // A server that vanished without closing the connection (a
+            // partition, a dead host) is noticed by the missing PING answers.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = connector
+            .connect(&endpoint)
+            .await
+            .map_err(|source| Error::Connect { addr: addr.to_owned(), source })?;
+        // Two first uses at once both connect; the first one stored wins.
+        Ok(lock(&self.inner.state).channels.entry(addr.to_owned()).or_insert(channel).clone())
     }
 
-    /// A gRPC client for the server picked for `call`.
-    fn pick(&self, call: Call) -> Result<LogClient<Channel>, Error> {
+    /// The RPC address of the server the picker chooses now for `call`.
+    pub fn address_for(&self, call: Call) -> Result<String, Error> {
         let picker = Arc::clone(&lock(&self.inner.state).picker);
-        let server = picker.pick(call).ok_or_else(|| {
+        picker.pick(call).map(|server| server.rpc_addr.clone()).ok_or_else(|| {
             Error::NoServer(match call {
                 Call::Produce => "no leader is known".into(),
                 _ => "no server is known".into(),
             })
-        })?;
-        Ok(LogClient::new(self.channel(&server.rpc_addr)?))
+        })
     }
 
-    /// The RPC address of the server the picker chooses now for `call` (for
-    /// callers that dial it themselves, as the CLI's streams do).
-    pub fn address_for(&self, call: Call) -> Result<String, Error> {
-        let picker = Arc::clone(&lock(&self.inner.state).picker);
-        picker
-            .pick(call)
-            .map(|server| server.rpc_addr.clone())
-            .ok_or_else(|| Error::NoServer("no server fits".into()))
+    /// The address picked for `call` and a gRPC client for it.
+    async fn pick(&self, call: Call) -> Result<(String, LogClient<Channel>), Error> {
+        let addr = self.address_for(call)?;
+        let client = log_client(self.channel(&addr).await?);
+        Ok((addr, client))
     }
 
-    /// Appends `value` on the leader; its offset once committed. While no leader
-    /// is reachable it waits for one (up to `failover_timeout`), retrying only
-    /// what cannot have been appended: a refusal as not the leader, or a leader
-    /// that could not even be connected to. Anything else — a connection lost
-    /// mid-call, a timeout — is returned: the record may or may not be in the log.
+    /// Runs a unary call to `addr` within the request timeout.
+    async fn unary<T>(
+        &self,
+        addr: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.inner.options.request_timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(call_error(addr, status)),
+            Err(_elapsed) => Err(Error::Connection {
+                addr: addr.to_owned(),
+                status: Status::deadline_exceeded("no answer within the request timeout"),
+            }),
+        }
+    }
+
+    /// Appends `value` on the leader; its offset once committed. See the crate
+    /// docs for what is retried: while no leader is reachable it waits for one
+    /// (up to `failover_timeout`).
     pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Error> {
-        let request = ProduceRequest { record: Some(Record { value: value.into(), ..Record::default() }) };
-        let deadline = tokio::time::Instant::now() + self.inner.options.failover_timeout;
-        let mut backoff = Duration::from_millis(25);
+        let request = produce_request(value.into());
+        // A single server has no other leader to wait for.
+        let patience =
+            if self.inner.target.cluster { self.inner.options.failover_timeout } else { Duration::ZERO };
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut backoff = FIRST_BACKOFF;
         loop {
-            let result = match self.pick(Call::Produce) {
-                Ok(mut client) => client.produce(request.clone()).await.map_err(Error::Status),
-                Err(error) => Err(error),
+            let (addr, error) = match self.pick(Call::Produce).await {
+                Ok((addr, mut client)) => match self.unary(&addr, client.produce(request.clone())).await {
+                    Ok(response) => return Ok(response.offset),
+                    Err(error) => (Some(addr), error),
+                },
+                Err(error) => (None, error),
             };
-            let error = match result {
-                Ok(response) => return Ok(response.into_inner().offset),
-                Err(error) => error,
+            let retry = match Outcome::of(&error) {
+                Outcome::NotAppended => true,
+                Outcome::Unknown => self.inner.options.delivery == Delivery::AtLeastOnce,
+                Outcome::Refused => false,
             };
-            if matches!(&error, Error::Status(status) if status.code() == Code::Unavailable) {
-                let _ = self.refresh().await;
-            }
-            if !never_appended(&error) || tokio::time::Instant::now() >= deadline {
-                return Err(error);
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return Err(produce::settle(addr.as_deref(), error));
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(400));
+            backoff = next_backoff(backoff);
             let _ = self.refresh().await;
         }
+    }
+
+    /// Appends `values` in order over one ProduceStream to the leader
+    /// (pipelined); one result per value, in order. See
+    /// [`Client::produce_stream`] for failover; an error that ends the stream
+    /// is the last result, and values after it have none.
+    pub async fn produce_many<V: Into<Bytes> + 'static>(
+        &self,
+        values: impl IntoIterator<Item = V>,
+    ) -> Vec<Result<u64, Error>> {
+        let values: Vec<Bytes> = values.into_iter().map(Into::into).collect();
+        let mut stream = self.produce_stream(tokio_stream::iter(values));
+        let mut results = Vec::new();
+        while let Some(result) = stream.next().await {
+            results.push(result);
+        }
+        results
+    }
+
+    /// Appends the values of `values` as they come, pipelined over a
+    /// ProduceStream to the leader; the returned stream yields one result per
+    /// value, in order. When the leader fails, values not yet sent (and those
+    /// that cannot have been appended) go to the new leader once it is known;
+    /// values in flight get [`Error::OutcomeUnknown`] (or are sent again with
+    /// [`Delivery::AtLeastOnce`]). A value the server refuses (too large)
+    /// gets its error and the stream goes on; any other error ends it.
+    pub fn produce_stream<S, V>(&self, values: S) -> ProduceStream
+    where
+        S: tokio_stream::Stream<Item = V> + Send + 'static,
+        V: Into<Bytes> + 'static,
+    {
+        ProduceStream::start(self.clone(), values)
     }
 
     /// Reads the record at `offset` from a follower (in turn), trying another
@@ -322,21 +522,19 @@ impl Client {
         let attempts = lock(&self.inner.state).picker.servers().len().max(1);
         let mut last = None;
         for _ in 0..attempts {
-            match self.pick(Call::Consume)?.consume(ConsumeRequest { offset }).await {
+            let (addr, mut client) = self.pick(Call::Consume).await?;
+            match self.unary(&addr, client.consume(ConsumeRequest { offset })).await {
                 Ok(response) => {
-                    return response
-                        .into_inner()
-                        .record
-                        .ok_or_else(|| Error::Status(Status::internal("no record")));
+                    return response.record.ok_or_else(|| Error::Status(Status::internal("no record")));
                 }
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(error) if subscription::resumable(&error) => {
                     let _ = self.refresh().await;
-                    last = Some(status);
+                    last = Some(error);
                 }
-                Err(status) => return Err(Error::Status(status)),
+                Err(error) => return Err(error),
             }
         }
-        Err(Error::Status(last.unwrap_or_else(|| Status::unavailable("no server answered"))))
+        Err(last.unwrap_or_else(|| Error::NoServer("no server answered".into())))
     }
 
     /// Follows the log from `offset` on, record after record, waiting at the end
@@ -344,101 +542,29 @@ impl Client {
     /// it resumes on another from the next offset it has not delivered: no gap,
     /// no duplicate.
     pub fn subscribe(&self, offset: u64) -> Subscription {
-        Subscription { client: self.clone(), next: offset, server: None, stream: None }
+        Subscription::new(self.clone(), offset)
     }
 
-    /// The cluster's servers, as a server reports them.
+    /// The cluster's servers, as the leader (or any server) reports them.
     pub async fn servers(&self) -> Result<Vec<Server>, Error> {
-        Ok(self.pick(Call::Other)?.get_servers(GetServersRequest {}).await?.into_inner().servers)
+        let (addr, mut client) = self.pick(Call::Other).await?;
+        Ok(self.unary(&addr, client.get_servers(GetServersRequest {})).await?.servers)
+    }
+
+    /// The range of offsets the log holds, as the leader (or, without one, any
+    /// server) has it now.
+    pub async fn offsets(&self) -> Result<Offsets, Error> {
+        let (addr, mut client) = self.pick(Call::Other).await?;
+        let response = self.unary(&addr, client.get_offsets(GetOffsetsRequest {})).await?;
+        Ok(Offsets { lowest: response.lowest, next: response.next })
     }
 }
 
-/// A consume stream that survives the loss of its server ([`Client::subscribe`]).
-pub struct Subscription {
-    client: Client,
-    /// The offset of the next record to deliver.
-    next: u64,
-    /// The server the current stream comes from.
-    server: Option<String>,
-    stream: Option<tonic::Streaming<proglog_api::v1::ConsumeResponse>>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("next", &self.next).field("server", &self.server).finish()
-    }
-}
-
-impl Subscription {
-    /// The RPC address of the server the records come from now, if connected.
-    pub fn server(&self) -> Option<&str> {
-        self.server.as_deref()
-    }
-
-    /// The next record (waiting for it if it is not written yet). Moves to
-    /// another server when this one fails, for up to the client's
-    /// `failover_timeout` without a record; an error it cannot get past (the
-    /// offset was removed by retention, a denial) is returned.
-    pub async fn next(&mut self) -> Result<Record, Error> {
-        let timeout = self.client.inner.options.failover_timeout;
-        // Counted from the first failure: waiting at the tail is not failing.
-        let mut deadline = None;
-        let mut backoff = Duration::from_millis(25);
-        loop {
-            let failure = match self.stream.as_mut() {
-                None => match self.open().await {
-                    Ok(()) => continue,
-                    Err(error) => error,
-                },
-                Some(stream) => match stream.message().await {
-                    Ok(Some(response)) => {
-                        let Some(record) = response.record else { continue };
-                        if record.offset < self.next {
-                            continue; // already delivered (a resumed stream overlaps)
-                        }
-                        if record.offset > self.next {
-                            return Err(Error::Status(Status::data_loss(format!(
-                                "expected offset {}, the server sent {}",
-                                self.next, record.offset
-                            ))));
-                        }
-                        self.next += 1;
-                        return Ok(record);
-                    }
-                    Ok(None) => Error::Status(Status::unavailable("the server ended the stream")),
-                    Err(status) => Error::Status(status),
-                },
-            };
-            self.stream = None;
-            self.server = None;
-            let resumable = match &failure {
-                Error::NoServer(_) => true,
-                Error::Status(status) => {
-                    matches!(
-                        status.code(),
-                        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Internal
-                    )
-                }
-                _ => false,
-            };
-            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
-            if !resumable || tokio::time::Instant::now() >= deadline {
-                return Err(failure);
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(400));
-            let _ = self.client.refresh().await;
-        }
-    }
-
-    async fn open(&mut self) -> Result<(), Error> {
-        let addr = self.client.address_for(Call::Consume)?;
-        let mut client = LogClient::new(self.client.channel(&addr)?).max_decoding_message_size(usize::MAX);
-        let stream = client.consume_stream(ConsumeRequest { offset: self.next }).await?.into_inner();
-        self.stream = Some(stream);
-        self.server = Some(addr);
-        Ok(())
-    }
+/// Whether `status` is the server's refusal as not the leader (it appended nothing).
+fn not_leader(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.code() == Code::Unavailable
+        && status.get_error_details().error_info().is_some_and(|info| info.reason == "NOT_LEADER")
 }
 
 /// Refreshes the server list every `interval` while the client lives.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use proglog_api::v1::log_server::{Log, LogServer};
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
-    Record, Server,
+    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
+    GetServersResponse, ProduceRequest, ProduceResponse, Record, Server,
 };
 use proglog_client::{Client, Options};
 use tokio_stream::Stream;
@@ -61,6 +61,13 @@ impl Log for Fake {
         _: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
         Ok(Response::new(GetServersResponse { servers: self.servers.lock().unwrap().clone() }))
+    }
+
+    async fn get_offsets(
+        &self,
+        _: Request<GetOffsetsRequest>,
+    ) -> Result<Response<GetOffsetsResponse>, Status> {
+        Ok(Response::new(GetOffsetsResponse { lowest: 0, next: 0 }))
     }
 }
 

@@ -84,8 +84,8 @@ use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use proglog_api::v1::log_server::{Log as LogRpc, LogServer};
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
-    Record,
+    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
+    GetServersResponse, ProduceRequest, ProduceResponse, Record,
 };
 use proglog_raft::Fsync;
 use tempfile::TempDir;
@@ -270,6 +270,13 @@ impl LogRpc for NullLog {
         _request: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
         Ok(Response::new(GetServersResponse { servers: vec![] }))
+    }
+
+    async fn get_offsets(
+        &self,
+        _: Request<GetOffsetsRequest>,
+    ) -> Result<Response<GetOffsetsResponse>, Status> {
+        Ok(Response::new(GetOffsetsResponse { lowest: 0, next: 0 }))
     }
 }
 

@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetServersRequest, GetServersResponse, ProduceRequest, ProduceResponse,
-    Record,
+    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
+    GetServersResponse, ProduceRequest, ProduceResponse, Record,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -181,6 +181,17 @@ impl LogRpc for LogService {
     ) -> Result<Response<GetServersResponse>, Status> {
         let servers = self.log.servers().await.map_err(from_log)?;
         Ok(Response::new(GetServersResponse { servers }))
+    }
+
+    async fn get_offsets(
+        &self,
+        _request: Request<GetOffsetsRequest>,
+    ) -> Result<Response<GetOffsetsResponse>, Status> {
+        // The commit point first: retention only ever raises the lowest offset,
+        // so `lowest <= next` even if it moves in between.
+        let next = *self.log.committed().borrow();
+        let lowest = self.log.lowest_offset().min(next);
+        Ok(Response::new(GetOffsetsResponse { lowest, next }))
     }
 }
 

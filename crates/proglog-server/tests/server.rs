@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Pki, TestServer, client_as, plaintext_client, tls_channel};
 use proglog_api::v1::log_client::LogClient;
-use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record};
+use proglog_api::v1::{ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceRequest, Record};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -56,6 +56,21 @@ async fn produce_stream_and_consume_stream() {
 }
 
 #[tokio::test]
+async fn get_offsets_tells_the_range_a_consumer_can_read() {
+    let pki = Pki::new();
+    let server = TestServer::secure(&pki).await;
+    let mut root = client_as(&pki, server.addr, "root");
+    let response = root.get_offsets(GetOffsetsRequest {}).await.unwrap().into_inner();
+    assert_eq!((response.lowest, response.next), (0, 0), "empty");
+    for value in ["a", "b", "c"] {
+        root.produce(produce(value)).await.unwrap();
+    }
+    let response = root.get_offsets(GetOffsetsRequest {}).await.unwrap().into_inner();
+    assert_eq!((response.lowest, response.next), (0, 3));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn consume_past_the_end_is_out_of_range_with_a_localized_message() {
     let pki = Pki::new();
     let server = TestServer::secure(&pki).await;
@@ -82,6 +97,7 @@ async fn nobody_is_denied_every_rpc_including_both_streams() {
     denied(nobody.consume(ConsumeRequest { offset: 0 }).await.unwrap_err(), "consume");
     denied(nobody.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap_err(), "consume");
     denied(nobody.produce_stream(tokio_stream::iter([produce("x")])).await.unwrap_err(), "produce");
+    denied(nobody.get_offsets(GetOffsetsRequest {}).await.unwrap_err(), "consume");
     // GetServers is not ACL-checked (as in the book), TLS still applies.
     let servers = nobody.get_servers(GetServersRequest {}).await.unwrap().into_inner().servers;
     assert_eq!(servers.len(), 1);
