@@ -1,6 +1,6 @@
 //! `cargo xtask`: project chores that need more than one cargo command.
 //!
-//! - `cargo xtask bench [log] [server] [cluster] [-- ARGS]`: run the benchmarks (all when none
+//! - `cargo xtask bench [log] [server] [cluster] [client] [-- ARGS]`: run the benchmarks (all when none
 //!   is named; release build) and print their Markdown tables; `--quick` for a short
 //!   smoke run.
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests.
@@ -13,8 +13,12 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const BENCHES: &[(&str, &str)] =
-    &[("log", "proglog-log"), ("server", "proglog-server"), ("cluster", "proglog-server")];
+const BENCHES: &[(&str, &str)] = &[
+    ("log", "proglog-log"),
+    ("server", "proglog-server"),
+    ("cluster", "proglog-server"),
+    ("client", "proglog"),
+];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,7 +28,7 @@ fn main() -> Result<()> {
         Some("certs") if args.len() <= 2 => certs(args.get(1).map(PathBuf::from)),
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [log] [server] [cluster] [--quick] | cargo xtask ci | cargo xtask certs [DIR]"
+                "usage: cargo xtask bench [log] [server] [cluster] [client] [--quick] | cargo xtask ci | cargo xtask certs [DIR]"
             );
             std::process::exit(2);
         }

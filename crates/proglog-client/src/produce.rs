@@ -229,6 +229,8 @@ impl Driver {
         let outcome = Outcome::of(&error);
         let again = nothing_sent(&error)
             || match outcome {
+                // Nothing in flight is lost: only a refusal of the call itself ends the stream.
+                _ if in_flight.is_empty() => outcome != Outcome::Refused,
                 Outcome::NotAppended => in_flight.len() <= 1 || delivery == Delivery::AtLeastOnce,
                 Outcome::Unknown => delivery == Delivery::AtLeastOnce,
                 Outcome::Refused => false,
@@ -240,7 +242,7 @@ impl Driver {
             return true;
         }
         if again || in_flight.is_empty() {
-            // Out of patience, or a refusal of the call itself: the last result.
+            // Out of patience, or the call itself was refused: the last result.
             let _ = self.results.send(Err(settle(addr, error))).await;
             return false;
         }
