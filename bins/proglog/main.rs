@@ -179,19 +179,25 @@ fn with_hint(error: anyhow::Error, tls: Option<&TlsOptions>) -> anyhow::Error {
     let Some(client_error) = error.downcast_ref::<proglog_client::Error>() else {
         return error;
     };
-    let transport = match client_error {
+    let cause: &(dyn std::error::Error + 'static) = match client_error {
         proglog_client::Error::Status(status) => {
             let message = status.message();
-            return anyhow::anyhow!(
-                "{}",
-                if message.is_empty() { status.code().description() } else { message }
-            );
+            let message = if message.is_empty() { status.code().description() } else { message };
+            return anyhow::anyhow!("{message}");
         }
-        proglog_client::Error::Connect { .. } | proglog_client::Error::Connection { .. } => true,
-        proglog_client::Error::OutcomeUnknown { status, .. } => std::error::Error::source(status).is_some(),
-        _ => false,
+        proglog_client::Error::Connect { cause, .. } => cause,
+        proglog_client::Error::Connection { status, .. }
+        | proglog_client::Error::OutcomeUnknown { status, .. } => status,
+        _ => return error,
     };
-    if !transport {
+    // No transport failure, or nobody listening: TLS is not the question.
+    let mut io_kind = None;
+    let mut source = cause.source();
+    while let Some(inner) = source {
+        io_kind = io_kind.or(inner.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
+        source = inner.source();
+    }
+    if cause.source().is_none() || io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
         return error;
     }
     let hint = match tls {

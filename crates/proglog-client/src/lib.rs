@@ -154,19 +154,19 @@ pub enum Error {
     NoServer(String),
     /// A server's TLS settings are unusable.
     #[error("tls: {0}")]
-    Tls(#[from] proglog_tls::Error),
+    Tls(proglog_tls::Error),
     /// The server answered with an error status. For a produce: the record was
     /// not appended.
     #[error("{}", status_text(.0))]
     Status(Status),
     /// No connection to `addr` could be made (refused, timed out, the TLS or
     /// HTTP/2 handshake failed): nothing was sent.
-    #[error("cannot connect to {addr}: {}", chain(.source))]
+    #[error("cannot connect to {addr}: {}", chain(.cause))]
     Connect {
         /// The server's RPC address.
         addr: String,
         /// Why.
-        source: tonic::transport::Error,
+        cause: tonic::transport::Error,
     },
     /// A call to `addr` failed below gRPC: the connection broke, or could not
     /// be made again. A produce that fails so is [`Error::OutcomeUnknown`]
@@ -188,6 +188,13 @@ pub enum Error {
         /// What failed.
         status: Status,
     },
+}
+
+// Every variant's message holds its causes, so none is also a `source()`.
+impl From<proglog_tls::Error> for Error {
+    fn from(error: proglog_tls::Error) -> Self {
+        Self::Tls(error)
+    }
 }
 
 impl Error {
@@ -413,7 +420,7 @@ impl Client {
         let channel = connector
             .connect(&endpoint)
             .await
-            .map_err(|source| Error::Connect { addr: addr.to_owned(), source })?;
+            .map_err(|cause| Error::Connect { addr: addr.to_owned(), cause })?;
         // Two first uses at once both connect; the first one stored wins.
         Ok(lock(&self.inner.state).channels.entry(addr.to_owned()).or_insert(channel).clone())
     }

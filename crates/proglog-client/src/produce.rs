@@ -61,7 +61,7 @@ impl Outcome {
                 _ => Self::Unknown,
             },
             // Nothing was sent; a TLS failure would only repeat itself.
-            Error::Connect { source, .. } => match io_kind(source) {
+            Error::Connect { cause, .. } => match io_kind(cause) {
                 Some(std::io::ErrorKind::InvalidData) => Self::Refused,
                 _ => Self::NotAppended,
             },
