@@ -34,8 +34,8 @@
 //! [`Client::connect`] takes `proglog://host:port[,host:port...]` (the cluster:
 //! the hosts are only seeds) or `host:port` (that one server, for everything).
 //! For a cluster, a resolver asks GetServers on connect, then every
-//! [`Options::refresh_interval`] and after errors, and keeps one lazily
-//! connected tonic channel per server; a [`Picker`] sends produces to the
+//! [`Options::refresh_interval`] and after errors, and keeps one tonic channel
+//! per listed server (connected on first use); a [`Picker`] sends produces to the
 //! leader and spreads consumes round-robin over the followers (the leader when
 //! there are none). Anything else goes to the leader, or any server.
 //!
@@ -388,8 +388,12 @@ impl Client {
         }
     }
 
+    /// Picks from `servers` from now on, and drops the channels to servers no
+    /// longer listed (a seed's stays: refreshes may ask it).
     fn replace_servers(&self, servers: Vec<Server>) {
+        let seeds: Vec<String> = self.inner.target.seeds.iter().map(Authority::to_addr).collect();
         let mut state = lock(&self.inner.state);
+        state.channels.retain(|addr, _| seeds.contains(addr) || servers.iter().any(|s| &s.rpc_addr == addr));
         state.picker = Arc::new(Picker::succeeding(&state.picker, servers));
     }
 

@@ -313,6 +313,11 @@ impl Driver {
             Ok(response) => response.into_inner(),
             Err(status) => return End::Failed(Some(addr.clone()), call_error(&addr, status)),
         };
+        // A leader that stops answering (cut off from its peers, it can commit
+        // nothing) fails the call after the request timeout without progress.
+        let patience = self.client.options().request_timeout;
+        let stalled = tokio::time::sleep(patience);
+        tokio::pin!(stalled);
         loop {
             let room = self.in_flight.len() < WINDOW_RECORDS && self.in_flight_bytes < WINDOW_BYTES;
             let more = !self.input_done || !self.to_send.is_empty();
@@ -327,6 +332,7 @@ impl Driver {
                             self.in_flight_bytes -= value.len();
                         }
                         self.answered += 1;
+                        stalled.as_mut().reset(Instant::now() + patience);
                         if self.results.send(Ok(response.offset)).await.is_err() {
                             return End::CallerGone;
                         }
@@ -340,6 +346,9 @@ impl Driver {
                 },
                 value = Self::next_value(&mut self.to_send, &mut self.input), if room && more => match value {
                     Some(value) => {
+                        if self.in_flight.is_empty() {
+                            stalled.as_mut().reset(Instant::now() + patience);
+                        }
                         self.in_flight_bytes += value.len();
                         self.in_flight.push_back(value.clone());
                         // Room in the window is room in the channel; a closed
@@ -350,6 +359,10 @@ impl Driver {
                     }
                     None => self.input_done = true,
                 },
+                () = &mut stalled, if !self.in_flight.is_empty() => {
+                    let status = Status::deadline_exceeded("no answer within the request timeout");
+                    return End::Failed(Some(addr.clone()), Error::Connection { addr, status });
+                }
             }
         }
     }

@@ -30,6 +30,9 @@ enum Failure {
     /// Refuses it as not the leader (appends nothing) and hands leadership
     /// to the other server.
     NotLeader,
+    /// Never answers it, nor anything after it, on that call (a leader cut
+    /// off from its peers); appends nothing.
+    Silent,
 }
 
 #[derive(Default)]
@@ -84,6 +87,7 @@ impl Log for Fake {
         let (tx, rx) = mpsc::channel(16);
         let (cluster, number) = (Arc::clone(&self.cluster), self.number);
         tokio::spawn(async move {
+            let mut silent = false;
             while let Ok(Some(request)) = inbound.message().await {
                 let value = request.record.unwrap().value;
                 let answer = {
@@ -104,6 +108,10 @@ impl Log for Fake {
                                         cluster.leader = 1 - number;
                                         Err(not_leader())
                                     }
+                                    Failure::Silent => {
+                                        silent = true;
+                                        break;
+                                    }
                                 }
                             }
                             _ => {
@@ -117,6 +125,10 @@ impl Log for Fake {
                 if tx.send(answer).await.is_err() || failed {
                     return;
                 }
+            }
+            if silent {
+                let _keep_the_call_open = (tx, inbound);
+                std::future::pending::<()>().await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -147,6 +159,10 @@ impl Log for Fake {
 }
 
 async fn cluster(fail_at: u64, failure: Failure, delivery: Delivery) -> (Shared, Client) {
+    cluster_with(fail_at, failure, Options { delivery, ..Options::default() }).await
+}
+
+async fn cluster_with(fail_at: u64, failure: Failure, options: Options) -> (Shared, Client) {
     let shared = Shared::default();
     for number in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -160,7 +176,7 @@ async fn cluster(fail_at: u64, failure: Failure, delivery: Delivery) -> (Shared,
     }
     shared.lock().unwrap().fail_at = Some((fail_at, failure));
     let addr = format!("proglog://{}", shared.lock().unwrap().addrs[0]);
-    let options = Options { delivery, failover_timeout: Duration::from_secs(5), ..Options::default() };
+    let options = Options { failover_timeout: Duration::from_secs(5), ..options };
     (shared.clone(), Client::connect(&addr, options).await.unwrap())
 }
 
@@ -243,4 +259,16 @@ async fn pipelined_values_each_get_one_result_in_order() {
     assert!(log.len() <= values.len());
     let mut seen = std::collections::HashSet::new();
     assert!(log.iter().all(|value| seen.insert(value.clone())), "a value stored twice");
+}
+
+#[tokio::test]
+async fn a_leader_that_stops_answering_is_left_after_the_request_timeout() {
+    let options = Options { request_timeout: Duration::from_millis(300), ..Options::default() };
+    let (cluster, client) = cluster_with(3, Failure::Silent, options).await;
+    let values = values(6);
+    let results = one_at_a_time(&client, &values).await;
+    assert!(matches!(results[3], Err(Error::OutcomeUnknown { .. })), "{:?}", results[3]);
+    let offsets: Vec<u64> = results.iter().filter_map(|result| result.as_ref().ok().copied()).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4], "the rest on a new call");
+    assert_eq!(cluster.lock().unwrap().log.len(), 5);
 }
