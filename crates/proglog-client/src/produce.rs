@@ -203,8 +203,11 @@ impl Driver {
                 failing_since = None;
                 backoff = FIRST_BACKOFF;
             }
+            // The first failure after progress is always tried again (once, for
+            // a single server); then until `patience` runs out.
+            let first_failure = failing_since.is_none();
             let since = *failing_since.get_or_insert_with(Instant::now);
-            let give_up = since.elapsed() >= patience;
+            let give_up = !first_failure && since.elapsed() >= patience;
             if !self.settle_in_flight(addr.as_deref(), error, options.delivery, give_up).await {
                 return;
             }
@@ -246,7 +249,7 @@ impl Driver {
             let _ = self.results.send(Err(settle(addr, error))).await;
             return false;
         }
-        let mut rest = in_flight.into_iter().skip(1);
+        let rest = in_flight.into_iter().skip(1);
         match outcome {
             // An invalid record: the server read no further, the rest goes again.
             Outcome::Refused if error.status().is_some_and(|s| s.code() == Code::InvalidArgument) => {
@@ -270,7 +273,7 @@ impl Driver {
                     return false;
                 }
                 let addr = addr.unwrap_or_default();
-                for _ in rest.by_ref() {
+                for _ in rest {
                     let unknown = Error::OutcomeUnknown { addr: addr.to_owned(), status: status.clone() };
                     if self.results.send(Err(unknown)).await.is_err() {
                         return false;
