@@ -1,5 +1,5 @@
 //! `proglog`: the client CLI (SPEC §6). Produces records, consumes them, lists the
-//! servers. Thin: flags (clap) → one connection (tonic, rustls) → one command.
+//! servers. Thin: flags (clap) → a `proglog_client::Client` → one command.
 //!
 //! Exit codes: 0 success, 1 runtime error (connection, TLS, `PERMISSION_DENIED`,
 //! `OUT_OF_RANGE`, unreadable file...), 2 usage error (bad flags or flag values).
@@ -80,7 +80,8 @@ enum Command {
     /// Append records and print the offset of each.
     ///
     /// Each VALUE is one record; without VALUEs, each line of stdin is one record (without its
-    /// line ending). One record is sent with Produce, more are pipelined over ProduceStream.
+    /// line ending). One record is sent with Produce, more are pipelined over ProduceStream;
+    /// produces go to the leader, also across a failover.
     Produce {
         /// Record values.
         #[arg(value_name = "VALUE", value_parser = clap::value_parser!(OsString))]
