@@ -150,7 +150,8 @@ async fn a_produce_stream_goes_on_on_the_new_leader_when_the_leader_dies() {
         }
     }
     assert!(results[300..].iter().all(Result::is_ok), "the stream went on on the new leader");
-    assert!(unknown <= 16, "only what was in flight when the leader died: {unknown}");
+    // Only what was in flight when the leader died (a value every 2 ms).
+    assert!(unknown < 100, "{unknown} of unknown outcome");
     assert_ne!(client.address_for(proglog_client::Call::Produce).unwrap(), leader);
 
     // The CLI does the same with only a proglog:// address.
