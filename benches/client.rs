@@ -40,12 +40,15 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark fails loudly
 
+#[path = "../crates/proglog-log/benches/support/mod.rs"]
+mod bench_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bench_support::{Invocation, rate, stats};
 use bytes::Bytes;
 use proglog_api::v1::log_client::LogClient;
 use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record};
@@ -68,12 +71,10 @@ struct Mode {
 }
 
 fn mode() -> Mode {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|arg| arg == "--quick") || std::env::var_os("PROGLOG_BENCH_QUICK").is_some();
-    match (args.iter().any(|arg| arg == "--bench"), quick) {
-        (false, _) => Mode { name: "smoke", repetitions: 1, records: 2_000 },
-        (true, true) => Mode { name: "quick", repetitions: 2, records: 10_000 },
-        (true, false) => Mode { name: "full", repetitions: 6, records: 50_000 },
+    match bench_support::Invocation::from_args() {
+        Invocation { bench: false, .. } => Mode { name: "smoke", repetitions: 1, records: 2_000 },
+        Invocation { quick: true, .. } => Mode { name: "quick", repetitions: 2, records: 10_000 },
+        Invocation { quick: false, .. } => Mode { name: "full", repetitions: 6, records: 50_000 },
     }
 }
 
@@ -98,11 +99,6 @@ fn values() -> Vec<Bytes> {
 
 async fn channel(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
-}
-
-/// Records per second of `records` done in `elapsed`.
-fn rate(records: usize, elapsed: Duration) -> f64 {
-    records as f64 / elapsed.as_secs_f64()
 }
 
 async fn produce_direct(leader: &Channel, per_producer: usize, pool: &[Bytes]) -> f64 {
@@ -134,7 +130,7 @@ async fn produce_direct(leader: &Channel, per_producer: usize, pool: &[Bytes]) -
     for producer in producers {
         producer.await.unwrap();
     }
-    rate(PRODUCERS * per_producer, started.elapsed())
+    rate((PRODUCERS * per_producer) as u64, started.elapsed())
 }
 
 async fn produce_client(client: &Client, per_producer: usize, pool: &[Bytes]) -> f64 {
@@ -156,7 +152,7 @@ async fn produce_client(client: &Client, per_producer: usize, pool: &[Bytes]) ->
     for producer in producers {
         producer.await.unwrap();
     }
-    rate(PRODUCERS * per_producer, started.elapsed())
+    rate((PRODUCERS * per_producer) as u64, started.elapsed())
 }
 
 async fn consume_one_server(follower: &Channel, records: u64) -> f64 {
@@ -174,7 +170,7 @@ async fn consume_one_server(follower: &Channel, records: u64) -> f64 {
     for reader in readers {
         reader.await.unwrap();
     }
-    rate(READERS * records as usize, started.elapsed())
+    rate(READERS as u64 * records, started.elapsed())
 }
 
 async fn consume_client(client: &Client, records: u64) -> (f64, Vec<String>) {
@@ -193,7 +189,7 @@ async fn consume_client(client: &Client, records: u64) -> (f64, Vec<String>) {
     for reader in readers {
         servers.push(reader.await.unwrap());
     }
-    (rate(READERS * records as usize, started.elapsed()), servers)
+    (rate(READERS as u64 * records, started.elapsed()), servers)
 }
 
 /// Kills the leader under a trickling client produce stream; returns (kill →
@@ -263,14 +259,9 @@ async fn failover(agents: &mut Vec<Agent>, client: &Client) -> (Duration, Durati
     (elected, acknowledged, unknown)
 }
 
+/// `median (min–max)` of `figures`, two decimals.
 fn spread(figures: &[f64]) -> String {
-    let min = figures.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = figures.iter().copied().fold(0.0, f64::max);
-    let median = {
-        let mut sorted = figures.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
-    };
+    let (median, min, max) = stats(figures);
     if figures.len() == 1 { format!("{median:.2}") } else { format!("{median:.2} ({min:.2}–{max:.2})") }
 }
 

@@ -135,13 +135,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Result<Self> {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let bench = args.iter().any(|arg| arg == "--bench");
-        let quick = args.iter().any(|arg| arg == "--quick")
-            || std::env::var("PROGLOG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        for arg in args.iter().filter(|arg| !matches!(arg.as_str(), "--bench" | "--quick")) {
-            eprintln!("note: ignoring argument {arg:?}");
-        }
+        let support::Invocation { bench, quick } = support::Invocation::from_args();
         let records_1k = match std::env::var("PROGLOG_BENCH_RECORDS") {
             Ok(v) => v.trim().parse().with_context(|| format!("PROGLOG_BENCH_RECORDS={v:?}"))?,
             Err(_) => 400_000,

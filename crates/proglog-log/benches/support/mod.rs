@@ -1,10 +1,35 @@
 //! Helpers shared by the benchmarks of this workspace (included by path from
-//! `proglog-server`'s bench too): medians, human-readable rates.
+//! `proglog-server`'s benches and the root package's `client` bench too): the
+//! command line, medians, human-readable rates.
 
 #![allow(dead_code)] // each bench uses its own subset
 
 use std::path::Path;
 use std::time::Duration;
+
+/// How the bench was invoked.
+#[derive(Clone, Copy, Debug)]
+pub struct Invocation {
+    /// `--bench` was given (`cargo bench`); without it (`cargo test --all-targets`)
+    /// a bench only does a tiny smoke run.
+    pub bench: bool,
+    /// `--quick` or `PROGLOG_BENCH_QUICK` (not empty, not `0`).
+    pub quick: bool,
+}
+
+impl Invocation {
+    /// Reads the arguments (noting those it ignores) and `PROGLOG_BENCH_QUICK`.
+    pub fn from_args() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let bench = args.iter().any(|arg| arg == "--bench");
+        let quick = args.iter().any(|arg| arg == "--quick")
+            || std::env::var("PROGLOG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        for arg in args.iter().filter(|arg| !matches!(arg.as_str(), "--bench" | "--quick")) {
+            eprintln!("note: ignoring argument {arg:?}");
+        }
+        Self { bench, quick }
+    }
+}
 
 /// (median, min, max)
 pub fn stats(values: &[f64]) -> (f64, f64, f64) {

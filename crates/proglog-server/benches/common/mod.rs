@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+pub use self::support::Invocation;
 use self::support::XorShift;
 
 /// Requests each ProduceStream producer keeps in flight, at most.
@@ -36,32 +37,6 @@ pub const WINDOW: usize = 256;
 /// Distinct values cycled through by the producers (and the null ConsumeStream).
 pub const POOL: usize = 256;
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
-
-// ---------------------------------------------------------------- command line
-
-/// How the bench was invoked.
-#[derive(Clone, Copy, Debug)]
-pub struct Invocation {
-    /// `--bench` was given (`cargo bench`); without it (`cargo test --all-targets`)
-    /// a bench only does a tiny smoke run.
-    pub bench: bool,
-    /// `--quick` or `PROGLOG_BENCH_QUICK` (not empty, not `0`).
-    pub quick: bool,
-}
-
-impl Invocation {
-    /// Reads the arguments (noting those it ignores) and `PROGLOG_BENCH_QUICK`.
-    pub fn from_args() -> Self {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let bench = args.iter().any(|arg| arg == "--bench");
-        let quick = args.iter().any(|arg| arg == "--quick")
-            || std::env::var("PROGLOG_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        for arg in args.iter().filter(|arg| !matches!(arg.as_str(), "--bench" | "--quick")) {
-            eprintln!("note: ignoring argument {arg:?}");
-        }
-        Self { bench, quick }
-    }
-}
 
 /// The variable `name` parsed, `None` when unset.
 pub fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>>
