@@ -216,14 +216,13 @@ async fn failover(agents: &mut Vec<Agent>, client: &Client) -> (Duration, Durati
         stream.next().await.unwrap().unwrap();
         sent();
     }
-    let position = agents.iter().position(|agent| agent.rpc.to_string() == leader).unwrap();
     let survivors: Vec<String> = agents
         .iter()
         .filter(|agent| agent.rpc.to_string() != leader)
         .map(|agent| agent.rpc.to_string())
         .collect();
     let killed = Instant::now();
-    agents.remove(position).kill();
+    Agent::kill_serving(agents, &leader);
     let watcher = tokio::spawn(async move {
         loop {
             for survivor in &survivors {

@@ -91,8 +91,7 @@ async fn produces_continue_on_the_new_leader_when_the_leader_dies() {
             // kill -9 the leader between two produces: the caller does nothing.
             let servers = client.servers().await.unwrap();
             let leader = servers.iter().find(|s| s.is_leader).unwrap().rpc_addr.clone();
-            let position = agents.iter().position(|agent| agent.rpc.to_string() == leader).unwrap();
-            agents.remove(position).kill();
+            Agent::kill_serving(&mut agents, &leader);
         }
         let value = format!("record {i}");
         match client.produce(value.clone()).await {
@@ -131,8 +130,7 @@ async fn a_produce_stream_goes_on_on_the_new_leader_when_the_leader_dies() {
     while let Some(result) = stream.next().await {
         results.push(result);
         if results.len() == 100 {
-            let position = agents.iter().position(|agent| agent.rpc.to_string() == leader).unwrap();
-            agents.remove(position).kill();
+            Agent::kill_serving(&mut agents, &leader);
         }
     }
     feeder.await.unwrap();
@@ -188,8 +186,7 @@ async fn a_subscription_survives_the_loss_of_its_server() {
     }
     // The server it reads from dies (a follower: consumes go there).
     let serving = subscription.server().unwrap().to_owned();
-    let position = agents.iter().position(|agent| agent.rpc.to_string() == serving).unwrap();
-    agents.remove(position).kill();
+    Agent::kill_serving(&mut agents, &serving);
     for i in 10..15 {
         client.produce(format!("record {i}")).await.unwrap();
     }

@@ -157,6 +157,13 @@ impl Agent {
         self.child.wait().unwrap();
     }
 
+    /// kill -9 the agent of `agents` whose RPC address is `rpc_addr`, and drops
+    /// it from `agents`.
+    pub fn kill_serving(agents: &mut Vec<Agent>, rpc_addr: &str) {
+        let position = agents.iter().position(|agent| agent.rpc.to_string() == rpc_addr);
+        agents.remove(position.expect("an agent serves that address")).kill();
+    }
+
     pub fn http(&self) -> SocketAddr {
         self.http_addr.expect("the HTTP API is enabled")
     }
