@@ -174,31 +174,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `error`, with what to check when it is a failure below gRPC (a connection
-/// or handshake that failed, likely a TLS mismatch); a server's error status as
-/// its message alone (e.g. `nobody not permitted to produce to *`).
+/// or handshake that failed, likely a TLS mismatch).
 fn with_hint(error: anyhow::Error, tls: Option<&TlsOptions>) -> anyhow::Error {
     let Some(client_error) = error.downcast_ref::<proglog_client::Error>() else {
         return error;
     };
-    let cause: &(dyn std::error::Error + 'static) = match client_error {
-        proglog_client::Error::Status(status) => {
-            let message = status.message();
-            let message = if message.is_empty() { status.code().description() } else { message };
-            return anyhow::anyhow!("{message}");
-        }
-        proglog_client::Error::Connect { cause, .. } => cause,
-        proglog_client::Error::Connection { status, .. }
-        | proglog_client::Error::OutcomeUnknown { status, .. } => status,
-        _ => return error,
-    };
-    // No transport failure, or nobody listening: TLS is not the question.
-    let mut io_kind = None;
-    let mut source = cause.source();
-    while let Some(inner) = source {
-        io_kind = io_kind.or(inner.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
-        source = inner.source();
-    }
-    if cause.source().is_none() || io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+    // A server's answer, no transport failure, or nobody listening: TLS is not the question.
+    if !client_error.is_transport() || client_error.io_kind() == Some(std::io::ErrorKind::ConnectionRefused) {
         return error;
     }
     let hint = match tls {

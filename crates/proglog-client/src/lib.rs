@@ -198,6 +198,28 @@ impl From<proglog_tls::Error> for Error {
 }
 
 impl Error {
+    /// Whether the call failed below gRPC (connecting, TLS, HTTP/2, a broken
+    /// connection) rather than being answered by a server.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            Self::Connect { cause, .. } => std::error::Error::source(cause).is_some(),
+            Self::Connection { status, .. } | Self::OutcomeUnknown { status, .. } => is_transport(status),
+            _ => false,
+        }
+    }
+
+    /// The kind of the first I/O error among the causes (`ConnectionRefused`:
+    /// nobody listens at the address).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Self::Connect { cause, .. } => io_kind(cause),
+            Self::Status(status) | Self::Connection { status, .. } | Self::OutcomeUnknown { status, .. } => {
+                io_kind(status)
+            }
+            _ => None,
+        }
+    }
+
     /// The gRPC status behind the error, if there is one.
     pub fn status(&self) -> Option<&Status> {
         match self {
@@ -234,6 +256,18 @@ fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 's
         source = cause.source();
     }
     text
+}
+
+/// The kind of the first I/O error among the causes of `error`.
+fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Whether `status` reports a failure below gRPC (tonic attaches the cause).

@@ -15,7 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::{
-    Call, Client, Delivery, Error, FIRST_BACKOFF, call_error, next_backoff, not_leader, produce_request,
+    Call, Client, Delivery, Error, FIRST_BACKOFF, call_error, io_kind, next_backoff, not_leader,
+    produce_request,
 };
 
 /// Records sent on a produce stream and not answered yet, at most (the
@@ -69,18 +70,6 @@ impl Outcome {
             Error::OutcomeUnknown { .. } => Self::Unknown,
         }
     }
-}
-
-/// The kind of the first I/O error among the causes of `error`.
-fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        source = cause.source();
-    }
-    None
 }
 
 /// The connection was refused or no server was picked: nothing of what was
