@@ -370,6 +370,12 @@ impl Client {
         Ok(client)
     }
 
+    /// How long produces wait for a leader: `failover_timeout` for a cluster;
+    /// a single server has no other leader to wait for.
+    fn leader_patience(&self) -> Duration {
+        if self.inner.target.cluster { self.inner.options.failover_timeout } else { Duration::ZERO }
+    }
+
     /// The options the client was made with.
     pub fn options(&self) -> &Options {
         &self.inner.options
@@ -502,10 +508,7 @@ impl Client {
     /// (up to `failover_timeout`).
     pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Error> {
         let request = produce_request(value.into());
-        // A single server has no other leader to wait for.
-        let patience =
-            if self.inner.target.cluster { self.inner.options.failover_timeout } else { Duration::ZERO };
-        let deadline = tokio::time::Instant::now() + patience;
+        let deadline = tokio::time::Instant::now() + self.leader_patience();
         let mut backoff = FIRST_BACKOFF;
         loop {
             let (addr, error) = match self.pick(Call::Produce).await {

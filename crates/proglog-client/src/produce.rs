@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use proglog_api::v1::ProduceRequest;
@@ -176,10 +175,7 @@ struct Driver {
 
 impl Driver {
     async fn run(mut self) {
-        let options = self.client.options().clone();
-        // A single server has no other leader to wait for.
-        let patience =
-            if self.client.inner.target.cluster { options.failover_timeout } else { Duration::ZERO };
+        let (patience, delivery) = (self.client.leader_patience(), self.client.options().delivery);
         let mut failing_since: Option<Instant> = None;
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -197,7 +193,7 @@ impl Driver {
             let first_failure = failing_since.is_none();
             let since = *failing_since.get_or_insert_with(Instant::now);
             let give_up = !first_failure && since.elapsed() >= patience;
-            if !self.settle_in_flight(addr.as_deref(), error, options.delivery, give_up).await {
+            if !self.settle_in_flight(addr.as_deref(), error, delivery, give_up).await {
                 return;
             }
             tokio::time::sleep(backoff).await;
