@@ -48,8 +48,7 @@ impl Network {
 
     /// Builds it, or `None` where this machine cannot (not root, no `ip`).
     fn create() -> Option<Self> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || !ip(&["-V"]) {
+        if !support::root::is_root() || !support::root::have("ip", "iproute2") {
             return None;
         }
         let network = Self { tag: format!("plg{}", std::process::id() % 100_000) };
@@ -109,8 +108,7 @@ async fn leader_of(pki: &Pki, agent: &Agent) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_and_pauses_lose_nothing_acknowledged() {
     let Some(network) = Network::create() else {
-        eprintln!("skipped: needs root and iproute2 to create network namespaces");
-        return;
+        return support::root::cannot_run("needs root and iproute2 to create network namespaces");
     };
     let addresses: Vec<String> = (0..NODES).map(Network::address).collect();
     let pki = Pki::with_sans(&addresses.iter().map(String::as_str).collect::<Vec<_>>());

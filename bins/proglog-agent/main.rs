@@ -65,7 +65,16 @@ async fn run(config: AgentConfig, logger: Logger) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    shutdown_signal.await;
+    let failed = agent.failed();
+    tokio::select! {
+        () = shutdown_signal => {}
+        reason = failed => {
+            agent.abort(&reason).await;
+            // The last line says why, for whoever restarts the node.
+            error!(logger, "stopped: the node failed"; "reason" => reason);
+            return ExitCode::FAILURE;
+        }
+    }
     match agent.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

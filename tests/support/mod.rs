@@ -4,6 +4,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)] // shared by several test files; tests fail loudly
 
+pub mod cluster;
+pub mod root;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,47 @@ use proglog_api::v1::log_client::LogClient;
 use proglog_api::v1::{ProduceRequest, Record};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_proglog-agent");
+
+/// The agent binary the tests run: [`AGENT`], or the one `PROGLOG_TEST_AGENT`
+/// names (to see a test fail against an older build).
+pub fn agent_binary() -> String {
+    std::env::var("PROGLOG_TEST_AGENT").unwrap_or_else(|_| AGENT.to_owned())
+}
+
+/// Resource limits (soft and hard) of an agent process, as `ulimit` sets them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rlimits {
+    /// Open files (`ulimit -n`).
+    pub nofile: Option<u64>,
+    /// Largest file the process may write, in bytes (`ulimit -f`). SIGXFSZ is
+    /// ignored, so a write beyond it fails with `EFBIG` (a file that cannot grow)
+    /// instead of killing the process.
+    pub fsize: Option<u64>,
+}
+
+impl Rlimits {
+    /// Runs in the child between fork and exec.
+    fn apply(self) -> std::io::Result<()> {
+        let set = |resource, value: u64| {
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            // SAFETY: setrlimit reads the struct it is given.
+            if unsafe { libc::setrlimit(resource, &limit) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        if let Some(nofile) = self.nofile {
+            set(libc::RLIMIT_NOFILE, nofile)?;
+        }
+        if let Some(fsize) = self.fsize {
+            // SAFETY: an ignored disposition survives exec; nothing else is touched.
+            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+            set(libc::RLIMIT_FSIZE, fsize)?;
+        }
+        Ok(())
+    }
+}
 
 /// A running agent; killed on drop if the test did not stop it.
 pub struct Agent {
@@ -42,15 +86,12 @@ impl Agent {
     /// [`Agent::start`], with the agent's open-file limit (soft and hard) set to
     /// `nofile` if given, as `ulimit -n` would.
     pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Self {
-        Self::start_with(None, data_dir, extra, nofile)
+        Self::start_with(None, data_dir, extra, Rlimits { nofile, ..Rlimits::default() })
     }
 
-    /// [`Agent::start`] inside the network namespace `netns` (`ip netns exec`).
-    pub fn start_in(netns: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_with(Some(netns), data_dir, extra, None)
-    }
-
-    fn start_with(netns: Option<&str>, data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Self {
+    /// [`Agent::start`] inside the network namespace `netns` if given (`ip netns
+    /// exec`), under resource `limits`.
+    fn start_with(netns: Option<&str>, data_dir: &Path, extra: &[&str], limits: Rlimits) -> Self {
         let mut args = vec!["--data-dir", data_dir.to_str().unwrap(), "--log-format", "json"];
         for (flag, value) in [
             ("--node-name", "black-box"),
@@ -65,24 +106,18 @@ impl Agent {
         let mut command = match netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns, AGENT]);
+                command.args(["netns", "exec", netns, &agent_binary()]);
                 command
             }
-            None => Command::new(AGENT),
+            None => Command::new(agent_binary()),
         };
         command.args(args).args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
-        if let Some(nofile) = nofile {
+        if limits != Rlimits::default() {
             use std::os::unix::process::CommandExt;
-            // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+            // SAFETY: only setrlimit and signal, which are async-signal-safe, run
+            // in the child.
             unsafe {
-                command.pre_exec(move || {
-                    let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
+                command.pre_exec(move || limits.apply());
             }
         }
         let mut child = command.spawn().unwrap();
@@ -212,9 +247,9 @@ impl Agent {
         Duration::from_secs_f64(ticks_used as f64 / ticks)
     }
 
-    /// Waits (up to 10 s) for a log line containing every one of `fields`.
+    /// Waits (up to 30 s) for a log line containing every one of `fields`.
     pub fn wait_for_line(&self, fields: &[&str]) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = self.log.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {fields:?}"));
@@ -284,8 +319,52 @@ impl Pki {
         Self { dir }
     }
 
+    /// A PKI with a certificate per node of `nodes` too (for
+    /// `--peer-tls-require-node-name`).
+    pub fn with_nodes(nodes: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        proglog_certs::write_dev_set_with_nodes(dir.path(), &["localhost", "127.0.0.1"], nodes).unwrap();
+        Self { dir }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Starts cluster member `name` (its data under `data_dir`) with the node
+    /// certificate of `certified` (its own, normally) as server and peer
+    /// certificate, requiring peers' certificates to name their nodes, and
+    /// `extra` flags.
+    pub fn start_named_member(&self, data_dir: &Path, name: &str, certified: &str, extra: &[&str]) -> Agent {
+        let file = |file: &str| self.path(file).to_str().unwrap().to_owned();
+        let (cert, key) = (file(&format!("{certified}.pem")), file(&format!("{certified}-key.pem")));
+        let (ca, model, policy, gossip) =
+            (file("ca.pem"), file("model.conf"), file("policy.csv"), file("gossip.key"));
+        let mut args = vec![
+            "--node-name",
+            name,
+            "--server-tls-cert-file",
+            &cert,
+            "--server-tls-key-file",
+            &key,
+            "--server-tls-ca-file",
+            &ca,
+            "--acl-model-file",
+            &model,
+            "--acl-policy-file",
+            &policy,
+            "--gossip-key-file",
+            &gossip,
+            "--peer-tls-cert-file",
+            &cert,
+            "--peer-tls-key-file",
+            &key,
+            "--peer-tls-ca-file",
+            &ca,
+            "--peer-tls-require-node-name",
+        ];
+        args.extend_from_slice(extra);
+        Agent::start(&data_dir.join(name), &args)
     }
 
     /// Starts an agent on `data_dir` with mutual TLS and the ACL of this PKI,
@@ -298,6 +377,18 @@ impl Pki {
     /// root certificate to its peers (the ACL lets root replicate), inside the
     /// network namespace `netns` if given, with `extra` flags.
     pub fn start_member(&self, netns: Option<&str>, data_dir: &Path, name: &str, extra: &[&str]) -> Agent {
+        self.start_member_limited(netns, data_dir, name, extra, Rlimits::default())
+    }
+
+    /// [`Pki::start_member`] under resource `limits`.
+    pub fn start_member_limited(
+        &self,
+        netns: Option<&str>,
+        data_dir: &Path,
+        name: &str,
+        extra: &[&str],
+        limits: Rlimits,
+    ) -> Agent {
         let (cert, key, ca) =
             (self.path("root-client.pem"), self.path("root-client-key.pem"), self.path("ca.pem"));
         let mut args = vec![
@@ -311,11 +402,21 @@ impl Pki {
             ca.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        self.start_agent_in(netns, &data_dir.join(name), &args)
+        self.start_agent_with(netns, &data_dir.join(name), &args, limits)
     }
 
     /// [`Pki::start_agent`], inside the network namespace `netns` if given.
     pub fn start_agent_in(&self, netns: Option<&str>, data_dir: &Path, extra: &[&str]) -> Agent {
+        self.start_agent_with(netns, data_dir, extra, Rlimits::default())
+    }
+
+    fn start_agent_with(
+        &self,
+        netns: Option<&str>,
+        data_dir: &Path,
+        extra: &[&str],
+        limits: Rlimits,
+    ) -> Agent {
         let files = [
             ("--server-tls-cert-file", "server.pem"),
             ("--server-tls-key-file", "server-key.pem"),
@@ -327,10 +428,7 @@ impl Pki {
         .map(|(flag, file)| (flag, self.path(file).to_str().unwrap().to_owned()));
         let mut args: Vec<&str> = files.iter().flat_map(|(flag, path)| [*flag, path.as_str()]).collect();
         args.extend_from_slice(extra);
-        match netns {
-            Some(netns) => Agent::start_in(netns, data_dir, &args),
-            None => Agent::start(data_dir, &args),
-        }
+        Agent::start_with(netns, data_dir, &args, limits)
     }
 
     /// A rustls client config trusting the CA, presenting `client` (e.g. "root")
@@ -378,6 +476,11 @@ impl Pki {
         self.grpc_issued_by(addr, self, client)
     }
 
+    /// A channel over mutual TLS as `client` (connecting on first use).
+    pub fn channel(&self, addr: SocketAddr, client: &str) -> tonic::transport::Channel {
+        self.channel_issued_by(addr, self, client)
+    }
+
     /// A gRPC client trusting this PKI's CA (the agent's) and presenting the
     /// certificate of `client` that `issuer`'s CA signed (a peer's CA, say).
     pub fn grpc_issued_by(
@@ -386,6 +489,10 @@ impl Pki {
         issuer: &Pki,
         client: &str,
     ) -> LogClient<tonic::transport::Channel> {
+        LogClient::new(self.channel_issued_by(addr, issuer, client))
+    }
+
+    fn channel_issued_by(&self, addr: SocketAddr, issuer: &Pki, client: &str) -> tonic::transport::Channel {
         let identity = proglog_tls::Identity::new(
             issuer.path(&format!("{client}-client.pem")),
             issuer.path(&format!("{client}-client-key.pem")),
@@ -393,6 +500,6 @@ impl Pki {
         let config = proglog_tls::client_config(&[self.path("ca.pem")], Some(&identity), &[b"h2"]).unwrap();
         let connector = proglog_tls::Connector::tls(config, "localhost").unwrap();
         let endpoint = connector.endpoint(&addr.to_string()).unwrap();
-        LogClient::new(connector.connect_lazy(&endpoint))
+        connector.connect_lazy(&endpoint)
     }
 }

@@ -4,9 +4,10 @@
 //!   is named; release build) and print their Markdown tables; `--quick` for a short
 //!   smoke run.
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests.
-//! - `cargo xtask certs [DIR]`: write a development CA, server and client certificates
-//!   and a casbin ACL into DIR (default `certs/` at the workspace root), replacing any
-//!   set already there.
+//! - `cargo xtask certs [DIR] [--nodes N1,N2,..]`: write a development CA, server and
+//!   client certificates and a casbin ACL into DIR (default `certs/` at the workspace
+//!   root), replacing any set already there; with `--nodes`, a certificate per node
+//!   (for `--peer-tls-require-node-name`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,14 +26,37 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
         Some("ci") => run("bash", &[".ci/run"]),
-        Some("certs") if args.len() <= 2 => certs(args.get(1).map(PathBuf::from)),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask bench [log] [server] [cluster] [client] [--quick] | cargo xtask ci | cargo xtask certs [DIR]"
-            );
-            std::process::exit(2);
+        Some("certs") => match certs_args(&args[1..]) {
+            Some((dir, nodes)) => certs(dir, &nodes),
+            None => usage(),
+        },
+        _ => usage(),
+    }
+}
+
+fn usage() -> Result<()> {
+    eprintln!(
+        "usage: cargo xtask bench [log] [server] [cluster] [client] [--quick] | cargo xtask ci | \
+         cargo xtask certs [DIR] [--nodes N1,N2,..]"
+    );
+    std::process::exit(2);
+}
+
+/// `[DIR] [--nodes N1,N2,..]`, in any order.
+fn certs_args(args: &[String]) -> Option<(Option<PathBuf>, Vec<String>)> {
+    let (mut dir, mut nodes) = (None, Vec::new());
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nodes" => {
+                nodes = args.next()?.split(',').filter(|n| !n.is_empty()).map(str::to_owned).collect()
+            }
+            flag if flag.starts_with('-') => return None,
+            _ if dir.is_none() => dir = Some(PathBuf::from(arg)),
+            _ => return None,
         }
     }
+    Some((dir, nodes))
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -59,7 +83,7 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn certs(dir: Option<PathBuf>) -> Result<()> {
+fn certs(dir: Option<PathBuf>, nodes: &[String]) -> Result<()> {
     let dir = match dir {
         Some(dir) => dir,
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,7 +91,8 @@ fn certs(dir: Option<PathBuf>) -> Result<()> {
             .context("xtask's manifest directory has no parent")?
             .join("certs"),
     };
-    let set = proglog_certs::write_dev_set(&dir)?;
+    let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let set = proglog_certs::write_dev_set_with_nodes(&dir, &["localhost", "127.0.0.1"], &nodes)?;
     // Flags are shown relative to the current directory when the set lies under it.
     let cwd = std::env::current_dir().unwrap_or_default();
     println!("wrote a new development PKI to {} (replacing any set there):", set.dir.display());
@@ -103,6 +128,24 @@ fn certs(dir: Option<PathBuf>) -> Result<()> {
     println!("  --gossip-key-file {gossip}");
     println!("agent-to-agent identity (CN root, allowed to replicate):");
     println!("  --peer-tls-cert-file {root} --peer-tls-key-file {root_key} --peer-tls-ca-file {ca}");
+    for node in &set.nodes {
+        let (cert, key) = (
+            node.cert.strip_prefix(&cwd).unwrap_or(&node.cert),
+            node.key.strip_prefix(&cwd).unwrap_or(&node.key),
+        );
+        println!("node {} (its server and peer certificate, with --peer-tls-require-node-name):", node.name);
+        println!(
+            "  --node-name {} --server-tls-cert-file {c} --server-tls-key-file {k} \\",
+            node.name,
+            c = cert.display(),
+            k = key.display()
+        );
+        println!(
+            "  --peer-tls-cert-file {c} --peer-tls-key-file {k} --peer-tls-ca-file {ca} --peer-tls-require-node-name",
+            c = cert.display(),
+            k = key.display()
+        );
+    }
     println!("client (proglog CLI):");
     println!("  --ca-file {ca} --cert-file {root} --key-file {root_key}");
     Ok(())

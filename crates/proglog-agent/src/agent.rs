@@ -1,5 +1,6 @@
 //! The running agent: one value that owns every task, with one shutdown path.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +127,15 @@ impl Agent {
             None => None,
         };
 
+        // Gossip's socket too, before anything is written: its address is part
+        // of this node's description in the configuration.
+        let gossip_socket = tokio::net::UdpSocket::bind(config.bind_addr)
+            .await
+            .map_err(|source| proglog_discovery::Error::Bind { addr: config.bind_addr, source })?;
+        let gossip_addr = gossip_socket
+            .local_addr()
+            .map_err(|source| proglog_discovery::Error::Bind { addr: config.bind_addr, source })?;
+
         let log_dir = config.data_dir.join("log");
         // Opening may scan a segment and fsync: off the runtime's workers.
         let (dir, log_config) = (log_dir.clone(), config.log_config());
@@ -137,14 +147,15 @@ impl Agent {
             FsyncPolicy::Never => Fsync::Never,
         };
         // Always the replicated log: a single node is a one-member cluster.
-        let member = Member::new(config.node_name.clone(), rpc_addr.to_string());
-        let transport =
-            PeerTransport::new(&member, peer_tls, tokio::runtime::Handle::current(), logger.clone());
+        let member = Member::new(config.node_name.clone(), rpc_addr.to_string())
+            .with_gossip_addr(gossip_addr.to_string());
+        let transport = PeerTransport::new(peer_tls, tokio::runtime::Handle::current(), logger.clone());
         let raft_config = RaftConfig {
             bootstrap: config.bootstrap,
             fsync,
             heartbeat_interval: config.raft_heartbeat_interval,
             election_timeout: config.raft_election_timeout,
+            max_record_bytes: config.max_record_bytes,
             logger: logger.clone(),
             ..RaftConfig::new(member, config.data_dir.clone())
         };
@@ -152,36 +163,58 @@ impl Agent {
         let log =
             tokio::task::spawn_blocking(move || RaftLog::open(raft_config, log, peer_transport)).await??;
         let log = Arc::new(log);
-        transport.bind(log.mailbox());
+        transport.bind(&log);
+        let identity = log.identity();
+        info!(logger, "this node"; "member_id" => identity.member_id,
+            "cluster_id" => identity.cluster_id.map(|id| id.to_string()).unwrap_or_default());
 
         // Gossip starts with the servers: what it tells the leader, peers dial on
-        // the RPC port, which is already bound.
-        let (discovery, events) = Discovery::start(DiscoveryConfig {
-            name: config.node_name.clone(),
-            bind_addr: config.bind_addr,
-            rpc_addr: rpc_addr.to_string(),
-            start_join_addrs: resolve(&config.start_join_addrs).await?,
-            key: gossip_key(config.gossip_key_file.as_deref())?,
-            logger: logger.clone(),
-        })
-        .await?;
+        // the RPC port, which is already bound. It looks for the cluster through
+        // the join addresses and the members this node last knew (so that a node
+        // restarted without join addresses, or removed by its own leave, finds
+        // its cluster again).
+        let mut seeds = resolve(&config.start_join_addrs).await?;
+        for member in log.members().iter().filter(|member| member.id != identity.member_id) {
+            match member.gossip_addr.parse::<SocketAddr>() {
+                Ok(addr) if !seeds.contains(&addr) => seeds.push(addr),
+                Ok(_) => {}
+                Err(_) if member.gossip_addr.is_empty() => {}
+                Err(_) => {
+                    warn!(logger, "a known member's gossip address does not parse"; "member" => &member.name,
+                    "gossip_addr" => &member.gossip_addr)
+                }
+            }
+        }
+        let (discovery, events) = Discovery::start_on(
+            gossip_socket,
+            DiscoveryConfig {
+                name: config.node_name.clone(),
+                member_id: identity.member_id,
+                cluster_id: identity.cluster_id.map_or(0, proglog_raft::ClusterId::get),
+                bind_addr: config.bind_addr,
+                rpc_addr: rpc_addr.to_string(),
+                start_join_addrs: seeds,
+                key: gossip_key(config.gossip_key_file.as_deref())?,
+                logger: logger.clone(),
+            },
+        )?;
         let discovery = Arc::new(discovery);
         let (stop, stopped) = watch::channel(false);
-        let metrics = Metrics::new(discovery.rejected_counter());
+        let metrics = Metrics::new(Arc::clone(log.rejections()), Arc::clone(&discovery));
         let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
-        let limits = Limits {
+        let limits = PeerTransport::reserve(Limits {
             max_connections,
             max_concurrent_calls: config.max_concurrent_calls,
             idle_timeout: config.idle_timeout,
             ..Limits::for_requests_of(usize::try_from(config.max_record_bytes).unwrap_or(usize::MAX))
-        };
+        });
         let server_config = ServerConfig {
             tls,
             max_record_bytes: config.max_record_bytes,
             limits,
             observer: Some(observer),
             logger: logger.clone(),
-            extra_services: vec![transport.service(Arc::clone(&log), config.max_record_bytes)],
+            extra_services: vec![transport.service(Arc::clone(&log))],
         };
         let mut rpc_stopped = stopped.clone();
         let served: Arc<dyn CommitLog> = log.clone();
@@ -207,6 +240,7 @@ impl Agent {
         let membership = tokio::spawn(membership::run(
             Arc::clone(&log),
             Arc::clone(&discovery),
+            transport.clone(),
             events,
             stop.subscribe(),
             logger.clone(),
@@ -244,6 +278,42 @@ impl Agent {
         Arc::clone(&self.log)
     }
 
+    /// Resolves with the reason once this node's replicated log has stopped for
+    /// good (its Raft, fsync or apply path failed): the node can no longer do
+    /// its job. It already reports not ready and NOT_SERVING; the caller should
+    /// then [`Agent::abort`] and exit non-zero, so that a supervisor restarts it.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut failure = self.log.failure();
+        async move {
+            let reason = failure.wait_for(Option::is_some).await.map(|reason| reason.clone());
+            match reason {
+                Ok(reason) => reason.unwrap_or_default(),
+                // The log is gone without a failure: never resolves.
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Stops a node whose log failed (see [`Agent::failed`]): it does not leave
+    /// the cluster (a failure is not a leave); the servers stop within
+    /// [`ABORT_GRACE`], and the log is closed as far as it still can be.
+    pub async fn abort(self, reason: &str) {
+        error!(self.logger, "the replicated log stopped: this node can no longer serve; stopping"; "reason" => reason);
+        let deadline = tokio::time::Instant::now() + ABORT_GRACE;
+        let _ = self.stop.send(true);
+        self.membership.abort();
+        self.transport.shutdown();
+        self.discovery.stop();
+        let http = async {
+            if let Some(http) = self.http {
+                let _ = within(deadline, http, &self.logger, "http").await;
+            }
+        };
+        let _ = tokio::join!(within(deadline, self.rpc, &self.logger, "rpc"), http);
+        let log = Arc::clone(&self.log);
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+    }
+
     /// Stops accepting, finishes in-flight requests (for at most
     /// [`SHUTDOWN_GRACE`] in all: connections still busy then are dropped), ends
     /// streams, then syncs and closes the log. Connections with nothing in flight
@@ -277,12 +347,27 @@ impl Agent {
     /// Leaves the cluster gracefully: a leader hands leadership over first, then
     /// gossip announces the leave and the (new) leader removes this node from the
     /// configuration; each step waits a bounded time. A node alone in its
-    /// cluster stays its only voter.
+    /// cluster stays its only voter. A voter whose removal would leave the
+    /// others without a live majority does not leave (they could never add it
+    /// back): it stops as a failure would, stays a member, and says so.
     async fn leave_cluster(&self) {
-        let name = self.log.member().name.clone();
-        let others = self.log.status().members > 1;
+        let me = self.log.member().id;
+        let others = self.log.members().iter().any(|member| member.id != me);
+        let voters = self.log.voters();
+        if others && voters.contains(&me) {
+            let remaining: Vec<u64> = voters.into_iter().filter(|voter| *voter != me).collect();
+            let live: HashSet<u64> = self.discovery.members().iter().map(|node| node.member_id).collect();
+            let alive = remaining.iter().filter(|voter| live.contains(voter)).count();
+            if alive * 2 <= remaining.len() {
+                warn!(self.logger, "not leaving the cluster: without this node the other voters would lack a live majority; \
+                    it stops as a failure would and stays a member (start it again to restore the majority)";
+                    "voters_left" => remaining.len(), "voters_up" => alive);
+                self.discovery.stop();
+                return;
+            }
+        }
         if others && self.log.status().is_leader {
-            let _ = self.log.leave(&name).await; // hands leadership over
+            let _ = self.log.leave(me).await; // hands leadership over
             let handed = async {
                 let mut status = self.log.watch_status();
                 let _ = status.wait_for(|status| !status.is_leader && status.leader.is_some()).await;
@@ -292,12 +377,7 @@ impl Agent {
         self.discovery.leave().await;
         if others {
             let removed = async {
-                while self
-                    .log
-                    .servers()
-                    .await
-                    .is_ok_and(|servers| servers.iter().any(|server| server.id == name))
-                {
+                while self.log.members().iter().any(|member| member.id == me) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
@@ -338,6 +418,10 @@ fn gossip_key(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, AgentEr
 
 /// How long shutdown waits, in all, for in-flight requests to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long [`Agent::abort`] lets calls in progress finish: they cannot
+/// succeed, and a supervisor should restart the node at once.
+pub const ABORT_GRACE: Duration = Duration::from_secs(1);
 
 /// Waits for a serving task to wind down; at `deadline` aborts it (dropping its
 /// connections). `None` when it had to be aborted.

@@ -118,6 +118,10 @@ pub struct AgentConfig {
     pub peer_tls_cert_file: Option<PathBuf>,
     /// Its key.
     pub peer_tls_key_file: Option<PathBuf>,
+    /// A peer's certificate must name the node it claims to be (CN or DNS
+    /// SAN), on every agent-to-agent call, and a peer is dialled by its node
+    /// name. Default false.
+    pub peer_tls_require_node_name: bool,
     /// CA other agents' certificates must be signed by. With
     /// `server-tls-ca-file`, the RPC and HTTP ports accept client certificates
     /// of this CA too (other agents dial the same port).
@@ -126,7 +130,7 @@ pub struct AgentConfig {
     pub http_addr: Option<SocketAddr>,
     /// Fsync policy. Default `always`.
     pub fsync: FsyncPolicy,
-    /// Largest accepted record value. Default 1048576.
+    /// Largest accepted record value. Default 1048576, at most 16 MiB.
     pub max_record_bytes: u64,
     /// Segment roll size of the store. Default 64 MiB.
     pub segment_max_store_bytes: u64,
@@ -179,6 +183,7 @@ impl Default for AgentConfig {
             server_tls_ca_file: None,
             peer_tls_cert_file: None,
             peer_tls_key_file: None,
+            peer_tls_require_node_name: false,
             peer_tls_ca_file: None,
             http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8402))),
             fsync: FsyncPolicy::Always,
@@ -251,6 +256,9 @@ pub struct ConfigLayer {
     /// Key of the peer certificate [default: none]
     #[arg(long, value_name = "FILE")]
     pub peer_tls_key_file: Option<PathBuf>,
+    /// Peers' certificates must name the node they claim (CN or DNS SAN), on every agent-to-agent call [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_tls_require_node_name: Option<bool>,
     /// CA of other agents' certificates; with --server-tls-ca-file, also trusted for client certificates [default: none]
     #[arg(long, value_name = "FILE")]
     pub peer_tls_ca_file: Option<PathBuf>,
@@ -371,6 +379,7 @@ impl AgentConfig {
         }
         set!(data_dir, node_name, rpc_port, start_join_addrs, fsync, max_record_bytes);
         set!(segment_max_store_bytes, segment_max_index_bytes, log_level, log_format, insecure);
+        set!(peer_tls_require_node_name);
         set!(max_connections, http_max_connections, max_concurrent_calls);
         set_optional!(
             acl_model_file,
@@ -407,8 +416,11 @@ impl AgentConfig {
         if self.node_name.trim().is_empty() {
             return Err(invalid("node-name", "must not be empty"));
         }
-        if self.max_record_bytes == 0 || self.max_record_bytes > u64::from(u32::MAX) {
-            return Err(invalid("max-record-bytes", format!("must be in 1..={}", u32::MAX)));
+        if self.max_record_bytes == 0 || self.max_record_bytes > proglog_raft::MAX_RECORD_BYTES {
+            return Err(invalid(
+                "max-record-bytes",
+                format!("must be in 1..={} (the cluster's ceiling)", proglog_raft::MAX_RECORD_BYTES),
+            ));
         }
         let log = self.log_config();
         log.validate().map_err(|error| match error {
@@ -433,6 +445,14 @@ impl AgentConfig {
                 ));
             }
             _ => {}
+        }
+        if self.peer_tls_require_node_name
+            && (self.peer_tls_cert_file.is_none() || self.server_tls_ca_file.is_none())
+        {
+            return Err(invalid(
+                "peer-tls-require-node-name",
+                "needs peer-tls-cert-file and server-tls-ca-file (peers' certificates are what it checks)",
+            ));
         }
         if self.server_tls_cert_file.is_some() && self.gossip_key_file.is_none() {
             return Err(invalid(
@@ -499,15 +519,16 @@ impl AgentConfig {
         SocketAddr::new(self.bind_addr.ip(), self.rpc_port)
     }
 
-    /// The storage layer's config.
+    /// The record log's config. It accepts records up to the cluster's ceiling,
+    /// not only up to `max-record-bytes`: that limit is enforced where records
+    /// are proposed, and an entry a peer with a higher limit committed must
+    /// apply here too.
     pub fn log_config(&self) -> proglog_log::Config {
-        proglog_log::Config {
+        proglog_raft::RaftLog::record_log_config(proglog_log::Config {
             max_store_bytes: self.segment_max_store_bytes,
             max_index_bytes: self.segment_max_index_bytes,
-            // The log accepts anything the server lets through.
-            max_record_bytes: self.max_record_bytes,
             ..proglog_log::Config::default()
-        }
+        })
     }
 
     /// How this agent dials other agents: with `peer-tls-cert-file` and
@@ -525,7 +546,12 @@ impl AgentConfig {
             roots.push(server_ca.clone());
         }
         let identity = proglog_tls::Identity::new(cert_file, key_file);
-        Ok(proglog_server::PeerTls::Tls(proglog_tls::client_config(&roots, Some(&identity), &[b"h2"])?))
+        let config = proglog_tls::client_config(&roots, Some(&identity), &[b"h2"])?;
+        Ok(if self.peer_tls_require_node_name {
+            proglog_server::PeerTls::NamedTls(config)
+        } else {
+            proglog_server::PeerTls::Tls(config)
+        })
     }
 
     /// TLS for the RPC and HTTP listeners, if configured. With

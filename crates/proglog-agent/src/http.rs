@@ -154,7 +154,7 @@ async fn produce(
     let value = BASE64
         .decode(request.record.value.as_bytes())
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("record value is not base64: {error}")))?;
-    proglog_server::check_record_size(value.len(), state.max_record_bytes)?;
+    proglog_raft::check_record_size(value.len(), state.max_record_bytes)?;
     let offset = state.log.append(vec![Bytes::from(value)]).await?.await?;
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
@@ -193,8 +193,16 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "serving" }))
+/// Serving, unless the log stopped for good (then 503 with the reason).
+async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
+    match state.log.status().failure {
+        None => axum::Json(serde_json::json!({ "status": "serving" })).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "failed", "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 /// Ready (SPEC §4) when the node knows a leader and has applied the committed log.
@@ -205,6 +213,7 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
         "leader": status.leader.as_ref().map(|leader| &leader.id),
         "commit_index": status.commit_index,
         "applied_index": status.applied_index,
+        "failure": status.failure,
     });
     let code = if status.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()

@@ -25,7 +25,7 @@ mod http;
 mod membership;
 mod metrics;
 
-pub use crate::agent::{Agent, AgentError, SHUTDOWN_GRACE};
+pub use crate::agent::{ABORT_GRACE, Agent, AgentError, SHUTDOWN_GRACE};
 pub use crate::config::{
     AgentConfig, ConfigError, ConfigLayer, FsyncPolicy, HumanDuration, LogFormat, LogLevel,
 };

@@ -1,13 +1,13 @@
 //! The agent's Prometheus metrics (SPEC §7): the RPC layer records into this
-//! recorder; the log gauges and gossip's rejected-datagram count are read at
-//! each scrape. Nothing is installed globally.
+//! recorder; the log gauges, gossip's rejected-datagram count and the
+//! refused peer messages are read at each scrape. Nothing is installed globally.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use proglog_raft::LogStatus;
+use proglog_discovery::Discovery;
+use proglog_raft::{LogStatus, Reason, Rejections};
 
 /// Latency buckets of `proglog_rpc_duration_seconds`, from 100 µs to 10 s.
 const DURATION_BUCKETS: &[f64] =
@@ -18,8 +18,10 @@ const DURATION_BUCKETS: &[f64] =
 pub(crate) struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
-    /// Gossip datagrams dropped as unauthentic or stale (kept by discovery).
-    gossip_rejected: Arc<AtomicU64>,
+    /// Peer messages and calls refused, by reason: by the node's gate and its
+    /// transport, and by gossip (other clusters' nodes, replayed leaves).
+    peer_rejected: Arc<Rejections>,
+    discovery: Arc<Discovery>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -29,7 +31,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(gossip_rejected: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(peer_rejected: Arc<Rejections>, discovery: Arc<Discovery>) -> Self {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(
@@ -39,7 +41,7 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
-        Self { recorder, handle, gossip_rejected }
+        Self { recorder, handle, peer_rejected, discovery }
     }
 
     pub(crate) fn recorder(&self) -> Arc<PrometheusRecorder> {
@@ -62,13 +64,24 @@ impl Metrics {
         self.gauge("proglog_raft_commit_index", status.commit_index as f64);
         self.gauge("proglog_raft_applied_index", status.applied_index as f64);
         self.gauge("proglog_cluster_members", status.members as f64);
+        self.gauge("proglog_raft_voters", status.voters as f64);
         let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
         self.recorder
             .register_counter(
                 &Key::from_parts("proglog_gossip_rejected_total", Vec::<Label>::new()),
                 &metadata,
             )
-            .absolute(self.gossip_rejected.load(Ordering::Relaxed));
+            .absolute(self.discovery.rejected());
+        for (reason, count) in self.peer_rejected.snapshot() {
+            let gossip = match reason {
+                Reason::ClusterId => self.discovery.foreign(),
+                Reason::Leave => self.discovery.stale_leaves(),
+                _ => 0,
+            };
+            let key =
+                Key::from_parts("proglog_peer_rejected_total", vec![Label::new("reason", reason.as_str())]);
+            self.recorder.register_counter(&key, &metadata).absolute(count + gossip);
+        }
         self.handle.render()
     }
 }

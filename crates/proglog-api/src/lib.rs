@@ -34,6 +34,30 @@ pub mod internal {
     }
 }
 
+/// The `google.rpc.ErrorInfo` a server attaches to a refusal clients act on
+/// without parsing messages (part of the wire contract, like the status codes).
+pub mod error_info {
+    /// The `domain` of every proglog `ErrorInfo`.
+    pub const DOMAIN: &str = "proglog";
+    /// This server does not lead; metadata `leader_id` and `leader_addr` name
+    /// the leader it knows, if any. Nothing was appended.
+    pub const NOT_LEADER: &str = "NOT_LEADER";
+    /// The leader holds as much uncommitted data as it allows, or a follower
+    /// as many forwarded appends. Nothing was appended.
+    pub const OVERLOADED: &str = "OVERLOADED";
+    /// Another membership change is being applied. Nothing was changed.
+    pub const CHANGE_IN_PROGRESS: &str = "CHANGE_IN_PROGRESS";
+    /// The change would leave the voters without a live majority. Nothing was
+    /// changed.
+    pub const NO_LIVE_QUORUM: &str = "NO_LIVE_QUORUM";
+    /// The leader is handing leadership over. Nothing was changed.
+    pub const LEADERSHIP_TRANSFER: &str = "LEADERSHIP_TRANSFER";
+    /// Every reason above: refusals after which nothing was appended or
+    /// changed, so that the same request may be sent again (to the leader).
+    pub const NOTHING_DONE: [&str; 5] =
+        [NOT_LEADER, OVERLOADED, CHANGE_IN_PROGRESS, NO_LIVE_QUORUM, LEADERSHIP_TRANSFER];
+}
+
 /// Encoded `FileDescriptorSet` of `log.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("log_descriptor");
 

@@ -136,6 +136,22 @@ impl Ca {
         self.sign(params, what)
     }
 
+    /// Signs a node's certificate, for both its ports and its calls to other
+    /// agents (EKU serverAuth and clientAuth): subject Common Name `node`, SANs
+    /// `node` and `sans` (IP-looking ones as IP SANs). What
+    /// `--peer-tls-require-node-name` needs: a peer dialled by its node name, a
+    /// caller whose certificate names the node it claims.
+    pub fn node_cert(&self, node: &str, sans: &[&str]) -> Result<CertifiedKey> {
+        let what = format!("certificate of node {node:?}");
+        let names: Vec<String> =
+            std::iter::once(node).chain(sans.iter().copied()).map(str::to_owned).collect();
+        let mut params = CertificateParams::new(names).map_err(generate(what.clone()))?;
+        params.distinguished_name = common_name_dn(node);
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, what)
+    }
+
     /// Signs a client certificate (EKU clientAuth) whose subject Common Name is
     /// `common_name`, the identity the server's ACL sees.
     pub fn client_cert(&self, common_name: &str) -> Result<CertifiedKey> {
@@ -227,6 +243,21 @@ pub struct DevSet {
     /// `gossip.key` (mode 0600): 32 random bytes, hex, the shared key that
     /// authenticates gossip (`--gossip-key-file`).
     pub gossip_key: PathBuf,
+    /// Per-node certificates ([`Ca::node_cert`]), one per node asked for:
+    /// `<node>.pem` and `<node>-key.pem` (0600), each node allowed to
+    /// replicate by the policy.
+    pub nodes: Vec<NodeFiles>,
+}
+
+/// A node's certificate and key files in a [`DevSet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFiles {
+    /// The node's name (its certificate's CN and first DNS SAN).
+    pub name: String,
+    /// `<node>.pem`.
+    pub cert: PathBuf,
+    /// `<node>-key.pem` (mode 0600).
+    pub key: PathBuf,
 }
 
 /// Creates `dir` if needed and writes a fresh development set into it (see [`DevSet`] for
@@ -240,6 +271,13 @@ pub fn write_dev_set(dir: &Path) -> Result<DevSet> {
 /// [`write_dev_set`], with a server certificate for `sans` (host names or IP
 /// addresses: agents on other addresses dial each other by them).
 pub fn write_dev_set_for(dir: &Path, sans: &[&str]) -> Result<DevSet> {
+    write_dev_set_with_nodes(dir, sans, &[])
+}
+
+/// [`write_dev_set_for`], plus a certificate for each of `nodes` (for
+/// `--peer-tls-require-node-name`; also valid for `sans`), each allowed to
+/// replicate by the policy.
+pub fn write_dev_set_with_nodes(dir: &Path, sans: &[&str], nodes: &[&str]) -> Result<DevSet> {
     let ca = Ca::new("proglog development CA")?;
     let server = ca.server_cert(sans)?;
     let root = ca.client_cert("root")?;
@@ -258,6 +296,14 @@ pub fn write_dev_set_for(dir: &Path, sans: &[&str]) -> Result<DevSet> {
         acl_model: dir.join("model.conf"),
         acl_policy: dir.join("policy.csv"),
         gossip_key: dir.join("gossip.key"),
+        nodes: nodes
+            .iter()
+            .map(|node| NodeFiles {
+                name: (*node).to_owned(),
+                cert: dir.join(format!("{node}.pem")),
+                key: dir.join(format!("{node}-key.pem")),
+            })
+            .collect(),
     };
     write_file(&set.ca_cert, &ca.cert_pem, false)?;
     write_file(&set.server_cert, &server.cert_pem, false)?;
@@ -267,7 +313,14 @@ pub fn write_dev_set_for(dir: &Path, sans: &[&str]) -> Result<DevSet> {
     write_file(&set.nobody_client_cert, &nobody.cert_pem, false)?;
     write_file(&set.nobody_client_key, &nobody.key_pem, true)?;
     write_file(&set.acl_model, ACL_MODEL, false)?;
-    write_file(&set.acl_policy, ACL_POLICY, false)?;
+    let mut policy = ACL_POLICY.to_owned();
+    for node in &set.nodes {
+        let certified = ca.node_cert(&node.name, sans)?;
+        write_file(&node.cert, &certified.cert_pem, false)?;
+        write_file(&node.key, &certified.key_pem, true)?;
+        policy.push_str(&format!("p, {}, *, replicate\n", node.name));
+    }
+    write_file(&set.acl_policy, &policy, false)?;
     write_file(&set.gossip_key, &gossip_key()?, true)?;
     Ok(set)
 }

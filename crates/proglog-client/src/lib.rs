@@ -608,11 +608,17 @@ impl Client {
     }
 }
 
-/// Whether `status` is the server's refusal as not the leader (it appended nothing).
-fn not_leader(status: &Status) -> bool {
+/// Whether `status` is a server's refusal after which nothing was appended: not
+/// the leader, or a refusal that passes (overloaded, a membership change) —
+/// the same request may be sent again without risking a duplicate.
+fn nothing_done(status: &Status) -> bool {
+    use proglog_api::error_info::{DOMAIN, NOTHING_DONE};
     use tonic_types::StatusExt;
     status.code() == Code::Unavailable
-        && status.get_error_details().error_info().is_some_and(|info| info.reason == "NOT_LEADER")
+        && status
+            .get_error_details()
+            .error_info()
+            .is_some_and(|info| info.domain == DOMAIN && NOTHING_DONE.contains(&info.reason.as_str()))
 }
 
 /// Refreshes the server list every `interval` while the client lives.

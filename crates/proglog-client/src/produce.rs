@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::{
-    Call, Client, Delivery, Error, FIRST_BACKOFF, call_error, io_kind, next_backoff, not_leader,
+    Call, Client, Delivery, Error, FIRST_BACKOFF, call_error, io_kind, next_backoff, nothing_done,
     produce_request,
 };
 
@@ -41,7 +41,7 @@ impl Outcome {
     pub(crate) fn of(error: &Error) -> Self {
         match error {
             Error::NoServer(_) => Self::NotAppended,
-            Error::Status(status) if not_leader(status) => Self::NotAppended,
+            Error::Status(status) if nothing_done(status) => Self::NotAppended,
             Error::Status(status) => match status.code() {
                 Code::InvalidArgument
                 | Code::PermissionDenied
@@ -374,6 +374,18 @@ mod tests {
         let status = |code| Error::Status(Status::new(code, "x"));
         assert_eq!(Outcome::of(&Error::NoServer("no leader".into())), Outcome::NotAppended);
         assert_eq!(Outcome::of(&Error::Status(not_leader)), Outcome::NotAppended);
+        let overloaded = Status::with_error_details(
+            Code::Unavailable,
+            "the leader has too much uncommitted data; retry",
+            ErrorDetails::with_error_info("OVERLOADED", "proglog", HashMap::new()),
+        );
+        assert_eq!(Outcome::of(&Error::Status(overloaded)), Outcome::NotAppended);
+        let foreign = Status::with_error_details(
+            Code::Unavailable,
+            "someone else's reason",
+            ErrorDetails::with_error_info("OVERLOADED", "elsewhere", HashMap::new()),
+        );
+        assert_eq!(Outcome::of(&Error::Status(foreign)), Outcome::Unknown);
         assert_eq!(Outcome::of(&status(Code::PermissionDenied)), Outcome::Refused);
         assert_eq!(Outcome::of(&status(Code::InvalidArgument)), Outcome::Refused);
         // A leader that failed while committing, a timeout: maybe appended.

@@ -3,11 +3,22 @@
 //!
 //! [`Discovery::start`] binds the gossip address, joins through the given seed
 //! addresses (retrying with backoff until one answers) and reports membership to
-//! a channel of [`Event`]s: a member joined (its name and RPC address), left
-//! gracefully, or failed. A restarted member (same name, new incarnation) is a
-//! new identity that wins over the old one. [`Discovery::leave`] announces a
-//! graceful leave, so that others report [`Event::Left`] rather than
-//! [`Event::Failed`].
+//! a channel of [`Event`]s: a member joined (its whole identity), left
+//! gracefully, or failed. An identity is the node's name, member id (minted
+//! with its data dir: a node that lost its data is a new member under its old
+//! name), cluster id, addresses and incarnation (its start time: a restarted
+//! member wins over its previous run). Two live nodes may claim one name; the
+//! caller decides (the agent refuses the second). [`Discovery::leave`]
+//! announces a graceful leave, so that others report [`Event::Left`] rather
+//! than [`Event::Failed`]; the notice names the leaver's incarnation, so a
+//! notice replayed from an earlier run of it is refused.
+//!
+//! **Clusters:** a node of another cluster (an identity naming another cluster
+//! id) is refused: every datagram that names one, as sender or in the news it
+//! carries, is dropped before foca sees it (counted in [`Discovery::foreign`]),
+//! so foca never learns of it. A node without a cluster id (new, joining) is
+//! accepted by all; one that learns its cluster later says so with
+//! [`Discovery::set_cluster_id`].
 //!
 //! It knows nothing of Raft or gRPC: the agent turns events into Raft
 //! configuration changes.
@@ -29,9 +40,10 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, Timer};
+use bytes::{Buf, BufMut};
+use foca::{AccumulatingRuntime, Codec, Foca, Header, Message, OwnedNotification, PostcardCodec, Timer};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use slog::Logger;
@@ -46,6 +58,8 @@ pub const MAX_MEMBERS: usize = 1024;
 pub const EVENT_QUEUE: usize = 1024;
 /// Datagrams sent further from now than this are refused (replays, bad clocks).
 pub const MAX_SKEW: Duration = Duration::from_secs(30);
+/// At most one log line per kind of refusal per this period.
+const WARNING_PERIOD: Duration = Duration::from_secs(10);
 
 const MAGIC: u8 = 0x50;
 const KIND_FOCA: u8 = 0;
@@ -56,7 +70,7 @@ const TAG_BYTES: usize = 32;
 /// A member as gossip knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Node {
-    /// Node name (unique, stable).
+    /// Node name (unique among live members, stable).
     pub name: String,
     /// The address clients and peers dial.
     pub rpc_addr: String,
@@ -64,43 +78,54 @@ pub struct Node {
     pub gossip_addr: SocketAddr,
     /// Tells a restarted node from its previous run (the larger wins).
     pub incarnation: u64,
+    /// Its member id (minted with its data dir).
+    pub member_id: u64,
+    /// Its cluster's id; 0 while it knows none.
+    pub cluster_id: u128,
+}
+
+impl Node {
+    /// Whether a node of cluster `ours` (0: none yet) may gossip with it.
+    fn same_cluster(&self, ours: u128) -> bool {
+        ours == 0 || self.cluster_id == 0 || self.cluster_id == ours
+    }
 }
 
 impl foca::Identity for Node {
     type Addr = SocketAddr;
 
     fn renew(&self) -> Option<Self> {
-        Some(Self { incarnation: self.incarnation + 1, ..self.clone() })
+        Some(Self { incarnation: self.incarnation.saturating_add(1), ..self.clone() })
     }
 
     fn addr(&self) -> SocketAddr {
         self.gossip_addr
     }
 
+    /// A strict order (a tie would let stale news flip the entry back and forth).
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.incarnation > adversary.incarnation
+        (self.incarnation, self.member_id) > (adversary.incarnation, adversary.member_id)
     }
 }
 
 /// A membership change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A member is up: add it.
-    Joined {
-        /// Its name.
-        name: String,
-        /// Its RPC address.
-        rpc_addr: String,
-    },
+    /// A member is up.
+    Joined(Node),
     /// A member left gracefully: remove it.
     Left {
         /// Its name.
         name: String,
+        /// Its member id.
+        member_id: u64,
     },
     /// A member stopped answering (it may come back).
     Failed {
         /// Its name.
         name: String,
+        /// Its member id.
+        member_id: u64,
     },
 }
 
@@ -109,7 +134,12 @@ pub enum Event {
 pub struct Config {
     /// This node's name.
     pub name: String,
-    /// Where to listen for gossip (UDP); port 0 picks one.
+    /// This node's member id.
+    pub member_id: u64,
+    /// This node's cluster id (0: none yet).
+    pub cluster_id: u128,
+    /// Where to listen for gossip (UDP); port 0 picks one. Ignored by
+    /// [`Discovery::start_on`].
     pub bind_addr: SocketAddr,
     /// This node's RPC address, told to the others.
     pub rpc_addr: String,
@@ -143,9 +173,28 @@ enum Command {
     Leave(oneshot::Sender<()>),
 }
 
+/// A member's key: its name and member id (a restart keeps both).
+type Key = (String, u64);
+
+fn key_of(node: &Node) -> Key {
+    (node.name.clone(), node.member_id)
+}
+
 #[derive(Default)]
 struct Shared {
-    members: HashMap<String, Node>,
+    /// Live members.
+    members: HashMap<Key, Node>,
+    /// This node's cluster id (0: none yet).
+    cluster_id: u128,
+}
+
+/// Counts of what was refused.
+#[derive(Debug, Default)]
+struct Refused {
+    /// Datagrams naming a node of another cluster.
+    foreign: AtomicU64,
+    /// Leave notices that are not the leaver's current run's.
+    leaves: AtomicU64,
 }
 
 /// A running discovery service.
@@ -154,7 +203,8 @@ pub struct Discovery {
     local_addr: SocketAddr,
     commands: mpsc::Sender<Command>,
     shared: Arc<Mutex<Shared>>,
-    rejected: Arc<AtomicU64>,
+    refused: Arc<Refused>,
+    datagrams_refused: Arc<AtomicU64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -216,16 +266,131 @@ impl Sealer {
     }
 }
 
+/// A leave notice: whose run is leaving.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Leaving {
+    name: String,
+    member_id: u64,
+    incarnation: u64,
+}
+
+impl Leaving {
+    fn of(node: &Node) -> Self {
+        Self { name: node.name.clone(), member_id: node.member_id, incarnation: node.incarnation }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.name.len());
+        out.put_u64(self.member_id);
+        out.put_u64(self.incarnation);
+        out.put_slice(self.name.as_bytes());
+        out
+    }
+
+    fn decode(mut payload: &[u8]) -> Option<Self> {
+        if payload.len() < 16 {
+            return None;
+        }
+        let (member_id, incarnation) = (payload.get_u64(), payload.get_u64());
+        let name = std::str::from_utf8(payload).ok()?.to_owned();
+        Some(Self { name, member_id, incarnation })
+    }
+}
+
+/// foca's codec, refusing every datagram that names a node of another cluster
+/// before foca applies any of it: as its sender or receiver, as the target or
+/// origin of an indirect probe, or in the membership news it carries.
+struct ClusterCodec {
+    shared: Arc<Mutex<Shared>>,
+    refused: Arc<Refused>,
+    logger: Logger,
+    last_warning: Option<Instant>,
+}
+
+/// A datagram naming a node of another cluster.
+#[derive(Debug)]
+enum CodecError {
+    Postcard(postcard::Error),
+    Foreign,
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postcard(error) => write!(f, "{error}"),
+            Self::Foreign => f.write_str("it names a node of another cluster"),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+impl ClusterCodec {
+    fn check(&mut self, node: &Node) -> Result<(), CodecError> {
+        let ours = lock(&self.shared).cluster_id;
+        if node.same_cluster(ours) {
+            return Ok(());
+        }
+        let refused = self.refused.foreign.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.last_warning.is_none_or(|at| at.elapsed() >= WARNING_PERIOD) {
+            self.last_warning = Some(Instant::now());
+            slog::warn!(self.logger, "refused gossip naming a node of another cluster";
+                "node" => &node.name, "node_cluster_id" => format!("{:032x}", node.cluster_id),
+                "cluster_id" => format!("{ours:032x}"), "gossip_addr" => %node.gossip_addr,
+                "refused_so_far" => refused);
+        }
+        Err(CodecError::Foreign)
+    }
+}
+
+impl Codec<Node> for ClusterCodec {
+    type Error = CodecError;
+
+    fn encode_header(&mut self, header: &Header<Node>, buf: impl BufMut) -> Result<(), CodecError> {
+        PostcardCodec.encode_header(header, buf).map_err(CodecError::Postcard)
+    }
+
+    fn decode_header(&mut self, buf: impl Buf) -> Result<Header<Node>, CodecError> {
+        let header: Header<Node> = PostcardCodec.decode_header(buf).map_err(CodecError::Postcard)?;
+        self.check(&header.src)?;
+        self.check(&header.dst)?;
+        match &header.message {
+            Message::PingReq { target: node, .. }
+            | Message::IndirectAck { target: node, .. }
+            | Message::IndirectPing { origin: node, .. }
+            | Message::ForwardedAck { origin: node, .. } => self.check(node)?,
+            _ => {}
+        }
+        Ok(header)
+    }
+
+    fn encode_member(&mut self, member: &foca::Member<Node>, buf: impl BufMut) -> Result<(), CodecError> {
+        PostcardCodec.encode_member(member, buf).map_err(CodecError::Postcard)
+    }
+
+    fn decode_member(&mut self, buf: impl Buf) -> Result<foca::Member<Node>, CodecError> {
+        let member: foca::Member<Node> = PostcardCodec.decode_member(buf).map_err(CodecError::Postcard)?;
+        self.check(member.id())?;
+        Ok(member)
+    }
+}
+
 impl Discovery {
     /// Binds `config.bind_addr` and starts gossiping; membership changes go to the
     /// returned receiver. Call it within a tokio runtime.
     pub async fn start(config: Config) -> Result<(Self, mpsc::Receiver<Event>), Error> {
-        if config.key.as_ref().is_some_and(Vec::is_empty) {
-            return Err(Error::EmptyKey);
-        }
         let socket = UdpSocket::bind(config.bind_addr)
             .await
             .map_err(|source| Error::Bind { addr: config.bind_addr, source })?;
+        Self::start_on(socket, config)
+    }
+
+    /// Starts gossiping on `socket`, bound already (`config.bind_addr` is not
+    /// used). Call it within a tokio runtime.
+    pub fn start_on(socket: UdpSocket, config: Config) -> Result<(Self, mpsc::Receiver<Event>), Error> {
+        if config.key.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::EmptyKey);
+        }
         let local_addr =
             socket.local_addr().map_err(|source| Error::Bind { addr: config.bind_addr, source })?;
         let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
@@ -234,12 +399,15 @@ impl Discovery {
             rpc_addr: config.rpc_addr.clone(),
             gossip_addr: local_addr,
             incarnation,
+            member_id: config.member_id,
+            cluster_id: config.cluster_id,
         };
         let sealer = Sealer { key: config.key.as_ref().map(|key| hmac::Key::new(hmac::HMAC_SHA256, key)) };
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (commands, commands_rx) = mpsc::channel(4);
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let rejected = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Mutex::new(Shared { cluster_id: config.cluster_id, ..Shared::default() }));
+        let refused = Arc::new(Refused::default());
+        let datagrams_refused = Arc::new(AtomicU64::new(0));
         let gossip = Gossip {
             socket,
             sealer,
@@ -248,11 +416,16 @@ impl Discovery {
             logger: config.logger,
             events: events_tx,
             shared: Arc::clone(&shared),
-            rejected: Arc::clone(&rejected),
+            refused: Arc::clone(&refused),
+            datagrams_refused: Arc::clone(&datagrams_refused),
             leaving: HashSet::new(),
+            down: HashMap::new(),
+            last_stale_warning: None,
         };
         let task = tokio::spawn(gossip.run(commands_rx));
-        Ok((Self { local_addr, commands, shared, rejected, task: Mutex::new(Some(task)) }, events))
+        let discovery =
+            Self { local_addr, commands, shared, refused, datagrams_refused, task: Mutex::new(Some(task)) };
+        Ok((discovery, events))
     }
 
     /// The bound gossip address.
@@ -260,19 +433,36 @@ impl Discovery {
         self.local_addr
     }
 
-    /// The live members known now (this node excluded), by name.
+    /// The live members known now (this node excluded). Two may share a name.
     pub fn members(&self) -> Vec<Node> {
         lock(&self.shared).members.values().cloned().collect()
     }
 
+    /// This node learned its cluster's id: from now on, nodes of other
+    /// clusters are refused. (Its own identity says so from its next start.)
+    pub fn set_cluster_id(&self, cluster_id: u128) {
+        lock(&self.shared).cluster_id = cluster_id;
+    }
+
     /// Datagrams dropped as unauthentic or stale so far.
     pub fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
+        self.datagrams_refused.load(Ordering::Relaxed)
     }
 
     /// The counter behind [`Discovery::rejected`], for a metrics exporter.
     pub fn rejected_counter(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.rejected)
+        Arc::clone(&self.datagrams_refused)
+    }
+
+    /// Authentic datagrams dropped because they named a node of another
+    /// cluster, so far.
+    pub fn foreign(&self) -> u64 {
+        self.refused.foreign.load(Ordering::Relaxed)
+    }
+
+    /// Leave notices refused as not their sender's current run's (replays), so far.
+    pub fn stale_leaves(&self) -> u64 {
+        self.refused.leaves.load(Ordering::Relaxed)
     }
 
     /// Tells the cluster this node leaves (gracefully), then stops gossiping.
@@ -284,7 +474,9 @@ impl Discovery {
         self.stop();
     }
 
-    fn stop(&self) {
+    /// Stops gossiping at once, without announcing a leave: the others see
+    /// this node fail.
+    pub fn stop(&self) {
         let task = self.task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(task) = task {
             task.abort();
@@ -306,12 +498,16 @@ struct Gossip {
     logger: Logger,
     events: mpsc::Sender<Event>,
     shared: Arc<Mutex<Shared>>,
-    rejected: Arc<AtomicU64>,
-    /// Members that announced a graceful leave.
-    leaving: HashSet<String>,
+    refused: Arc<Refused>,
+    datagrams_refused: Arc<AtomicU64>,
+    /// Runs of members that announced a graceful leave.
+    leaving: HashSet<Leaving>,
+    /// Members seen going down, and the run that did (at most [`MAX_MEMBERS`]).
+    down: HashMap<Key, u64>,
+    last_stale_warning: Option<Instant>,
 }
 
-type Swim = Foca<Node, PostcardCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<Node, ClusterCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
 
 impl Gossip {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -319,7 +515,13 @@ impl Gossip {
         config.max_packet_size = std::num::NonZeroUsize::new(MAX_DATAGRAM - HEADER_BYTES - TAG_BYTES)
             .unwrap_or(std::num::NonZeroUsize::MIN);
         let rng: rand::rngs::StdRng = rand::make_rng();
-        let mut foca: Swim = Foca::new(self.me.clone(), config, rng, PostcardCodec);
+        let codec = ClusterCodec {
+            shared: Arc::clone(&self.shared),
+            refused: Arc::clone(&self.refused),
+            logger: self.logger.clone(),
+            last_warning: None,
+        };
+        let mut foca: Swim = Foca::new(self.me.clone(), config, rng, codec);
         let mut runtime = AccumulatingRuntime::new();
         let (timers_tx, mut timers) = mpsc::unbounded_channel::<Timer<Node>>();
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -328,12 +530,15 @@ impl Gossip {
         let mut next_join = tokio::time::Instant::now();
         loop {
             if !joined && tokio::time::Instant::now() >= next_join {
+                let cluster_id = lock(&self.shared).cluster_id;
                 for seed in self.seeds.clone() {
                     let placeholder = Node {
                         name: String::new(),
                         rpc_addr: String::new(),
                         gossip_addr: seed,
                         incarnation: 0,
+                        member_id: 0,
+                        cluster_id,
                     };
                     let _ = foca.announce(placeholder, &mut runtime);
                 }
@@ -356,12 +561,12 @@ impl Gossip {
                             }
                         }
                         Some((KIND_LEAVING, payload)) => {
-                            if let Ok(name) = std::str::from_utf8(payload) {
-                                self.announced_leave(name);
+                            if let Some(leaving) = Leaving::decode(payload) {
+                                self.announced_leave(leaving);
                             }
                         }
                         _ => {
-                            self.rejected.fetch_add(1, Ordering::Relaxed);
+                            self.datagrams_refused.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -371,7 +576,7 @@ impl Gossip {
                 command = commands.recv() => {
                     match command {
                         Some(Command::Leave(done)) => {
-                            let notice = self.sealer.seal(KIND_LEAVING, self.me.name.as_bytes());
+                            let notice = self.sealer.seal(KIND_LEAVING, &Leaving::of(&self.me).encode());
                             // Everyone who may know this node: its peers by foca and by
                             // its own events, and its seeds (a join in progress).
                             let mut to: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().gossip_addr).collect();
@@ -418,8 +623,24 @@ impl Gossip {
                 OwnedNotification::MemberUp(node) => self.member_up(node),
                 OwnedNotification::MemberDown(node) => self.member_down(&node),
                 OwnedNotification::Rename(old, new) => {
-                    lock(&self.shared).members.remove(&old.name);
-                    self.member_up(new);
+                    // `new` replaced `old` at its address. If `old` was up, so is
+                    // `new` (a MemberDown follows if not); if `old` was down, a
+                    // MemberUp follows if `new` is up.
+                    let was_up = {
+                        let mut shared = lock(&self.shared);
+                        let key = key_of(&old);
+                        let up = shared
+                            .members
+                            .get(&key)
+                            .is_some_and(|known| known.incarnation == old.incarnation);
+                        if up {
+                            shared.members.remove(&key);
+                        }
+                        up
+                    };
+                    if was_up {
+                        self.member_up(new);
+                    }
                 }
                 OwnedNotification::Active => *joined = true,
                 _ => {}
@@ -428,47 +649,73 @@ impl Gossip {
     }
 
     fn member_up(&mut self, node: Node) {
-        if node.name.is_empty() || node.name == self.me.name {
+        if node.name.is_empty() || (node.name == self.me.name && node.member_id == self.me.member_id) {
             return;
         }
         {
             let mut shared = lock(&self.shared);
-            if shared.members.len() >= MAX_MEMBERS && !shared.members.contains_key(&node.name) {
+            if !node.same_cluster(shared.cluster_id) {
+                return;
+            }
+            let key = key_of(&node);
+            if shared.members.len() >= MAX_MEMBERS && !shared.members.contains_key(&key) {
                 slog::warn!(self.logger, "too many members: ignoring a join"; "node" => &node.name);
                 return;
             }
-            shared.members.insert(node.name.clone(), node.clone());
+            shared.members.insert(key, node.clone());
         }
-        self.leaving.remove(&node.name);
-        self.report(Event::Joined { name: node.name, rpc_addr: node.rpc_addr });
+        self.report(Event::Joined(node));
     }
 
     /// A member says it leaves: reported as it goes down — or at once if it is
-    /// already down here (declared failed earlier, e.g. while this host was busy).
-    fn announced_leave(&mut self, name: &str) {
-        if name == self.me.name {
+    /// already down here (declared failed earlier, e.g. while this host was
+    /// busy). Only a notice naming the member's current run counts: one replayed
+    /// from an earlier run is refused, and cannot turn a later failure into a
+    /// removal.
+    fn announced_leave(&mut self, leaving: Leaving) {
+        if leaving.name == self.me.name && leaving.member_id == self.me.member_id {
             return;
         }
-        if lock(&self.shared).members.contains_key(name) {
+        let key = (leaving.name.clone(), leaving.member_id);
+        let live = lock(&self.shared).members.get(&key).map(|node| node.incarnation);
+        if live == Some(leaving.incarnation) {
             if self.leaving.len() < MAX_MEMBERS {
-                self.leaving.insert(name.to_owned());
+                self.leaving.insert(leaving);
             }
+        } else if live.is_none() && self.down.get(&key) == Some(&leaving.incarnation) {
+            self.report(Event::Left { name: leaving.name, member_id: leaving.member_id });
         } else {
-            self.report(Event::Left { name: name.to_owned() });
+            let refused = self.refused.leaves.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.last_stale_warning.is_none_or(|at| at.elapsed() >= WARNING_PERIOD) {
+                self.last_stale_warning = Some(Instant::now());
+                slog::warn!(self.logger, "refused a leave notice that is not its sender's current one (a replay?)";
+                    "node" => &leaving.name, "member_id" => leaving.member_id,
+                    "notice_incarnation" => leaving.incarnation, "live_incarnation" => live,
+                    "refused_so_far" => refused);
+            }
         }
     }
 
     fn member_down(&mut self, node: &Node) {
+        let key = key_of(node);
         {
             let mut shared = lock(&self.shared);
-            // A newer incarnation of it may already be up.
-            if shared.members.get(&node.name).is_some_and(|known| known.incarnation > node.incarnation) {
+            // A newer run of it may already be up.
+            if shared.members.get(&key).is_some_and(|known| known.incarnation > node.incarnation) {
                 return;
             }
-            shared.members.remove(&node.name);
+            shared.members.remove(&key);
         }
-        let name = node.name.clone();
-        let event = if self.leaving.remove(&name) { Event::Left { name } } else { Event::Failed { name } };
+        if self.down.len() >= MAX_MEMBERS && !self.down.contains_key(&key) {
+            self.down.clear();
+        }
+        self.down.insert(key, node.incarnation);
+        let (name, member_id) = (node.name.clone(), node.member_id);
+        let event = if self.leaving.remove(&Leaving::of(node)) {
+            Event::Left { name, member_id }
+        } else {
+            Event::Failed { name, member_id }
+        };
         self.report(event);
     }
 
@@ -482,6 +729,57 @@ impl Gossip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEY: &[u8] = b"a shared secret for the test cluster";
+
+    async fn start(name: &str, member_id: u64, seeds: &[&Discovery]) -> (Discovery, mpsc::Receiver<Event>) {
+        Discovery::start(Config {
+            name: name.to_owned(),
+            member_id,
+            cluster_id: 1,
+            bind_addr: "127.0.0.1:0".parse().unwrap(),
+            rpc_addr: format!("{name}.rpc:8400"),
+            start_join_addrs: seeds.iter().map(|seed| seed.local_addr()).collect(),
+            key: Some(KEY.to_vec()),
+            logger: Logger::root(slog::Discard, slog::o!()),
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn next(events: &mut mpsc::Receiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(30), events.recv()).await.unwrap().unwrap()
+    }
+
+    /// A leave notice captured from a member's earlier run and replayed is
+    /// refused: the member's later failure stays a failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leave_notice_of_an_earlier_run_does_not_count() {
+        let (first, mut events) = start("node-0", 10, &[]).await;
+        let (second, _second_events) = start("node-1", 11, &[&first]).await;
+        let Event::Joined(live) = next(&mut events).await else { panic!("not a join") };
+        let stale = Leaving { incarnation: live.incarnation - 1, ..Leaving::of(&live) };
+        let datagram = sealer(KEY).seal(KIND_LEAVING, &stale.encode());
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(&datagram, first.local_addr()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while first.stale_leaves() == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        second.stop();
+        assert_eq!(next(&mut events).await, Event::Failed { name: "node-1".into(), member_id: 11 });
+    }
+
+    #[test]
+    fn leave_notices_round_trip() {
+        let leaving = Leaving { name: "node-ü".into(), member_id: 7, incarnation: 9 };
+        assert_eq!(Leaving::decode(&leaving.encode()), Some(leaving));
+        assert_eq!(Leaving::decode(&[0; 15]), None);
+        assert_eq!(Leaving::decode(&[[0u8; 16].as_slice(), &[0xff]].concat()), None);
+    }
 
     fn sealer(key: &[u8]) -> Sealer {
         Sealer { key: Some(hmac::Key::new(hmac::HMAC_SHA256, key)) }

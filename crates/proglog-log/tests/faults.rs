@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+#[path = "../../../tests/support/root.rs"]
+mod root;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -16,6 +19,9 @@ struct Tmpfs(tempfile::TempDir);
 
 impl Tmpfs {
     fn mount(bytes: u64) -> Option<Self> {
+        if !root::is_root() || !root::have("mount", "mount") {
+            return None;
+        }
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
@@ -40,8 +46,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_stops_the_log_and_loses_no_acknowledged_record() {
     let Some(fs) = Tmpfs::mount(256 << 10) else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
+        return root::cannot_run("cannot mount a tmpfs here (needs root)");
     };
     let dir = fs.path().join("log");
     let config = Config { max_store_bytes: 32 << 10, max_index_bytes: 4 << 10, ..Config::default() };

@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+#[path = "../../../tests/support/root.rs"]
+mod root;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -54,7 +57,8 @@ impl Ext4 {
         std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
         let mount_point = tempfile::tempdir().unwrap();
         let fs = Self { image, mount_point, _dir: dir };
-        (run("mkfs.ext4", &["-q", "-F", fs.image_str()]) && fs.mount()).then_some(fs)
+        let tools = root::is_root() && root::have("mkfs.ext4", "e2fsprogs");
+        (tools && run("mkfs.ext4", &["-q", "-F", fs.image_str()]) && fs.mount()).then_some(fs)
     }
 
     fn image_str(&self) -> &str {
@@ -109,8 +113,7 @@ fn power_loss_child() {
 #[test]
 fn power_loss_loses_no_acknowledged_record() {
     let Some(fs) = Ext4::create() else {
-        eprintln!("skipped: cannot make and mount an ext4 image here (needs root and mkfs.ext4)");
-        return;
+        return root::cannot_run("cannot make and mount an ext4 image here (needs root and mkfs.ext4)");
     };
     let dir = fs.path().join("log");
     let mut acknowledged = 0;

@@ -14,6 +14,25 @@ use crate::{Leader, LogError};
 /// committed (durable per the fsync policy; replicated, for a replicated log).
 pub type PendingAppend = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
 
+/// Refuses a record value above `max_record_bytes`, naming both sizes (SPEC §1).
+pub fn check_record_size(bytes: usize, max_record_bytes: u64) -> Result<(), LogError> {
+    if bytes as u64 > max_record_bytes {
+        return Err(LogError::InvalidArgument(format!(
+            "record value of {bytes} bytes exceeds max-record-bytes ({max_record_bytes} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an append that holds no value or a value above `max_record_bytes`:
+/// the rule every append obeys, a client's or a forwarded one.
+pub(crate) fn check_append(values: &[Bytes], max_record_bytes: u64) -> Result<(), LogError> {
+    if values.is_empty() {
+        return Err(LogError::InvalidArgument("an append without records".into()));
+    }
+    values.iter().try_for_each(|value| check_record_size(value.len(), max_record_bytes))
+}
+
 /// Where the log stands, for metrics, `/readyz` and GetServers; read without
 /// waiting for the writer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,13 +57,16 @@ pub struct LogStatus {
     pub highest_offset: Option<u64>,
     /// Bytes the log's files hold.
     pub bytes: u64,
+    /// Why the log stopped serving for good (its writer, Raft or fsync thread
+    /// failed), once it has; `None` while it runs.
+    pub failure: Option<String>,
 }
 
 impl LogStatus {
-    /// Ready to serve (SPEC §4 `/readyz`): a leader is known and everything
-    /// known committed is applied here.
+    /// Ready to serve (SPEC §4 `/readyz`): running, a leader is known and
+    /// everything known committed is applied here.
     pub fn is_ready(&self) -> bool {
-        self.leader.is_some() && self.applied_index >= self.commit_index
+        self.failure.is_none() && self.leader.is_some() && self.applied_index >= self.commit_index
     }
 }
 
@@ -79,4 +101,10 @@ pub trait CommitLog: Send + Sync + 'static {
 
     /// Where the log stands now (cheap: no disk, no writer lock).
     fn status(&self) -> LogStatus;
+
+    /// Watches for the log to stop for good: `Some(reason)` once a thread it
+    /// cannot serve without has failed (never after a clean close). Whoever serves
+    /// it then reports not serving at once, rather than looking healthy while
+    /// it can no longer append or catch up.
+    fn failure(&self) -> watch::Receiver<Option<String>>;
 }

@@ -31,7 +31,19 @@ pub enum LogError {
         /// The leader, when known.
         leader: Option<Leader>,
     },
-    /// The log cannot serve now (shutting down, closed). → `UNAVAILABLE`
+    /// Refused before anything was appended or changed, for a reason that
+    /// passes: safe to try again (later, or on the leader). → `UNAVAILABLE`
+    /// with a `google.rpc.ErrorInfo` naming `reason`, so that clients retry
+    /// without parsing the message or fearing a duplicate.
+    #[error("{message}")]
+    Refused {
+        /// Why.
+        reason: Refusal,
+        /// What happened, for people.
+        message: String,
+    },
+    /// The log cannot serve now (shutting down, closed), or an append's outcome
+    /// is unknown (its leader changed while it was in flight). → `UNAVAILABLE`
     #[error("{0}")]
     Unavailable(String),
     /// Stored data is damaged or missing (a checksum mismatch, a missing segment).
@@ -41,6 +53,52 @@ pub enum LogError {
     /// The log failed (an I/O error, a stopped log). → `INTERNAL`
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why a [`LogError::Refused`] operation was not done (its `google.rpc.ErrorInfo`
+/// reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The leader holds as much uncommitted data as it allows, or as many
+    /// forwarded appends are waiting as a follower allows. → `OVERLOADED`
+    Overloaded,
+    /// Another membership change has not been applied yet. → `CHANGE_IN_PROGRESS`
+    ChangeInProgress,
+    /// The change would leave the remaining voters without a live majority.
+    /// → `NO_LIVE_QUORUM`
+    NoLiveQuorum,
+    /// The leader is handing leadership over; ask the new one. → `LEADERSHIP_TRANSFER`
+    LeadershipTransfer,
+}
+
+impl Refusal {
+    /// Every refusal.
+    pub const ALL: [Refusal; 4] =
+        [Self::Overloaded, Self::ChangeInProgress, Self::NoLiveQuorum, Self::LeadershipTransfer];
+
+    /// The `google.rpc.ErrorInfo` reason.
+    pub fn as_str(self) -> &'static str {
+        use proglog_api::error_info;
+        match self {
+            Self::Overloaded => error_info::OVERLOADED,
+            Self::ChangeInProgress => error_info::CHANGE_IN_PROGRESS,
+            Self::NoLiveQuorum => error_info::NO_LIVE_QUORUM,
+            Self::LeadershipTransfer => error_info::LEADERSHIP_TRANSFER,
+        }
+    }
+
+    /// The refusal whose reason is `reason`.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|refusal| refusal.as_str() == reason)
+    }
+}
+
+impl LogError {
+    /// A [`LogError::Refused`].
+    pub fn refused(reason: Refusal, message: impl Into<String>) -> Self {
+        Self::Refused { reason, message: message.into() }
+    }
 }
 
 impl From<proglog_log::Error> for LogError {

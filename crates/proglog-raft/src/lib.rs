@@ -47,12 +47,12 @@ mod local;
 mod records;
 mod replicated;
 
-pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend};
-pub use crate::error::{Leader, LogError};
+pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend, check_record_size};
+pub use crate::error::{Leader, LogError, Refusal};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{
-    ChannelNetwork, FetchSink, Mailbox, Member, RaftConfig, RaftLog, StatusWatch, Transport, decode_message,
-    encode_message, node_id,
+    ChannelNetwork, ClusterId, FetchSink, MAX_RECORD_BYTES, Mailbox, Member, PeerId, RaftConfig, RaftLog,
+    Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
 };
 /// raft-rs's message type, which [`Transport`]s carry.
 pub use raft::eraftpb::Message as RaftMessage;

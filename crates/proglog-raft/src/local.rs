@@ -54,6 +54,8 @@ pub struct LocalLog {
     server: Server,
     queued_bytes: Arc<Semaphore>,
     writer: Mutex<Option<(mpsc::Sender<AppendRequest>, JoinHandle<()>)>>,
+    /// Set when a write failed: the log refuses writes from then on.
+    failure: watch::Receiver<Option<String>>,
     /// With `Fsync::Never`: the background syncer and the channel that stops it.
     syncer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
@@ -76,10 +78,11 @@ impl LocalLog {
         let log = Arc::new(log);
         let (committed_tx, committed) = watch::channel(log.next_offset());
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
+        let (failed, failure) = watch::channel(None);
         let writer_log = Arc::clone(&log);
         let handle = std::thread::Builder::new()
             .name("proglog-writer".into())
-            .spawn(move || write_loop(&writer_log, fsync, rx, &committed_tx))
+            .spawn(move || write_loop(&writer_log, fsync, rx, &committed_tx, &failed))
             .map_err(|error| LogError::Internal(format!("cannot start the writer thread: {error}")))?;
         let syncer = match fsync {
             Fsync::Always => None,
@@ -101,6 +104,7 @@ impl LocalLog {
             server,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             writer: Mutex::new(Some((tx, handle))),
+            failure,
             syncer: Mutex::new(syncer),
         })
     }
@@ -135,12 +139,14 @@ impl LocalLog {
 }
 
 /// The writer thread: merge queued appends, write them in one batch, sync if
-/// asked, publish the new commit point, then acknowledge.
+/// asked, publish the new commit point, then acknowledge. A failed write stops
+/// the log (it refuses writes until reopened): that is reported in `failed`.
 fn write_loop(
     log: &Log,
     fsync: Fsync,
     mut rx: mpsc::Receiver<AppendRequest>,
     committed: &watch::Sender<u64>,
+    failed: &watch::Sender<Option<String>>,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut bytes: usize = first.values.iter().map(Bytes::len).sum();
@@ -172,6 +178,9 @@ fn write_loop(
                 }
             }
             Err(error) => {
+                if !matches!(error, proglog_log::Error::RecordTooLarge { .. }) && failed.borrow().is_none() {
+                    failed.send_replace(Some(format!("a write to the log failed: {error}")));
+                }
                 let error = LogError::from(error);
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
@@ -258,6 +267,11 @@ impl CommitLog for LocalLog {
             lowest_offset,
             highest_offset: (committed > lowest_offset).then(|| committed - 1),
             bytes: self.records.log.size_bytes(),
+            failure: self.failure.borrow().clone(),
         }
+    }
+
+    fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proglog_raft::{ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog};
+use proglog_raft::{ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog, Refusal};
 
 /// Generous: clusters share two cores with the rest of the suite.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -97,6 +97,10 @@ impl Cluster {
     async fn stop(&mut self, name: &str) {
         self.network.detach(name);
         let log = self.nodes.remove(name).expect("running");
+        // Honest traffic passes the gate: nothing refused, ever.
+        let refused: Vec<_> =
+            log.rejections().snapshot().into_iter().filter(|(_, count)| *count > 0).collect();
+        assert!(refused.is_empty(), "{name} refused honest messages: {refused:?}");
         tokio::task::spawn_blocking(move || log.close()).await.expect("joined").expect("closes");
     }
 
@@ -178,7 +182,8 @@ async fn three_nodes_replicate_and_membership_changes_take_effect() {
 
     // Leave: the removed node receives nothing new, the others do.
     let leaving = if cluster.leader().await.member().name == "node-1" { "node-2" } else { "node-1" };
-    cluster.leader().await.leave(leaving).await.expect("leaves");
+    let id = cluster.nodes[leaving].member().id;
+    cluster.leader().await.leave(id).await.expect("leaves");
     for node in cluster.nodes.values().filter(|n| n.member().name != leaving) {
         wait_until(|| node.status().members == 2).await;
     }
@@ -306,7 +311,7 @@ async fn a_log_from_before_replication_becomes_a_one_member_cluster() {
         proglog_log::Log::open(joiner_dir.path().join("log"), proglog_log::Config::default()).expect("opens");
     let joiner = Arc::new(RaftLog::open(config, records, network.transport("node-1")).expect("opens"));
     network.attach(&joiner);
-    log.join(member).await.expect("joins");
+    log.join(joiner.member().clone()).await.expect("joins");
     wait_committed(&joiner, 3).await;
     assert_eq!(values(&joiner, 0, 3).await, ["old 0", "old 1", "new"]);
     joiner.close().expect("closes");
@@ -318,23 +323,26 @@ async fn the_leader_hands_over_before_leaving_and_the_last_voter_stays() {
     let mut cluster = Cluster::new();
     cluster.form(3).await;
     let leader = cluster.leader().await;
-    let name = leader.member().name.clone();
+    let (name, id) = (leader.member().name.clone(), leader.member().id);
     // Asked to remove itself, a leader hands leadership over first.
-    let refused = leader.leave(&name).await;
-    assert!(matches!(refused, Err(LogError::Unavailable(_))), "{refused:?}");
+    let refused = leader.leave(id).await;
+    assert!(
+        matches!(refused, Err(LogError::Refused { reason: Refusal::LeadershipTransfer, .. })),
+        "{refused:?}"
+    );
     wait_until(|| cluster.nodes.values().any(|n| n.status().is_leader && n.member().name != name)).await;
-    cluster.leader().await.leave(&name).await.expect("removed by the new leader");
+    cluster.leader().await.leave(id).await.expect("removed by the new leader");
     let survivors: Vec<_> = cluster.nodes.values().filter(|n| n.member().name != name).cloned().collect();
     for node in &survivors {
         wait_until(|| node.status().voters == 2).await;
     }
     assert_eq!(cluster.append(&["after"]).await, 0);
     // Down to one voter, it cannot leave.
-    let second = survivors.iter().find(|n| !n.status().is_leader).expect("a follower").member().name.clone();
-    cluster.leader().await.leave(&second).await.expect("removed");
+    let second = survivors.iter().find(|n| !n.status().is_leader).expect("a follower").member().id;
+    cluster.leader().await.leave(second).await.expect("removed");
     let last = cluster.leader().await;
     wait_until(|| last.status().voters == 1).await;
-    let refused = last.leave(&last.member().name.clone()).await;
+    let refused = last.leave(last.member().id).await;
     assert!(matches!(refused, Err(LogError::InvalidArgument(_))), "{refused:?}");
     assert_eq!(cluster.append(&["still"]).await, 1);
     for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {

@@ -242,16 +242,16 @@ impl Node {
         let addr = listener.local_addr()?;
         let member = Member::new(name, addr.to_string());
         let logger = bench.logger(name);
-        let transport = PeerTransport::new(&member, PeerTls::Plaintext, rt.handle().clone(), logger.clone());
+        let transport = PeerTransport::new(PeerTls::Plaintext, rt.handle().clone(), logger.clone());
         let records = proglog_log::Log::open(dir.join("log"), proglog_log::Config::default())?;
         let config = RaftConfig { bootstrap, fsync: Fsync::Always, logger, ..RaftConfig::new(member, dir) };
         // Blocks on disk: called on the main thread, never on a runtime worker.
         let log = Arc::new(RaftLog::open(config, records, Arc::new(transport.clone()))?);
-        transport.bind(log.mailbox());
+        transport.bind(&log);
         let (stop, stopped) = oneshot::channel::<()>();
         let config = ServerConfig {
             max_record_bytes: MAX_RECORD_BYTES,
-            extra_services: vec![transport.service(Arc::clone(&log), MAX_RECORD_BYTES)],
+            extra_services: vec![transport.service(Arc::clone(&log))],
             ..ServerConfig::default()
         };
         let task =

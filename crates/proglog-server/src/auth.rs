@@ -111,6 +111,24 @@ pub fn subject_of_chain<C: AsRef<[u8]>>(chain: Option<&[C]>) -> String {
         .unwrap_or_else(|| ANONYMOUS.to_owned())
 }
 
+/// Every name a certificate chain's leaf vouches for: its Common Name, then its
+/// DNS subject alternative names (what `--peer-tls-require-node-name` matches a
+/// node name against). Empty without a chain.
+pub fn names_of_chain<C: AsRef<[u8]>>(chain: Option<&[C]>) -> Vec<String> {
+    let Some(leaf) = chain.and_then(|chain| chain.first()) else { return Vec::new() };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return Vec::new() };
+    let mut names: Vec<String> =
+        cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_owned).collect();
+    if let Ok(Some(sans)) = cert.subject_alternative_name() {
+        for name in &sans.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

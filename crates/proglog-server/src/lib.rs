@@ -47,14 +47,15 @@ mod status;
 mod tls;
 
 pub use crate::auth::{
-    ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, subject_of_chain,
+    ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, names_of_chain,
+    subject_of_chain,
 };
 pub use crate::error::ServerError;
 pub use crate::listener::{BodyError, Limits, Listener, Peer, Serves, TrackedBody};
 pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
 pub use crate::peer::{
-    FETCH_CHUNK_BYTES, FORWARD_QUEUE, PEER_QUEUE_BYTES, PeerTls, PeerTransport, max_message_bytes,
+    FETCH_CHUNK_BYTES, FORWARD_QUEUE, MAX_MESSAGE_BYTES, PEER_QUEUE_BYTES, PeerTls, PeerTransport,
 };
 pub use crate::server::{ExtraService, ServerConfig, serve};
-pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream, check_record_size};
+pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream};
 pub use crate::tls::TlsFiles;

@@ -15,8 +15,12 @@
 //!   arrive within the first-request timeout too.
 //! - **Calls**: at most [`Limits::max_concurrent_calls`] in progress over all
 //!   connections, at most [`Limits::max_streams_per_connection`] per connection.
+//!   Calls under [`Limits::peer_path_prefix`] (agent-to-agent traffic) have a
+//!   pool of their own, [`Limits::peer_calls`], so that neither side can starve
+//!   the other.
 //! - **Request bytes**: bodies are read within a byte budget per connection and
-//!   one for the listener ([`Peer::read_body`], and the gRPC admission layer).
+//!   one for the listener ([`Peer::read_body`], and the gRPC admission layer);
+//!   agent-to-agent calls within a listener budget of their own.
 //! - **Accept errors** (out of file descriptors) back off instead of spinning,
 //!   and every warning about an attack is logged at a bounded rate.
 //!
@@ -49,7 +53,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::auth::{ANONYMOUS, subject_of_chain};
+use crate::auth::{ANONYMOUS, names_of_chain, subject_of_chain};
 
 /// HTTP/2 flow-control window of a connection: what a client may have sent and
 /// the server not yet read, over all its streams.
@@ -108,6 +112,15 @@ pub struct Limits {
     pub request_buffer_bytes: usize,
     /// Request body bytes read but not yet consumed, per connection.
     pub connection_request_buffer_bytes: usize,
+    /// Calls whose path starts with this are agent-to-agent calls: they count
+    /// against [`Limits::peer_calls`] and [`Limits::peer_request_buffer_bytes`],
+    /// not against the clients' budgets (and clients' calls never against theirs).
+    pub peer_path_prefix: Option<String>,
+    /// Agent-to-agent calls in progress at once.
+    pub peer_calls: usize,
+    /// Request body bytes of agent-to-agent calls read but not yet consumed,
+    /// over all connections.
+    pub peer_request_buffer_bytes: usize,
 }
 
 impl Limits {
@@ -132,6 +145,8 @@ impl Limits {
             ("max_streams_per_connection", self.max_streams_per_connection as usize),
             ("request_buffer_bytes", self.request_buffer_bytes),
             ("connection_request_buffer_bytes", self.connection_request_buffer_bytes),
+            ("peer_calls", self.peer_calls),
+            ("peer_request_buffer_bytes", self.peer_request_buffer_bytes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{name} must be positive"));
@@ -160,6 +175,11 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             request_buffer_bytes: 64 << 20,
             connection_request_buffer_bytes: 8 << 20,
+            peer_path_prefix: None,
+            // A peer holds a few calls (messages, forwards, a fetch): room for a
+            // cluster of dozens.
+            peer_calls: 256,
+            peer_request_buffer_bytes: 64 << 20,
         }
     }
 }
@@ -274,6 +294,9 @@ struct Shared {
     /// Calls in progress (a counter, not a semaphore: nobody waits for a slot).
     calls: AtomicUsize,
     request_bytes: Arc<Semaphore>,
+    /// The same, for agent-to-agent calls.
+    peer_calls: AtomicUsize,
+    peer_request_bytes: Arc<Semaphore>,
     next_id: AtomicU64,
     logger: Logger,
     refused: Throttle,
@@ -289,6 +312,8 @@ impl Shared {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             calls: AtomicUsize::new(0),
             request_bytes: Arc::new(Semaphore::new(limits.request_buffer_bytes)),
+            peer_calls: AtomicUsize::new(0),
+            peer_request_bytes: Arc::new(Semaphore::new(limits.peer_request_buffer_bytes)),
             next_id: AtomicU64::new(0),
             logger,
             refused: Throttle::default(),
@@ -396,7 +421,11 @@ impl Shared {
 pub struct Peer {
     addr: SocketAddr,
     subject: Arc<str>,
+    /// The names its certificate vouches for (CN, DNS SANs).
+    names: Arc<[String]>,
     conn: Arc<ConnHandle>,
+    /// This request is an agent-to-agent call (see [`Limits::peer_path_prefix`]).
+    agent: bool,
 }
 
 #[derive(Debug)]
@@ -424,13 +453,26 @@ impl Peer {
         &self.subject
     }
 
-    /// This connection's share of the listener's request byte budget.
+    /// The names the verified client certificate vouches for: its Common Name,
+    /// then its DNS subject alternative names (none without one).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// This connection's share of the listener's request byte budget (of the
+    /// agent-to-agent calls' budget, for one of those).
     pub(crate) fn request_budget(&self) -> RequestBudget {
+        let shared = &self.conn.shared;
+        let (global, global_bytes) = if self.agent {
+            (&shared.peer_request_bytes, shared.limits.peer_request_buffer_bytes)
+        } else {
+            (&shared.request_bytes, shared.limits.request_buffer_bytes)
+        };
         RequestBudget {
             connection: Arc::clone(&self.conn.request_bytes),
-            connection_bytes: self.conn.shared.limits.connection_request_buffer_bytes,
-            global: Arc::clone(&self.conn.shared.request_bytes),
-            global_bytes: self.conn.shared.limits.request_buffer_bytes,
+            connection_bytes: shared.limits.connection_request_buffer_bytes,
+            global: Arc::clone(global),
+            global_bytes,
         }
     }
 
@@ -753,7 +795,7 @@ impl Connection {
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let limits = &self.shared.limits;
         let first_request_deadline = Instant::now() + limits.first_request_timeout;
-        let (io, subject): (Box<dyn Io>, String) = match tls {
+        let (io, subject, names): (Box<dyn Io>, String, Vec<String>) = match tls {
             Some(tls) => {
                 let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
                 let handshake = tokio::time::timeout_at(first_request_deadline, handshake);
@@ -761,8 +803,9 @@ impl Connection {
                     done = handshake => match done {
                         Ok(Ok(stream)) => {
                             self.shared.handshaken(self.id);
-                            let subject = subject_of_chain(stream.get_ref().1.peer_certificates());
-                            (Box::new(stream), subject)
+                            let chain = stream.get_ref().1.peer_certificates();
+                            let (subject, names) = (subject_of_chain(chain), names_of_chain(chain));
+                            (Box::new(stream), subject, names)
                         }
                         Ok(Err(error)) => {
                             self.shared.handshake_failed.hit(|count| {
@@ -776,16 +819,18 @@ impl Connection {
                     () = self.signal.raised(false) => return, // displaced or stopping
                 }
             }
-            None => (Box::new(stream), ANONYMOUS.to_owned()),
+            None => (Box::new(stream), ANONYMOUS.to_owned(), Vec::new()),
         };
         let peer = Peer {
             addr: self.addr,
             subject: subject.into(),
+            names: names.into(),
             conn: Arc::new(ConnHandle {
                 id: self.id,
                 shared: Arc::clone(&self.shared),
                 request_bytes: Arc::new(Semaphore::new(limits.connection_request_buffer_bytes)),
             }),
+            agent: false,
         };
         let service = TowerToHyperService::new(Tracked { inner: service, overloaded, peer });
         let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
@@ -865,17 +910,23 @@ impl<S: Clone, B> Clone for Tracked<S, B> {
 #[derive(Debug)]
 struct InFlight {
     conn: Arc<ConnHandle>,
-    /// Counted in `Shared::calls`.
+    /// Counted in `Shared::calls` (or `Shared::peer_calls`, for an agent's).
     counted: bool,
+    agent: bool,
+}
+
+impl InFlight {
+    fn counter(&self) -> &AtomicUsize {
+        if self.agent { &self.conn.shared.peer_calls } else { &self.conn.shared.calls }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let shared = &self.conn.shared;
         if self.counted {
-            shared.calls.fetch_sub(1, Ordering::AcqRel);
+            self.counter().fetch_sub(1, Ordering::AcqRel);
         }
-        shared.call_ended(self.conn.id);
+        self.conn.shared.call_ended(self.conn.id);
     }
 }
 
@@ -895,21 +946,24 @@ where
     fn call(&mut self, mut request: http::Request<Incoming>) -> Self::Future {
         let conn = Arc::clone(&self.peer.conn);
         conn.shared.call_started(conn.id);
-        let limit = conn.shared.limits.max_concurrent_calls;
-        let counted = conn.shared.calls.fetch_add(1, Ordering::AcqRel) < limit;
-        if !counted {
-            conn.shared.calls.fetch_sub(1, Ordering::AcqRel);
-        }
-        let in_flight = InFlight { conn, counted };
-        if !counted {
-            let response = (self.overloaded)(format!(
-                "server overloaded: {limit} calls in progress (max-concurrent-calls)"
-            ));
+        let limits = &conn.shared.limits;
+        let agent =
+            limits.peer_path_prefix.as_deref().is_some_and(|prefix| request.uri().path().starts_with(prefix));
+        let limit = if agent { limits.peer_calls } else { limits.max_concurrent_calls };
+        let mut in_flight = InFlight { conn: Arc::clone(&conn), counted: false, agent };
+        in_flight.counted = in_flight.counter().fetch_add(1, Ordering::AcqRel) < limit;
+        if !in_flight.counted {
+            in_flight.counter().fetch_sub(1, Ordering::AcqRel);
+            let response = (self.overloaded)(if agent {
+                format!("server overloaded: {limit} agent-to-agent calls in progress")
+            } else {
+                format!("server overloaded: {limit} calls in progress (max-concurrent-calls)")
+            });
             return Box::pin(std::future::ready(Ok(
                 response.map(|body| TrackedBody { body, _in_flight: in_flight })
             )));
         }
-        request.extensions_mut().insert(self.peer.clone());
+        request.extensions_mut().insert(Peer { agent, ..self.peer.clone() });
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {

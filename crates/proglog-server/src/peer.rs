@@ -19,10 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use proglog_api::internal::v1::raft_client::RaftClient;
 use proglog_api::internal::v1::raft_server::{Raft, RaftServer};
-use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse, Sender};
+use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse};
 use proglog_raft::{
-    FetchSink, Leader, LogError, Mailbox, Member, PendingAppend, RaftLog, RaftMessage, RaftMessageType,
-    Transport, decode_message, encode_message, node_id,
+    ClusterId, FetchSink, LogError, MAX_RECORD_BYTES, Mailbox, Member, PeerId, PendingAppend, RaftLog,
+    RaftMessage, RaftMessageType, Reason, Refusal, Rejections, StatusWatch, Transport, decode_message,
+    encode_message,
 };
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,6 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::listener::{Limits, Throttle};
 use crate::{ExtraService, action, status};
 
 /// Encoded Raft messages queued for one peer, at most.
@@ -42,10 +44,9 @@ pub const FETCH_CHUNK_BYTES: u64 = 1 << 20;
 /// Longest internal request message: a batch of Raft messages (a batch holds
 /// more than one only up to [`BATCH_BYTES`]; one message is at most raft's 1 MiB
 /// plus one entry, itself at most a 1 MiB merged batch or one record) or a
-/// forwarded append (one record).
-pub fn max_message_bytes(max_record_bytes: u64) -> usize {
-    usize::try_from(max_record_bytes).unwrap_or(usize::MAX).saturating_add(4 << 20)
-}
+/// forwarded append (one record). Records of any peer's size fit, whatever this
+/// node's own `max-record-bytes`: [`MAX_RECORD_BYTES`] is the cluster's ceiling.
+pub const MAX_MESSAGE_BYTES: usize = MAX_RECORD_BYTES as usize + (4 << 20);
 
 /// Raft messages share a batch up to this many encoded bytes.
 const BATCH_BYTES: usize = 1 << 20;
@@ -59,8 +60,13 @@ pub enum PeerTls {
     /// Plaintext (loopback-only clusters).
     Plaintext,
     /// Mutual TLS with this client config (the peer identity, trusting the CA
-    /// that signed the other agents' server certificates).
+    /// that signed the other agents' server certificates); a peer's certificate
+    /// must name the host of its RPC address.
     Tls(Arc<rustls::ClientConfig>),
+    /// [`PeerTls::Tls`], where a peer's certificate must name its node instead
+    /// (CN or DNS SAN; `--peer-tls-require-node-name`) — and a caller's
+    /// certificate the node it claims to be, on every call.
+    NamedTls(Arc<rustls::ClientConfig>),
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -68,6 +74,7 @@ impl std::fmt::Debug for PeerTls {
         f.write_str(match self {
             Self::Plaintext => "Plaintext",
             Self::Tls(_) => "Tls",
+            Self::NamedTls(_) => "NamedTls",
         })
     }
 }
@@ -78,24 +85,48 @@ struct Peer {
     queued: Arc<AtomicUsize>,
 }
 
+/// What the transport knows of the log it carries traffic for, once bound.
+struct Bound {
+    mailbox: Mailbox,
+    /// Its identity (stamped on every call) and configuration.
+    status: StatusWatch,
+    rejections: Arc<Rejections>,
+}
+
+/// Where peers are reached.
+#[derive(Default)]
+struct Addresses {
+    /// The configuration's members: authoritative.
+    members: HashMap<u64, String>,
+    /// Callers not (yet) in the configuration (a new node answering the
+    /// leader that added it before it has the configuration), at most
+    /// [`LEARNED_ADDRESSES`]: a caller can never redirect traffic for a member.
+    learned: HashMap<u64, String>,
+    /// Node names, by id (their certificates name them under `NamedTls`).
+    names: HashMap<u64, String>,
+}
+
+/// Addresses learned from callers outside the configuration, at most.
+const LEARNED_ADDRESSES: usize = 64;
+
 struct Inner {
-    me: Sender,
     tls: PeerTls,
     runtime: tokio::runtime::Handle,
     logger: Logger,
-    mailbox: OnceLock<Mailbox>,
-    /// Node id → RPC address: from the configuration and from senders.
-    addresses: Mutex<HashMap<u64, String>>,
+    bound: OnceLock<Bound>,
+    addresses: Mutex<Addresses>,
     peers: Mutex<HashMap<u64, Peer>>,
     forwarders: Mutex<HashMap<u64, (String, mpsc::Sender<Forwarded>)>>,
     /// Set by [`PeerTransport::shutdown`]: every stream ends.
     closing: watch::Sender<bool>,
+    /// Rate limits of the log lines about refused calls, by reason.
+    throttles: [Throttle; Reason::ALL.len()],
 }
 
 type Forwarded = (Vec<Bytes>, oneshot::Sender<Result<u64, LogError>>);
 
 /// The replicated log's transport over gRPC. Create it, open the [`RaftLog`]
-/// with it, then [`PeerTransport::bind`] the log's mailbox.
+/// with it, then [`PeerTransport::bind`] the log.
 #[derive(Clone)]
 pub struct PeerTransport {
     inner: Arc<Inner>,
@@ -103,7 +134,7 @@ pub struct PeerTransport {
 
 impl std::fmt::Debug for PeerTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTransport").field("me", &self.inner.me.name).finish_non_exhaustive()
+        f.debug_struct("PeerTransport").finish_non_exhaustive()
     }
 }
 
@@ -112,28 +143,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl PeerTransport {
-    /// The transport of node `me`, spawning its tasks on `runtime` (it is called
-    /// from the Raft thread, outside any runtime).
-    pub fn new(me: &Member, tls: PeerTls, runtime: tokio::runtime::Handle, logger: Logger) -> Self {
-        let me = Sender { name: me.name.clone(), rpc_addr: me.rpc_addr.clone() };
+    /// A transport spawning its tasks on `runtime` (it is called from the Raft
+    /// thread, outside any runtime).
+    pub fn new(tls: PeerTls, runtime: tokio::runtime::Handle, logger: Logger) -> Self {
         Self {
             inner: Arc::new(Inner {
-                me,
                 tls,
                 runtime,
                 logger,
-                mailbox: OnceLock::new(),
+                bound: OnceLock::new(),
                 addresses: Mutex::default(),
                 peers: Mutex::default(),
                 forwarders: Mutex::default(),
                 closing: watch::Sender::new(false),
+                throttles: Default::default(),
             }),
         }
     }
 
-    /// Delivers what peers send to `mailbox` (the log opened with this transport).
-    pub fn bind(&self, mailbox: Mailbox) {
-        let _ = self.inner.mailbox.set(mailbox);
+    /// Carries traffic for `log` (opened with this transport): what peers send
+    /// goes to its mailbox, and calls name it as its peers know it.
+    pub fn bind(&self, log: &RaftLog) {
+        let bound = Bound {
+            mailbox: log.mailbox(),
+            status: log.watch_status(),
+            rejections: Arc::clone(log.rejections()),
+        };
+        let _ = self.inner.bound.set(bound);
     }
 
     /// Ends every stream, both ways, so that the server's graceful shutdown is
@@ -145,9 +181,44 @@ impl PeerTransport {
         lock(&self.inner.forwarders).clear();
     }
 
+    /// `limits` with the internal service's calls given budgets of their own
+    /// (see [`Limits::peer_path_prefix`]): clients cannot starve replication,
+    /// and peers cannot exhaust what clients need.
+    pub fn reserve(limits: Limits) -> Limits {
+        use tonic::server::NamedService;
+        Limits {
+            peer_path_prefix: Some(format!("/{}/", <RaftServer<PeerService> as NamedService>::NAME)),
+            peer_request_buffer_bytes: limits.peer_request_buffer_bytes.max(4 * MAX_MESSAGE_BYTES),
+            ..limits
+        }
+    }
+
+    /// Under [`PeerTls::NamedTls`], whether the agent at `rpc_addr` holds a
+    /// certificate naming node `name` (a TLS handshake, verifying that name):
+    /// what a leader checks before it adds a node under a name, or moves a
+    /// member to another address. Without it, always.
+    pub async fn verify_node(&self, name: &str, rpc_addr: &str) -> Result<(), String> {
+        let PeerTls::NamedTls(config) = &self.inner.tls else { return Ok(()) };
+        let mut connector =
+            proglog_tls::Connector::tls(Arc::clone(config), name).map_err(|error| error.to_string())?;
+        let uri: http::Uri =
+            format!("http://{rpc_addr}").parse().map_err(|error| format!("{rpc_addr}: {error}"))?;
+        let handshake = tower::Service::call(&mut connector, uri);
+        match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no TLS handshake within 5 s".into()),
+        }
+    }
+
+    /// Counts (and says, at a bounded rate) a node refused for `reason`.
+    pub fn refuse(&self, reason: Reason, node: &str, detail: &str) {
+        self.inner.refuse(reason, node, detail);
+    }
+
     /// The internal service, answering for `log`; mount it on the RPC port.
-    pub fn service(&self, log: Arc<RaftLog>, max_record_bytes: u64) -> ExtraService {
-        let limit = max_message_bytes(max_record_bytes);
+    pub fn service(&self, log: Arc<RaftLog>) -> ExtraService {
+        let limit = MAX_MESSAGE_BYTES;
         let server = RaftServer::new(PeerService { log, inner: Arc::clone(&self.inner) })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -156,8 +227,33 @@ impl PeerTransport {
 }
 
 impl Inner {
+    fn mailbox(&self) -> Option<&Mailbox> {
+        self.bound.get().map(|bound| &bound.mailbox)
+    }
+
+    /// A call to a peer, naming this node in its metadata.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(bound) = self.bound.get() {
+            identify(request.metadata_mut(), &bound.status.identity());
+        }
+        request
+    }
+
+    /// Counts a refused call (or message) and says so, at most once per reason
+    /// every ten seconds.
+    fn refuse(&self, reason: Reason, caller: &str, detail: &str) {
+        if let Some(bound) = self.bound.get() {
+            let before = bound.rejections.count(reason);
+            self.throttles[reason as usize].hit(|occurrences| {
+                slog::warn!(self.logger, "refused a peer's call"; "reason" => reason.as_str(), "caller" => caller,
+                    "detail" => detail, "occurrences" => occurrences, "refused_so_far" => before + 1);
+            });
+        }
+    }
+
     fn unreachable(&self, to: u64, messages: &[RaftMessage]) {
-        if let Some(mailbox) = self.mailbox.get() {
+        if let Some(mailbox) = self.mailbox() {
             mailbox.unreachable(to);
             for message in messages.iter().filter(|m| is_snapshot(m)) {
                 mailbox.snapshot_status(message.to, false);
@@ -165,13 +261,19 @@ impl Inner {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, String> {
+    /// A channel to node `to` at `addr`.
+    fn channel(&self, to: u64, addr: &str) -> Result<Channel, String> {
         let connector = match &self.tls {
             PeerTls::Plaintext => proglog_tls::Connector::plaintext(),
             PeerTls::Tls(config) => {
                 let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 proglog_tls::Connector::tls(Arc::clone(config), host).map_err(|error| error.to_string())?
+            }
+            PeerTls::NamedTls(config) => {
+                let name = lock(&self.addresses).names.get(&to).cloned();
+                let name = name.ok_or_else(|| format!("the name of node {to} is unknown"))?;
+                proglog_tls::Connector::tls(Arc::clone(config), &name).map_err(|error| error.to_string())?
             }
         };
         let endpoint = connector
@@ -184,8 +286,61 @@ impl Inner {
     }
 
     fn address(&self, id: u64) -> Option<String> {
-        lock(&self.addresses).get(&id).cloned()
+        let addresses = lock(&self.addresses);
+        addresses.members.get(&id).or_else(|| addresses.learned.get(&id)).cloned()
     }
+
+    /// Remembers where a caller outside the configuration is reached.
+    fn learn(&self, caller: &PeerId) {
+        let mut addresses = lock(&self.addresses);
+        if addresses.members.contains_key(&caller.member_id) {
+            return;
+        }
+        if addresses.learned.len() >= LEARNED_ADDRESSES && !addresses.learned.contains_key(&caller.member_id)
+        {
+            addresses.learned.clear();
+        }
+        addresses.learned.insert(caller.member_id, caller.rpc_addr.clone());
+        addresses.names.insert(caller.member_id, caller.name.clone());
+    }
+}
+
+/// Metadata keys naming the caller of an agent-to-agent call.
+const NODE_NAME: &str = "proglog-node-name";
+const MEMBER_ID: &str = "proglog-member-id";
+const CLUSTER_ID: &str = "proglog-cluster-id";
+const RPC_ADDR: &str = "proglog-rpc-addr";
+
+/// Names `me` in a call's metadata.
+fn identify(metadata: &mut tonic::metadata::MetadataMap, me: &PeerId) {
+    let values = [
+        (NODE_NAME, me.name.clone()),
+        (MEMBER_ID, me.member_id.to_string()),
+        (RPC_ADDR, me.rpc_addr.clone()),
+        (CLUSTER_ID, me.cluster_id.map(|id| id.to_string()).unwrap_or_default()),
+    ];
+    for (key, value) in values {
+        if !value.is_empty()
+            && let Ok(value) = value.parse()
+        {
+            metadata.insert(key, value);
+        }
+    }
+}
+
+/// Who a call's metadata says its caller is.
+fn caller(metadata: &tonic::metadata::MetadataMap) -> Result<PeerId, String> {
+    let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let name = text(NODE_NAME);
+    let member_id = text(MEMBER_ID).parse::<u64>().ok().filter(|id| *id != 0);
+    let (Some(member_id), false) = (member_id, name.is_empty()) else {
+        return Err(format!("the call does not name its sender ({NODE_NAME}, {MEMBER_ID})"));
+    };
+    let cluster_id = match text(CLUSTER_ID) {
+        "" => None,
+        id => Some(id.parse::<ClusterId>().map_err(|error| error.to_string())?),
+    };
+    Ok(PeerId { name: name.to_owned(), member_id, cluster_id, rpc_addr: text(RPC_ADDR).to_owned() })
 }
 
 fn is_snapshot(message: &RaftMessage) -> bool {
@@ -195,9 +350,11 @@ fn is_snapshot(message: &RaftMessage) -> bool {
 impl Transport for PeerTransport {
     fn set_members(&self, members: &[Member]) {
         let mut addresses = lock(&self.inner.addresses);
-        for member in members {
-            addresses.insert(member.id, member.rpc_addr.clone());
-        }
+        let Addresses { members: known, learned, names } = &mut *addresses;
+        *known = members.iter().map(|member| (member.id, member.rpc_addr.clone())).collect();
+        learned.retain(|id, _| !known.contains_key(id));
+        names.retain(|id, _| learned.contains_key(id));
+        names.extend(members.iter().map(|member| (member.id, member.name.clone())));
     }
 
     fn send(&self, to: u64, messages: Vec<RaftMessage>) {
@@ -243,9 +400,9 @@ impl Transport for PeerTransport {
         self.inner.runtime.spawn(async move {
             let copied = async {
                 let addr = inner.address(from).ok_or_else(|| "the source's address is unknown".to_owned())?;
-                let mut client = RaftClient::new(inner.channel(&addr)?);
+                let mut client = RaftClient::new(inner.channel(from, &addr)?);
                 let mut chunks = client
-                    .fetch(FetchRequest { start, end })
+                    .fetch(inner.request(FetchRequest { start, end }))
                     .await
                     .map_err(|status| status.message().to_owned())?
                     .into_inner();
@@ -275,21 +432,26 @@ impl Transport for PeerTransport {
             return Box::pin(async { Err(LogError::Unavailable("the node is shutting down".into())) });
         }
         let Some(addr) = inner.address(to) else {
-            return Box::pin(async { Err(LogError::Unavailable("the leader's address is unknown".into())) });
+            // Nothing was sent: as if no leader were known (safe to retry).
+            return Box::pin(async { Err(LogError::NotLeader { leader: None }) });
         };
         let (reply, done) = oneshot::channel();
         let queued = {
             let mut forwarders = lock(&inner.forwarders);
-            let entry =
-                forwarders.entry(to).or_insert_with(|| (addr.clone(), spawn_forwarder(inner, addr.clone())));
+            let entry = forwarders
+                .entry(to)
+                .or_insert_with(|| (addr.clone(), spawn_forwarder(inner, to, addr.clone())));
             if entry.0 != addr || entry.1.is_closed() {
-                *entry = (addr.clone(), spawn_forwarder(inner, addr));
+                *entry = (addr.clone(), spawn_forwarder(inner, to, addr));
             }
             entry.1.try_send((values, reply)).is_ok()
         };
         Box::pin(async move {
             if !queued {
-                return Err(LogError::Unavailable("too many appends are being forwarded; retry".into()));
+                return Err(LogError::refused(
+                    Refusal::Overloaded,
+                    "too many appends are being forwarded; retry",
+                ));
             }
             done.await.unwrap_or_else(|_| Err(outcome_unknown()))
         })
@@ -311,7 +473,7 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
         let inner = task_inner;
         let mut backoff = BACKOFF_MIN;
         loop {
-            let channel = match inner.channel(&task_addr) {
+            let channel = match inner.channel(to, &task_addr) {
                 Ok(channel) => channel,
                 Err(reason) => {
                     slog::warn!(inner.logger, "cannot dial a peer"; "peer" => &task_addr, "reason" => reason);
@@ -324,7 +486,7 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
             };
             let (tx, batches) = mpsc::channel::<Batch>(4);
             let mut client = RaftClient::new(channel);
-            let mut call = Box::pin(client.messages(ReceiverStream::new(batches)));
+            let mut call = Box::pin(client.messages(inner.request(ReceiverStream::new(batches))));
             let mut sent_any = false;
             let ended = loop {
                 tokio::select! {
@@ -335,7 +497,7 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                         task_queued.fetch_sub(bytes, Ordering::AcqRel);
                         let mut failed = false;
                         for messages in batches_of(encoded) {
-                            let batch = Batch { sender: Some(inner.me.clone()), messages };
+                            let batch = Batch { messages };
                             if tx.send(batch).await.is_err() {
                                 failed = true;
                                 break;
@@ -346,7 +508,7 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                             break None;
                         }
                         sent_any = true;
-                        if let Some(mailbox) = inner.mailbox.get() {
+                        if let Some(mailbox) = inner.mailbox() {
                             for message in messages.iter().filter(|m| is_snapshot(m)) {
                                 mailbox.snapshot_status(message.to, true);
                             }
@@ -398,11 +560,11 @@ fn batches_of(encoded: Vec<Bytes>) -> Vec<Vec<Bytes>> {
 /// Starts the task that forwards appends to one leader over one ordered stream;
 /// answers come back in order. When the stream breaks, every append waiting on
 /// it fails with "outcome unknown" (never retried).
-fn spawn_forwarder(inner: &Arc<Inner>, addr: String) -> mpsc::Sender<Forwarded> {
+fn spawn_forwarder(inner: &Arc<Inner>, to: u64, addr: String) -> mpsc::Sender<Forwarded> {
     let (queue, mut rx) = mpsc::channel::<Forwarded>(FORWARD_QUEUE);
     let inner = Arc::clone(inner);
     inner.runtime.clone().spawn(async move {
-        let channel = match inner.channel(&addr) {
+        let channel = match inner.channel(to, &addr) {
             Ok(channel) => channel,
             Err(reason) => {
                 slog::warn!(inner.logger, "cannot dial the leader"; "leader" => &addr, "reason" => reason);
@@ -412,7 +574,7 @@ fn spawn_forwarder(inner: &Arc<Inner>, addr: String) -> mpsc::Sender<Forwarded> 
         let mut client = RaftClient::new(channel);
         let (tx, requests) = mpsc::channel::<ForwardRequest>(16);
         let mut waiting: VecDeque<oneshot::Sender<Result<u64, LogError>>> = VecDeque::new();
-        let mut responses = match client.forward(ReceiverStream::new(requests)).await {
+        let mut responses = match client.forward(inner.request(ReceiverStream::new(requests))).await {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 // The stream never opened, so nothing was sent: as if no leader
@@ -455,37 +617,27 @@ fn spawn_forwarder(inner: &Arc<Inner>, addr: String) -> mpsc::Sender<Forwarded> 
     queue
 }
 
+/// The leader's answer to a forwarded append, its error whole (see
+/// `ForwardResponse` in the proto): the follower answers its client the same.
 fn to_response(result: Result<u64, LogError>) -> ForwardResponse {
     match result {
         Ok(first_offset) => ForwardResponse { first_offset, ..ForwardResponse::default() },
         Err(error) => {
-            let leader = match &error {
-                LogError::NotLeader { leader: Some(leader) } => {
-                    Some(Sender { name: leader.id.clone(), rpc_addr: leader.rpc_addr.clone() })
-                }
-                _ => None,
-            };
             let status = status::from_log(error);
             ForwardResponse {
                 first_offset: 0,
                 code: status.code() as i32,
                 message: status.message().to_owned(),
-                leader,
+                details: Bytes::copy_from_slice(status.details()),
             }
         }
     }
 }
 
 fn from_response(response: ForwardResponse) -> Result<u64, LogError> {
-    match (tonic::Code::from_i32(response.code), response.leader) {
-        (tonic::Code::Ok, _) => Ok(response.first_offset),
-        (_, Some(leader)) => {
-            Err(LogError::NotLeader { leader: Some(Leader { id: leader.name, rpc_addr: leader.rpc_addr }) })
-        }
-        (tonic::Code::InvalidArgument, None) => Err(LogError::InvalidArgument(response.message)),
-        (tonic::Code::DataLoss, None) => Err(LogError::DataLoss(response.message)),
-        (tonic::Code::Unavailable, None) => Err(LogError::Unavailable(response.message)),
-        (_, None) => Err(LogError::Internal(response.message)),
+    match tonic::Code::from_i32(response.code) {
+        tonic::Code::Ok => Ok(response.first_offset),
+        code => Err(status::to_log(&Status::with_details(code, response.message, response.details))),
     }
 }
 
@@ -496,9 +648,53 @@ struct PeerService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+impl PeerService {
+    /// Who the call says its caller is (refused if it does not say, or, under
+    /// [`PeerTls::NamedTls`], if its certificate does not name that node).
+    fn caller<T>(&self, request: &Request<T>) -> Result<PeerId, Status> {
+        let caller = caller(request.metadata()).map_err(|reason| {
+            self.inner.refuse(Reason::Sender, "unnamed", &reason);
+            status::from_log(LogError::InvalidArgument(reason))
+        })?;
+        if matches!(self.inner.tls, PeerTls::NamedTls(_)) {
+            let names = crate::Peer::of(request.extensions()).map(crate::Peer::names).unwrap_or_default();
+            if !names.contains(&caller.name) {
+                let detail = format!("its certificate names {names:?}");
+                self.inner.refuse(Reason::NodeName, &caller.name, &detail);
+                return Err(Status::permission_denied(format!(
+                    "the caller's certificate does not name node {} ({detail})",
+                    caller.name
+                )));
+            }
+        }
+        Ok(caller)
+    }
+
+    /// The caller, who must be a member of this node's cluster (snapshot
+    /// records and forwarded appends are for members only).
+    fn member<T>(&self, request: &Request<T>) -> Result<PeerId, Status> {
+        let caller = self.caller(request)?;
+        self.log.check_peer(&caller).map_err(|reason| {
+            let detail = format!("member {} of cluster {:?}", caller.member_id, caller.cluster_id);
+            self.inner.refuse(reason, &caller.name, &detail);
+            Status::permission_denied(format!(
+                "{} is not a member of this node's cluster ({reason})",
+                caller.name
+            ))
+        })?;
+        Ok(caller)
+    }
+}
+
 #[tonic::async_trait]
 impl Raft for PeerService {
+    /// Raft messages from the caller, to this node's gate (which checks each
+    /// against the caller and this node's state before Raft sees it).
     async fn messages(&self, request: Request<Streaming<Batch>>) -> Result<Response<Ack>, Status> {
+        let caller = self.caller(&request)?;
+        // A new node answers the leader that added it before it knows the
+        // configuration: it must know where that leader is.
+        self.inner.learn(&caller);
         let mailbox = self.log.mailbox();
         let mut batches = request.into_inner();
         let mut closing = self.inner.closing.subscribe();
@@ -508,29 +704,12 @@ impl Raft for PeerService {
                 _ = closing.wait_for(|closing| *closing) => None,
             };
             let Some(batch) = batch else { break };
-            let sender = batch.sender.ok_or_else(|| {
-                status::from_log(LogError::InvalidArgument("a batch without its sender".into()))
-            })?;
-            let id = node_id(&sender.name);
-            let mut learned = false;
             for bytes in batch.messages {
-                let message = decode_message(&bytes).map_err(status::from_log)?;
-                let size = bytes.len();
-                if message.from != id || message.to != self.log.member().id {
-                    return Err(status::from_log(LogError::InvalidArgument(format!(
-                        "a Raft message from {} to {} on {}'s stream to {}",
-                        message.from,
-                        message.to,
-                        sender.name,
-                        self.log.member().name
-                    ))));
-                }
-                if !learned {
-                    // Its address, once a message proves the batch is its own.
-                    lock(&self.inner.addresses).insert(id, sender.rpc_addr.clone());
-                    learned = true;
-                }
-                if !mailbox.receive(message, size).await {
+                let message = decode_message(&bytes).map_err(|error| {
+                    self.inner.refuse(Reason::Decode, &caller.name, &error.to_string());
+                    status::from_log(error)
+                })?;
+                if !mailbox.receive(caller.clone(), message, bytes.len()).await {
                     return Err(status::from_log(LogError::Unavailable("the log is closed".into())));
                 }
             }
@@ -541,7 +720,13 @@ impl Raft for PeerService {
     type FetchStream = BoxStream<Chunk>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let caller = self.member(&request)?;
         let FetchRequest { start, end } = request.into_inner();
+        if start >= end {
+            let detail = format!("an empty range of records [{start}, {end})");
+            self.inner.refuse(Reason::Fetch, &caller.name, &detail);
+            return Err(status::from_log(LogError::InvalidArgument(detail)));
+        }
         let records = Arc::clone(self.log.records());
         let (tx, rx) = mpsc::channel(2);
         let closing = self.inner.closing.subscribe();
@@ -584,12 +769,15 @@ impl Raft for PeerService {
         &self,
         request: Request<Streaming<ForwardRequest>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
+        let caller = self.member(&request)?;
         let mailbox = self.log.mailbox();
         let mut requests = request.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel::<PendingAppend>(FORWARD_QUEUE);
         let (tx, rx) = mpsc::channel(16);
         let mut closing = self.inner.closing.subscribe();
-        // Queue appends in the order they arrive (until shutdown)...
+        let inner = Arc::clone(&self.inner);
+        // Queue appends in the order they arrive (until shutdown), each checked
+        // as a client's would be (a refused one is answered in its turn)...
         tokio::spawn(async move {
             loop {
                 let request = tokio::select! {
@@ -597,7 +785,15 @@ impl Raft for PeerService {
                     _ = closing.wait_for(|closing| *closing) => return,
                 };
                 let Ok(Some(request)) = request else { return };
-                let Ok(pending) = mailbox.append(request.values).await else { return };
+                let pending = match mailbox.append(request.values).await {
+                    Ok(pending) => pending,
+                    Err(error) => {
+                        if matches!(error, LogError::InvalidArgument(_)) {
+                            inner.refuse(Reason::Forward, &caller.name, &error.to_string());
+                        }
+                        Box::pin(std::future::ready(Err(error)))
+                    }
+                };
                 if pending_tx.send(pending).await.is_err() {
                     return;
                 }

@@ -202,6 +202,8 @@ pub async fn serve(
     let extra_rules = config.extra_services.iter().map(ExtraService::rule).collect();
     let admit = AdmitLayer::new(authorizer, config.max_record_bytes, extra_rules);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut failure = log.failure();
+    let mut failure_stop = stop_rx.clone();
     let service = LogServer::new(LogService::new(log, config.max_record_bytes, stop_rx))
         // A backstop: the admission layer refuses larger messages first.
         .max_decoding_message_size(admit.max_message_bytes());
@@ -225,6 +227,19 @@ pub async fn serve(
     let service =
         tower::ServiceBuilder::new().layer(ObserveLayer::new(observer)).layer(admit).service(routes);
 
+    // A log that stopped for good is reported at once: health checks see
+    // NOT_SERVING (both names), rather than a live process that cannot append.
+    let failure_health = health.clone();
+    tokio::spawn(async move {
+        let failed = tokio::select! {
+            failed = failure.wait_for(Option::is_some) => failed.is_ok(),
+            _ = failure_stop.wait_for(|stop| *stop) => false,
+        };
+        if failed {
+            failure_health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            failure_health.set_not_serving::<LogServer<LogService>>().await;
+        }
+    });
     let stopping = async move {
         shutdown.await;
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;

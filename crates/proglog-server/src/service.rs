@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use proglog_raft::{CommitLog, LogError, PendingAppend};
+use proglog_raft::{CommitLog, LogError, PendingAppend, check_record_size};
 
 use crate::observe::OffsetSlot;
 use crate::status::from_log;
@@ -111,17 +111,6 @@ fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Sta
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
     check_record_size(record.value.len(), max_record_bytes).map_err(from_log)?;
     Ok(record.value)
-}
-
-/// Rejects a record value above `max-record-bytes`, naming both sizes. Every
-/// front door (gRPC, HTTP) applies this one rule.
-pub fn check_record_size(bytes: usize, max_record_bytes: u64) -> Result<(), LogError> {
-    if bytes as u64 > max_record_bytes {
-        return Err(LogError::InvalidArgument(format!(
-            "record value of {bytes} bytes exceeds max-record-bytes ({max_record_bytes} bytes)"
-        )));
-    }
-    Ok(())
 }
 
 #[tonic::async_trait]

@@ -8,8 +8,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// Locale of the `google.rpc.LocalizedMessage` detail on `OUT_OF_RANGE`.
 const LOCALE: &str = "en-US";
-/// Domain of the `google.rpc.ErrorInfo` details.
-const ERROR_DOMAIN: &str = "proglog";
+use proglog_api::error_info::{DOMAIN as ERROR_DOMAIN, NOT_LEADER};
 
 /// The status of a log error: one code per variant. A follower's `NOT_LEADER`
 /// is `UNAVAILABLE` carrying the leader it knows as a `google.rpc.ErrorInfo`
@@ -35,14 +34,53 @@ pub(crate) fn from_log(error: LogError) -> Status {
             Status::with_error_details(
                 Code::Unavailable,
                 message,
-                ErrorDetails::with_error_info("NOT_LEADER", ERROR_DOMAIN, metadata),
+                ErrorDetails::with_error_info(NOT_LEADER, ERROR_DOMAIN, metadata),
             )
         }
+        LogError::Refused { reason, message } => Status::with_error_details(
+            Code::Unavailable,
+            message,
+            ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, HashMap::new()),
+        ),
         LogError::InvalidArgument(message) => Status::invalid_argument(message),
         LogError::Unavailable(message) => Status::unavailable(message),
         LogError::DataLoss(message) => Status::data_loss(message),
         LogError::Internal(message) => Status::internal(message),
         other => Status::internal(other.to_string()),
+    }
+}
+
+/// The log error a status stands for: the inverse of [`from_log`], so that an
+/// error crosses a forwarding hop unchanged ("not appended" stays "not
+/// appended"). A status no log error maps to is `Internal`.
+pub(crate) fn to_log(status: &Status) -> LogError {
+    let message = status.message().to_owned();
+    let info = status.get_error_details().error_info().cloned().filter(|info| info.domain == ERROR_DOMAIN);
+    match status.code() {
+        Code::OutOfRange => {
+            match message.strip_prefix("offset out of range: ").and_then(|n| n.parse().ok()) {
+                Some(offset) => LogError::OutOfRange { offset },
+                None => LogError::Internal(message),
+            }
+        }
+        Code::Unavailable => match info {
+            Some(info) if info.reason == NOT_LEADER => {
+                let (id, rpc_addr) = (info.metadata.get("leader_id"), info.metadata.get("leader_addr"));
+                let leader = id.zip(rpc_addr).map(|(id, rpc_addr)| proglog_raft::Leader {
+                    id: id.clone(),
+                    rpc_addr: rpc_addr.clone(),
+                });
+                LogError::NotLeader { leader }
+            }
+            Some(info) => match proglog_raft::Refusal::from_reason(&info.reason) {
+                Some(reason) => LogError::Refused { reason, message },
+                None => LogError::Unavailable(message),
+            },
+            None => LogError::Unavailable(message),
+        },
+        Code::InvalidArgument => LogError::InvalidArgument(message),
+        Code::DataLoss => LogError::DataLoss(message),
+        _ => LogError::Internal(message),
     }
 }
 
@@ -105,5 +143,27 @@ mod tests {
         let unknown = from_log(LogError::NotLeader { leader: None });
         assert_eq!(unknown.code(), Code::Unavailable);
         assert!(unknown.get_error_details().error_info().is_some_and(|info| info.metadata.is_empty()));
+    }
+
+    #[test]
+    fn every_log_error_survives_a_round_trip_through_its_status() {
+        let leader = proglog_raft::Leader { id: "n2".into(), rpc_addr: "127.0.0.1:9400".into() };
+        let mut errors = vec![
+            LogError::OutOfRange { offset: 42 },
+            LogError::InvalidArgument("bad".into()),
+            LogError::NotLeader { leader: Some(leader) },
+            LogError::NotLeader { leader: None },
+            LogError::Unavailable("gone".into()),
+            LogError::DataLoss("damaged".into()),
+            LogError::Internal("broken".into()),
+        ];
+        errors.extend(proglog_raft::Refusal::ALL.map(|reason| LogError::refused(reason, "not now")));
+        for error in errors {
+            let status = from_log(error.clone());
+            // Through the wire form a forwarded answer takes.
+            let rebuilt =
+                Status::with_details(status.code(), status.message(), status.details().to_vec().into());
+            assert_eq!(to_log(&rebuilt), error);
+        }
     }
 }

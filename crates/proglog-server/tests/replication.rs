@@ -18,7 +18,6 @@ use proglog_api::internal::v1::{Batch, FetchRequest};
 use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record};
 use proglog_raft::{
     CommitLog, FetchSink, LogError, Member, PendingAppend, RaftConfig, RaftLog, RaftMessage, Transport,
-    node_id,
 };
 use proglog_server::{Acl, PeerTls, PeerTransport, ServerConfig};
 use tokio::sync::oneshot;
@@ -32,7 +31,8 @@ type Isolated = Arc<Mutex<HashSet<u64>>>;
 
 /// A transport that drops everything to or from an isolated node.
 struct Filtered {
-    me: u64,
+    /// This node's id, once its log is open.
+    me: std::sync::OnceLock<u64>,
     inner: PeerTransport,
     isolated: Isolated,
 }
@@ -40,7 +40,7 @@ struct Filtered {
 impl Filtered {
     fn cut(&self, other: u64) -> bool {
         let isolated = self.isolated.lock().unwrap();
-        isolated.contains(&self.me) || isolated.contains(&other)
+        self.me.get().is_some_and(|me| isolated.contains(me)) || isolated.contains(&other)
     }
 }
 
@@ -127,9 +127,9 @@ impl Cluster {
             slog::Logger::root(slog::Discard, slog::o!())
         };
         let transport =
-            PeerTransport::new(&member, self.peer_tls(), tokio::runtime::Handle::current(), logger.clone());
+            PeerTransport::new(self.peer_tls(), tokio::runtime::Handle::current(), logger.clone());
         let filtered = Arc::new(Filtered {
-            me: member.id,
+            me: std::sync::OnceLock::new(),
             inner: transport.clone(),
             isolated: Arc::clone(&self.isolated),
         });
@@ -142,19 +142,21 @@ impl Cluster {
             logger,
             ..RaftConfig::new(member, self.data.path().join(name))
         };
+        let opened = Arc::clone(&filtered);
         let log = tokio::task::spawn_blocking(move || {
             let records =
                 proglog_log::Log::open(config.data_dir.join("log"), proglog_log::Config::default())?;
-            RaftLog::open(config, records, filtered)
+            RaftLog::open(config, records, opened)
         })
         .await
         .unwrap()
         .unwrap();
         let log = Arc::new(log);
-        transport.bind(log.mailbox());
+        let _ = filtered.me.set(log.member().id);
+        transport.bind(&log);
         let server_config = ServerConfig {
             tls: Some(self.pki.tls_files(true)),
-            extra_services: vec![transport.service(Arc::clone(&log), 1 << 20)],
+            extra_services: vec![transport.service(Arc::clone(&log))],
             ..ServerConfig::default()
         };
         let (stop, stopped) = oneshot::channel();
@@ -293,7 +295,7 @@ async fn an_isolated_leader_steps_down_and_acknowledges_nothing() {
     let mut client = cluster.client(&old);
     client.produce(produce("before")).await.unwrap();
 
-    cluster.isolated.lock().unwrap().insert(node_id(&old));
+    cluster.isolated.lock().unwrap().insert(old_log.member().id);
     // Still reachable by clients, but nothing it is asked is acknowledged.
     let mut request = tonic::Request::new(produce("lost"));
     request.set_timeout(Duration::from_secs(2));

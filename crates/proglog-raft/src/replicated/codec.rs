@@ -105,22 +105,39 @@ pub fn decode_message(bytes: &[u8]) -> Result<raft::eraftpb::Message, LogError> 
         .map_err(|error| LogError::InvalidArgument(format!("a Raft message does not decode: {error}")))
 }
 
-/// A server of the cluster: its Raft id, its name and the address clients dial.
+/// A server of the cluster: its Raft id, its name and where it is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Member {
-    /// Raft id, derived from the name ([`node_id`]).
+    /// Raft id: minted at random when the node's data dir was created (so a
+    /// node that lost its data comes back as a new member, never under its old
+    /// identity); 0 until its node has opened its data dir. Data dirs from before
+    /// member ids keep the id their cluster knows them by ([`node_id`] of the name).
     pub id: u64,
-    /// Node name (unique, stable across restarts).
+    /// Node name (unique among live members, stable across restarts).
     pub name: String,
     /// The gRPC address clients and peers dial.
     pub rpc_addr: String,
+    /// Its gossip (UDP) address, so that a restarted node can find the members
+    /// it last knew; empty if unknown.
+    #[serde(default)]
+    pub gossip_addr: String,
 }
 
 impl Member {
-    /// The member named `name`, dialled at `rpc_addr`.
+    /// The member named `name`, dialled at `rpc_addr`, whose id its node assigns
+    /// when it opens its data dir.
     pub fn new(name: impl Into<String>, rpc_addr: impl Into<String>) -> Self {
-        let name = name.into();
-        Self { id: node_id(&name), name, rpc_addr: rpc_addr.into() }
+        Self { id: 0, name: name.into(), rpc_addr: rpc_addr.into(), gossip_addr: String::new() }
+    }
+
+    /// The same member, gossiping at `gossip_addr`.
+    pub fn with_gossip_addr(self, gossip_addr: impl Into<String>) -> Self {
+        Self { gossip_addr: gossip_addr.into(), ..self }
+    }
+
+    /// The same member, with Raft id `id`.
+    pub fn with_id(self, id: u64) -> Self {
+        Self { id, ..self }
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -133,13 +150,129 @@ impl Member {
     }
 }
 
-/// The Raft id of the node named `name`: FNV-1a (64 bit) of its UTF-8 bytes,
-/// never 0 (Raft's "none"). Stable across restarts, versions and machines.
+/// Who a peer says it is on an agent-to-agent call (its transport carries this
+/// with every call; with `--peer-tls-require-node-name` its certificate vouches
+/// for the name). Checked against each message it sends.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerId {
+    /// Its node name.
+    pub name: String,
+    /// Its Raft id.
+    pub member_id: u64,
+    /// The cluster it belongs to, if it knows one.
+    pub cluster_id: Option<ClusterId>,
+    /// Where it serves RPCs.
+    pub rpc_addr: String,
+}
+
+/// The Raft id a node had before member ids were minted: FNV-1a (64 bit) of its
+/// name's UTF-8 bytes, never 0 (Raft's "none"). Only data dirs from then use it.
 pub fn node_id(name: &str) -> u64 {
     let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     hash.max(1)
+}
+
+/// A new member id: random, never 0.
+pub(crate) fn mint_member_id() -> u64 {
+    (random_id() as u64).max(1)
+}
+
+/// 128 random bits for a new id. In this crate's tests, drawn from the
+/// sequence [`seed_ids`] started on this thread, if any, so that a simulation
+/// replays the same ids from its seed.
+fn random_id() -> u128 {
+    #[cfg(test)]
+    if let Some(id) = TEST_IDS.with(|ids| {
+        let mut state = ids.get()?;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let id = (u128::from(next()) << 64) | u128::from(next());
+        ids.set(Some(state));
+        Some(id)
+    }) {
+        return id;
+    }
+    rand::random::<u128>()
+}
+
+#[cfg(test)]
+thread_local! {
+    static TEST_IDS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes the ids minted on this thread a fixed sequence from `seed` (tests).
+#[cfg(test)]
+pub(crate) fn seed_ids(seed: u64) {
+    TEST_IDS.with(|ids| ids.set(Some(seed)));
+}
+
+/// The id of a cluster: minted at random when the cluster is bootstrapped, kept
+/// in every member's data dir and carried on every agent-to-agent call, so that
+/// a node holding another cluster's history is refused rather than merged (two
+/// histories may start at the same Raft indexes and terms, so Raft alone cannot
+/// tell them apart). Written as 32 hexadecimal digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterId(u128);
+
+impl ClusterId {
+    /// A new, random id.
+    pub fn mint() -> Self {
+        Self(random_id().max(1))
+    }
+
+    /// The id as a number (never 0).
+    pub fn get(self) -> u128 {
+        self.0
+    }
+
+    /// The id `value`, if it is one (0 is none).
+    pub fn from_u128(value: u128) -> Option<Self> {
+        (value != 0).then_some(Self(value))
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterId({self})")
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = LogError;
+    fn from_str(text: &str) -> Result<Self, LogError> {
+        let bad =
+            || LogError::InvalidArgument(format!("{text:?} is not a cluster id (32 hexadecimal digits)"));
+        if text.len() != 32 {
+            return Err(bad());
+        }
+        u128::from_str_radix(text, 16).ok().and_then(Self::from_u128).ok_or_else(bad)
+    }
+}
+
+impl Serialize for ClusterId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]
@@ -168,8 +301,28 @@ mod tests {
         assert_eq!(node_id(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(node_id("a"), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(node_id("node-1"), node_id("node-2"));
-        let member = Member::new("node-1", "127.0.0.1:8400");
+        let member = Member::new("node-1", "127.0.0.1:8400").with_id(7).with_gossip_addr("127.0.0.1:8401");
         assert_eq!(Member::decode(&member.encode()).expect("decodes"), member);
         assert!(Member::decode(b"{").is_err());
+        // Descriptions from before gossip addresses still decode.
+        let old =
+            Member::decode(br#"{"id":7,"name":"node-1","rpc_addr":"127.0.0.1:8400"}"#).expect("decodes");
+        assert_eq!(old, Member { gossip_addr: String::new(), ..member });
+    }
+
+    #[test]
+    fn cluster_ids_round_trip_as_32_hex_digits() {
+        let id = ClusterId::mint();
+        let text = id.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<ClusterId>().expect("parses"), id);
+        assert_eq!(
+            serde_json::from_str::<ClusterId>(&serde_json::to_string(&id).expect("encodes"))
+                .expect("decodes"),
+            id
+        );
+        for bad in ["", "0", &"0".repeat(32), &"g".repeat(32), &"f".repeat(33)] {
+            assert!(bad.parse::<ClusterId>().is_err(), "{bad:?}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! await replies; readers read the record log directly.
 
 mod codec;
+mod gate;
 mod network;
 mod node;
 #[cfg(test)]
@@ -26,18 +27,28 @@ use raft::eraftpb::Message;
 use slog::Logger;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-pub use self::codec::{Member, decode_message, encode_message, node_id};
+pub use self::codec::{ClusterId, Member, PeerId, decode_message, encode_message, node_id};
+pub use self::gate::{Reason, Rejections};
 pub use self::network::ChannelNetwork;
 use self::node::{AppendReply, ChangeReply, Node, NodeConfig, Outbox, Shared};
 use self::store::Store;
+use crate::commit_log::check_append;
 use crate::local::sync_in_background;
 use crate::records::Committed;
 use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend};
+
+/// The largest record any node of a cluster may append (`max-record-bytes` is
+/// at most this). Every node's record log accepts records this large, so that an
+/// entry a peer with a higher limit committed always applies.
+pub const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 /// Appended value bytes queued for the Raft thread, at most; further appends
 /// wait. (Proposed, uncommitted entries are bounded by Raft's
 /// `max_uncommitted_size`: the leader refuses appends beyond it.)
 const QUEUE_BYTES: usize = 64 << 20;
+/// What an append costs in the queue budget beyond its values' bytes (its
+/// request, reply and bookkeeping): appends of empty values are bounded too.
+const APPEND_OVERHEAD_BYTES: usize = 64;
 /// How often the logs not synced on the write path are synced while they grow.
 const BACKGROUND_SYNC: Duration = Duration::from_millis(50);
 /// Events the Raft thread handles between two Ready rounds, at most.
@@ -59,6 +70,11 @@ pub struct RaftConfig {
     pub heartbeat_interval: Duration,
     /// Raft election timeout (randomised up to twice this), at least 2 heartbeats.
     pub election_timeout: Duration,
+    /// Largest record value this node appends (a client's or a forwarded one),
+    /// at most [`MAX_RECORD_BYTES`]. Enforced when a record is proposed, never
+    /// when an entry is applied: nodes may be configured differently, and a
+    /// committed entry must apply everywhere.
+    pub max_record_bytes: u64,
     /// Compact the Raft entries once this many applied entries are held…
     pub compact_entries: u64,
     /// …keeping this many of the newest for followers that briefly lag.
@@ -77,6 +93,7 @@ impl RaftConfig {
             fsync: Fsync::Always,
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_secs(1),
+            max_record_bytes: 1 << 20,
             compact_entries: 16_384,
             trailing_entries: 1_024,
             logger: Logger::root(slog::Discard, slog::o!()),
@@ -84,6 +101,11 @@ impl RaftConfig {
     }
 
     fn node_config(&self) -> Result<NodeConfig, LogError> {
+        if self.max_record_bytes == 0 || self.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(LogError::InvalidArgument(format!(
+                "max-record-bytes must be in 1..={MAX_RECORD_BYTES}"
+            )));
+        }
         let ticks = self.election_timeout.as_micros() / self.heartbeat_interval.as_micros().max(1);
         if self.heartbeat_interval.is_zero() || ticks < 2 {
             return Err(LogError::InvalidArgument(
@@ -124,7 +146,8 @@ pub trait Transport: Send + Sync + 'static {
 
 enum Event {
     Append(Vec<Bytes>, AppendReply, Option<OwnedSemaphorePermit>),
-    Message(Message, Option<OwnedSemaphorePermit>),
+    /// A peer's message, as its transport authenticated the call.
+    Message(Box<(PeerId, Message)>, Option<OwnedSemaphorePermit>),
     Unreachable(u64),
     SnapshotStatus(u64, bool),
     Fetched(u64, u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
@@ -134,7 +157,7 @@ enum Event {
     /// Syncing the entries failed: the node stops.
     SyncFailed(String),
     Join(Member, ChangeReply),
-    Leave(String, ChangeReply),
+    Leave(u64, ChangeReply),
     Close,
 }
 
@@ -147,6 +170,8 @@ pub struct Mailbox {
     /// Bytes of received messages waiting for the Raft thread, at most
     /// [`INBOUND_BYTES`] (see [`Mailbox::receive`]).
     inbound: Arc<Semaphore>,
+    /// The node's `max_record_bytes`, for forwarded appends.
+    max_record_bytes: u64,
 }
 
 /// Encoded bytes of peers' messages waiting for the Raft thread, at most.
@@ -159,19 +184,21 @@ impl std::fmt::Debug for Event {
 }
 
 impl Mailbox {
-    /// A Raft message from a peer of this process. `false` once the node has
-    /// stopped.
-    pub fn deliver(&self, message: Message) -> bool {
-        self.events.send(Event::Message(message, None)).is_ok()
+    /// A Raft message from `from`, a peer of this process. `false` once the
+    /// node has stopped.
+    pub fn deliver(&self, from: PeerId, message: Message) -> bool {
+        self.events.send(Event::Message(Box::new((from, message)), None)).is_ok()
     }
 
-    /// A Raft message from a remote peer, `bytes` long encoded: waits while
-    /// received messages hold [`INBOUND_BYTES`] (the transport stops reading, and
-    /// flow control holds the peer). `false` once the node has stopped.
-    pub async fn receive(&self, message: Message, bytes: usize) -> bool {
+    /// A Raft message from `from`, a remote peer (as its transport
+    /// authenticated the call), `bytes` long encoded: waits while received
+    /// messages hold [`INBOUND_BYTES`] (the transport stops reading, and flow
+    /// control holds the peer). The node checks it before Raft sees it. `false`
+    /// once the node has stopped.
+    pub async fn receive(&self, from: PeerId, message: Message, bytes: usize) -> bool {
         let permits = u32::try_from(bytes.min(INBOUND_BYTES)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.inbound).acquire_many_owned(permits).await.ok();
-        self.events.send(Event::Message(message, permit)).is_ok()
+        self.events.send(Event::Message(Box::new((from, message)), permit)).is_ok()
     }
 
     /// Node `id` could not be reached.
@@ -188,10 +215,10 @@ impl Mailbox {
     /// never forwarded again): once queued (within the node's byte budget for
     /// queued appends), a future of the first value's offset once committed, or
     /// `NotLeader`.
+    /// The values obey this node's `max_record_bytes`, as a client's would.
     pub async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
-        let bytes: usize = values.iter().map(Bytes::len).sum();
-        let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
-        let permit = Arc::clone(&self.queued).acquire_many_owned(permits).await.ok();
+        check_append(&values, self.max_record_bytes)?;
+        let permit = queue_permit(&self.queued, &values).await;
         let (reply, done) = oneshot::channel();
         self.events.send(Event::Append(values, reply, permit)).map_err(|_| closed())?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
@@ -277,6 +304,10 @@ pub struct RaftLog {
     member: Member,
     /// How long an append waits for a leader to be elected.
     leader_wait: Duration,
+    max_record_bytes: u64,
+    /// Why the Raft thread stopped, once it has (not after a clean close).
+    failure: watch::Receiver<Option<String>>,
+    rejections: Arc<Rejections>,
     transport: Arc<dyn Transport>,
     records: Committed,
     shared: watch::Receiver<Shared>,
@@ -292,11 +323,21 @@ impl RaftLog {
     /// serving `records` (its record log, usually `config.data_dir/log`), and
     /// starts its Raft thread, talking to peers through `transport`. Blocks on
     /// disk: call it off the async workers.
+    /// `records` must accept values of [`MAX_RECORD_BYTES`] (see
+    /// [`RaftLog::record_log_config`]).
     pub fn open(config: RaftConfig, records: Log, transport: Arc<dyn Transport>) -> Result<Self, LogError> {
         let node_config = config.node_config()?;
+        if records.config().max_record_bytes < MAX_RECORD_BYTES {
+            return Err(LogError::InvalidArgument(format!(
+                "the record log accepts values of at most {} bytes; a replicated log's must accept {MAX_RECORD_BYTES} \
+                 (a peer may commit records that large)",
+                records.config().max_record_bytes
+            )));
+        }
         let logger = config.logger.new(slog::o!("node" => config.member.name.clone()));
         let records = Arc::new(records);
-        let store = Store::open(&config.data_dir.join("raft"), config.fsync)?;
+        let store = Store::open(&config.data_dir.join("raft"), config.fsync, &config.member.name)?;
+        let rejections = Arc::new(Rejections::default());
         let node = Node::open(
             config.member.clone(),
             store,
@@ -304,7 +345,9 @@ impl RaftLog {
             config.bootstrap,
             node_config,
             logger,
+            Arc::clone(&rejections),
         )?;
+        let member = node.me().clone();
         // Keeps segment rolls short (a roll fsyncs the sealed segment): the record
         // log is never synced on the write path, nor are the entries with
         // `Fsync::Never`.
@@ -331,22 +374,38 @@ impl RaftLog {
         let shared = node.shared();
         let mailbox_events = events.clone();
         let interval = config.heartbeat_interval;
+        let (failed, failure) = watch::channel(None);
         let thread = std::thread::Builder::new()
-            .name(format!("proglog-raft-{}", config.member.name))
+            .name(format!("proglog-raft-{}", member.name))
             .spawn({
                 let transport = Arc::clone(&transport);
                 move || {
-                    let result =
-                        run(node, &inbox, &mailbox_events, &sync_requests, transport.as_ref(), interval);
+                    // A panic (an invariant of raft-rs or ours) stops the node like
+                    // an error: it is reported, never hidden behind a live process.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run(node, &inbox, &mailbox_events, &sync_requests, transport.as_ref(), interval)
+                    }));
                     drop(sync_requests);
                     let _ = fsyncer.join();
+                    let result = outcome.unwrap_or_else(|panic| {
+                        Err(LogError::Internal(format!(
+                            "the Raft thread panicked: {}",
+                            panic_message(&panic)
+                        )))
+                    });
+                    if let Err(error) = &result {
+                        failed.send_replace(Some(error.to_string()));
+                    }
                     result
                 }
             })
             .map_err(|error| LogError::Internal(format!("cannot start the Raft thread: {error}")))?;
         Ok(Self {
             leader_wait: config.election_timeout * 2,
-            member: config.member,
+            max_record_bytes: config.max_record_bytes,
+            failure,
+            rejections,
+            member,
             transport,
             records: Committed { log: records, committed },
             shared,
@@ -358,9 +417,53 @@ impl RaftLog {
         })
     }
 
+    /// `base` with the record limit a replicated log's record log needs:
+    /// [`MAX_RECORD_BYTES`], whatever this node's own `max_record_bytes`.
+    pub fn record_log_config(base: proglog_log::Config) -> proglog_log::Config {
+        proglog_log::Config { max_record_bytes: MAX_RECORD_BYTES, ..base }
+    }
+
     /// This node.
     pub fn member(&self) -> &Member {
         &self.member
+    }
+
+    /// This node as its peers see it: name, member id, address, and its
+    /// cluster's id once known (a new node learns it from the cluster).
+    pub fn identity(&self) -> PeerId {
+        self.shared.borrow().me.clone()
+    }
+
+    /// The members of the configuration as this node knows them (voters
+    /// first), with their gossip addresses: where a restarted node looks for
+    /// its cluster.
+    pub fn members(&self) -> Vec<Member> {
+        self.shared.borrow().members.clone()
+    }
+
+    /// Whether `peer` may make calls only members make (fetch snapshot
+    /// records, forward appends): a member of the configuration under that id
+    /// and name, of this node's cluster (or, for a member that has not learned
+    /// the cluster id yet, of none).
+    pub fn check_peer(&self, peer: &PeerId) -> Result<(), Reason> {
+        let shared = self.shared.borrow();
+        if let (Some(mine), Some(theirs)) = (shared.me.cluster_id, peer.cluster_id)
+            && mine != theirs
+        {
+            return Err(Reason::ClusterId);
+        }
+        let member = shared.members.iter().any(|m| m.id == peer.member_id && m.name == peer.name);
+        if member { Ok(()) } else { Err(Reason::Sender) }
+    }
+
+    /// The ids of the configuration's voters.
+    pub fn voters(&self) -> Vec<u64> {
+        self.shared.borrow().voters.clone()
+    }
+
+    /// Peer messages and calls refused so far, by reason.
+    pub fn rejections(&self) -> &Arc<Rejections> {
+        &self.rejections
     }
 
     /// Where its transport delivers messages.
@@ -369,6 +472,7 @@ impl RaftLog {
             events: self.events.clone(),
             queued: Arc::clone(&self.queued_bytes),
             inbound: Arc::clone(&self.inbound),
+            max_record_bytes: self.max_record_bytes,
         }
     }
 
@@ -383,10 +487,11 @@ impl RaftLog {
         self.change(|reply| Event::Join(member, reply)).await
     }
 
-    /// Removes the node named `name` from the cluster (leader only).
-    pub async fn leave(&self, name: &str) -> Result<(), LogError> {
-        let name = name.to_owned();
-        self.change(|reply| Event::Leave(name, reply)).await
+    /// Removes member `id` from the cluster (leader only). Refused
+    /// ([`Refusal::NoLiveQuorum`](crate::Refusal)) while the voters left would
+    /// lack a live majority.
+    pub async fn leave(&self, id: u64) -> Result<(), LogError> {
+        self.change(|reply| Event::Leave(id, reply)).await
     }
 
     async fn change(&self, event: impl FnOnce(ChangeReply) -> Event) -> Result<(), LogError> {
@@ -445,6 +550,12 @@ impl StatusWatch {
     pub async fn wait_for(&mut self, mut ready: impl FnMut(&LogStatus) -> bool) -> Result<(), LogError> {
         self.0.wait_for(|shared| ready(&shared.status)).await.map(|_| ()).map_err(|_| closed())
     }
+
+    /// The node as its peers see it now ([`RaftLog::identity`]); a transport
+    /// stamps its calls with it.
+    pub fn identity(&self) -> PeerId {
+        self.0.borrow().me.clone()
+    }
 }
 
 impl std::fmt::Debug for RaftLog {
@@ -453,8 +564,25 @@ impl std::fmt::Debug for RaftLog {
     }
 }
 
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 fn closed() -> LogError {
     LogError::Unavailable("the log is closed".into())
+}
+
+/// Holds the queue budget for `values`: their bytes, and at least a small
+/// fixed cost per append, so that appends of tiny values are bounded too.
+async fn queue_permit(queue: &Arc<Semaphore>, values: &[Bytes]) -> Option<OwnedSemaphorePermit> {
+    let bytes: usize = values.iter().map(Bytes::len).sum::<usize>() + APPEND_OVERHEAD_BYTES;
+    let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
+    Arc::clone(queue).acquire_many_owned(permits).await.ok()
 }
 
 /// The Raft thread: wait for an event or the next tick, handle what is queued,
@@ -475,8 +603,11 @@ fn run(
     'run: loop {
         // Tells a cancelled fetch's task to stop.
         fetching.store(node.fetch_id().unwrap_or(0), Ordering::Release);
-        if let Some(round) = outbox.sync.take() {
-            let _ = sync_requests.send(round);
+        if let Some(round) = outbox.sync.take()
+            && sync_requests.send(round).is_err()
+        {
+            result = Err(LogError::Internal("the fsync thread stopped".into()));
+            break;
         }
         dispatch(&mut outbox, transport, events, &fetching);
         // More is ready (a backlog applied in slices): go on at once.
@@ -536,7 +667,10 @@ fn run(
 
 fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogError> {
     match event {
-        Event::Message(message, _received) => node.step(message, outbox),
+        Event::Message(envelope, _received) => {
+            let (from, message) = *envelope;
+            node.step(&from, message, outbox);
+        }
         Event::Unreachable(id) => node.report_unreachable(id),
         Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
         Event::Fetched(id, first_offset, values, _written) => node.fetched(id, first_offset, &values)?,
@@ -546,7 +680,7 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
             return Err(LogError::Internal(format!("syncing the Raft entries failed: {error}")));
         }
         Event::Join(member, reply) => node.join(member, reply),
-        Event::Leave(name, reply) => node.leave(&name, reply),
+        Event::Leave(id, reply) => node.leave(id, reply),
         Event::Append(..) | Event::Close => {}
     }
     Ok(())
@@ -620,6 +754,7 @@ impl CommitLog for RaftLog {
     /// election it waits (up to two election timeouts) for a leader first:
     /// nothing was sent yet, so this is no retry.
     async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        check_append(&values, self.max_record_bytes)?;
         if self.shared.borrow().status.leader.is_none() {
             let _ = self.wait_for_leader(self.leader_wait).await;
         }
@@ -630,12 +765,11 @@ impl CommitLog for RaftLog {
         if let Some(None) = leader {
             return Err(LogError::NotLeader { leader: None });
         }
-        let bytes: usize = values.iter().map(Bytes::len).sum();
-        let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
-        let permit = Arc::clone(&self.queued_bytes).acquire_many_owned(permits).await.ok();
-        if let Some(Some(leader)) = leader {
+        let permit = queue_permit(&self.queued_bytes, &values).await;
+        if let Some(Some(_)) = leader {
             let count = values.len() as u64;
-            let forwarded = self.transport.forward(node_id(&leader.id), values);
+            let leader_id = self.shared.borrow().leader_id;
+            let forwarded = self.transport.forward(leader_id, values);
             let (mut committed, wait) = (self.records.committed.clone(), self.leader_wait);
             return Ok(Box::pin(async move {
                 let _queued = permit;
@@ -672,6 +806,10 @@ impl CommitLog for RaftLog {
     }
 
     fn status(&self) -> LogStatus {
-        self.shared.borrow().status.clone()
+        LogStatus { failure: self.failure.borrow().clone(), ..self.shared.borrow().status.clone() }
+    }
+
+    fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.clone()
     }
 }

@@ -10,7 +10,7 @@ use raft::eraftpb::{Message, MessageType};
 
 use bytes::Bytes;
 
-use super::{FetchSink, Mailbox, Member, RaftLog, Transport};
+use super::{FetchSink, Mailbox, Member, PeerId, RaftLog, StatusWatch, Transport};
 use crate::{LogError, PendingAppend};
 
 /// Records per fetched chunk, at most (bytes are bounded too: 1 MiB).
@@ -18,6 +18,8 @@ const FETCH_CHUNK_BYTES: u64 = 1 << 20;
 
 #[derive(Default)]
 struct Nodes {
+    /// Attached nodes' ids and identities, by name.
+    names: HashMap<String, (u64, StatusWatch)>,
     mailboxes: HashMap<u64, Mailbox>,
     records: HashMap<u64, Arc<Log>>,
     /// Cut links, both directions.
@@ -52,7 +54,7 @@ impl ChannelNetwork {
     pub fn transport(self: &Arc<Self>, name: &str) -> Arc<dyn Transport> {
         Arc::new(Link {
             network: Arc::clone(self),
-            me: super::node_id(name),
+            name: name.to_owned(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -60,22 +62,25 @@ impl ChannelNetwork {
     /// Connects `log` to the network (again, after it was reopened).
     pub fn attach(&self, log: &RaftLog) {
         let mut nodes = self.nodes();
-        nodes.mailboxes.insert(log.member().id, log.mailbox());
-        nodes.records.insert(log.member().id, Arc::clone(log.records()));
+        let id = log.member().id;
+        nodes.names.insert(log.member().name.clone(), (id, log.watch_status()));
+        nodes.mailboxes.insert(id, log.mailbox());
+        nodes.records.insert(id, Arc::clone(log.records()));
     }
 
-    /// Disconnects the node (it stopped).
+    /// Disconnects the node named `name` (it stopped).
     pub fn detach(&self, name: &str) {
-        let id = super::node_id(name);
         let mut nodes = self.nodes();
-        nodes.mailboxes.remove(&id);
-        nodes.records.remove(&id);
+        if let Some((id, _)) = nodes.names.remove(name) {
+            nodes.mailboxes.remove(&id);
+            nodes.records.remove(&id);
+        }
     }
 
     /// Cuts every link of the node named `name`.
     pub fn isolate(&self, name: &str) {
-        let id = super::node_id(name);
         let mut nodes = self.nodes();
+        let Some(id) = nodes.names.get(name).map(|(id, _)| *id) else { return };
         let others: Vec<u64> = nodes.mailboxes.keys().copied().filter(|other| *other != id).collect();
         for other in others {
             nodes.cut.insert((id, other));
@@ -91,23 +96,33 @@ impl ChannelNetwork {
 
 struct Link {
     network: Arc<ChannelNetwork>,
-    me: u64,
+    name: String,
     runtime: tokio::runtime::Handle,
+}
+
+impl Link {
+    /// This node's id and identity, once attached.
+    fn me(&self) -> Option<(u64, PeerId)> {
+        self.network.nodes().names.get(&self.name).map(|(id, status)| (*id, status.identity()))
+    }
+
+    /// The mailbox of `to`, unless the link to it is cut.
+    fn reach(&self, me: u64, to: u64) -> Option<Mailbox> {
+        let nodes = self.network.nodes();
+        (!nodes.cut.contains(&(me, to))).then(|| nodes.mailboxes.get(&to).cloned()).flatten()
+    }
 }
 
 impl Transport for Link {
     fn set_members(&self, _members: &[Member]) {}
 
     fn send(&self, to: u64, messages: Vec<Message>) {
-        let (target, own) = {
-            let nodes = self.network.nodes();
-            let target =
-                (!nodes.cut.contains(&(self.me, to))).then(|| nodes.mailboxes.get(&to).cloned()).flatten();
-            (target, nodes.mailboxes.get(&self.me).cloned())
-        };
+        let Some((me, identity)) = self.me() else { return };
+        let target = self.reach(me, to);
+        let own = self.network.nodes().mailboxes.get(&me).cloned();
         for message in messages {
             let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-            let delivered = target.as_ref().is_some_and(|mailbox| mailbox.deliver(message));
+            let delivered = target.as_ref().is_some_and(|mailbox| mailbox.deliver(identity.clone(), message));
             if let Some(own) = &own {
                 if !delivered {
                     own.unreachable(to);
@@ -120,10 +135,7 @@ impl Transport for Link {
     }
 
     fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
-        let target = {
-            let nodes = self.network.nodes();
-            (!nodes.cut.contains(&(self.me, to))).then(|| nodes.mailboxes.get(&to).cloned()).flatten()
-        };
+        let target = self.me().and_then(|(me, _)| self.reach(me, to));
         Box::pin(async move {
             let mailbox = target.ok_or_else(|| LogError::Unavailable("the leader is unreachable".into()))?;
             mailbox.append(values).await?.await
@@ -131,10 +143,10 @@ impl Transport for Link {
     }
 
     fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
-        let source = {
+        let source = self.me().and_then(|(me, _)| {
             let nodes = self.network.nodes();
-            (!nodes.cut.contains(&(self.me, from))).then(|| nodes.records.get(&from).cloned()).flatten()
-        };
+            (!nodes.cut.contains(&(me, from))).then(|| nodes.records.get(&from).cloned()).flatten()
+        });
         let Some(source) = source else {
             sink.fail("the source is unreachable");
             return;

@@ -22,9 +22,10 @@ use raft::{RawNode, StateRole};
 use slog::Logger;
 use tokio::sync::{oneshot, watch};
 
-use super::codec::{Member, batch_len, conf_change, decode_batch, encode_batch};
+use super::codec::{ClusterId, Member, PeerId, batch_len, conf_change, decode_batch, encode_batch};
+use super::gate::{self, Pass, Reason, Rejections, View};
 use super::store::{SnapshotData, Store};
-use crate::{Leader, LogError, LogStatus};
+use crate::{Leader, LogError, LogStatus, Refusal};
 
 /// Replies to an append with the offset of its first value.
 pub(crate) type AppendReply = oneshot::Sender<Result<u64, LogError>>;
@@ -102,6 +103,14 @@ struct Fetching {
 pub(crate) struct Shared {
     pub status: LogStatus,
     pub servers: Vec<Server>,
+    /// This node as its peers see it (its cluster id once known).
+    pub me: PeerId,
+    /// The members of the configuration, voters first.
+    pub members: Vec<Member>,
+    /// The voters' ids.
+    pub voters: Vec<u64>,
+    /// The leader's Raft id (0: none known).
+    pub leader_id: u64,
 }
 
 /// One node of the replicated log.
@@ -124,7 +133,18 @@ pub(crate) struct Node {
     commit_at_last_tick: u64,
     committed_tx: watch::Sender<u64>,
     shared: watch::Sender<Shared>,
+    /// Refused peer messages, by reason (shared with the node's owner).
+    rejections: Arc<Rejections>,
+    /// Ticks so far, and the tick each reason was last logged at.
+    ticks: u64,
+    /// The tick each member was last heard from (members only).
+    heard: BTreeMap<u64, u64>,
+    rejection_logged: [u64; Reason::ALL.len()],
 }
+
+/// A refusal of each kind is logged at most once per this many ticks (10 s at
+/// the default heartbeat); the rest are counted.
+const REJECTION_LOG_TICKS: u64 = 100;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,6 +159,7 @@ fn raft_error(error: raft::Error) -> LogError {
 impl Node {
     /// Opens the node's state: `store` (its Raft state) and `records` (its record
     /// log). With `bootstrap` and no Raft state yet, starts a one-member cluster.
+    /// `me` gets the member id the store holds.
     pub(crate) fn open(
         me: Member,
         mut store: Store,
@@ -146,8 +167,24 @@ impl Node {
         bootstrap: bool,
         config: NodeConfig,
         logger: Logger,
+        rejections: Arc<Rejections>,
     ) -> Result<Self, LogError> {
+        let me = me.with_id(store.member_id());
         let mut record_end = records.next_offset();
+        if !store.is_empty() && store.cluster_id().is_none() && bootstrap {
+            // State from before cluster ids, on the node that bootstrapped its
+            // cluster: it names the cluster; the others learn the id from it.
+            let id = ClusterId::mint();
+            store.set_cluster_id(id)?;
+            slog::info!(logger, "minted the cluster id of a data dir from before cluster ids"; "cluster_id" => %id);
+        }
+        if store.is_empty() && store.fetching().is_some() && record_end > records.lowest_offset() {
+            // A new member crashed while fetching its first snapshot's records:
+            // they came from its cluster, but nothing says up to where yet.
+            slog::warn!(logger, "a first snapshot fetch was interrupted; its records are fetched again");
+            records.reset(0)?;
+            record_end = 0;
+        }
         if store.is_empty() {
             if bootstrap {
                 // The snapshot point will rely on them: durable first.
@@ -219,6 +256,10 @@ impl Node {
             commit_at_last_tick: 0,
             committed_tx,
             shared: watch::Sender::new(Shared::default()),
+            rejections,
+            ticks: 0,
+            heard: BTreeMap::new(),
+            rejection_logged: [0; Reason::ALL.len()],
         };
         // A lone voter need not wait out an election timeout.
         let cs = node.raw.store().conf_state();
@@ -231,6 +272,11 @@ impl Node {
 
     pub(crate) fn logger(&self) -> &Logger {
         &self.logger
+    }
+
+    /// This node, with its member id.
+    pub(crate) fn me(&self) -> &Member {
+        &self.me
     }
 
     #[cfg(test)]
@@ -278,6 +324,7 @@ impl Node {
     }
 
     pub(crate) fn tick(&mut self) {
+        self.ticks += 1;
         self.raw.tick();
         if self.is_leader() {
             self.promote_caught_up_learner();
@@ -342,9 +389,10 @@ impl Node {
             }
             Err(error) => {
                 let error = match error {
-                    raft::Error::ProposalDropped if self.is_leader() => {
-                        LogError::Unavailable("the leader has too much uncommitted data; retry".into())
-                    }
+                    raft::Error::ProposalDropped if self.is_leader() => LogError::refused(
+                        Refusal::Overloaded,
+                        "the leader has too much uncommitted data; retry",
+                    ),
                     raft::Error::ProposalDropped => self.not_leader(),
                     other => raft_error(other),
                 };
@@ -356,12 +404,30 @@ impl Node {
     }
 
     /// Adds `member` as a learner (promoted to voter once caught up); replies once
-    /// it is in the configuration.
+    /// it is in the configuration. A member's name belongs to one member id: a
+    /// node that lost its data comes back as a new member only once its old
+    /// identity is removed.
     pub(crate) fn join(&mut self, member: Member, reply: ChangeReply) {
-        if self.members.get(&member.id).is_some_and(|known| known.name != member.name) {
+        if member.id == 0 {
             let _ = reply.send(Err(LogError::InvalidArgument(format!(
-                "node name {:?} has the same Raft id as member {:?}; choose another name",
-                member.name, self.members[&member.id].name
+                "{} has no member id: its node assigns one when it opens its data dir",
+                member.name
+            ))));
+            return;
+        }
+        if let Some(known) = self.members.get(&member.id).filter(|known| known.name != member.name) {
+            let _ = reply.send(Err(LogError::InvalidArgument(format!(
+                "node {:?} has the same member id ({}) as member {:?}",
+                member.name, member.id, known.name
+            ))));
+            return;
+        }
+        if let Some(known) =
+            self.members.values().find(|known| known.name == member.name && known.id != member.id)
+        {
+            let _ = reply.send(Err(LogError::InvalidArgument(format!(
+                "the name {:?} belongs to member {}; remove it before adding member {} under that name",
+                member.name, known.id, member.id
             ))));
             return;
         }
@@ -381,23 +447,36 @@ impl Node {
         }
     }
 
-    /// Removes the member named `name`; replies once it is out of the configuration.
-    /// The last voter cannot leave; a leader leaving hands leadership over first
-    /// (the caller retries on the new leader).
-    pub(crate) fn leave(&mut self, name: &str, reply: ChangeReply) {
-        let member = Member::new(name, "");
+    /// Removes member `id`; replies once it is out of the configuration. The
+    /// last voter cannot leave; nor can a voter whose removal would leave the
+    /// remaining voters without a live majority (they could then never add it
+    /// back). A leader leaving hands leadership over first (the caller asks the
+    /// new leader).
+    pub(crate) fn leave(&mut self, id: u64, reply: ChangeReply) {
         let cs = self.raw.store().conf_state();
-        if !cs.voters.contains(&member.id) && !cs.learners.contains(&member.id) {
+        let name = self.members.get(&id).map_or_else(|| id.to_string(), |member| member.name.clone());
+        if !cs.voters.contains(&id) && !cs.learners.contains(&id) {
             let _ = reply.send(Ok(()));
             return;
         }
-        if cs.voters == [member.id] {
+        if cs.voters == [id] {
             let _ = reply.send(Err(LogError::InvalidArgument(format!(
                 "{name} is the only voter: it cannot leave its cluster"
             ))));
             return;
         }
-        if member.id == self.me.id && self.is_leader() {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if cs.voters.contains(&id) && !self.live_majority_without(id) {
+            let _ = reply.send(Err(LogError::refused(
+                Refusal::NoLiveQuorum,
+                format!("removing {name} would leave the remaining voters without a live majority"),
+            )));
+            return;
+        }
+        if id == self.me.id {
             let successor = cs
                 .voters
                 .iter()
@@ -407,13 +486,29 @@ impl Node {
             if let Some(successor) = successor {
                 self.raw.transfer_leader(successor);
             }
-            let _ = reply.send(Err(LogError::Unavailable(
-                "this node leads: leadership is being handed over; ask the new leader to remove it".into(),
+            let _ = reply.send(Err(LogError::refused(
+                Refusal::LeadershipTransfer,
+                "this node leads: leadership is being handed over; ask the new leader to remove it",
             )));
             return;
         }
-        let member = self.members.get(&member.id).cloned().unwrap_or(member);
+        let member = self.members.get(&id).cloned().unwrap_or_else(|| Member::new(name, "").with_id(id));
         self.propose_change(ConfChangeType::RemoveNode, member, reply);
+    }
+
+    /// Whether the voters other than `id` that this node heard from within the
+    /// last election timeout (and itself) are a majority of them.
+    fn live_majority_without(&self, id: u64) -> bool {
+        let voters = self.raw.store().conf_state().voters;
+        let remaining: Vec<u64> = voters.into_iter().filter(|voter| *voter != id).collect();
+        let recent = self.ticks.saturating_sub(self.config.election_tick as u64);
+        let live = remaining
+            .iter()
+            .filter(|voter| {
+                **voter == self.me.id || self.heard.get(*voter).is_some_and(|tick| *tick >= recent)
+            })
+            .count();
+        live * 2 > remaining.len()
     }
 
     fn propose_change(&mut self, kind: ConfChangeType, member: Member, reply: ChangeReply) {
@@ -422,8 +517,10 @@ impl Node {
             return;
         }
         if self.raw.raft.has_pending_conf() {
-            let _ = reply
-                .send(Err(LogError::Unavailable("another membership change is in progress; retry".into())));
+            let _ = reply.send(Err(LogError::refused(
+                Refusal::ChangeInProgress,
+                "another membership change is in progress; retry",
+            )));
             return;
         }
         match self.raw.propose_conf_change(member.encode(), conf_change(member.id, kind)) {
@@ -457,18 +554,40 @@ impl Node {
         }
     }
 
-    /// Takes a message from a peer. A snapshot whose records this node lacks is
-    /// held back until they are fetched (see [`Node::fetched`]). Messages a peer
-    /// has no business sending (proposals, local ones) are dropped.
-    pub(crate) fn step(&mut self, message: Message, outbox: &mut Outbox) {
-        let kind = message.get_msg_type();
-        if kind == MessageType::MsgPropose || raft::raw_node::is_local_msg(kind) {
-            slog::warn!(self.logger, "dropped a message no peer may send"; "type" => ?kind, "from" => message.from);
-            return;
+    /// Takes a message from peer `from` (as its transport authenticated the
+    /// call). It passes the [gate](super::gate) first: what fails is dropped and
+    /// counted, never stepped. A snapshot whose records this node lacks is held
+    /// back until they are fetched (see [`Node::fetched`]).
+    pub(crate) fn step(&mut self, from: &PeerId, mut message: Message, outbox: &mut Outbox) {
+        let view = View {
+            raw: &self.raw,
+            cluster_id: self.raw.store().cluster_id(),
+            members: &self.members,
+            unsynced: !self.unsynced.is_empty(),
+        };
+        let pass = match gate::check(&view, from, &mut message) {
+            Ok((pass, amended)) => {
+                if let Some(reason) = amended {
+                    self.rejected(reason, from, &message);
+                }
+                pass
+            }
+            Err(reason) => return self.rejected(reason, from, &message),
+        };
+        if self.members.contains_key(&from.member_id) {
+            self.heard.insert(from.member_id, self.ticks);
         }
-        if kind == MessageType::MsgSnapshot {
+        if let Pass::Adopt(cluster_id) = pass {
+            if let Err(error) = self.raw.mut_store().set_cluster_id(cluster_id) {
+                slog::error!(self.logger, "cannot record the cluster id"; "error" => %error);
+                return;
+            }
+            slog::info!(self.logger, "joined a cluster"; "cluster_id" => %cluster_id, "from" => &from.name);
+            self.refresh();
+        }
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            // The gate checked that the data decode.
             let Ok(data) = serde_json::from_slice::<SnapshotData>(&message.get_snapshot().data) else {
-                slog::warn!(self.logger, "dropped a snapshot whose data does not decode"; "from" => message.from);
                 return;
             };
             if let Some((start, end)) = self.needs_fetch(message.get_snapshot(), &data) {
@@ -478,6 +597,22 @@ impl Node {
         }
         if let Err(error) = self.raw.step(message) {
             slog::debug!(self.logger, "message not taken"; "error" => %error);
+        }
+    }
+
+    /// Counts a refused (or amended) message and says so, naming both sides —
+    /// at most once per reason every [`REJECTION_LOG_TICKS`].
+    fn rejected(&mut self, reason: Reason, from: &PeerId, message: &Message) {
+        let before = self.rejections.count(reason);
+        let last = &mut self.rejection_logged[reason as usize];
+        if before == 0 || self.ticks >= *last + REJECTION_LOG_TICKS {
+            *last = self.ticks;
+            slog::warn!(self.logger, "refused a peer's message"; "reason" => reason.as_str(),
+                "from" => &from.name, "from_member_id" => from.member_id,
+                "from_cluster_id" => from.cluster_id.map(|id| id.to_string()).unwrap_or_default(),
+                "cluster_id" => self.raw.store().cluster_id().map(|id| id.to_string()).unwrap_or_default(),
+                "member_id" => self.me.id, "type" => ?message.get_msg_type(), "term" => message.term,
+                "index" => message.index, "commit" => message.commit, "refused_so_far" => before + 1);
         }
     }
 
@@ -794,6 +929,14 @@ impl Node {
         let members: Vec<Member> = self.members.values().cloned().collect();
         slog::info!(self.logger, "configuration changed"; "index" => entry.index,
             "voters" => ?cs.voters, "learners" => ?cs.learners);
+        if self.is_leader() && !cs.voters.contains(&self.me.id) {
+            // A leader removed by a change proposed before it led: raft-rs does
+            // not step down by itself (its own progress is gone, and the next
+            // commit would panic). The others elect a leader.
+            slog::warn!(self.logger, "this leader was removed from the configuration: stepping down");
+            let term = self.term();
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         self.raw.mut_store().set_conf(&cs, entry.index, members.clone())?;
         outbox.members = Some(members);
         Ok(())
@@ -852,11 +995,15 @@ impl Node {
         let raft = &self.raw.raft;
         let cs = self.raw.store().conf_state();
         let leader = self.leader();
-        let servers = cs
+        let members: Vec<Member> = cs
             .voters
             .iter()
             .chain(cs.learners.iter())
             .filter_map(|id| self.members.get(id))
+            .cloned()
+            .collect();
+        let servers = members
+            .iter()
             .map(|member| Server {
                 id: member.name.clone(),
                 rpc_addr: member.rpc_addr.clone(),
@@ -876,8 +1023,15 @@ impl Node {
             lowest_offset,
             highest_offset: (next > lowest_offset).then(|| next - 1),
             bytes: self.records.size_bytes() + self.raw.store().size_bytes(),
+            failure: None,
         };
-        let fresh = Shared { status, servers };
+        let me = PeerId {
+            name: self.me.name.clone(),
+            member_id: self.me.id,
+            cluster_id: self.raw.store().cluster_id(),
+            rpc_addr: self.me.rpc_addr.clone(),
+        };
+        let fresh = Shared { status, servers, me, members, voters: cs.voters, leader_id: raft.leader_id };
         self.shared.send_if_modified(|shared| {
             let changed = *shared != fresh;
             if changed {

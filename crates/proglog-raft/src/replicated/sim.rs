@@ -1,9 +1,13 @@
 //! A seeded, deterministic simulation of clusters of [`Node`]s: an in-memory
 //! network that drops, duplicates, delays (reorders) and partitions messages,
-//! and crash-restarts that lose what was not synced — checking after every step
-//! that there is at most one leader per term, that every node's records agree
-//! with one committed history, that a node's applied index never goes back while
-//! it runs, and that no acknowledged append is lost.
+//! crash-restarts that lose what was not synced, disks wiped between runs (the
+//! node comes back as a new member, and the cluster replaces the old one), a
+//! node of another cluster sending to ours, and peer messages rewritten into
+//! what the gate must refuse (terms up to `u64::MAX`, indexes beyond any log,
+//! unknown or impostor senders, other clusters) — checking after every step that
+//! no node panics, that there is at most one leader per term, that every node's
+//! records agree with one committed history, that a node's applied index never
+//! goes back while it runs, and that no acknowledged append is lost.
 //!
 //! A failure prints its seed. Replay one with `PROGLOG_SIM_SEED=<seed>` (and
 //! `PROGLOG_SIM_NODES=3|5`); run more with `PROGLOG_SIM_SEEDS=<count>`.
@@ -17,7 +21,8 @@ use proglog_log::Log;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::oneshot;
 
-use super::codec::Member;
+use super::codec::{ClusterId, Member, PeerId};
+use super::gate::{MAX_TERM, Reason, Rejections};
 use super::node::{AppendReply, ChangeReply, Fetch, Node, NodeConfig, Outbox};
 use super::store::Store;
 use crate::{Fsync, LogError};
@@ -47,6 +52,15 @@ impl Rng {
 
 struct SimNode {
     member: Member,
+    /// Ids this slot had before its disk was wiped (messages to them still come
+    /// here, as to the same address).
+    old_ids: Vec<u64>,
+    /// Wiped, and its new member not yet seen voting: until then the slot
+    /// counts as down (a wiped voter is lost until replaced).
+    replacing: bool,
+    /// A node of another cluster, not part of the checked history.
+    foreign: bool,
+    rejections: Arc<Rejections>,
     dir: PathBuf,
     node: Option<Node>,
     outbox: Outbox,
@@ -63,6 +77,8 @@ struct SimNode {
 struct InFlight {
     at: u64,
     seq: u64,
+    /// Who the transport says sent it.
+    from: PeerId,
     message: Message,
 }
 
@@ -90,6 +106,10 @@ struct Sim {
     fetches: Vec<(usize, Fetch)>,
     counter: u64,
     faults: bool,
+    /// Disks wiped so far.
+    wipes: u64,
+    /// Messages rewritten into what the gate must refuse.
+    mutated: u64,
 }
 
 fn node_config(rng: &mut Rng) -> NodeConfig {
@@ -155,13 +175,21 @@ fn trace(message: impl FnOnce() -> String) {
 
 impl Sim {
     fn new(seed: u64, size: usize) -> Self {
+        super::codec::seed_ids(seed);
         let dir = tempfile::tempdir().expect("temp dir");
-        let nodes = (0..size)
+        // The last slot is a node of another cluster.
+        let nodes = (0..=size)
             .map(|i| {
-                let member = Member::new(format!("n{i}"), format!("n{i}.invalid:8400"));
+                let foreign = i == size;
+                let name = if foreign { "f0".to_owned() } else { format!("n{i}") };
+                let member = Member::new(&name, format!("{name}.invalid:8400"));
                 SimNode {
                     dir: dir.path().join(&member.name),
                     member,
+                    old_ids: Vec::new(),
+                    replacing: false,
+                    foreign,
+                    rejections: Arc::default(),
                     node: None,
                     outbox: Outbox::default(),
                     syncs: Vec::new(),
@@ -188,11 +216,18 @@ impl Sim {
             fetches: Vec::new(),
             counter: 0,
             faults: false,
+            wipes: 0,
+            mutated: 0,
         };
-        for i in 0..size {
-            sim.start(i, i == 0);
+        for i in 0..=size {
+            sim.start(i, i == 0 || i == size);
         }
         sim
+    }
+
+    /// The slots of the cluster under test (not the foreign node).
+    fn size(&self) -> usize {
+        self.nodes.len() - 1
     }
 
     fn fail(&self, what: String) -> ! {
@@ -203,13 +238,19 @@ impl Sim {
         let config = node_config(&mut self.rng);
         let sim_node = &mut self.nodes[i];
         let opened = (|| {
-            let store = Store::open(&sim_node.dir.join("raft"), Fsync::Never)?;
+            let store = Store::open(&sim_node.dir.join("raft"), Fsync::Never, &sim_node.member.name)?;
             let records = Arc::new(Log::open(sim_node.dir.join("log"), records_config())?);
             let logger = logger(&sim_node.member.name);
-            Node::open(sim_node.member.clone(), store, records, bootstrap, config, logger)
+            let rejections = Arc::clone(&sim_node.rejections);
+            Node::open(sim_node.member.clone(), store, records, bootstrap, config, logger, rejections)
         })();
         match opened {
             Ok(node) => {
+                let id = node.me().id;
+                if sim_node.member.id != 0 && sim_node.member.id != id {
+                    sim_node.old_ids.push(sim_node.member.id);
+                }
+                sim_node.member.id = id;
                 trace(|| {
                     format!(
                         "start {} last={} applied={}",
@@ -261,12 +302,37 @@ impl Sim {
         self.nodes[i].restart_at = self.now + 20 + self.rng.below(200);
     }
 
-    fn alive(&self) -> impl Iterator<Item = (usize, &Node)> {
-        self.nodes.iter().enumerate().filter_map(|(i, n)| n.node.as_ref().map(|node| (i, node)))
+    /// Wipes the node's disk: it comes back empty, as a new member under its
+    /// name (the cluster must replace the old one, never take it for it).
+    fn wipe(&mut self, i: usize) {
+        let Some(node) = self.nodes[i].node.take() else { return };
+        drop(node);
+        trace(|| format!("tick {} wipe {}", self.now, self.nodes[i].member.name));
+        if let Err(error) = std::fs::remove_dir_all(&self.nodes[i].dir) {
+            self.fail(format!("wiping {} failed: {error}", self.nodes[i].member.name));
+        }
+        self.wipes += 1;
+        let old = std::mem::take(&mut self.nodes[i].member.id);
+        self.nodes[i].old_ids.push(old);
+        self.nodes[i].replacing = true;
+        self.nodes[i].checked = 0;
+        self.nodes[i].applied = 0;
+        self.nodes[i].restart_at = self.now + 20 + self.rng.below(200);
     }
 
+    /// The running nodes of the cluster under test.
+    fn alive(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.foreign)
+            .filter_map(|(i, n)| n.node.as_ref().map(|node| (i, node)))
+    }
+
+    /// The slot a message to `id` goes to (its current or an earlier id: the
+    /// same address).
     fn index_of(&self, id: u64) -> Option<usize> {
-        self.nodes.iter().position(|n| n.member.id == id)
+        self.nodes.iter().position(|n| n.member.id == id || n.old_ids.contains(&id))
     }
 
     fn leader(&self) -> Option<usize> {
@@ -274,8 +340,10 @@ impl Sim {
     }
 
     /// Forms the cluster: node 0 bootstrapped, the others joined through it.
+    /// Then the foreign node's leader adds them to its configuration (as the
+    /// membership loop of a node with another cluster's data dir would).
     fn form(&mut self) {
-        for i in 1..self.nodes.len() {
+        for i in 1..self.size() {
             let member = self.nodes[i].member.clone();
             let mut joined = false;
             for _ in 0..2_000 {
@@ -301,6 +369,15 @@ impl Sim {
                 self.fail(format!("{} did not join", member.name));
             }
         }
+        let foreign = self.size();
+        for i in 0..self.size() {
+            let member = self.nodes[i].member.clone();
+            for _ in 0..50 {
+                self.step();
+            }
+            let (reply, _) = oneshot::channel();
+            self.node_mut(foreign).join(member, reply);
+        }
     }
 
     fn voters(&self) -> usize {
@@ -312,12 +389,49 @@ impl Sim {
         self.nodes[i].node.as_mut().expect("alive")
     }
 
+    /// Slots wiped whose new member does not yet know it votes (until it
+    /// applied its promotion it cannot campaign: another permanent loss then
+    /// would be two, more than the cluster tolerates).
+    fn replacing(&mut self) -> usize {
+        for slot in &mut self.nodes {
+            let id = slot.member.id;
+            let voting =
+                slot.node.as_ref().is_some_and(|node| node.store().conf_state().voters.contains(&id));
+            slot.replacing &= !voting;
+        }
+        self.nodes.iter().filter(|slot| slot.replacing).count()
+    }
+
+    /// What the agent's membership loop does for wiped nodes: on the leader,
+    /// remove a slot's old member, then add its new one (one change at a time;
+    /// refusals are tried again later).
+    fn reconcile(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let cs = self.nodes[leader].node.as_ref().map(|n| n.store().conf_state()).unwrap_or_default();
+        let in_conf = |id: &u64| cs.voters.contains(id) || cs.learners.contains(id);
+        for i in 0..self.size() {
+            let slot = &self.nodes[i];
+            if slot.node.is_none() || in_conf(&slot.member.id) {
+                continue;
+            }
+            let (reply, _) = oneshot::channel();
+            match slot.old_ids.iter().copied().find(|id| in_conf(id)) {
+                Some(old) => self.node_mut(leader).leave(old, reply),
+                None => {
+                    let member = slot.member.clone();
+                    self.node_mut(leader).join(member, reply);
+                }
+            }
+            return;
+        }
+    }
+
     fn maybe_fault(&mut self) {
-        let size = self.nodes.len();
-        let down = self.nodes.iter().filter(|n| n.node.is_none()).count();
+        let size = self.size();
+        let down = self.nodes[..size].iter().filter(|n| n.node.is_none()).count() + self.replacing();
         if down < (size - 1) / 2 && self.rng.chance(4) {
             let i = self.rng.below(size as u64) as usize;
-            self.crash(i);
+            if self.rng.chance(200) { self.wipe(i) } else { self.crash(i) }
         }
         if self.cut.is_empty() && self.rng.chance(5) {
             // Split the nodes into two random sides.
@@ -342,7 +456,7 @@ impl Sim {
         }
         let target = match self.leader() {
             Some(leader) if self.rng.chance(850) => leader,
-            _ => self.rng.below(self.nodes.len() as u64) as usize,
+            _ => self.rng.below(self.size() as u64) as usize,
         };
         if self.nodes[target].node.is_none() {
             return;
@@ -368,6 +482,9 @@ impl Sim {
             if self.nodes[i].node.is_none() && self.nodes[i].restart_at <= self.now && self.faults {
                 self.start(i, false);
             }
+        }
+        if self.faults && self.now.is_multiple_of(10) {
+            self.reconcile();
         }
         self.maybe_propose();
         self.deliver();
@@ -416,7 +533,7 @@ impl Sim {
             let Some(i) = self.index_of(to) else { continue };
             let sim_node = &mut self.nodes[i];
             if let Some(node) = sim_node.node.as_mut() {
-                node.step(flight.message, &mut sim_node.outbox);
+                node.step(&flight.from, flight.message, &mut sim_node.outbox);
             }
         }
     }
@@ -431,6 +548,7 @@ impl Sim {
         if let Some(fetch) = outbox.fetch.take() {
             self.fetches.push((i, fetch));
         }
+        let from = self.identity(i);
         for message in outbox.messages {
             let dropped = self.faults && self.rng.chance(50);
             if message.get_msg_type() == MessageType::MsgSnapshot {
@@ -443,11 +561,82 @@ impl Sim {
             }
             let copies = if self.faults && self.rng.chance(20) { 2 } else { 1 };
             for _ in 0..copies {
-                self.seq += 1;
-                let delay = 1 + self.rng.below(if self.faults { 4 } else { 2 });
-                self.network.push(InFlight { at: self.now + delay, seq: self.seq, message: message.clone() });
+                self.send(from.clone(), message.clone());
+            }
+            if self.faults && self.rng.chance(30) {
+                let (from, message) = self.mutate(from.clone(), message);
+                self.mutated += 1;
+                self.send(from, message);
             }
         }
+    }
+
+    fn send(&mut self, from: PeerId, message: Message) {
+        self.seq += 1;
+        let delay = 1 + self.rng.below(if self.faults { 4 } else { 2 });
+        self.network.push(InFlight { at: self.now + delay, seq: self.seq, from, message });
+    }
+
+    /// Whether the node `id` is sent to has a cluster id.
+    fn knows_its_cluster(&self, id: u64) -> bool {
+        let node = self.index_of(id).and_then(|i| self.nodes[i].node.as_ref());
+        node.is_some_and(|node| node.store().cluster_id().is_some())
+    }
+
+    /// Node `i` as its transport names it on a call.
+    fn identity(&self, i: usize) -> PeerId {
+        let sim_node = &self.nodes[i];
+        PeerId {
+            name: sim_node.member.name.clone(),
+            member_id: sim_node.member.id,
+            cluster_id: sim_node.node.as_ref().and_then(|node| node.store().cluster_id()),
+            rpc_addr: sim_node.member.rpc_addr.clone(),
+        }
+    }
+
+    /// Rewrites one field of a message (or of its sender's identity) into what
+    /// the gate must refuse — or, for an unknown sender, into what Raft must
+    /// withstand.
+    fn mutate(&mut self, mut from: PeerId, mut message: Message) -> (PeerId, Message) {
+        let far = [u64::MAX, u64::MAX - 1, MAX_TERM + 1, u64::MAX / 2];
+        let value = far[self.rng.below(far.len() as u64) as usize];
+        match self.rng.below(10) {
+            0 => message.term = value,
+            1 => message.index = value,
+            2 => message.commit = value,
+            3 => message.log_term = value,
+            4 => {
+                // An unknown sender of this cluster.
+                message.from = self.rng.next().max(1);
+                from = PeerId { name: "intruder".into(), member_id: message.from, ..from };
+            }
+            5 => message.to = self.rng.next().max(1),
+            // Another cluster's id — to a node that has one: a new node belongs to
+            // the first cluster that contacts it (as a new etcd member does).
+            6 if self.knows_its_cluster(message.to) => from.cluster_id = Some(ClusterId::mint()),
+            7 => match message.entries.len() {
+                0 => message.reject_hint = value,
+                len => {
+                    let entry = &mut message.entries[self.rng.below(len as u64) as usize];
+                    if self.rng.chance(500) {
+                        entry.index = entry.index.wrapping_add(1)
+                    } else {
+                        entry.term = value
+                    }
+                }
+            },
+            8 if message.get_msg_type() == MessageType::MsgSnapshot => {
+                let metadata = message.mut_snapshot().mut_metadata();
+                match self.rng.below(3) {
+                    0 => metadata.index = value,
+                    1 => metadata.term = value,
+                    _ => metadata.mut_conf_state().voters.clear(),
+                }
+            }
+            _ => message.commit_term = value,
+        }
+        trace(|| format!("mutated {:?} from {} to {}", message.get_msg_type(), message.from, message.to));
+        (from, message)
     }
 
     /// Carries out snapshot fetches: in random chunks, sometimes cut short.
@@ -532,7 +721,7 @@ impl Sim {
     }
 
     fn check(&mut self) {
-        for i in 0..self.nodes.len() {
+        for i in 0..self.size() {
             let Some(node) = self.nodes[i].node.as_ref() else { continue };
             let name = &self.nodes[i].member.name;
             if node.is_leader()
@@ -588,6 +777,9 @@ impl Sim {
         }
         for _ in 0..5_000 {
             self.step();
+            if self.now.is_multiple_of(10) {
+                self.reconcile();
+            }
             if self.pending.is_empty() && self.agreed() {
                 break;
             }
@@ -613,13 +805,20 @@ impl Sim {
         }
     }
 
+    /// Every node applied what the leader committed and holds the same
+    /// records, and every slot's current member (not an old one) votes.
     fn agreed(&self) -> bool {
         let Some(leader) = self.leader() else { return false };
         let Some(leader) = self.nodes[leader].node.as_ref() else { return false };
         let commit = leader.store().hard_state().commit.max(leader.applied());
-        self.alive().all(|(_, n)| {
-            n.applied() >= commit && n.records().next_offset() == leader.records().next_offset()
-        })
+        let voters = leader.store().conf_state().voters;
+        let replaced = self.nodes[..self.size()]
+            .iter()
+            .all(|n| voters.contains(&n.member.id) && n.old_ids.iter().all(|old| !voters.contains(old)));
+        replaced
+            && self.alive().all(|(_, n)| {
+                n.applied() >= commit && n.records().next_offset() == leader.records().next_offset()
+            })
     }
 }
 
@@ -641,6 +840,17 @@ fn simulate(seed: u64, size: usize, steps: u64) {
     }
     sim.settle();
     assert!(!sim.acked.is_empty(), "seed {seed}: nothing was acknowledged");
+    // The foreign node kept sending to our members: every message refused.
+    let refused = |reason: Reason| -> u64 {
+        sim.nodes[..sim.size()]
+            .iter()
+            .flat_map(|n| n.rejections.snapshot())
+            .filter(|(counted, _)| *counted == reason)
+            .map(|(_, count)| count)
+            .sum()
+    };
+    assert!(refused(Reason::ClusterId) > 0, "seed {seed}: the foreign node's messages were never refused");
+    trace(|| format!("seed {seed}: {} wipes, {} messages mutated", sim.wipes, sim.mutated));
 }
 
 fn seeds(size: usize, default_count: u64) -> Vec<u64> {
@@ -667,5 +877,132 @@ fn three_node_clusters_stay_consistent_under_faults() {
 fn five_node_clusters_stay_consistent_under_faults() {
     for seed in seeds(5, 6) {
         run(seed, 5, 1_500);
+    }
+}
+
+mod gate_never_panics {
+    //! The gate itself: arbitrary peer messages — any kind, any field, any
+    //! sender identity — stepped into the nodes of a formed cluster, between
+    //! normal rounds. No node may panic or fail.
+
+    use proptest::prelude::*;
+    use raft::eraftpb::{ConfChangeType, EntryType, Message, MessageType};
+
+    use super::super::codec::{ClusterId, PeerId, conf_change, encode_batch};
+    use super::Sim;
+    use bytes::Bytes;
+    use protobuf::{Message as _, ProtobufEnum as _};
+
+    /// A number from the edges Raft cares about, or a small one.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => 0..40u64,
+            1 => Just(u64::MAX),
+            1 => Just(u64::MAX - 1),
+            1 => Just(1u64 << 62),
+            1 => Just((1u64 << 62) + 1),
+            1 => any::<u64>(),
+        ]
+    }
+
+    fn entry_data() -> impl Strategy<Value = (i32, Vec<u8>, Vec<u8>)> {
+        prop_oneof![
+            Just((0, Vec::new(), Vec::new())),
+            (number(), 0..4usize).prop_map(|(first, count)| (
+                0,
+                encode_batch(first, &vec![Bytes::from_static(b"v"); count]),
+                Vec::new()
+            )),
+            proptest::collection::vec(any::<u8>(), 0..32).prop_map(|data| (0, data, Vec::new())),
+            (number(), 0..3i32).prop_map(|(id, kind)| {
+                let kind = ConfChangeType::from_i32(kind).unwrap_or(ConfChangeType::AddNode);
+                let change = conf_change(id, kind).write_to_bytes().unwrap_or_default();
+                (2, change, br#"{"id":7,"name":"x","rpc_addr":"x:1"}"#.to_vec())
+            }),
+            Just((1, Vec::new(), Vec::new())),
+        ]
+    }
+
+    /// A message of any kind, fields from [`number`], entries of any shape.
+    /// `ids` (0..4) pick a sender and receiver among the cluster's members, an
+    /// unknown id and 0.
+    fn message() -> impl Strategy<Value = (usize, usize, Message, u8)> {
+        let fields = (number(), number(), number(), number(), number(), number(), any::<bool>());
+        let entries = proptest::collection::vec((number(), number(), entry_data()), 0..4);
+        let snapshot = (number(), number(), proptest::collection::vec(0..5usize, 0..4), any::<bool>());
+        (0..20i32, 0..5usize, 0..5usize, fields, entries, snapshot, 0..4u8).prop_map(
+            |(
+                kind,
+                from,
+                to,
+                (term, index, log_term, commit, commit_term, reject_hint, reject),
+                entries,
+                snapshot,
+                identity,
+            )| {
+                let mut message = Message {
+                    term,
+                    index,
+                    log_term,
+                    commit,
+                    commit_term,
+                    reject_hint,
+                    reject,
+                    ..Message::default()
+                };
+                message.set_msg_type(MessageType::from_i32(kind).unwrap_or(MessageType::MsgHeartbeat));
+                for (index, term, (kind, data, context)) in entries {
+                    let mut entry = raft::eraftpb::Entry {
+                        index,
+                        term,
+                        data: data.into(),
+                        context: context.into(),
+                        ..Default::default()
+                    };
+                    entry.set_entry_type(EntryType::from_i32(kind).unwrap_or(EntryType::EntryNormal));
+                    message.entries.push(entry);
+                }
+                let (index, term, voters, good_data) = snapshot;
+                let metadata = message.mut_snapshot().mut_metadata();
+                metadata.index = index;
+                metadata.term = term;
+                metadata.mut_conf_state().voters = voters.into_iter().map(|v| v as u64).collect();
+                if good_data {
+                    message.mut_snapshot().data = br#"{"end_offset":3,"members":[]}"#.to_vec().into();
+                }
+                (from, to, message, identity)
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_peer_messages_never_panic(seed in 0u64..1_000, messages in proptest::collection::vec(message(), 1..40)) {
+            let mut sim = Sim::new(seed, 3);
+            sim.form();
+            for (from, to, mut message, identity) in messages {
+                let ids: Vec<u64> = (0..3).map(|i| sim.nodes[i].member.id).chain([0xdead_beef, 0]).collect();
+                message.from = ids[from];
+                message.to = ids[to];
+                let sender = if from < 3 { sim.identity(from) } else { PeerId::default() };
+                let peer = match identity {
+                    0 => sender,
+                    1 => PeerId { member_id: message.from, ..sender },
+                    2 => PeerId { cluster_id: Some(ClusterId::mint()), ..sender },
+                    _ => PeerId { name: "intruder".into(), member_id: message.from, ..sender },
+                };
+                let target = sim.nodes.iter().position(|n| n.member.id == message.to).unwrap_or(to % 3);
+                let sim_node = &mut sim.nodes[target];
+                if let Some(node) = sim_node.node.as_mut() {
+                    node.step(&peer, message, &mut sim_node.outbox);
+                }
+                sim.step();
+            }
+            for _ in 0..50 {
+                sim.step();
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMe
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{Member, batch_header};
+use super::codec::{ClusterId, Member, batch_header, mint_member_id, node_id};
 use crate::{Fsync, LogError};
 
 /// The metadata file.
@@ -101,6 +101,13 @@ struct Meta {
     /// the commit index when the fetch began (recovery must not trust entries
     /// above it to match the record log).
     fetching: Option<u64>,
+    /// This node's Raft id, minted with its data dir (0 in files from before).
+    #[serde(default)]
+    member_id: u64,
+    /// The cluster this data dir belongs to (none before it bootstrapped or
+    /// first heard from a cluster, and in files from before cluster ids).
+    #[serde(default)]
+    cluster_id: Option<ClusterId>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -144,8 +151,11 @@ fn damaged(message: String) -> LogError {
 }
 
 impl Store {
-    /// Opens (or creates, empty) the state in `dir`.
-    pub(crate) fn open(dir: &Path, fsync: Fsync) -> Result<Self, LogError> {
+    /// Opens (or creates, empty) the state in `dir` of the node named `name`.
+    /// The node's member id is minted (and written) the first time: at random
+    /// for a new data dir, as [`node_id`] of the name for state from before
+    /// member ids (the id its cluster knows it by).
+    pub(crate) fn open(dir: &Path, fsync: Fsync, name: &str) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|error| internal(&dir.display().to_string(), error))?;
         let meta_path = dir.join(META_FILE);
         let meta = match std::fs::read(&meta_path) {
@@ -178,7 +188,28 @@ impl Store {
         store.reconcile()?;
         store.synced_index = store.last();
         store.applied = store.meta.snapshot.index;
+        if store.meta.member_id == 0 {
+            store.meta.member_id = if store.is_empty() { mint_member_id() } else { node_id(name) };
+            store.write_meta()?;
+        }
         Ok(store)
+    }
+
+    /// This node's Raft id.
+    pub(crate) fn member_id(&self) -> u64 {
+        self.meta.member_id
+    }
+
+    /// The cluster this data dir belongs to, once known.
+    pub(crate) fn cluster_id(&self) -> Option<ClusterId> {
+        self.meta.cluster_id
+    }
+
+    /// Records the cluster this data dir belongs to (minted by a bootstrapped
+    /// node from before cluster ids, or learned from the cluster on first contact).
+    pub(crate) fn set_cluster_id(&mut self, id: ClusterId) -> Result<(), LogError> {
+        self.meta.cluster_id = Some(id);
+        self.write_meta()
     }
 
     /// Makes the entries agree with the snapshot point (after a crash between
@@ -371,7 +402,7 @@ impl Store {
         self.meta.fetching
     }
 
-    /// Starts a fresh cluster whose only voter is `member`, as if from a snapshot
+    /// Starts a fresh cluster (minting its id) whose only voter is `member`, as if from a snapshot
     /// at index 1 (term 1) holding the configuration and the member's name and
     /// address: nodes joining later receive that snapshot and so learn every
     /// member. The record log may already hold `record_end` records (a
@@ -386,6 +417,7 @@ impl Store {
         self.meta.conf = Conf { voters: vec![member.id], ..Conf::default() };
         self.meta.conf_index = 1;
         self.meta.members = vec![member.clone()];
+        self.meta.cluster_id = Some(ClusterId::mint());
         self.hard_state.term = 1;
         self.hard_state.commit = 1;
         self.write_meta()?;
@@ -641,8 +673,9 @@ impl raft::Storage for Store {
             end_offset: self.end_offset(index).unwrap_or(self.meta.snapshot.end_offset),
             members: self.meta.members.clone(),
         };
+        // raft-rs treats any other error here as fatal.
         snapshot.data = serde_json::to_vec(&data)
-            .map_err(|error| raft::Error::Store(StorageError::Other(Box::new(error))))?
+            .map_err(|_| raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))?
             .into();
         let metadata = snapshot.mut_metadata();
         metadata.index = index;
