@@ -349,3 +349,61 @@ async fn the_leader_hands_over_before_leaving_and_the_last_voter_stays() {
         cluster.stop(&name).await;
     }
 }
+
+/// A data dir as a node from before member and cluster ids left it: Raft
+/// metadata naming `members` by FNV-1a ids of their names, a snapshot point at
+/// index 5 (term 2) covering `records` records.
+fn legacy_data_dir(dir: &std::path::Path, members: &[&str], records: u64) {
+    let log = proglog_log::Log::open(dir.join("log"), proglog_log::Config::default()).expect("opens");
+    for i in 0..records {
+        log.append(format!("old {i}").as_bytes()).expect("appends");
+    }
+    log.close().expect("closes");
+    let described: Vec<serde_json::Value> = members
+        .iter()
+        .map(|member| {
+            serde_json::json!({"id": proglog_raft::node_id(member), "name": member, "rpc_addr": format!("{member}.invalid:8400")})
+        })
+        .collect();
+    let voters: Vec<u64> = members.iter().map(|member| proglog_raft::node_id(member)).collect();
+    let meta = serde_json::json!({
+        "term": 2, "vote": 0, "commit": 5,
+        "conf": {"voters": voters, "learners": [], "voters_outgoing": [], "learners_next": [], "auto_leave": false},
+        "conf_index": 5, "members": described,
+        "snapshot": {"index": 5, "term": 2, "end_offset": records},
+        "fetching": null,
+    });
+    std::fs::create_dir_all(dir.join("raft")).expect("creates");
+    std::fs::write(dir.join("raft").join("meta.json"), meta.to_string()).expect("writes");
+}
+
+/// Data dirs from before member and cluster ids open in place: each node keeps
+/// the id its cluster knows it by, the node started with `bootstrap` mints the
+/// cluster's id, the other learns it on first contact, and the records stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dirs_from_before_cluster_ids_upgrade_in_place() {
+    let mut cluster = Cluster::new();
+    for name in ["node-0", "node-1"] {
+        legacy_data_dir(&cluster.dir.path().join(name), &["node-0", "node-1"], 3);
+    }
+    let first = cluster.start("node-0", true).await;
+    let second = cluster.start("node-1", false).await;
+    assert_eq!(first.member().id, proglog_raft::node_id("node-0"));
+    assert_eq!(second.member().id, proglog_raft::node_id("node-1"));
+    let minted = first.identity().cluster_id.expect("the bootstrapped node minted the cluster id");
+    let offset = cluster.append(&["new"]).await;
+    assert_eq!(offset, 3);
+    wait_until(|| second.identity().cluster_id == Some(minted)).await;
+    wait_committed(&second, 4).await;
+    assert_eq!(values(&second, 0, 4).await, ["old 0", "old 1", "old 2", "new"]);
+    for name in ["node-0", "node-1"] {
+        cluster.stop(name).await;
+    }
+    // Reopened, they keep both ids.
+    let first = cluster.start("node-0", true).await;
+    assert_eq!(
+        (first.member().id, first.identity().cluster_id),
+        (proglog_raft::node_id("node-0"), Some(minted))
+    );
+    cluster.stop("node-0").await;
+}
