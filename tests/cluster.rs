@@ -10,74 +10,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use proglog_api::v1::{ConsumeRequest, GetServersRequest, Server};
-use support::{Agent, Pki, produce};
-
-const DEADLINE: Duration = Duration::from_secs(60);
+use proglog_api::v1::ConsumeRequest;
+use support::cluster::{self, DEADLINE, produce_through, servers, wait_for_record, wait_for_servers};
+use support::{Agent, Pki};
 
 /// Starts node `name` of the cluster, joining through `seed` (a gossip address).
 fn start(pki: &Pki, data: &Path, name: &str, seed: Option<&Agent>) -> Agent {
-    let seed = seed.map(|seed| seed.gossip.to_string());
-    let mut args = vec!["--raft-heartbeat-interval", "50ms", "--raft-election-timeout", "500ms"];
-    if let Some(seed) = &seed {
-        args.extend(["--start-join-addrs", seed.as_str()]);
-    }
-    pki.start_member(None, data, name, &args)
-}
-
-/// The servers `agent` reports (empty while it cannot answer).
-async fn servers(pki: &Pki, agent: &Agent) -> Vec<Server> {
-    let mut client = pki.grpc(agent.rpc, "root");
-    let request = tonic::Request::new(GetServersRequest {});
-    match tokio::time::timeout(Duration::from_secs(2), client.get_servers(request)).await {
-        Ok(Ok(response)) => response.into_inner().servers,
-        _ => Vec::new(),
-    }
-}
-
-/// Waits until `agent` reports exactly `names` with one leader; returns the leader.
-async fn wait_for_servers(pki: &Pki, agent: &Agent, names: &[&str]) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let servers = servers(pki, agent).await;
-        let mut listed: Vec<&str> = servers.iter().map(|s| s.id.as_str()).collect();
-        listed.sort_unstable();
-        let leaders: Vec<&Server> = servers.iter().filter(|s| s.is_leader).collect();
-        if listed == names && leaders.len() == 1 {
-            return leaders[0].id.clone();
-        }
-        assert!(Instant::now() < deadline, "servers {servers:?}, wanted {names:?} with one leader");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Produces `value` through `agent`, retrying while the cluster elects a leader.
-async fn produce_through(pki: &Pki, agent: &Agent, value: &str) -> u64 {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let mut client = pki.grpc(agent.rpc, "root");
-        match client.produce(produce(value)).await {
-            Ok(response) => return response.into_inner().offset,
-            Err(status) => {
-                assert!(Instant::now() < deadline, "produce through {} failed: {status:?}", agent.rpc);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Waits until `agent` holds `value` at `offset`.
-async fn wait_for_record(pki: &Pki, agent: &Agent, offset: u64, value: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let mut client = pki.grpc(agent.rpc, "root");
-        if let Ok(response) = client.consume(ConsumeRequest { offset }).await {
-            assert_eq!(response.into_inner().record.unwrap().value, value.as_bytes());
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} never held offset {offset}", agent.rpc);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster::start(pki, data, name, seed, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

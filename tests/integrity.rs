@@ -183,21 +183,36 @@ async fn a_node_whose_replication_stopped_exits_with_the_reason() {
 /// Three members at fixed addresses (node-0 without join addresses, as pod 0
 /// of a StatefulSet), all voting.
 async fn fixed_cluster(pki: &Pki, data: &std::path::Path) -> (Vec<Addresses>, Vec<Agent>) {
+    fixed_cluster_with(pki, data, &[]).await
+}
+
+/// [`fixed_cluster`], each member with `extra` flags.
+async fn fixed_cluster_with(
+    pki: &Pki,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (Vec<Addresses>, Vec<Agent>) {
     let addresses: Vec<Addresses> = (0..3).map(|_| Addresses::free()).collect();
-    let mut agents = Vec::new();
-    for (i, at) in addresses.iter().enumerate() {
-        let seeds: Vec<&str> = if i == 0 { vec![] } else { vec![addresses[0].gossip.as_str()] };
-        agents.push(cluster::start_at(pki, data, &format!("node-{i}"), at, &seeds, &[]));
-    }
+    let agents: Vec<Agent> = (0..3).map(|i| restart_with(pki, data, &addresses, i, extra)).collect();
     let refs: Vec<&Agent> = agents.iter().collect();
     cluster::wait_for_voters(pki, &refs, &["node-0", "node-1", "node-2"]).await;
     (addresses, agents)
 }
 
-/// Starts member `i` of [`fixed_cluster`] again, with the flags it had.
+/// Starts member `i` of [`fixed_cluster`] (again), with the flags it had.
 fn restart(pki: &Pki, data: &std::path::Path, addresses: &[Addresses], i: usize) -> Agent {
+    restart_with(pki, data, addresses, i, &[])
+}
+
+fn restart_with(
+    pki: &Pki,
+    data: &std::path::Path,
+    addresses: &[Addresses],
+    i: usize,
+    extra: &[&str],
+) -> Agent {
     let seeds: Vec<&str> = if i == 0 { vec![] } else { vec![addresses[0].gossip.as_str()] };
-    cluster::start_at(pki, data, &format!("node-{i}"), &addresses[i], &seeds, &[])
+    cluster::start_at(pki, data, &format!("node-{i}"), &addresses[i], &seeds, extra)
 }
 
 /// Produces through every member in turn until stopped; returns what was
@@ -369,6 +384,11 @@ async fn a_second_node_claiming_a_live_members_name_is_refused() {
     cluster_serves(&pki, &mut agents).await;
 }
 
+/// The RPC address `servers` give for node `name`.
+fn address_of(servers: &[proglog_api::v1::Server], name: &str) -> Option<String> {
+    servers.iter().find(|server| server.id == name).map(|server| server.rpc_addr.clone())
+}
+
 /// Scenario 9: a node's leave notice captured from its previous run (here: by
 /// a listener the node took for a seed) and replayed does not turn a later
 /// kill -9 of that node into a removal (SPEC §3: a failed node stays).
@@ -442,14 +462,7 @@ async fn clients_holding_every_call_slot_do_not_starve_replication() {
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
     let calls = ["--max-concurrent-calls", "16"];
-    let addresses: Vec<Addresses> = (0..3).map(|_| Addresses::free()).collect();
-    let start = |i: usize| {
-        let seeds: Vec<&str> = if i == 0 { vec![] } else { vec![addresses[0].gossip.as_str()] };
-        cluster::start_at(&pki, data.path(), &format!("node-{i}"), &addresses[i], &seeds, &calls)
-    };
-    let mut agents: Vec<Agent> = (0..3).map(start).collect();
-    let refs: Vec<&Agent> = agents.iter().collect();
-    cluster::wait_for_voters(&pki, &refs, &["node-0", "node-1", "node-2"]).await;
+    let (addresses, mut agents) = fixed_cluster_with(&pki, data.path(), &calls).await;
     let leader = cluster::wait_for_servers(&pki, &agents[0], &["node-0", "node-1", "node-2"]).await;
     let follower = (0..3).find(|i| format!("node-{i}") != leader).unwrap();
     let tail = cluster::produce_through(&pki, &agents[0], "before").await + 1_000;
@@ -470,7 +483,7 @@ async fn clients_holding_every_call_slot_do_not_starve_replication() {
         "streams held: {:?}",
         held.iter().map(Vec::len).collect::<Vec<_>>()
     );
-    agents[follower] = start(follower);
+    agents[follower] = restart_with(&pki, data.path(), &addresses, follower, &calls);
     // A client's produce needs a slot too: free one on the node it goes to.
     let through = (follower + 1) % 3;
     let mut client = pki.grpc(agents[through].rpc, "root");
@@ -549,10 +562,11 @@ async fn with_node_names_required_a_certificate_must_name_its_node() {
     }
     for agent in &agents {
         let servers = cluster::servers(&pki, agent).await;
-        let address = |servers: &[proglog_api::v1::Server]| {
-            servers.iter().find(|server| server.id == "node-1").map(|server| server.rpc_addr.clone())
-        };
-        assert_eq!(address(&servers), address(&before), "node-1 was replaced: {servers:?}");
+        assert_eq!(
+            address_of(&servers, "node-1"),
+            address_of(&before, "node-1"),
+            "node-1 was replaced: {servers:?}"
+        );
     }
     drop(impostor);
 }
