@@ -868,14 +868,14 @@ fn seeds(size: usize, default_count: u64) -> Vec<u64> {
 
 #[test]
 fn three_node_clusters_stay_consistent_under_faults() {
-    for seed in seeds(3, 12) {
+    for seed in seeds(3, 24) {
         run(seed, 3, 1_500);
     }
 }
 
 #[test]
 fn five_node_clusters_stay_consistent_under_faults() {
-    for seed in seeds(5, 6) {
+    for seed in seeds(5, 12) {
         run(seed, 5, 1_500);
     }
 }
