@@ -41,8 +41,9 @@
 //!
 //! # Delivery: at most once, unless asked otherwise
 //! A produce is retried only when the record cannot be in the log: no leader
-//! was known, the server refused it as not the leader, or the connection was
-//! refused. Those retries wait for a new leader for up to
+//! was known, the server refused it saying nothing was appended (not the
+//! leader, overloaded, a membership change in progress: the reasons of
+//! `proglog_api::error_info::NOTHING_DONE`), or the connection was refused. Those retries wait for a new leader for up to
 //! [`Options::failover_timeout`], so a produce issued during a failover lands on
 //! the new leader without the caller doing anything.
 //!

@@ -21,6 +21,14 @@
 //! quorum and durable there per the fsync policy; an acknowledged record is
 //! readable at once on the node that acknowledged it; a caller learns its
 //! append's offset or an error, and nothing is ever appended twice on its behalf.
+//!
+//! Integrity: every node has a member id minted with its data dir and belongs to
+//! one cluster, whose [`ClusterId`] is minted at bootstrap; a transport hands
+//! each peer message over with the caller's [`PeerId`], and the node checks it —
+//! who sent it, to whom, for which cluster, and whether raft-rs may take it in
+//! this node's state — before raft-rs sees it. What fails is dropped and counted
+//! by [`Reason`] ([`RaftLog::rejections`]): no peer message can stop a node. A
+//! node that stops anyway (a failed disk) says so: [`CommitLog::failure`].
 //! One thread per node owns the Raft state; nothing here blocks an async task on
 //! disk or network, and this crate knows nothing of gRPC serving, TLS or ACLs (it
 //! sits below `proglog-server`).
