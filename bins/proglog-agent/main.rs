@@ -3,31 +3,21 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use proglog_agent::{Agent, AgentConfig, ConfigLayer, LogFormat, LogLevel};
+use proglog_agent::{Agent, AgentConfig, LoadError, LogFormat, LogLevel};
 use slog::{Drain, Logger, error, o};
 
 /// Exit code for bad flags or config (before anything is written).
 const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let flags = match ConfigLayer::try_parse() {
-        Ok(flags) => flags,
-        Err(error) if !error.use_stderr() => {
+    let config = match AgentConfig::load(std::env::args_os()) {
+        Ok(config) => config,
+        Err(LoadError::Exit(text)) => {
             // --help / --version
-            let _ = error.print();
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Err(error) => {
-            let rendered = error.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("proglog-agent: {first}");
-            return ExitCode::from(USAGE_ERROR);
-        }
-    };
-    let config = match AgentConfig::load(flags) {
-        Ok(config) => config,
-        Err(error) => {
+        Err(LoadError::Invalid(error)) => {
             eprintln!("proglog-agent: {error}");
             return ExitCode::from(USAGE_ERROR);
         }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proglog_discovery::{Config as DiscoveryConfig, Discovery};
-use proglog_raft::{CommitLog, Fsync, Member, RaftConfig, RaftLog};
+use proglog_raft::{CommitLog, Member, RaftConfig, RaftLog};
 use proglog_server::{Authorizer, Limits, PeerTransport, RpcObserver, ServerConfig};
 use slog::{Logger, error, info, warn};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AgentConfig, FsyncPolicy};
+use crate::config::AgentConfig;
 use crate::http::{self, HttpState};
 use crate::membership;
 use crate::metrics::Metrics;
@@ -22,6 +22,9 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AgentError {
+    /// The configuration breaks a rule.
+    #[error("config: {0}")]
+    Config(#[from] crate::ConfigError),
     /// The log could not be opened or closed.
     #[error("log: {0}")]
     Log(#[from] proglog_log::Error),
@@ -101,22 +104,23 @@ impl Agent {
     /// (so a caller can connect at once); serving goes on in background tasks
     /// until [`Agent::shutdown`].
     pub async fn start(config: AgentConfig, logger: Logger) -> Result<Self, AgentError> {
+        config.validate()?;
         let logger = logger.new(slog::o!("node" => config.node_name.clone()));
         let authorizer: Arc<dyn Authorizer> = proglog_server::authorizer_from_files(
-            config.acl_model_file.as_deref(),
-            config.acl_policy_file.as_deref(),
+            config.serving.acl_model_file.as_deref(),
+            config.serving.acl_policy_file.as_deref(),
             &logger,
         )
         .await?;
-        let tls = config.server_tls();
-        let peer_tls = config.peer_tls()?;
+        let tls = config.serving.server_tls();
+        let peer_tls = config.serving.peer_tls()?;
         // Reports a bad certificate before anything is written.
         let http_tls = tls.as_ref().map(|tls| tls.server_config(&[b"h2", b"http/1.1"])).transpose()?;
         let rpc_listener = bind(config.rpc_addr())?;
         let rpc_addr = rpc_listener
             .local_addr()
             .map_err(|source| AgentError::Bind { addr: config.rpc_addr(), source })?;
-        let http_listener = match config.http_addr {
+        let http_listener = match config.http_addr.0 {
             Some(addr) => Some(bind(addr)?),
             None => None,
         };
@@ -138,24 +142,17 @@ impl Agent {
 
         let log_dir = config.data_dir.join("log");
         // Opening may scan a segment and fsync: off the runtime's workers.
-        let (dir, log_config) = (log_dir.clone(), config.log_config());
+        let (dir, log_config) = (log_dir.clone(), config.log.record_log_config());
         let log = tokio::task::spawn_blocking(move || proglog_log::Log::open(&dir, log_config)).await??;
         report_recovery(&logger, &log);
         let (max_connections, http_max_connections) = connection_caps(&config, &log_dir, &logger);
-        let fsync = match config.fsync {
-            FsyncPolicy::Always => Fsync::Always,
-            FsyncPolicy::Never => Fsync::Never,
-        };
         // Always the replicated log: a single node is a one-member cluster.
         let member = Member::new(config.node_name.clone(), rpc_addr.to_string())
             .with_gossip_addr(gossip_addr.to_string());
         let transport = PeerTransport::new(peer_tls, tokio::runtime::Handle::current(), logger.clone());
         let raft_config = RaftConfig {
-            bootstrap: config.bootstrap,
-            fsync,
-            heartbeat_interval: config.raft_heartbeat_interval,
-            election_timeout: config.raft_election_timeout,
-            max_record_bytes: config.max_record_bytes,
+            bootstrap: config.bootstrap(),
+            settings: config.log.clone(),
             logger: logger.clone(),
             ..RaftConfig::new(member, config.data_dir.clone())
         };
@@ -204,13 +201,13 @@ impl Agent {
         let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
         let limits = PeerTransport::reserve(Limits {
             max_connections,
-            max_concurrent_calls: config.max_concurrent_calls,
-            idle_timeout: config.idle_timeout,
-            ..Limits::for_requests_of(usize::try_from(config.max_record_bytes).unwrap_or(usize::MAX))
+            max_concurrent_calls: config.serving.max_concurrent_calls,
+            idle_timeout: config.serving.idle_timeout,
+            ..Limits::for_requests_of(usize::try_from(config.log.max_record_bytes).unwrap_or(usize::MAX))
         });
         let server_config = ServerConfig {
             tls,
-            max_record_bytes: config.max_record_bytes,
+            max_record_bytes: config.log.max_record_bytes,
             limits,
             observer: Some(observer),
             logger: logger.clone(),
@@ -229,8 +226,8 @@ impl Agent {
         ));
         let http = http_listener.map(|listener| {
             let state =
-                HttpState { log: served, authorizer, metrics, max_record_bytes: config.max_record_bytes };
-            let limits = http::limits(&state, http_max_connections, config.idle_timeout);
+                HttpState { log: served, authorizer, metrics, max_record_bytes: config.log.max_record_bytes };
+            let limits = http::limits(&state, http_max_connections, config.serving.idle_timeout);
             let mut stopped = stopped;
             let shutdown = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
@@ -246,14 +243,14 @@ impl Agent {
             logger.clone(),
         ));
         info!(logger, "serving"; "rpc_addr" => %rpc_addr, "http_addr" => http_addr.map(|addr| addr.to_string()).unwrap_or_default(),
-            "gossip_addr" => %discovery.local_addr(), "tls" => config.server_tls_cert_file.is_some(), "fsync" => ?config.fsync);
+            "gossip_addr" => %discovery.local_addr(), "tls" => config.serving.server_tls_cert_file.is_some(), "fsync" => ?config.log.fsync);
         Ok(Self {
             logger,
             log,
             transport,
             discovery,
             membership,
-            election_timeout: config.raft_election_timeout,
+            election_timeout: config.log.raft_election_timeout,
             rpc_addr,
             http_addr,
             stop,
@@ -477,16 +474,17 @@ const RESERVED_DESCRIPTORS: u64 = 256;
 /// the process's file descriptor limit cannot hold them, so that accepting never
 /// fails for want of a descriptor.
 fn connection_caps(config: &AgentConfig, log_dir: &std::path::Path, logger: &Logger) -> (usize, usize) {
-    let http = if config.http_addr.is_some() { config.http_max_connections } else { 0 };
-    let wanted = (config.max_connections + http) as u64;
+    let serving = &config.serving;
+    let http = if config.http_addr.0.is_some() { serving.http_max_connections } else { 0 };
+    let wanted = (serving.max_connections + http) as u64;
     let log_files = std::fs::read_dir(log_dir).map(Iterator::count).unwrap_or(0) as u64;
     let nofile = descriptor_limit();
     let available = nofile.saturating_sub(RESERVED_DESCRIPTORS + log_files);
     if wanted <= available {
-        return (config.max_connections, config.http_max_connections);
+        return (serving.max_connections, serving.http_max_connections);
     }
     let scale = |cap: usize| ((cap as u64 * available / wanted) as usize).max(1);
-    let caps = (scale(config.max_connections), scale(config.http_max_connections));
+    let caps = (scale(serving.max_connections), scale(serving.http_max_connections));
     warn!(logger, "the file descriptor limit cannot hold the configured connections: lowering the caps";
         "nofile" => nofile, "max_connections" => caps.0, "http_max_connections" => caps.1);
     caps

@@ -8,10 +8,11 @@
 //! `AgentConfig`, builds the log drain and waits for a signal.
 //!
 //! ```no_run
-//! use proglog_agent::{Agent, AgentConfig, ConfigLayer};
+//! use proglog_agent::{Agent, AgentConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = AgentConfig::load(ConfigLayer::default())?; // defaults: single node on loopback
+//! let config = AgentConfig::default(); // a single node on loopback
+//! // or from flags and a TOML file: AgentConfig::load(std::env::args_os())?
 //! let agent = Agent::start(config, slog::Logger::root(slog::Discard, slog::o!())).await?;
 //! println!("serving on {}", agent.rpc_addr());
 //! agent.shutdown().await?;
@@ -26,6 +27,4 @@ mod membership;
 mod metrics;
 
 pub use crate::agent::{ABORT_GRACE, Agent, AgentError, SHUTDOWN_GRACE};
-pub use crate::config::{
-    AgentConfig, ConfigError, ConfigLayer, FsyncPolicy, HumanDuration, LogFormat, LogLevel,
-};
+pub use crate::config::{AgentConfig, ConfigError, LoadError, LogFormat, LogLevel, OptionalAddr};

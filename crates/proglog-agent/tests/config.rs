@@ -3,36 +3,89 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-use proglog_agent::{AgentConfig, ConfigLayer, FsyncPolicy};
+use proglog_agent::{AgentConfig, ConfigError, LoadError};
+use proglog_raft::Fsync;
 
-fn flags(args: &[&str]) -> ConfigLayer {
-    ConfigLayer::try_parse_from(std::iter::once("proglog-agent").chain(args.iter().copied())).unwrap()
+fn load(args: &[&str]) -> Result<AgentConfig, ConfigError> {
+    match AgentConfig::load(std::iter::once("proglog-agent").chain(args.iter().copied())) {
+        Ok(config) => Ok(config),
+        Err(LoadError::Invalid(error)) => Err(error),
+        Err(LoadError::Exit(text)) => panic!("not a config: {text}"),
+    }
 }
 
 fn error_key(args: &[&str]) -> String {
-    AgentConfig::load(flags(args)).unwrap_err().key
+    load(args).unwrap_err().key
 }
+
+/// The keys the example file sets and the ones it shows commented out
+/// (`# key = value`).
+fn example_keys() -> (toml::Table, Vec<String>) {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let commented = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# "))
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(key, _)| key.to_owned())
+        .filter(|key| key.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        .collect();
+    (text.parse().unwrap(), commented)
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proglog-agent.example.toml");
 
 #[test]
 fn the_example_config_parses_to_the_defaults() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proglog-agent.example.toml");
-    let config = AgentConfig::load(flags(&["--config-file", path])).unwrap();
+    let config = load(&["--config-file", EXAMPLE]).unwrap();
     let defaults = AgentConfig { node_name: "node-0".into(), ..AgentConfig::default() };
-    assert_eq!(config, defaults);
+    assert_eq!(AgentConfig { config_file: None, ..config }, defaults);
+}
+
+#[test]
+fn the_example_config_and_help_show_every_key() {
+    let (set, commented) = example_keys();
+    let help = AgentConfig::command().render_long_help().to_string();
+    let keys: Vec<String> = AgentConfig::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(str::to_owned))
+        .filter(|key| key != "config-file")
+        .collect();
+    assert!(keys.len() >= 30, "{keys:?}");
+    for key in &keys {
+        assert!(set.contains_key(key) || commented.contains(key), "{key} is missing from the example file");
+        assert!(help.contains(&format!("--{key}")), "{key} is missing from --help");
+    }
+    for key in set.keys().chain(&commented) {
+        assert!(keys.contains(key), "the example file shows {key}, which is no key");
+    }
+    // Each default --help shows is the value the code uses.
+    let defaults = toml::Table::try_from(AgentConfig::default()).unwrap();
+    for key in ["rpc-port", "fsync", "max-record-bytes", "raft-election-timeout", "idle-timeout"] {
+        let shown = match &defaults[key] {
+            toml::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        assert!(help.contains(&format!("[default: {shown}]")), "--help shows no default {shown} for {key}");
+    }
+}
+
+#[test]
+fn help_and_version_are_not_errors() {
+    for flag in ["--help", "--version"] {
+        assert!(matches!(AgentConfig::load(["proglog-agent", flag]), Err(LoadError::Exit(_))), "{flag}");
+    }
 }
 
 #[test]
 fn no_flags_is_a_single_node_on_loopback() {
-    let config = AgentConfig::load(flags(&[])).unwrap();
-    assert!(config.bootstrap);
+    let config = load(&[]).unwrap();
+    assert!(config.bootstrap());
     assert_eq!(config.rpc_addr().to_string(), "127.0.0.1:8400");
-    assert_eq!(config.http_addr.unwrap().to_string(), "127.0.0.1:8402");
-    assert_eq!(config.fsync, FsyncPolicy::Always);
-    assert_eq!(config.max_record_bytes, 1 << 20);
+    assert_eq!(config.http_addr.0.unwrap().to_string(), "127.0.0.1:8402");
+    assert_eq!(config.log.fsync, Fsync::Always);
+    assert_eq!(config.log.max_record_bytes, 1 << 20);
 }
 
 #[test]
@@ -42,26 +95,26 @@ fn flags_override_the_file_and_the_file_overrides_defaults() {
     std::fs::write(&file, "fsync = \"never\"\nrpc-port = 9000\nraft-heartbeat-interval = \"50ms\"\n")
         .unwrap();
     let path = file.to_str().unwrap();
-    let config = AgentConfig::load(flags(&["--config-file", path, "--rpc-port", "9100"])).unwrap();
-    assert_eq!(config.fsync, FsyncPolicy::Never);
+    let config = load(&["--config-file", path, "--rpc-port", "9100"]).unwrap();
+    assert_eq!(config.log.fsync, Fsync::Never);
     assert_eq!(config.rpc_port, 9100);
-    assert_eq!(config.raft_heartbeat_interval, Duration::from_millis(50));
+    assert_eq!(config.log.raft_heartbeat_interval, Duration::from_millis(50));
 }
 
 #[test]
 fn bootstrap_defaults_to_true_only_without_join_addresses() {
-    let joining = AgentConfig::load(flags(&["--start-join-addrs", "127.0.0.1:9401,127.0.0.1:9402"])).unwrap();
-    assert!(!joining.bootstrap);
+    let joining = load(&["--start-join-addrs", "127.0.0.1:9401,127.0.0.1:9402"]).unwrap();
+    assert!(!joining.bootstrap());
     assert_eq!(joining.start_join_addrs.len(), 2);
-    let forced = AgentConfig::load(flags(&["--start-join-addrs", "127.0.0.1:9401", "--bootstrap"])).unwrap();
-    assert!(forced.bootstrap);
+    let forced = load(&["--start-join-addrs", "127.0.0.1:9401", "--bootstrap"]).unwrap();
+    assert!(forced.bootstrap());
 }
 
 #[test]
 fn plaintext_off_loopback_needs_insecure() {
     assert_eq!(error_key(&["--bind-addr", "0.0.0.0:8401"]), "bind-addr");
     assert_eq!(error_key(&["--http-addr", "0.0.0.0:8402"]), "http-addr");
-    AgentConfig::load(flags(&["--bind-addr", "0.0.0.0:8401", "--http-addr", "", "--insecure"])).unwrap();
+    load(&["--bind-addr", "0.0.0.0:8401", "--http-addr", "", "--insecure"]).unwrap();
 }
 
 #[test]
@@ -79,7 +132,9 @@ fn contradictions_name_their_key() {
     assert_eq!(error_key(&["--idle-timeout", "0s"]), "idle-timeout");
     let tls = ["--server-tls-cert-file", "Cargo.toml", "--server-tls-key-file", "Cargo.toml"];
     assert_eq!(error_key(&tls), "gossip-key-file", "TLS without an authenticated gossip");
-    AgentConfig::load(flags(&[&tls[..], &["--gossip-key-file", "Cargo.toml"]].concat())).unwrap();
+    load(&[&tls[..], &["--gossip-key-file", "Cargo.toml"]].concat()).unwrap();
+    assert_eq!(error_key(&["--no-such-flag", "1"]), "no-such-flag");
+    assert_eq!(error_key(&["--rpc-port", "high"]), "rpc-port");
 }
 
 #[test]
@@ -88,41 +143,47 @@ fn limits_come_from_flags_and_the_file() {
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, "max-connections = 50\nidle-timeout = \"30s\"\n").unwrap();
     let path = file.to_str().unwrap();
-    let config = AgentConfig::load(flags(&["--config-file", path, "--max-concurrent-calls", "7"])).unwrap();
-    assert_eq!((config.max_connections, config.http_max_connections), (50, 256));
-    assert_eq!(config.max_concurrent_calls, 7);
-    assert_eq!(config.idle_timeout, Duration::from_secs(30));
+    let config = load(&["--config-file", path, "--max-concurrent-calls", "7"]).unwrap();
+    let serving = &config.serving;
+    assert_eq!((serving.max_connections, serving.http_max_connections), (50, 256));
+    assert_eq!(serving.max_concurrent_calls, 7);
+    assert_eq!(serving.idle_timeout, Duration::from_secs(30));
 }
 
 #[test]
 fn bad_toml_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    let path = file.to_str().unwrap();
     for (text, key) in [
         ("fsync = \"sometimes\"\n", "fsync"),
         ("rpc-port = \"high\"\n", "rpc-port"),
         ("no-such-key = 1\n", "no-such-key"),
         ("raft-election-timeout = \"soon\"\n", "raft-election-timeout"),
         ("config-file = \"x.toml\"\n", "config-file"),
+        ("max-record-bytes = 0\n", "max-record-bytes"),
+        ("data-dir = { a = 1 }\n", "data-dir"),
+        ("rpc-port = \n", "rpc-port"),
     ] {
-        assert_eq!(ConfigLayer::from_toml(text).unwrap_err().key, key, "{text}");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(error_key(&["--config-file", path]), key, "{text}");
     }
 }
 
 #[test]
-fn the_server_trusts_the_peer_ca_beside_the_client_ca() {
-    let ca_files = |server_ca: Option<&str>, peer_ca: Option<&str>| {
-        let config = AgentConfig {
-            server_tls_cert_file: Some("server.pem".into()),
-            server_tls_key_file: Some("server-key.pem".into()),
-            server_tls_ca_file: server_ca.map(PathBuf::from),
-            peer_tls_ca_file: peer_ca.map(PathBuf::from),
-            ..AgentConfig::default()
-        };
-        config.server_tls().unwrap().ca_files
-    };
-    let path = PathBuf::from;
-    assert_eq!(ca_files(Some("ca.pem"), Some("peer-ca.pem")), [path("ca.pem"), path("peer-ca.pem")]);
-    assert_eq!(ca_files(Some("ca.pem"), Some("ca.pem")), [path("ca.pem")]);
-    assert_eq!(ca_files(Some("ca.pem"), None), [path("ca.pem")]);
-    // Without client authentication, peers are not asked for a certificate either.
-    assert!(ca_files(None, Some("peer-ca.pem")).is_empty());
+fn lists_and_flags_from_the_file_and_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    let text =
+        "start-join-addrs = [\"127.0.0.1:9401\", \"127.0.0.1:9402\"]\ninsecure = true\nhttp-addr = \"\"\n";
+    std::fs::write(&file, text).unwrap();
+    let path = file.to_str().unwrap();
+    let config = load(&["--config-file", path]).unwrap();
+    assert_eq!(config.start_join_addrs, ["127.0.0.1:9401", "127.0.0.1:9402"]);
+    assert!(config.insecure && config.http_addr.0.is_none());
+    // A list on the command line replaces the file's, it does not add to it.
+    let config =
+        load(&["--config-file", path, "--start-join-addrs", "127.0.0.1:9403", "--insecure=false"]).unwrap();
+    assert_eq!(config.start_join_addrs, ["127.0.0.1:9403"]);
+    assert!(!config.insecure);
 }

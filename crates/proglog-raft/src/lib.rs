@@ -14,6 +14,10 @@
 //! - [`LocalLog`]: a single node's log without Raft, a [`proglog_log::Log`] behind
 //!   one writer thread that group-commits concurrent appends (the benchmarks'
 //!   baseline).
+//! - [`Settings`]: what an operator chooses (fsync, record and segment sizes,
+//!   Raft timing), each with its default and its rule ([`Settings::validate`]);
+//!   with the `clap` feature they derive `clap::Args`, so a binary's flags come
+//!   from the same declarations.
 //! - [`LogError`]: one error type, including [`LogError::NotLeader`] with the
 //!   leader a follower knows, so that forwarding and clients never parse text.
 //!
@@ -54,6 +58,7 @@ mod error;
 mod local;
 mod records;
 mod replicated;
+mod settings;
 
 pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend, check_record_size};
 pub use crate::error::{Leader, LogError, Refusal};
@@ -62,6 +67,7 @@ pub use crate::replicated::{
     ChannelNetwork, ClusterId, FetchSink, MAX_RECORD_BYTES, Mailbox, Member, PeerId, RaftConfig, RaftLog,
     Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
 };
+pub use crate::settings::{InvalidSetting, Settings};
 /// raft-rs's message type, which [`Transport`]s carry.
 pub use raft::eraftpb::Message as RaftMessage;
 /// The kind of a [`RaftMessage`].

@@ -13,15 +13,17 @@ use crate::records::Committed;
 use crate::{CommitLog, Leader, LogError, LogStatus, PendingAppend};
 
 /// When an append is acknowledged (SPEC §5).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Fsync {
-    /// After it is on stable storage (group-committed with concurrent appends).
+    /// After it is on stable storage (group-committed with concurrent appends)
     #[default]
     Always,
-    /// After it was written to the OS (survives a process crash, not power loss).
-    /// A background thread still fsyncs every [`BACKGROUND_SYNC_INTERVAL`] while
-    /// the log grows, so a segment roll (which makes the sealed segment durable)
-    /// finds little unsynced data and never stalls appends for long.
+    /// After it was written to the OS (survives a process crash, not power loss)
+    // A background thread still fsyncs every `BACKGROUND_SYNC_INTERVAL` while
+    // the log grows, so a segment roll (which makes the sealed segment durable)
+    // finds little unsynced data and never stalls appends for long.
     Never,
 }
 

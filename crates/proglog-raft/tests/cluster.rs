@@ -69,8 +69,8 @@ impl Cluster {
         let member = Member::new(name, format!("{name}.invalid:8400"));
         let mut config = RaftConfig::new(member, self.dir.path().join(name));
         config.bootstrap = bootstrap;
-        config.heartbeat_interval = Duration::from_millis(20);
-        config.election_timeout = Duration::from_millis(200);
+        config.settings.raft_heartbeat_interval = Duration::from_millis(20);
+        config.settings.raft_election_timeout = Duration::from_millis(200);
         config.compact_entries = self.compact_entries;
         config.trailing_entries = 4;
         config.logger = slog::Logger::root(slog::Fuse(self.logs.clone()), slog::o!());

@@ -244,7 +244,7 @@ impl Node {
         let logger = bench.logger(name);
         let transport = PeerTransport::new(PeerTls::Plaintext, rt.handle().clone(), logger.clone());
         let records = proglog_log::Log::open(dir.join("log"), proglog_log::Config::default())?;
-        let config = RaftConfig { bootstrap, fsync: Fsync::Always, logger, ..RaftConfig::new(member, dir) };
+        let config = RaftConfig { bootstrap, logger, ..RaftConfig::new(member, dir) };
         // Blocks on disk: called on the main thread, never on a runtime worker.
         let log = Arc::new(RaftLog::open(config, records, Arc::new(transport.clone()))?);
         transport.bind(&log);

@@ -16,6 +16,10 @@
 //!   allows everything. GetServers, health and reflection are not ACL-checked (TLS
 //!   still applies); an extra service's calls are checked with its own action.
 //!
+//! - [`Settings`]: what an operator chooses for serving (ACL and TLS files,
+//!   connection and call bounds), with defaults and rules; `clap::Args` with the
+//!   `clap` feature.
+//!
 //! This crate is the only place that builds a `tonic::Status`. It does not parse
 //! flags or config files, install a crypto provider or a log drain: the agent does.
 //!
@@ -43,6 +47,7 @@ mod observe;
 mod peer;
 mod server;
 mod service;
+mod settings;
 mod status;
 mod tls;
 
@@ -58,4 +63,5 @@ pub use crate::peer::{
 };
 pub use crate::server::{ExtraService, ServerConfig, serve};
 pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream};
+pub use crate::settings::{Settings, check_readable};
 pub use crate::tls::TlsFiles;

@@ -155,7 +155,7 @@ fn check_extra_services(extras: &[ExtraService]) -> Result<(), ServerError> {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        let max_record_bytes = 1 << 20;
+        let max_record_bytes = proglog_raft::Settings::default().max_record_bytes;
         Self {
             tls: None,
             max_record_bytes,

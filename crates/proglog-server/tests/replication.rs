@@ -135,8 +135,11 @@ impl Cluster {
         });
         let config = RaftConfig {
             bootstrap,
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout: Duration::from_millis(500),
+            settings: proglog_raft::Settings {
+                raft_heartbeat_interval: Duration::from_millis(50),
+                raft_election_timeout: Duration::from_millis(500),
+                ..proglog_raft::Settings::default()
+            },
             compact_entries: self.compact_entries,
             trailing_entries: 4,
             logger,

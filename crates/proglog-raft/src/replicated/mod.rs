@@ -35,7 +35,7 @@ use self::store::Store;
 use crate::commit_log::check_append;
 use crate::local::sync_in_background;
 use crate::records::Committed;
-use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend};
+use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend, Settings};
 
 /// The largest record any node of a cluster may append (`max-record-bytes` is
 /// at most this). Every node's record log accepts records this large, so that an
@@ -63,18 +63,12 @@ pub struct RaftConfig {
     pub data_dir: PathBuf,
     /// Start a one-member cluster if there is no Raft state yet.
     pub bootstrap: bool,
-    /// When entries are durable (SPEC §5): `Always` fsyncs every Ready before
-    /// acknowledging or voting.
-    pub fsync: Fsync,
-    /// Raft heartbeat (one tick).
-    pub heartbeat_interval: Duration,
-    /// Raft election timeout (randomised up to twice this), at least 2 heartbeats.
-    pub election_timeout: Duration,
-    /// Largest record value this node appends (a client's or a forwarded one),
-    /// at most [`MAX_RECORD_BYTES`]. Enforced when a record is proposed, never
-    /// when an entry is applied: nodes may be configured differently, and a
-    /// committed entry must apply everywhere.
-    pub max_record_bytes: u64,
+    /// What an operator chooses: fsync policy, record and segment sizes, Raft
+    /// timing. `Fsync::Always` fsyncs every Ready before acknowledging or voting;
+    /// `max_record_bytes` is enforced when a record is proposed (a client's or a
+    /// forwarded one), never when an entry is applied: nodes may be configured
+    /// differently, and a committed entry must apply everywhere.
+    pub settings: Settings,
     /// Compact the Raft entries once this many applied entries are held…
     pub compact_entries: u64,
     /// …keeping this many of the newest for followers that briefly lag.
@@ -90,10 +84,7 @@ impl RaftConfig {
             member,
             data_dir: data_dir.into(),
             bootstrap: true,
-            fsync: Fsync::Always,
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: Duration::from_secs(1),
-            max_record_bytes: 1 << 20,
+            settings: Settings::default(),
             compact_entries: 16_384,
             trailing_entries: 1_024,
             logger: Logger::root(slog::Discard, slog::o!()),
@@ -101,17 +92,9 @@ impl RaftConfig {
     }
 
     fn node_config(&self) -> Result<NodeConfig, LogError> {
-        if self.max_record_bytes == 0 || self.max_record_bytes > MAX_RECORD_BYTES {
-            return Err(LogError::InvalidArgument(format!(
-                "max-record-bytes must be in 1..={MAX_RECORD_BYTES}"
-            )));
-        }
-        let ticks = self.election_timeout.as_micros() / self.heartbeat_interval.as_micros().max(1);
-        if self.heartbeat_interval.is_zero() || ticks < 2 {
-            return Err(LogError::InvalidArgument(
-                "the Raft election timeout must be at least twice the heartbeat interval".into(),
-            ));
-        }
+        self.settings.validate().map_err(|error| LogError::InvalidArgument(error.to_string()))?;
+        let settings = &self.settings;
+        let ticks = settings.raft_election_timeout.as_micros() / settings.raft_heartbeat_interval.as_micros();
         Ok(NodeConfig {
             election_tick: usize::try_from(ticks).unwrap_or(usize::MAX),
             election_range: (0, 0),
@@ -324,7 +307,7 @@ impl RaftLog {
     /// starts its Raft thread, talking to peers through `transport`. Blocks on
     /// disk: call it off the async workers.
     /// `records` must accept values of [`MAX_RECORD_BYTES`] (see
-    /// [`RaftLog::record_log_config`]).
+    /// [`Settings::record_log_config`]).
     pub fn open(config: RaftConfig, records: Log, transport: Arc<dyn Transport>) -> Result<Self, LogError> {
         let node_config = config.node_config()?;
         if records.config().max_record_bytes < MAX_RECORD_BYTES {
@@ -336,7 +319,7 @@ impl RaftLog {
         }
         let logger = config.logger.new(slog::o!("node" => config.member.name.clone()));
         let records = Arc::new(records);
-        let store = Store::open(&config.data_dir.join("raft"), config.fsync, &config.member.name)?;
+        let store = Store::open(&config.data_dir.join("raft"), config.settings.fsync, &config.member.name)?;
         let rejections = Arc::new(Rejections::default());
         let node = Node::open(
             config.member.clone(),
@@ -352,7 +335,7 @@ impl RaftLog {
         // log is never synced on the write path, nor are the entries with
         // `Fsync::Never`.
         let mut unsynced = vec![Arc::clone(&records)];
-        if config.fsync == Fsync::Never {
+        if config.settings.fsync == Fsync::Never {
             unsynced.push(Arc::clone(node.store().entries_log()));
         }
         let (stop_syncer, syncer_stopped) = std::sync::mpsc::channel();
@@ -365,7 +348,7 @@ impl RaftLog {
         // round; concurrent requests share one fdatasync.
         let (sync_requests, sync_wanted) = std::sync::mpsc::channel::<u64>();
         let entries = Arc::clone(node.store().entries_log());
-        let (synced_events, fsync) = (events.clone(), config.fsync);
+        let (synced_events, fsync) = (events.clone(), config.settings.fsync);
         let fsyncer = std::thread::Builder::new()
             .name(format!("proglog-fsync-{}", config.member.name))
             .spawn(move || sync_rounds(&entries, fsync, &sync_wanted, &synced_events))
@@ -373,7 +356,7 @@ impl RaftLog {
         let committed = node.committed();
         let shared = node.shared();
         let mailbox_events = events.clone();
-        let interval = config.heartbeat_interval;
+        let interval = config.settings.raft_heartbeat_interval;
         let (failed, failure) = watch::channel(None);
         let thread = std::thread::Builder::new()
             .name(format!("proglog-raft-{}", member.name))
@@ -401,8 +384,8 @@ impl RaftLog {
             })
             .map_err(|error| LogError::Internal(format!("cannot start the Raft thread: {error}")))?;
         Ok(Self {
-            leader_wait: config.election_timeout * 2,
-            max_record_bytes: config.max_record_bytes,
+            leader_wait: config.settings.raft_election_timeout * 2,
+            max_record_bytes: config.settings.max_record_bytes,
             failure,
             rejections,
             member,
@@ -415,12 +398,6 @@ impl RaftLog {
             thread: Mutex::new(Some(thread)),
             syncer: Mutex::new(Some((stop_syncer, syncer))),
         })
-    }
-
-    /// `base` with the record limit a replicated log's record log needs:
-    /// [`MAX_RECORD_BYTES`], whatever this node's own `max_record_bytes`.
-    pub fn record_log_config(base: proglog_log::Config) -> proglog_log::Config {
-        proglog_log::Config { max_record_bytes: MAX_RECORD_BYTES, ..base }
     }
 
     /// This node.
