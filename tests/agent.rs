@@ -43,6 +43,7 @@ async fn http_and_grpc_serve_one_log_and_metrics_count_calls() {
     let mut client = agent.grpc().await;
     let record = client.consume(ConsumeRequest { offset: 0 }).await.unwrap().into_inner().record.unwrap();
     assert_eq!(record.value, "Let's Go #1\n");
+    assert!(record.term >= 1, "the record carries the Raft term that committed it: {record:?}");
     let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
     assert!(metrics.contains(r#"proglog_rpc_requests_total{method="Consume",code="OK"} 1"#), "{metrics}");
     assert!(metrics.contains("proglog_log_highest_offset 1"), "{metrics}");

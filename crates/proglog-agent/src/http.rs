@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
-use proglog_raft::{CommitLog, LogError};
+use proglog_raft::{Append, CommitLog, LogError};
 use proglog_server::{Authorizer, BodyError, Limits, Listener, OBJECT_WILDCARD, Peer, action};
 use serde::{Deserialize, Serialize};
 use slog::Logger;
@@ -155,7 +154,7 @@ async fn produce(
         .decode(request.record.value.as_bytes())
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("record value is not base64: {error}")))?;
     proglog_raft::check_record_size(value.len(), state.max_record_bytes)?;
-    let offset = state.log.append(vec![Bytes::from(value)]).await?.await?;
+    let offset = state.log.append(Append::one(value)).await?.await?;
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
 

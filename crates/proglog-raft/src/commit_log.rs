@@ -1,14 +1,65 @@
-//! What the server needs from "the log": the single-node log implements it now,
-//! the replicated log next.
+//! What the server needs from "the log", in the log's own terms: [`Append`]
+//! in, [`Record`] and [`ServerInfo`] out. Whoever serves the log converts
+//! them to its wire types at its edge.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use proglog_api::v1::{Record, Server};
 use tokio::sync::watch;
 
 use crate::{Leader, LogError};
+
+/// What a caller appends: values, in order, and the context it appends in (its
+/// trace: a follower carries it to the leader with the values it forwards).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Append {
+    /// The values, appended at consecutive offsets.
+    pub values: Vec<Bytes>,
+    /// The caller's context (the current one unless set).
+    pub context: opentelemetry::Context,
+}
+
+impl Append {
+    /// Appends `values` in the current context.
+    pub fn new(values: Vec<Bytes>) -> Self {
+        Self { values, context: opentelemetry::Context::current() }
+    }
+
+    /// Appends one value in the current context.
+    pub fn one(value: impl Into<Bytes>) -> Self {
+        Self::new(vec![value.into()])
+    }
+
+    /// The same values, appended in `context`.
+    pub fn with_context(self, context: opentelemetry::Context) -> Self {
+        Self { context, ..self }
+    }
+}
+
+/// A committed record, as the log serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its offset.
+    pub offset: u64,
+    /// Its value.
+    pub value: Bytes,
+    /// The Raft term of the entry that committed it (0 for a log that is not
+    /// replicated).
+    pub term: u64,
+}
+
+/// One server of the cluster, as GetServers lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Its node name.
+    pub id: String,
+    /// Where clients and peers dial it.
+    pub rpc_addr: String,
+    /// It leads.
+    pub is_leader: bool,
+}
 
 /// Resolves to the offset of the first appended value once the append is
 /// committed (durable per the fsync policy; replicated, for a replicated log).
@@ -80,7 +131,7 @@ pub trait CommitLog: Send + Sync + 'static {
     /// returns once queued, with a future that resolves when they are committed.
     /// Splitting the two lets a stream keep many appends in flight without
     /// reordering them.
-    async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError>;
+    async fn append(&self, append: Append) -> Result<PendingAppend, LogError>;
 
     /// Reads the committed record at `offset`.
     async fn read(&self, offset: u64) -> Result<Record, LogError>;
@@ -97,7 +148,7 @@ pub trait CommitLog: Send + Sync + 'static {
     fn committed(&self) -> watch::Receiver<u64>;
 
     /// The servers of the cluster, and which one leads.
-    async fn servers(&self) -> Result<Vec<Server>, LogError>;
+    async fn servers(&self) -> Result<Vec<ServerInfo>, LogError>;
 
     /// Where the log stands now (cheap: no disk, no writer lock).
     fn status(&self) -> LogStatus;

@@ -38,14 +38,14 @@
 //! sits below `proglog-server`).
 //!
 //! ```
-//! use proglog_raft::{CommitLog, Fsync, LocalLog};
+//! use proglog_raft::{Append, CommitLog, Fsync, LocalLog};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let log = proglog_log::Log::open(dir.path(), proglog_log::Config::default())?;
 //! let log = LocalLog::new(log, Fsync::Always, "node-0", "127.0.0.1:8400")?;
-//! let offset = log.append(vec!["hello".into()]).await?.await?; // committed: durable
+//! let offset = log.append(Append::one("hello")).await?.await?; // committed: durable
 //! assert_eq!(log.read(offset).await?.value, "hello");
 //! assert!(log.status().is_leader);
 //! log.close()?;
@@ -60,7 +60,9 @@ mod records;
 mod replicated;
 mod settings;
 
-pub use crate::commit_log::{CommitLog, LogStatus, PendingAppend, check_record_size};
+pub use crate::commit_log::{
+    Append, CommitLog, LogStatus, PendingAppend, Record, ServerInfo, check_record_size,
+};
 pub use crate::error::{Leader, LogError, Refusal};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{

@@ -5,12 +5,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proglog_api::v1::{Record, Server};
 use proglog_log::Log;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::records::Committed;
-use crate::{CommitLog, Leader, LogError, LogStatus, PendingAppend};
+use crate::{Append, CommitLog, Leader, LogError, LogStatus, PendingAppend, Record, ServerInfo};
 
 /// When an append is acknowledged (SPEC §5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -53,7 +52,7 @@ struct AppendRequest {
 #[derive(Debug)]
 pub struct LocalLog {
     records: Committed,
-    server: Server,
+    server: ServerInfo,
     queued_bytes: Arc<Semaphore>,
     writer: Mutex<Option<(mpsc::Sender<AppendRequest>, JoinHandle<()>)>>,
     /// Set when a write failed: the log refuses writes from then on.
@@ -100,9 +99,9 @@ impl LocalLog {
                 Some((stop, handle))
             }
         };
-        let server = Server { id: id.into(), rpc_addr: rpc_addr.into(), is_leader: true };
+        let server = ServerInfo { id: id.into(), rpc_addr: rpc_addr.into(), is_leader: true };
         Ok(Self {
-            records: Committed { log, committed },
+            records: Committed { log, committed, terms: None },
             server,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             writer: Mutex::new(Some((tx, handle))),
@@ -217,7 +216,8 @@ pub(crate) fn sync_in_background(
 
 #[async_trait::async_trait]
 impl CommitLog for LocalLog {
-    async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+    async fn append(&self, append: Append) -> Result<PendingAppend, LogError> {
+        let values = append.values;
         let sender = self.sender()?;
         let bytes: usize = values.iter().map(Bytes::len).sum();
         let permits = u32::try_from(bytes.min(QUEUE_BYTES)).unwrap_or(u32::MAX);
@@ -249,7 +249,7 @@ impl CommitLog for LocalLog {
         self.records.committed.clone()
     }
 
-    async fn servers(&self) -> Result<Vec<Server>, LogError> {
+    async fn servers(&self) -> Result<Vec<ServerInfo>, LogError> {
         Ok(vec![self.server.clone()])
     }
 

@@ -2,24 +2,27 @@
 
 use std::sync::Arc;
 
-use proglog_api::v1::Record;
 use proglog_log::Log;
 use tokio::sync::watch;
 
-use crate::LogError;
+use crate::replicated::Terms;
+use crate::{LogError, Record};
 
 /// A record log and its commit point: only offsets below the point are read.
 #[derive(Clone, Debug)]
 pub(crate) struct Committed {
     pub log: Arc<Log>,
     pub committed: watch::Receiver<u64>,
-}
-
-fn to_record(record: proglog_log::Record) -> Record {
-    Record { value: record.value, offset: record.offset, term: 0, r#type: 0 }
+    /// The term of each record (`None`: not replicated, every term is 0).
+    pub terms: Option<Terms>,
 }
 
 impl Committed {
+    fn to_record(&self, record: proglog_log::Record) -> Record {
+        let term = self.terms.as_ref().map_or(0, |terms| terms.term_of(record.offset));
+        Record { value: record.value, offset: record.offset, term }
+    }
+
     pub(crate) fn next(&self) -> u64 {
         *self.committed.borrow()
     }
@@ -33,7 +36,7 @@ impl Committed {
         let record = tokio::task::spawn_blocking(move || log.read(offset))
             .await
             .map_err(|error| LogError::Internal(error.to_string()))??;
-        Ok(to_record(record))
+        Ok(self.to_record(record))
     }
 
     /// Reads committed records from `offset`, about `max_bytes` of them.
@@ -46,6 +49,10 @@ impl Committed {
         let records = tokio::task::spawn_blocking(move || log.read_batch(offset, max_bytes))
             .await
             .map_err(|error| LogError::Internal(error.to_string()))??;
-        Ok(records.into_iter().take_while(|record| record.offset < committed).map(to_record).collect())
+        Ok(records
+            .into_iter()
+            .take_while(|record| record.offset < committed)
+            .map(|record| self.to_record(record))
+            .collect())
     }
 }

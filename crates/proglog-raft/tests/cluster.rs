@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proglog_raft::{ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog, Refusal};
+use proglog_raft::{Append, ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog, Refusal};
 
 /// Generous: clusters share two cores with the rest of the suite.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -131,7 +131,7 @@ impl Cluster {
     async fn append(&self, values: &[&str]) -> u64 {
         let leader = self.leader().await;
         let values = values.iter().map(|v| Bytes::copy_from_slice(v.as_bytes())).collect();
-        leader.append(values).await.expect("queued").await.expect("committed")
+        leader.append(Append::new(values)).await.expect("queued").await.expect("committed")
     }
 }
 
@@ -158,6 +158,15 @@ async fn values(node: &RaftLog, from: u64, to: u64) -> Vec<String> {
     out
 }
 
+/// The Raft term each record in `from..to` carries.
+async fn terms(node: &RaftLog, from: u64, to: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for offset in from..to {
+        out.push(node.read(offset).await.expect("reads").term);
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_replicate_and_membership_changes_take_effect() {
     let mut cluster = Cluster::new();
@@ -176,8 +185,9 @@ async fn three_nodes_replicate_and_membership_changes_take_effect() {
 
     // A follower forwards appends to the leader, in order.
     let follower = cluster.nodes.values().find(|n| !n.status().is_leader).cloned().expect("a follower");
-    let first = follower.append(vec![Bytes::from_static(b"forwarded")]).await.expect("queued");
-    let second = follower.append(vec![Bytes::from_static(b"forwarded too")]).await.expect("queued");
+    let first = follower.append(Append::new(vec![Bytes::from_static(b"forwarded")])).await.expect("queued");
+    let second =
+        follower.append(Append::new(vec![Bytes::from_static(b"forwarded too")])).await.expect("queued");
     assert_eq!((first.await.expect("committed"), second.await.expect("committed")), (3, 4));
 
     // Leave: the removed node receives nothing new, the others do.
@@ -217,12 +227,20 @@ async fn a_new_leader_takes_over_and_a_restarted_node_recovers() {
     cluster.form(3).await;
     cluster.append(&["a", "b"]).await;
     let old = cluster.leader().await.member().name.clone();
+    let first_term = cluster.leader().await.status().term;
     cluster.stop(&old).await;
     // The survivors elect a leader and keep appending.
     assert_eq!(cluster.append(&["c"]).await, 2);
+    let second_term = cluster.leader().await.status().term;
+    assert!(second_term > first_term);
     cluster.start(&old, false).await;
     wait_committed(&cluster.nodes[&old], 3).await;
     assert_eq!(values(&cluster.nodes[&old], 0, 3).await, ["a", "b", "c"]);
+    // Each record carries the term of the leader that committed it, on every
+    // node, the restarted one included.
+    for node in cluster.nodes.values() {
+        assert_eq!(terms(node, 0, 3).await, [first_term, first_term, second_term]);
+    }
     for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
         cluster.stop(&name).await;
     }
@@ -235,7 +253,7 @@ async fn an_isolated_leader_steps_down_and_acknowledges_nothing() {
     cluster.append(&["before"]).await;
     let old = cluster.leader().await;
     cluster.network.isolate(&old.member().name);
-    let pending = old.append(vec![Bytes::from_static(b"lost")]).await.expect("queued");
+    let pending = old.append(Append::new(vec![Bytes::from_static(b"lost")])).await.expect("queued");
     // The isolated leader steps down (check-quorum) and the others elect one.
     wait_until(|| !old.status().is_leader).await;
     let outcome = tokio::time::timeout(Duration::from_millis(500), pending).await;
@@ -243,8 +261,12 @@ async fn an_isolated_leader_steps_down_and_acknowledges_nothing() {
     let others: Vec<_> = cluster.nodes.values().filter(|n| n.member() != old.member()).cloned().collect();
     wait_until(|| others.iter().any(|n| n.status().is_leader)).await;
     let leader = others.iter().find(|n| n.status().is_leader).expect("leader");
-    let offset =
-        leader.append(vec![Bytes::from_static(b"after")]).await.expect("queued").await.expect("committed");
+    let offset = leader
+        .append(Append::new(vec![Bytes::from_static(b"after")]))
+        .await
+        .expect("queued")
+        .await
+        .expect("committed");
     assert_eq!(offset, 1);
     cluster.network.heal();
     wait_committed(&old, 2).await;
@@ -274,6 +296,15 @@ async fn a_node_behind_the_compacted_entries_catches_up_from_a_snapshot() {
     wait_until(|| cluster.nodes[&lagging].status().applied_index >= leader.commit_index).await;
     assert!(status.lowest_offset <= 39, "{status:?}");
     assert!(cluster.logs.contains("snapshot records fetched", &lagging), "caught up without a snapshot");
+    // The snapshot carried the terms of the records it covers, and a restart
+    // after compaction keeps them.
+    let expected = terms(&*cluster.leader().await, 0, 40).await;
+    assert!(expected.iter().all(|term| *term > 0), "{expected:?}");
+    assert_eq!(terms(&cluster.nodes[&lagging], 0, 40).await, expected);
+    cluster.stop(&leader_name).await;
+    cluster.start(&leader_name, false).await;
+    wait_committed(&cluster.nodes[&leader_name], 40).await;
+    assert_eq!(terms(&cluster.nodes[&leader_name], 0, 40).await, expected);
     for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
         cluster.stop(&name).await;
     }
@@ -299,8 +330,12 @@ async fn a_log_from_before_replication_becomes_a_one_member_cluster() {
     // ...bootstrapping keeps them and appends after them.
     let log = Arc::new(open(true).expect("opens"));
     network.attach(&log);
-    let offset =
-        log.append(vec![Bytes::from_static(b"new")]).await.expect("queued").await.expect("committed");
+    let offset = log
+        .append(Append::new(vec![Bytes::from_static(b"new")]))
+        .await
+        .expect("queued")
+        .await
+        .expect("committed");
     assert_eq!(offset, 2);
     assert_eq!(values(&log, 0, 3).await, ["old 0", "old 1", "new"]);
     // A node joining it fetches the old records with the snapshot.

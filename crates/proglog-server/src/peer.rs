@@ -21,9 +21,9 @@ use proglog_api::internal::v1::raft_client::RaftClient;
 use proglog_api::internal::v1::raft_server::{Raft, RaftServer};
 use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse};
 use proglog_raft::{
-    ClusterId, FetchSink, LogError, MAX_RECORD_BYTES, Mailbox, Member, PeerId, PendingAppend, RaftLog,
-    RaftMessage, RaftMessageType, Reason, Refusal, Rejections, StatusWatch, Transport, decode_message,
-    encode_message,
+    Append, ClusterId, FetchSink, LogError, MAX_RECORD_BYTES, Mailbox, Member, PeerId, PendingAppend,
+    RaftLog, RaftMessage, RaftMessageType, Reason, Refusal, Rejections, StatusWatch, Transport,
+    decode_message, encode_message,
 };
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -426,7 +426,7 @@ impl Transport for PeerTransport {
         });
     }
 
-    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
+    fn forward(&self, to: u64, append: Append) -> PendingAppend {
         let inner = &self.inner;
         if *inner.closing.borrow() {
             return Box::pin(async { Err(LogError::Unavailable("the node is shutting down".into())) });
@@ -444,7 +444,7 @@ impl Transport for PeerTransport {
             if entry.0 != addr || entry.1.is_closed() {
                 *entry = (addr.clone(), spawn_forwarder(inner, to, addr));
             }
-            entry.1.try_send((values, reply)).is_ok()
+            entry.1.try_send((append.values, reply)).is_ok()
         };
         Box::pin(async move {
             if !queued {
@@ -785,7 +785,7 @@ impl Raft for PeerService {
                     _ = closing.wait_for(|closing| *closing) => return,
                 };
                 let Ok(Some(request)) = request else { return };
-                let pending = match mailbox.append(request.values).await {
+                let pending = match mailbox.append(Append::new(request.values)).await {
                     Ok(pending) => pending,
                     Err(error) => {
                         if matches!(error, LogError::InvalidArgument(_)) {

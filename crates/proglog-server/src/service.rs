@@ -11,13 +11,13 @@ use bytes::Bytes;
 use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
     ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
-    GetServersResponse, ProduceRequest, ProduceResponse, Record,
+    GetServersResponse, ProduceRequest, ProduceResponse, Record, Server,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use proglog_raft::{CommitLog, LogError, PendingAppend, check_record_size};
+use proglog_raft::{Append, CommitLog, LogError, PendingAppend, check_record_size};
 
 use crate::observe::OffsetSlot;
 use crate::status::from_log;
@@ -107,6 +107,16 @@ impl LogService {
 }
 
 /// The value of a produce request, checked against the record limit.
+/// A record as `log.v1` carries it.
+fn wire_record(record: proglog_raft::Record) -> Record {
+    Record { value: record.value, offset: record.offset, term: record.term, r#type: 0 }
+}
+
+/// A server as `log.v1` lists it.
+fn wire_server(server: proglog_raft::ServerInfo) -> Server {
+    Server { id: server.id, rpc_addr: server.rpc_addr, is_leader: server.is_leader }
+}
+
 fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Status> {
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
     check_record_size(record.value.len(), max_record_bytes).map_err(from_log)?;
@@ -118,7 +128,7 @@ impl LogRpc for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
         let value = value_of(request, self.max_record_bytes)?;
-        let offset = self.log.append(vec![value]).await.map_err(from_log)?.await.map_err(from_log)?;
+        let offset = self.log.append(Append::one(value)).await.map_err(from_log)?.await.map_err(from_log)?;
         OffsetSlot::note(&extensions, offset);
         Ok(Response::new(ProduceResponse { offset }))
     }
@@ -127,7 +137,7 @@ impl LogRpc for LogService {
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
         let record = self.log.read(offset).await.map_err(from_log)?;
-        Ok(Response::new(ConsumeResponse { record: Some(record) }))
+        Ok(Response::new(ConsumeResponse { record: Some(wire_record(record)) }))
     }
 
     type ConsumeStreamStream = RecordStream;
@@ -169,6 +179,7 @@ impl LogRpc for LogService {
         _request: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
         let servers = self.log.servers().await.map_err(from_log)?;
+        let servers = servers.into_iter().map(wire_server).collect();
         Ok(Response::new(GetServersResponse { servers }))
     }
 
@@ -261,7 +272,7 @@ async fn follow(
                 let room = CONSUME_STREAM_BUFFER_BYTES - CONSUME_STREAM_READ_BYTES as usize;
                 merge(&mut held, buffer.hold(extra.min(room)).await);
             }
-            if tx.send(Ok((batch.into(), held))).await.is_err() {
+            if tx.send(Ok((batch.into_iter().map(wire_record).collect(), held))).await.is_err() {
                 return;
             }
             continue;
@@ -380,7 +391,7 @@ async fn append_in_order(
                 }
                 if !batch.is_empty() {
                     let count = batch.len() as u64;
-                    match log.append(batch).await {
+                    match log.append(Append::new(batch)).await {
                         Ok(pending) => in_flight.push_back((pending, count, held)),
                         Err(error) => { ending = Some(from_log(error)); input_open = false; }
                     }

@@ -17,7 +17,8 @@ use proglog_api::internal::v1::raft_client::RaftClient;
 use proglog_api::internal::v1::{Batch, FetchRequest};
 use proglog_api::v1::{ConsumeRequest, GetServersRequest, ProduceRequest, Record};
 use proglog_raft::{
-    CommitLog, FetchSink, LogError, Member, PendingAppend, RaftConfig, RaftLog, RaftMessage, Transport,
+    Append, CommitLog, FetchSink, LogError, Member, PendingAppend, RaftConfig, RaftLog, RaftMessage,
+    Transport,
 };
 use proglog_server::{Acl, PeerTls, PeerTransport, ServerConfig};
 use tokio::sync::oneshot;
@@ -63,11 +64,11 @@ impl Transport for Filtered {
         }
     }
 
-    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
+    fn forward(&self, to: u64, append: Append) -> PendingAppend {
         if self.cut(to) {
             return Box::pin(async { Err(LogError::Unavailable("cut off".into())) });
         }
-        self.inner.forward(to, values)
+        self.inner.forward(to, append)
     }
 }
 
@@ -337,7 +338,7 @@ async fn a_restarted_node_catches_up_through_a_snapshot_larger_than_a_chunk() {
     cluster.stop(&lagging).await;
     let value = "v".repeat(64 << 10);
     for _ in 0..40 {
-        leader_log.append(vec![Bytes::from(value.clone())]).await.unwrap().await.unwrap();
+        leader_log.append(Append::new(vec![Bytes::from(value.clone())])).await.unwrap().await.unwrap();
     }
     // The leader no longer holds the entries the lagging node lacks.
     let meta = std::fs::read_to_string(cluster.data.path().join(&leader).join("raft/meta.json")).unwrap();

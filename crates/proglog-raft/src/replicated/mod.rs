@@ -13,6 +13,7 @@ mod node;
 #[cfg(test)]
 mod sim;
 mod store;
+mod terms;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use proglog_api::v1::{Record, Server};
 use proglog_log::Log;
 use raft::eraftpb::Message;
 use slog::Logger;
@@ -32,10 +32,11 @@ pub use self::gate::{Reason, Rejections};
 pub use self::network::ChannelNetwork;
 use self::node::{AppendReply, ChangeReply, Node, NodeConfig, Outbox, Shared};
 use self::store::Store;
+pub(crate) use self::terms::Terms;
 use crate::commit_log::check_append;
 use crate::local::sync_in_background;
 use crate::records::Committed;
-use crate::{CommitLog, Fsync, LogError, LogStatus, PendingAppend, Settings};
+use crate::{Append, CommitLog, Fsync, LogError, LogStatus, PendingAppend, Record, ServerInfo, Settings};
 
 /// The largest record any node of a cluster may append (`max-record-bytes` is
 /// at most this). Every node's record log accepts records this large, so that an
@@ -124,7 +125,7 @@ pub trait Transport: Send + Sync + 'static {
     /// Forwards an append to node `to` (the leader), after every append
     /// forwarded before; the future resolves with the leader's answer (which is
     /// never retried: a lost answer is an error, never a second append).
-    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend;
+    fn forward(&self, to: u64, append: Append) -> PendingAppend;
 }
 
 enum Event {
@@ -199,7 +200,8 @@ impl Mailbox {
     /// queued appends), a future of the first value's offset once committed, or
     /// `NotLeader`.
     /// The values obey this node's `max_record_bytes`, as a client's would.
-    pub async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+    pub async fn append(&self, append: Append) -> Result<PendingAppend, LogError> {
+        let values = append.values;
         check_append(&values, self.max_record_bytes)?;
         let permit = queue_permit(&self.queued, &values).await;
         let (reply, done) = oneshot::channel();
@@ -265,7 +267,7 @@ impl Drop for FetchSink {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use proglog_raft::{ChannelNetwork, CommitLog, Member, RaftConfig, RaftLog};
+/// use proglog_raft::{Append, ChannelNetwork, CommitLog, Member, RaftConfig, RaftLog};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -276,7 +278,7 @@ impl Drop for FetchSink {
 /// let records = proglog_log::Log::open(dir.path().join("log"), proglog_log::Config::default())?;
 /// let log = Arc::new(RaftLog::open(config, records, network.transport("node-0"))?);
 /// network.attach(&log);
-/// let offset = log.append(vec!["hello".into()]).await?.await?; // committed
+/// let offset = log.append(Append::one("hello")).await?.await?; // committed
 /// assert_eq!(log.read(offset).await?.value, "hello");
 /// assert!(log.status().is_leader);
 /// log.close()?;
@@ -354,6 +356,7 @@ impl RaftLog {
             .spawn(move || sync_rounds(&entries, fsync, &sync_wanted, &synced_events))
             .map_err(|error| LogError::Internal(format!("cannot start the fsync thread: {error}")))?;
         let committed = node.committed();
+        let terms = node.store().terms().clone();
         let shared = node.shared();
         let mailbox_events = events.clone();
         let interval = config.settings.raft_heartbeat_interval;
@@ -390,7 +393,7 @@ impl RaftLog {
             rejections,
             member,
             transport,
-            records: Committed { log: records, committed },
+            records: Committed { log: records, committed, terms: Some(terms) },
             shared,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
@@ -730,8 +733,8 @@ impl CommitLog for RaftLog {
     /// leader it knows (SPEC §1), in order with earlier appends. During an
     /// election it waits (up to two election timeouts) for a leader first:
     /// nothing was sent yet, so this is no retry.
-    async fn append(&self, values: Vec<Bytes>) -> Result<PendingAppend, LogError> {
-        check_append(&values, self.max_record_bytes)?;
+    async fn append(&self, append: Append) -> Result<PendingAppend, LogError> {
+        check_append(&append.values, self.max_record_bytes)?;
         if self.shared.borrow().status.leader.is_none() {
             let _ = self.wait_for_leader(self.leader_wait).await;
         }
@@ -742,11 +745,11 @@ impl CommitLog for RaftLog {
         if let Some(None) = leader {
             return Err(LogError::NotLeader { leader: None });
         }
-        let permit = queue_permit(&self.queued_bytes, &values).await;
+        let permit = queue_permit(&self.queued_bytes, &append.values).await;
         if let Some(Some(_)) = leader {
-            let count = values.len() as u64;
+            let count = append.values.len() as u64;
             let leader_id = self.shared.borrow().leader_id;
-            let forwarded = self.transport.forward(leader_id, values);
+            let forwarded = self.transport.forward(leader_id, append);
             let (mut committed, wait) = (self.records.committed.clone(), self.leader_wait);
             return Ok(Box::pin(async move {
                 let _queued = permit;
@@ -758,7 +761,7 @@ impl CommitLog for RaftLog {
             }));
         }
         let (reply, done) = oneshot::channel();
-        self.send(Event::Append(values, reply, permit))?;
+        self.send(Event::Append(append.values, reply, permit))?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
     }
 
@@ -778,7 +781,7 @@ impl CommitLog for RaftLog {
         self.records.committed.clone()
     }
 
-    async fn servers(&self) -> Result<Vec<Server>, LogError> {
+    async fn servers(&self) -> Result<Vec<ServerInfo>, LogError> {
         Ok(self.shared.borrow().servers.clone())
     }
 

@@ -8,10 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use proglog_log::Log;
 use raft::eraftpb::{Message, MessageType};
 
-use bytes::Bytes;
-
 use super::{FetchSink, Mailbox, Member, PeerId, RaftLog, StatusWatch, Transport};
-use crate::{LogError, PendingAppend};
+use crate::{Append, LogError, PendingAppend};
 
 /// Records per fetched chunk, at most (bytes are bounded too: 1 MiB).
 const FETCH_CHUNK_BYTES: u64 = 1 << 20;
@@ -134,11 +132,11 @@ impl Transport for Link {
         }
     }
 
-    fn forward(&self, to: u64, values: Vec<Bytes>) -> PendingAppend {
+    fn forward(&self, to: u64, append: Append) -> PendingAppend {
         let target = self.me().and_then(|(me, _)| self.reach(me, to));
         Box::pin(async move {
             let mailbox = target.ok_or_else(|| LogError::Unavailable("the leader is unreachable".into()))?;
-            mailbox.append(values).await?.await
+            mailbox.append(append).await?.await
         })
     }
 

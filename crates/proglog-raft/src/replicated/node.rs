@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use proglog_api::v1::Server;
 use proglog_log::Log;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
@@ -25,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use super::codec::{ClusterId, Member, PeerId, batch_len, conf_change, decode_batch, encode_batch};
 use super::gate::{self, Pass, Reason, Rejections, View};
 use super::store::{SnapshotData, Store};
-use crate::{Leader, LogError, LogStatus, Refusal};
+use crate::{Leader, LogError, LogStatus, Refusal, ServerInfo};
 
 /// Replies to an append with the offset of its first value.
 pub(crate) type AppendReply = oneshot::Sender<Result<u64, LogError>>;
@@ -102,7 +101,7 @@ struct Fetching {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Shared {
     pub status: LogStatus,
-    pub servers: Vec<Server>,
+    pub servers: Vec<ServerInfo>,
     /// This node as its peers see it (its cluster id once known).
     pub me: PeerId,
     /// The members of the configuration, voters first.
@@ -216,6 +215,7 @@ impl Node {
         }
         let applied = store.recovered_applied(record_end);
         store.set_applied(applied);
+        store.rebuild_terms(record_end);
         let mut hard_state = store.hard_state().clone();
         if hard_state.commit < applied {
             hard_state.commit = applied;
@@ -591,7 +591,7 @@ impl Node {
                 return;
             };
             if let Some((start, end)) = self.needs_fetch(message.get_snapshot(), &data) {
-                self.start_fetch(message, start, end, outbox);
+                self.start_fetch(message, &data, start, end, outbox);
                 return;
             }
         }
@@ -625,10 +625,19 @@ impl Node {
         (start < data.end_offset).then_some((start, data.end_offset))
     }
 
-    fn start_fetch(&mut self, snapshot: Message, start: u64, end: u64, outbox: &mut Outbox) {
+    fn start_fetch(
+        &mut self,
+        snapshot: Message,
+        data: &SnapshotData,
+        start: u64,
+        end: u64,
+        outbox: &mut Outbox,
+    ) {
         if self.fetching.is_some() {
             return; // one fetch at a time; the leader sends the snapshot again
         }
+        // Fetched records are served as they arrive: their terms first.
+        self.raw.mut_store().adopt_terms(&data.terms);
         let committed = self.raw.raft.raft_log.committed;
         if let Err(error) = self.raw.mut_store().set_fetching(Some(committed)) {
             slog::error!(self.logger, "cannot record the snapshot fetch"; "error" => %error);
@@ -891,6 +900,7 @@ impl Node {
             )));
         }
         let skip = (next - batch.first_offset) as usize;
+        self.raw.mut_store().note_term(batch.first_offset, entry.term)?;
         if skip < batch.values.len() {
             self.records.append_batch(&batch.values[skip..])?;
         }
@@ -1004,7 +1014,7 @@ impl Node {
             .collect();
         let servers = members
             .iter()
-            .map(|member| Server {
+            .map(|member| ServerInfo {
                 id: member.name.clone(),
                 rpc_addr: member.rpc_addr.clone(),
                 is_leader: member.id == raft.leader_id,

@@ -68,6 +68,8 @@ struct SimNode {
     syncs: Vec<(u64, u64)>,
     /// Records below this offset were checked against the history.
     checked: u64,
+    /// Committed records below this offset had their terms checked (this life).
+    terms_checked: u64,
     /// The applied index this life started from or reached.
     applied: u64,
     /// Tick at which a crashed node restarts.
@@ -100,6 +102,8 @@ struct Sim {
     cut: HashSet<(u64, u64)>,
     heal_at: u64,
     history: BTreeMap<u64, Bytes>,
+    /// The term that committed each record, as the first node to serve it said.
+    terms: BTreeMap<u64, u64>,
     acked: BTreeMap<u64, Bytes>,
     pending: Vec<Pending>,
     leaders: HashMap<u64, u64>,
@@ -194,6 +198,7 @@ impl Sim {
                     outbox: Outbox::default(),
                     syncs: Vec::new(),
                     checked: 0,
+                    terms_checked: 0,
                     applied: 0,
                     restart_at: 0,
                 }
@@ -210,6 +215,7 @@ impl Sim {
             cut: HashSet::new(),
             heal_at: 0,
             history: BTreeMap::new(),
+            terms: BTreeMap::new(),
             acked: BTreeMap::new(),
             pending: Vec::new(),
             leaders: HashMap::new(),
@@ -260,6 +266,8 @@ impl Sim {
                     )
                 });
                 sim_node.checked = sim_node.checked.min(node.records().next_offset());
+                // Terms are rebuilt on open: check them all again.
+                sim_node.terms_checked = 0;
                 sim_node.applied = node.applied();
                 sim_node.outbox = Outbox::default();
                 sim_node.syncs.clear();
@@ -761,8 +769,26 @@ impl Sim {
                     }
                 }
             }
+            // Served records (committed, published) carry one term on every node.
+            let served = *node.committed().borrow();
+            let start = self.nodes[i].terms_checked.max(records.lowest_offset());
+            for offset in start..served {
+                let term = node.store().terms().term_of(offset);
+                if term == 0 {
+                    self.fail(format!("{name} serves offset {offset} without its term: {:?} (committed {served}, lowest {})", node.store().terms().ranges(), records.lowest_offset()));
+                }
+                if let Some(first) = self.terms.insert(offset, term)
+                    && first != term
+                {
+                    self.fail(format!(
+                        "{name} serves offset {offset} in term {term}, another node in {first}: {:?}",
+                        node.store().terms().ranges()
+                    ));
+                }
+            }
             self.nodes[i].checked = next;
             self.nodes[i].applied = applied;
+            self.nodes[i].terms_checked = self.nodes[i].terms_checked.max(served);
         }
     }
 

@@ -24,6 +24,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
 use super::codec::{ClusterId, Member, batch_header, mint_member_id, node_id};
+use super::terms::{TermRanges, Terms};
 use crate::{Fsync, LogError};
 
 /// The metadata file.
@@ -49,6 +50,10 @@ pub(crate) struct SnapshotData {
     /// Records below this offset are covered by the snapshot.
     pub end_offset: u64,
     pub members: Vec<Member>,
+    /// The term of each record the sender applied (empty from senders that
+    /// kept none).
+    #[serde(default)]
+    pub terms: TermRanges,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +113,11 @@ struct Meta {
     /// first heard from a cluster, and in files from before cluster ids).
     #[serde(default)]
     cluster_id: Option<ClusterId>,
+    /// The term of each record, as far as known when compaction cut the held
+    /// entries (which name their terms) or a snapshot told (empty in files
+    /// from before terms were kept).
+    #[serde(default)]
+    terms: TermRanges,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -140,6 +150,8 @@ pub(crate) struct Store {
     synced_index: u64,
     /// Index applied to the record log (kept by the node; snapshots are taken here).
     applied: u64,
+    /// The term of each applied record, for readers.
+    terms: Terms,
 }
 
 fn internal(context: &str, error: impl std::fmt::Display) -> LogError {
@@ -184,6 +196,7 @@ impl Store {
             tail_end: 0,
             synced_index: 0,
             applied: 0,
+            terms: Terms::default(),
         };
         store.reconcile()?;
         store.synced_index = store.last();
@@ -347,6 +360,49 @@ impl Store {
             }
         }
         applied
+    }
+
+    /// Takes what the leader's snapshot knows of the records' terms (before its
+    /// records are fetched: they are served as they arrive), kept with the next
+    /// write of the metadata.
+    pub(crate) fn adopt_terms(&mut self, ranges: &[(u64, u64)]) {
+        self.terms.merge(ranges);
+        self.meta.terms = self.terms.ranges();
+    }
+
+    /// Records from `first_offset` on are committed in `term` (an entry is being
+    /// applied): a new range is written before the records are.
+    pub(crate) fn note_term(&mut self, first_offset: u64, term: u64) -> Result<(), LogError> {
+        if self.terms.note(first_offset, term) {
+            self.meta.terms = self.terms.ranges();
+            self.write_meta()?;
+        }
+        Ok(())
+    }
+
+    /// The term of each applied record, for readers.
+    pub(crate) fn terms(&self) -> &Terms {
+        &self.terms
+    }
+
+    /// Rebuilds [`Store::terms`] on open: the ranges kept with the metadata,
+    /// then those of the held entries whose records the record log (ending at
+    /// `record_end`) holds, in part or whole — every record there was
+    /// committed, and is served before its entry is applied again. While a snapshot's records were being
+    /// fetched, entries above the commit index then are not trusted to match
+    /// them (the metadata holds the snapshot's ranges instead).
+    pub(crate) fn rebuild_terms(&self, record_end: u64) {
+        self.terms.reset(&self.meta.terms);
+        for (position, held) in self.held.iter().enumerate() {
+            let index = self.first() + position as u64;
+            let end = self.held.get(position + 1).map_or(self.tail_end, |next| next.start);
+            if held.start >= record_end || self.meta.fetching.is_some_and(|commit| index > commit) {
+                break;
+            }
+            if end > held.start {
+                self.terms.note(held.start, held.term);
+            }
+        }
     }
 
     pub(crate) fn snapshot_point(&self) -> SnapshotPoint {
@@ -516,6 +572,7 @@ impl Store {
         let end_offset = self.end_offset(index).unwrap_or(self.tail_end);
         let dropped = (index - self.meta.snapshot.index) as usize;
         self.meta.snapshot = SnapshotPoint { index, term, end_offset };
+        self.meta.terms = self.terms.ranges();
         self.write_meta()?;
         self.held.drain(..dropped);
         while self.recent.front().is_some_and(|entry| entry.index <= index) {
@@ -540,6 +597,7 @@ impl Store {
         self.meta.conf = Conf::from(meta.get_conf_state());
         self.meta.conf_index = meta.index;
         self.meta.members = data.members.clone();
+        self.adopt_terms(&data.terms);
         self.meta.fetching = records_beyond.then(|| self.meta.fetching.unwrap_or(meta.index).min(meta.index));
         self.meta.commit = self.meta.commit.max(meta.index);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
@@ -669,10 +727,9 @@ impl raft::Storage for Store {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         let mut snapshot = Snapshot::default();
-        let data = SnapshotData {
-            end_offset: self.end_offset(index).unwrap_or(self.meta.snapshot.end_offset),
-            members: self.meta.members.clone(),
-        };
+        let end_offset = self.end_offset(index).unwrap_or(self.meta.snapshot.end_offset);
+        let data =
+            SnapshotData { end_offset, members: self.meta.members.clone(), terms: self.terms.ranges() };
         // raft-rs treats any other error here as fatal.
         snapshot.data = serde_json::to_vec(&data)
             .map_err(|_| raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))?
