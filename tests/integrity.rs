@@ -109,7 +109,10 @@ async fn a_forwarded_value_above_the_limit_is_refused_before_it_is_proposed() {
     let sender = cluster::identity(data.path(), &name, &agents[follower].rpc.to_string());
     let mut peer = Peer::new(&pki, &agents[leader_index], sender);
     let oversized = vec![7u8; (1 << 20) + 1];
-    let request = peer.request(tokio_stream::iter([ForwardRequest { values: vec![oversized.into()] }]));
+    let request = peer.request(tokio_stream::iter([ForwardRequest {
+        values: vec![oversized.into()],
+        ..Default::default()
+    }]));
     let call = peer.client.forward(request);
     let answer = match tokio::time::timeout(DEADLINE, call).await.unwrap() {
         Ok(response) => {

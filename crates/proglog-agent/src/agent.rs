@@ -25,6 +25,9 @@ pub enum AgentError {
     /// The configuration breaks a rule.
     #[error("config: {0}")]
     Config(#[from] crate::ConfigError),
+    /// The trace exporter could not be set up.
+    #[error("otlp-endpoint {0}")]
+    Traces(String),
     /// The log could not be opened or closed.
     #[error("log: {0}")]
     Log(#[from] proglog_log::Error),
@@ -83,6 +86,7 @@ pub struct Agent {
     stop: watch::Sender<bool>,
     rpc: JoinHandle<Result<(), proglog_server::ServerError>>,
     http: Option<JoinHandle<()>>,
+    traces: Option<crate::traces::Traces>,
 }
 
 /// Connections the kernel completes and queues for `accept` (capped by
@@ -140,6 +144,18 @@ impl Agent {
             .local_addr()
             .map_err(|source| proglog_discovery::Error::Bind { addr: config.bind_addr, source })?;
 
+        // The exporter before the log: spans of recovery and of the first calls
+        // are kept, and a bad endpoint is reported before anything is written.
+        let traces = match &config.otlp_endpoint {
+            Some(collector) => Some(crate::traces::Traces::start(
+                collector,
+                &config.collector_roots(),
+                config.trace_sample_ratio,
+                &config.node_name,
+                &logger,
+            )?),
+            None => None,
+        };
         let log_dir = config.data_dir.join("log");
         // Opening may scan a segment and fsync: off the runtime's workers.
         let (dir, log_config) = (log_dir.clone(), config.log.record_log_config());
@@ -197,7 +213,8 @@ impl Agent {
         )?;
         let discovery = Arc::new(discovery);
         let (stop, stopped) = watch::channel(false);
-        let metrics = Metrics::new(Arc::clone(log.rejections()), Arc::clone(&discovery));
+        let dropped_spans = traces.as_ref().map(crate::traces::Traces::dropped);
+        let metrics = Metrics::new(Arc::clone(log.rejections()), Arc::clone(&discovery), dropped_spans);
         let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
         let limits = PeerTransport::reserve(Limits {
             max_connections,
@@ -256,6 +273,7 @@ impl Agent {
             stop,
             rpc,
             http,
+            traces,
         })
     }
 
@@ -332,6 +350,9 @@ impl Agent {
         let (served, http) = tokio::join!(within(deadline, self.rpc, &self.logger, "rpc"), http);
         let log = Arc::clone(&self.log);
         let closed = tokio::task::spawn_blocking(move || log.close()).await?;
+        if let Some(traces) = self.traces {
+            traces.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+        }
         served?.transpose()?;
         http?;
         closed?;

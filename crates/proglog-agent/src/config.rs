@@ -74,6 +74,17 @@ impl std::fmt::Display for OptionalAddr {
     }
 }
 
+/// An optional value as its text (absent when `None`).
+fn display_option<T: std::fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
+}
+
 impl Serialize for OptionalAddr {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -86,7 +97,7 @@ impl Serialize for OptionalAddr {
 /// rule in that layer's `validate()` and its default in that layer's
 /// `Default`; the flags, the TOML keys and `--help` (defaults included) derive
 /// from those fields.
-#[derive(Clone, Debug, PartialEq, Eq, Parser, Serialize)]
+#[derive(Clone, Debug, PartialEq, Parser, Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[command(
     name = "proglog-agent",
@@ -132,6 +143,15 @@ pub struct AgentConfig {
     /// Shared secret that authenticates gossip; required with TLS (default: none)
     #[arg(long, value_name = "FILE")]
     pub gossip_key_file: Option<PathBuf>,
+    /// OTLP/gRPC collector for traces, e.g. http://127.0.0.1:4317; https trusts
+    /// server-tls-ca-file and peer-tls-ca-file (default: none: tracing off)
+    #[arg(long, value_name = "URL")]
+    #[serde(serialize_with = "display_option")]
+    pub otlp_endpoint: Option<crate::Collector>,
+    /// Share of requests without a sampled incoming traceparent that start a
+    /// trace, 0 to 1 (a sampled traceparent is always followed)
+    #[arg(long, value_name = "RATIO")]
+    pub trace_sample_ratio: f64,
     /// The log: fsync, record and segment sizes, Raft timing.
     #[command(flatten)]
     #[serde(flatten)]
@@ -165,6 +185,8 @@ impl Default for AgentConfig {
             log_format: LogFormat::Term,
             insecure: false,
             gossip_key_file: None,
+            otlp_endpoint: None,
+            trace_sample_ratio: 0.01,
             log: proglog_raft::Settings::default(),
             serving: proglog_server::Settings::default(),
         }
@@ -253,6 +275,17 @@ impl AgentConfig {
                 "required when TLS is on (gossip must be authenticated too)",
             ));
         }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(invalid("trace-sample-ratio", "must be between 0 and 1"));
+        }
+        if self.otlp_endpoint.as_ref().is_some_and(|collector| collector.tls)
+            && self.collector_roots().is_empty()
+        {
+            return Err(invalid(
+                "otlp-endpoint",
+                "https needs a CA to trust: server-tls-ca-file or peer-tls-ca-file",
+            ));
+        }
         if self.serving.server_tls_cert_file.is_none() && !self.insecure {
             for (key, addr) in [("bind-addr", Some(self.bind_addr)), ("http-addr", self.http_addr.0)] {
                 if let Some(addr) = addr
@@ -266,6 +299,12 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// The CAs an `https` collector's certificate may be signed by.
+    pub fn collector_roots(&self) -> Vec<PathBuf> {
+        let serving = &self.serving;
+        serving.server_tls_ca_file.iter().chain(&serving.peer_tls_ca_file).cloned().collect()
     }
 
     /// Where clients dial the gRPC service: the bind address's host, `rpc-port`.

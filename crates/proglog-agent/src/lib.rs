@@ -25,6 +25,8 @@ mod config;
 mod http;
 mod membership;
 mod metrics;
+mod traces;
 
 pub use crate::agent::{ABORT_GRACE, Agent, AgentError, SHUTDOWN_GRACE};
 pub use crate::config::{AgentConfig, ConfigError, LoadError, LogFormat, LogLevel, OptionalAddr};
+pub use crate::traces::Collector;

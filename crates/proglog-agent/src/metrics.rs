@@ -3,6 +3,7 @@
 //! refused peer messages are read at each scrape. Nothing is installed globally.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -22,6 +23,8 @@ pub(crate) struct Metrics {
     /// transport, and by gossip (other clusters' nodes, replayed leaves).
     peer_rejected: Arc<Rejections>,
     discovery: Arc<Discovery>,
+    /// Trace spans dropped (queue full, export failed), when tracing is on.
+    dropped_spans: Option<Arc<AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -31,7 +34,11 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(peer_rejected: Arc<Rejections>, discovery: Arc<Discovery>) -> Self {
+    pub(crate) fn new(
+        peer_rejected: Arc<Rejections>,
+        discovery: Arc<Discovery>,
+        dropped_spans: Option<Arc<AtomicU64>>,
+    ) -> Self {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets_for_metric(
@@ -41,7 +48,7 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
-        Self { recorder, handle, peer_rejected, discovery }
+        Self { recorder, handle, peer_rejected, discovery, dropped_spans }
     }
 
     pub(crate) fn recorder(&self) -> Arc<PrometheusRecorder> {
@@ -72,6 +79,10 @@ impl Metrics {
                 &metadata,
             )
             .absolute(self.discovery.rejected());
+        if let Some(dropped) = &self.dropped_spans {
+            let key = Key::from_parts("proglog_trace_spans_dropped_total", Vec::<Label>::new());
+            self.recorder.register_counter(&key, &metadata).absolute(dropped.load(Ordering::Relaxed));
+        }
         for (reason, count) in self.peer_rejected.snapshot() {
             let gossip = match reason {
                 Reason::ClusterId => self.discovery.foreign(),

@@ -328,10 +328,42 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A server's gRPC client: every call carries the caller's trace context.
+type Rpc = LogClient<tonic::service::interceptor::InterceptedService<Channel, TraceContext>>;
+
 /// A server's gRPC client for `channel`, taking responses of any size (the
 /// server bounds record sizes).
-fn log_client(channel: Channel) -> LogClient<Channel> {
-    LogClient::new(channel).max_decoding_message_size(usize::MAX)
+fn log_client(channel: Channel) -> Rpc {
+    LogClient::with_interceptor(channel, TraceContext).max_decoding_message_size(usize::MAX)
+}
+
+/// Puts the caller's current OpenTelemetry context into each call's metadata
+/// (W3C `traceparent`, `tracestate`), through the global propagator: nothing
+/// until the program installs one.
+#[derive(Clone, Copy, Debug)]
+struct TraceContext;
+
+impl tonic::service::Interceptor for TraceContext {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let context = opentelemetry::Context::current();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+        });
+        Ok(request)
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
 }
 
 fn produce_request(value: Bytes) -> ProduceRequest {
@@ -482,7 +514,7 @@ impl Client {
     }
 
     /// The address picked for `call` and a gRPC client for it.
-    async fn pick(&self, call: Call) -> Result<(String, LogClient<Channel>), Error> {
+    async fn pick(&self, call: Call) -> Result<(String, Rpc), Error> {
         let addr = self.address_for(call)?;
         let client = log_client(self.channel(&addr).await?);
         Ok((addr, client))

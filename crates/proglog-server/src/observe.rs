@@ -1,7 +1,9 @@
 //! Observability of every RPC, in one tower layer rather than in each handler:
-//! a debug log line (method, subject, offset, duration, code) and the Prometheus
-//! metrics `proglog_rpc_requests_total{method,code}` and
-//! `proglog_rpc_duration_seconds{method}` (SPEC §7).
+//! a debug log line (method, subject, offset, duration, code, and the trace),
+//! the Prometheus metrics `proglog_rpc_requests_total{method,code}` and
+//! `proglog_rpc_duration_seconds{method}` (SPEC §7), and for `log.v1.Log` calls
+//! an OpenTelemetry server span (SPEC §9), a child of the caller's W3C trace
+//! context, current while the handler runs (so what it appends carries it).
 //!
 //! A call ends when its response body ends (for streams, when the stream does),
 //! or when the body is dropped early (the client went away: `CANCELLED`).
@@ -15,6 +17,8 @@ use std::time::Instant;
 use http_body::{Body, Frame};
 use metrics::{Key, Label, Recorder};
 use metrics_exporter_prometheus::PrometheusRecorder;
+use opentelemetry::trace::{FutureExt, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{KeyValue, global};
 use slog::{Logger, debug};
 use tonic::Code;
 
@@ -63,9 +67,20 @@ impl RpcObserver {
     fn finish(&self, call: &Call, code: Code) {
         let elapsed = call.started.elapsed();
         let code_name = code_name(code);
+        let span = call.trace.span();
+        let traced = span.span_context().clone();
         debug!(self.logger, "rpc";
             "method" => &call.method, "subject" => &call.subject, "offset" => call.offset,
-            "duration_us" => elapsed.as_micros() as u64, "code" => code_name);
+            "duration_us" => elapsed.as_micros() as u64, "code" => code_name,
+            "trace_id" => traced.is_valid().then(|| traced.trace_id().to_string()),
+            "span_id" => traced.is_valid().then(|| traced.span_id().to_string()));
+        if traced.is_valid() {
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+            if code != Code::Ok {
+                span.set_status(opentelemetry::trace::Status::error(code_name));
+            }
+            span.end();
+        }
         if let Some(recorder) = &self.recorder {
             let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
             let labels = vec![Label::new("method", call.method.clone()), Label::new("code", code_name)];
@@ -139,6 +154,31 @@ struct Call {
     subject: String,
     offset: Option<u64>,
     started: Instant,
+    /// The call's server span, if it is traced.
+    trace: opentelemetry::Context,
+}
+
+/// The gRPC service whose calls are traced (agent-to-agent traffic is traced
+/// by the hops it carries, not by its long-lived streams).
+const TRACED_SERVICE: &str = "log.v1.Log";
+
+/// A server span for a call of `service`/`method`, the child of the trace
+/// context in `headers` (a sampled parent is always followed).
+pub(crate) fn server_span(headers: &http::HeaderMap, service: &str, method: &str) -> opentelemetry::Context {
+    let parent = global::get_text_map_propagator(|propagator| {
+        propagator.extract(&opentelemetry_http::HeaderExtractor(headers))
+    });
+    let tracer = global::tracer("proglog-server");
+    let span = tracer
+        .span_builder(format!("{service}/{method}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service.to_owned()),
+            KeyValue::new("rpc.method", method.to_owned()),
+        ])
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Observe<S>
@@ -165,14 +205,25 @@ where
         let slot = OffsetSlot::default();
         request.extensions_mut().insert(slot.clone());
         let started = Instant::now();
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            let offset = slot.0.get().copied();
-            let call = Call { method, subject, offset, started };
-            // A "trailers-only" response (an error) has its status in the headers.
-            let code = grpc_status(response.headers());
-            Ok(response.map(|body| ObservedBody { body, observer: Some(observer), call, code }))
-        })
+        let traced =
+            request.uri().path().strip_prefix('/').and_then(|path| path.strip_prefix(TRACED_SERVICE));
+        let trace = if traced.is_some_and(|rest| rest.starts_with('/')) {
+            server_span(request.headers(), TRACED_SERVICE, &method)
+        } else {
+            opentelemetry::Context::new()
+        };
+        let context = trace.clone();
+        Box::pin(
+            async move {
+                let response = inner.call(request).await?;
+                let offset = slot.0.get().copied();
+                let call = Call { method, subject, offset, started, trace };
+                // A "trailers-only" response (an error) has its status in the headers.
+                let code = grpc_status(response.headers());
+                Ok(response.map(|body| ObservedBody { body, observer: Some(observer), call, code }))
+            }
+            .with_context(context),
+        )
     }
 }
 
@@ -199,8 +250,13 @@ pin_project_lite::pin_project! {
 impl<B> ObservedBody<B> {
     /// A body of a call that is not observed (refused before it reached the routes).
     pub(crate) fn unobserved(body: B) -> Self {
-        let call =
-            Call { method: String::new(), subject: String::new(), offset: None, started: Instant::now() };
+        let call = Call {
+            method: String::new(),
+            subject: String::new(),
+            offset: None,
+            started: Instant::now(),
+            trace: opentelemetry::Context::new(),
+        };
         Self { body, observer: None, call, code: None }
     }
 }

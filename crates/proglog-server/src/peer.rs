@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{KeyValue, global};
 use proglog_api::internal::v1::raft_client::RaftClient;
 use proglog_api::internal::v1::raft_server::{Raft, RaftServer};
 use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse};
@@ -123,7 +125,7 @@ struct Inner {
     throttles: [Throttle; Reason::ALL.len()],
 }
 
-type Forwarded = (Vec<Bytes>, oneshot::Sender<Result<u64, LogError>>);
+type Forwarded = (ForwardRequest, oneshot::Sender<Result<u64, LogError>>);
 
 /// The replicated log's transport over gRPC. Create it, open the [`RaftLog`]
 /// with it, then [`PeerTransport::bind`] the log.
@@ -435,6 +437,10 @@ impl Transport for PeerTransport {
             // Nothing was sent: as if no leader were known (safe to retry).
             return Box::pin(async { Err(LogError::NotLeader { leader: None }) });
         };
+        // The hop's client span; the leader's server span continues it.
+        let trace = forward_span(SpanKind::Client, &append.context);
+        let mut trace_context = HashMap::new();
+        global::get_text_map_propagator(|propagator| propagator.inject_context(&trace, &mut trace_context));
         let (reply, done) = oneshot::channel();
         let queued = {
             let mut forwarders = lock(&inner.forwarders);
@@ -444,16 +450,16 @@ impl Transport for PeerTransport {
             if entry.0 != addr || entry.1.is_closed() {
                 *entry = (addr.clone(), spawn_forwarder(inner, to, addr));
             }
-            entry.1.try_send((append.values, reply)).is_ok()
+            entry.1.try_send((ForwardRequest { values: append.values, trace_context }, reply)).is_ok()
         };
         Box::pin(async move {
-            if !queued {
-                return Err(LogError::refused(
-                    Refusal::Overloaded,
-                    "too many appends are being forwarded; retry",
-                ));
-            }
-            done.await.unwrap_or_else(|_| Err(outcome_unknown()))
+            let result = if queued {
+                done.await.unwrap_or_else(|_| Err(outcome_unknown()))
+            } else {
+                Err(LogError::refused(Refusal::Overloaded, "too many appends are being forwarded; retry"))
+            };
+            end_span(&trace, &result);
+            result
         })
     }
 }
@@ -591,8 +597,8 @@ fn spawn_forwarder(inner: &Arc<Inner>, to: u64, addr: String) -> mpsc::Sender<Fo
         loop {
             tokio::select! {
                 next = rx.recv(), if waiting.len() < FORWARD_QUEUE => {
-                    let Some((values, reply)) = next else { break };
-                    if tx.send(ForwardRequest { values }).await.is_err() {
+                    let Some((request, reply)) = next else { break };
+                    if tx.send(request).await.is_err() {
                         let _ = reply.send(Err(outcome_unknown()));
                         break;
                     }
@@ -615,6 +621,32 @@ fn spawn_forwarder(inner: &Arc<Inner>, to: u64, addr: String) -> mpsc::Sender<Fo
         }
     });
     queue
+}
+
+/// A span of the forwarding hop (the follower's client span, the leader's
+/// server span), a child of `parent`.
+fn forward_span(kind: SpanKind, parent: &opentelemetry::Context) -> opentelemetry::Context {
+    let tracer = global::tracer("proglog-server");
+    let span = tracer
+        .span_builder("proglog.internal.v1.Raft/Forward")
+        .with_kind(kind)
+        .with_attributes([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", "proglog.internal.v1.Raft"),
+            KeyValue::new("rpc.method", "Forward"),
+        ])
+        .start_with_context(&tracer, parent);
+    parent.with_span(span)
+}
+
+/// Ends the span of `trace` with the outcome of what it covered.
+fn end_span(trace: &opentelemetry::Context, result: &Result<u64, LogError>) {
+    let span = trace.span();
+    match result {
+        Ok(offset) => span.set_attribute(KeyValue::new("proglog.offset", *offset as i64)),
+        Err(error) => span.set_status(opentelemetry::trace::Status::error(error.to_string())),
+    }
+    span.end();
 }
 
 /// The leader's answer to a forwarded append, its error whole (see
@@ -785,8 +817,16 @@ impl Raft for PeerService {
                     _ = closing.wait_for(|closing| *closing) => return,
                 };
                 let Ok(Some(request)) = request else { return };
-                let pending = match mailbox.append(Append::new(request.values)).await {
-                    Ok(pending) => pending,
+                let parent =
+                    global::get_text_map_propagator(|propagator| propagator.extract(&request.trace_context));
+                let trace = forward_span(SpanKind::Server, &parent);
+                let append = Append::new(request.values).with_context(trace.clone());
+                let pending: PendingAppend = match mailbox.append(append).await {
+                    Ok(pending) => Box::pin(async move {
+                        let result = pending.await;
+                        end_span(&trace, &result);
+                        result
+                    }),
                     Err(error) => {
                         if matches!(error, LogError::InvalidArgument(_)) {
                             inner.refuse(Reason::Forward, &caller.name, &error.to_string());

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{FutureExt, TraceContextExt};
 use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
     ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
@@ -154,7 +156,9 @@ impl LogRpc for LogService {
         // Batches are bounded in bytes by the semaphore; the channel only hands
         // them over.
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(follow(Arc::clone(&self.log), offset, tx, self.shutdown.clone()));
+        // The call's span stays current in the tasks that serve it.
+        let trace = opentelemetry::Context::current();
+        tokio::spawn(follow(Arc::clone(&self.log), offset, tx, self.shutdown.clone()).with_context(trace));
         Ok(Response::new(RecordStream { batches: rx, batch: VecDeque::new(), held: None }))
     }
 
@@ -169,8 +173,9 @@ impl LogRpc for LogService {
         let (values_tx, values_rx) = mpsc::channel(PRODUCE_STREAM_WINDOW);
         let (tx, rx) = mpsc::channel(PRODUCE_STREAM_WINDOW);
         let reader = read_requests(inbound, self.max_record_bytes, values_tx, self.shutdown.clone());
-        tokio::spawn(reader);
-        tokio::spawn(append_in_order(Arc::clone(&self.log), values_rx, tx));
+        let trace = opentelemetry::Context::current();
+        tokio::spawn(reader.with_context(trace.clone()));
+        tokio::spawn(append_in_order(Arc::clone(&self.log), values_rx, tx).with_context(trace));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -391,6 +396,9 @@ async fn append_in_order(
                 }
                 if !batch.is_empty() {
                     let count = batch.len() as u64;
+                    // One event per batch on the call's span, never a span per record.
+                    let trace = opentelemetry::Context::current();
+                    trace.span().add_event("append", vec![KeyValue::new("records", count as i64)]);
                     match log.append(Append::new(batch)).await {
                         Ok(pending) => in_flight.push_back((pending, count, held)),
                         Err(error) => { ending = Some(from_log(error)); input_open = false; }

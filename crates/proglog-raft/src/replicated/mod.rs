@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 pub use self::codec::{ClusterId, Member, PeerId, decode_message, encode_message, node_id};
 pub use self::gate::{Reason, Rejections};
 pub use self::network::ChannelNetwork;
-use self::node::{AppendReply, ChangeReply, Node, NodeConfig, Outbox, Shared};
+use self::node::{ChangeReply, Node, NodeConfig, Outbox, Proposal, Shared};
 use self::store::Store;
 pub(crate) use self::terms::Terms;
 use crate::commit_log::check_append;
@@ -129,7 +129,7 @@ pub trait Transport: Send + Sync + 'static {
 }
 
 enum Event {
-    Append(Vec<Bytes>, AppendReply, Option<OwnedSemaphorePermit>),
+    Append(Proposal, Option<OwnedSemaphorePermit>),
     /// A peer's message, as its transport authenticated the call.
     Message(Box<(PeerId, Message)>, Option<OwnedSemaphorePermit>),
     Unreachable(u64),
@@ -201,11 +201,11 @@ impl Mailbox {
     /// `NotLeader`.
     /// The values obey this node's `max_record_bytes`, as a client's would.
     pub async fn append(&self, append: Append) -> Result<PendingAppend, LogError> {
-        let values = append.values;
-        check_append(&values, self.max_record_bytes)?;
-        let permit = queue_permit(&self.queued, &values).await;
+        check_append(&append.values, self.max_record_bytes)?;
+        let permit = queue_permit(&self.queued, &append.values).await;
         let (reply, done) = oneshot::channel();
-        self.events.send(Event::Append(values, reply, permit)).map_err(|_| closed())?;
+        let proposal = Proposal { values: append.values, context: append.context, reply };
+        self.events.send(Event::Append(proposal, permit)).map_err(|_| closed())?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
     }
 }
@@ -605,7 +605,7 @@ fn run(
         let mut handled = 0;
         while let Some(current) = event.take() {
             match current {
-                Event::Append(values, reply, _permit) => appends.push((values, reply)),
+                Event::Append(proposal, _permit) => appends.push(proposal),
                 Event::Close => break 'run,
                 other => {
                     // Keep appends in order relative to other work.
@@ -761,7 +761,7 @@ impl CommitLog for RaftLog {
             }));
         }
         let (reply, done) = oneshot::channel();
-        self.send(Event::Append(append.values, reply, permit))?;
+        self.send(Event::Append(Proposal { values: append.values, context: append.context, reply }, permit))?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
     }
 

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{KeyValue, global};
 use proglog_log::Log;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
@@ -28,6 +30,14 @@ use crate::{Leader, LogError, LogStatus, Refusal, ServerInfo};
 
 /// Replies to an append with the offset of its first value.
 pub(crate) type AppendReply = oneshot::Sender<Result<u64, LogError>>;
+
+/// An append waiting to be proposed: its values, the context it was appended
+/// in (the caller's trace) and where its offset goes.
+pub(crate) struct Proposal {
+    pub values: Vec<Bytes>,
+    pub context: opentelemetry::Context,
+    pub reply: AppendReply,
+}
 /// Replies to a membership change once it is applied.
 pub(crate) type ChangeReply = oneshot::Sender<Result<(), LogError>>;
 
@@ -74,8 +84,16 @@ pub(crate) struct Fetch {
 }
 
 enum Waiter {
-    Append { term: u64, replies: Vec<(u64, AppendReply)> },
-    Change { term: u64, reply: ChangeReply },
+    /// `trace`: the entry's commit span (empty unless an append in it is traced).
+    Append {
+        term: u64,
+        replies: Vec<(u64, AppendReply)>,
+        trace: opentelemetry::Context,
+    },
+    Change {
+        term: u64,
+        reply: ChangeReply,
+    },
 }
 
 /// A Ready round whose writes are done but not yet known durable.
@@ -87,6 +105,8 @@ struct Unsynced {
     needs_sync: bool,
     /// Messages to send once it is durable.
     messages: Vec<Message>,
+    /// The span of its sync, when a traced entry waits for it.
+    sync_trace: Option<opentelemetry::Context>,
 }
 
 struct Fetching {
@@ -125,6 +145,9 @@ pub(crate) struct Node {
     waiters: BTreeMap<u64, Waiter>,
     /// Rounds written and waiting for their sync, in order.
     unsynced: std::collections::VecDeque<Unsynced>,
+    /// The commit span of the first traced entry proposed since the last
+    /// Ready: the sync of that Ready's entries is traced under it.
+    round_trace: Option<opentelemetry::Context>,
     fetching: Option<Fetching>,
     /// Ids of fetches started so far.
     fetches: u64,
@@ -251,6 +274,7 @@ impl Node {
             proposed: 0,
             waiters: BTreeMap::new(),
             unsynced: std::collections::VecDeque::new(),
+            round_trace: None,
             fetching: None,
             fetches: 0,
             commit_at_last_tick: 0,
@@ -348,44 +372,49 @@ impl Node {
 
     /// Proposes appends as one entry per `max_batch_bytes`; each reply learns the
     /// offset of its first value once the entry is applied (or why it never will be).
-    pub(crate) fn propose(&mut self, appends: Vec<(Vec<Bytes>, AppendReply)>) {
-        let mut batch: Vec<(Vec<Bytes>, AppendReply)> = Vec::new();
+    pub(crate) fn propose(&mut self, appends: Vec<Proposal>) {
+        let mut batch: Vec<Proposal> = Vec::new();
         let mut bytes = 0;
-        for (values, reply) in appends {
-            let size = batch_len(&values);
+        for proposal in appends {
+            let size = batch_len(&proposal.values);
             if !batch.is_empty() && bytes + size > self.config.max_batch_bytes {
                 self.propose_entry(std::mem::take(&mut batch));
                 bytes = 0;
             }
             bytes += size;
-            batch.push((values, reply));
+            batch.push(proposal);
         }
         if !batch.is_empty() {
             self.propose_entry(batch);
         }
     }
 
-    fn propose_entry(&mut self, batch: Vec<(Vec<Bytes>, AppendReply)>) {
+    fn propose_entry(&mut self, batch: Vec<Proposal>) {
         if !self.is_leader() {
             let error = self.not_leader();
-            for (_, reply) in batch {
-                let _ = reply.send(Err(error.clone()));
+            for proposal in batch {
+                let _ = proposal.reply.send(Err(error.clone()));
             }
             return;
         }
         let first_offset = self.raw.store().tail_end() + self.proposed;
+        let trace = commit_span(&batch, first_offset);
         let mut values = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
-        for (append, reply) in batch {
-            replies.push((values.len() as u64, reply));
-            values.extend(append);
+        for proposal in batch {
+            replies.push((values.len() as u64, proposal.reply));
+            values.extend(proposal.values);
         }
         let count = values.len() as u64;
         match self.raw.propose(Vec::new(), encode_batch(first_offset, &values)) {
             Ok(()) => {
                 self.proposed += count;
                 let index = self.raw.raft.raft_log.last_index();
-                self.waiters.insert(index, Waiter::Append { term: self.term(), replies });
+                if self.round_trace.is_none() && trace.has_active_span() {
+                    self.round_trace = Some(trace.clone());
+                }
+                trace.span().set_attribute(KeyValue::new("raft.index", index as i64));
+                self.waiters.insert(index, Waiter::Append { term: self.term(), replies, trace });
             }
             Err(error) => {
                 let error = match error {
@@ -763,11 +792,20 @@ impl Node {
             store.sync()?;
         }
         let needs_sync = !ready.entries().is_empty() && !installed;
+        let sync_trace = self.round_trace.take().filter(|_| needs_sync).map(|commit| {
+            let tracer = global::tracer("proglog-raft");
+            let span = tracer
+                .span_builder("raft.fsync")
+                .with_kind(SpanKind::Internal)
+                .start_with_context(&tracer, &commit);
+            commit.with_span(span)
+        });
         let unsynced = Unsynced {
             number: ready.number(),
             last_index: store.last(),
             needs_sync,
             messages: ready.take_persisted_messages(),
+            sync_trace,
         };
         self.proposed = 0;
         // The entries are written (readable through `Storage`); their sync runs
@@ -806,6 +844,9 @@ impl Node {
             let Some(round) = self.unsynced.pop_front() else { break };
             if round.needs_sync {
                 self.raw.mut_store().mark_synced(round.last_index);
+            }
+            if let Some(trace) = round.sync_trace {
+                trace.span().end();
             }
             outbox.messages.extend(round.messages);
             persisted = Some(round.number);
@@ -954,7 +995,8 @@ impl Node {
 
     fn resolve(&mut self, waiter: Waiter, term: u64, first_offset: Option<u64>) {
         match waiter {
-            Waiter::Append { term: proposed, replies } if proposed == term => {
+            Waiter::Append { term: proposed, replies, trace } if proposed == term => {
+                trace.span().end();
                 let first = first_offset.unwrap_or(0);
                 for (delta, reply) in replies {
                     let _ = reply.send(Ok(first + delta));
@@ -1058,9 +1100,37 @@ impl Node {
     }
 }
 
+/// The span from proposing an entry to applying it (committed, durable per
+/// the fsync policy), when an append merged into it is traced: a child of the
+/// first traced append, linked to the others (one entry serves many callers).
+fn commit_span(batch: &[Proposal], first_offset: u64) -> opentelemetry::Context {
+    let mut traced = batch
+        .iter()
+        .map(|proposal| &proposal.context)
+        .filter(|context| context.span().span_context().is_sampled());
+    let Some(parent) = traced.next() else { return opentelemetry::Context::new() };
+    let links: Vec<Link> =
+        traced.map(|context| Link::with_context(context.span().span_context().clone())).collect();
+    let records: usize = batch.iter().map(|proposal| proposal.values.len()).sum();
+    let tracer = global::tracer("proglog-raft");
+    let span = tracer
+        .span_builder("raft.commit")
+        .with_kind(SpanKind::Internal)
+        .with_links(links)
+        .with_attributes([
+            KeyValue::new("proglog.first_offset", first_offset as i64),
+            KeyValue::new("proglog.records", records as i64),
+            KeyValue::new("proglog.appends", batch.len() as i64),
+        ])
+        .start_with_context(&tracer, parent);
+    parent.with_span(span)
+}
+
 fn fail(waiter: Waiter, error: &LogError) {
     match waiter {
-        Waiter::Append { replies, .. } => {
+        Waiter::Append { replies, trace, .. } => {
+            trace.span().set_status(opentelemetry::trace::Status::error(error.to_string()));
+            trace.span().end();
             for (_, reply) in replies {
                 let _ = reply.send(Err(error.clone()));
             }

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{ClusterId, Member, PeerId};
 use super::gate::{MAX_TERM, Reason, Rejections};
-use super::node::{AppendReply, ChangeReply, Fetch, Node, NodeConfig, Outbox};
+use super::node::{AppendReply, ChangeReply, Fetch, Node, NodeConfig, Outbox, Proposal};
 use super::store::Store;
 use crate::{Fsync, LogError};
 
@@ -477,7 +477,8 @@ impl Sim {
             })
             .collect();
         let (reply, done): (AppendReply, _) = oneshot::channel();
-        self.node_mut(target).propose(vec![(values.clone(), reply)]);
+        let context = opentelemetry::Context::new();
+        self.node_mut(target).propose(vec![Proposal { values: values.clone(), context, reply }]);
         self.pending.push(Pending { target, values, reply: done });
     }
 
