@@ -116,6 +116,10 @@ async fn produce_traced(
     pki.grpc(agent.rpc, client).produce(request).await.map(|response| response.into_inner().offset)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// The one span named `name` sent by `node`.
 fn find<'a>(spans: &'a [Received], node: &str, name: &str) -> &'a Received {
     let found: Vec<_> = spans.iter().filter(|r| r.node == node && r.span.name == name).collect();
@@ -130,7 +134,7 @@ async fn a_produce_through_a_follower_is_one_trace_to_the_leaders_commit_and_fsy
     let (collector, addr) = Collector::start().await;
     let endpoint = format!("http://{addr}");
     // Ratio 0: only callers' sampled traces are recorded.
-    let flags = ["--otlp-endpoint", endpoint.as_str(), "--trace-sample-ratio", "0"];
+    let flags = ["--otlp-endpoint", endpoint.as_str(), "--trace-sample-ratio", "0", "--log-level", "debug"];
     let first = start(&pki, data.path(), "node-0", None, &flags);
     let mut agents = vec![first];
     for name in ["node-1", "node-2"] {
@@ -138,6 +142,9 @@ async fn a_produce_through_a_follower_is_one_trace_to_the_leaders_commit_and_fsy
         agents.push(agent);
     }
     let leader = wait_for_servers(&pki, &agents[0], &["node-0", "node-1", "node-2"]).await;
+    // raft-rs's lines name the node once (the agent's logger does, for every line).
+    let line = agents[0].wait_for_line(&["switched to configuration"]);
+    assert_eq!(line.matches(r#""node":"#).count(), 1, "{line}");
     let (follower, follower_name) =
         agents.iter().zip(["node-0", "node-1", "node-2"]).find(|(_, name)| *name != leader).unwrap();
 
@@ -175,6 +182,24 @@ async fn a_produce_through_a_follower_is_one_trace_to_the_leaders_commit_and_fsy
     assert_eq!(fsync.span.parent_span_id, commit.span.span_id);
     assert!(collector.of_trace(&unsampled.to_be_bytes()).is_empty(), "an unsampled caller was traced");
 
+    // HTTP too: a produce through the follower's HTTP API joins the caller's trace.
+    let over_http: u128 = 0x9999_aaaa_bbbb_cccc_dddd_eeee_ffff_0001;
+    let parent = traceparent(over_http, 2, true);
+    let body = r#"{"record":{"value":"aHR0cA=="}}"#;
+    let answer = pki.https_with(
+        follower.http(),
+        Some("root"),
+        "POST",
+        "/records",
+        &[("traceparent", &parent)],
+        Some(body),
+    );
+    assert_eq!(answer.map(|(status, _)| status), Some(200));
+    let spans = collector.wait_for(&over_http.to_be_bytes(), &["POST /records", "raft.commit"]).await;
+    let http_span = find(&spans, follower_name, "POST /records");
+    assert_eq!(http_span.span.parent_span_id, 2u64.to_be_bytes());
+    assert_eq!(http_span.attribute("http.response.status_code"), Some(Value::IntValue(200)));
+
     // A denied call's status is on its span.
     let denied: u128 = 0x1111_2222_3333_4444_5555_6666_7777_8888;
     let status =
@@ -184,10 +209,53 @@ async fn a_produce_through_a_follower_is_one_trace_to_the_leaders_commit_and_fsy
     let refused = find(&spans, follower_name, "log.v1.Log/Produce");
     assert_eq!(refused.attribute("rpc.grpc.status_code"), Some(Value::IntValue(7)));
     assert_eq!(refused.span.status.as_ref().map(|status| status.code), Some(2), "status ERROR");
+    // The call's log line names its trace and span.
+    let line = follower.wait_for_line(&[r#""msg":"rpc""#, &format!("{denied:032x}")]);
+    assert!(line.contains(&hex(&refused.span.span_id)), "{line}");
 
     for agent in agents {
         assert!(agent.terminate().await.success());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_a_trace_the_agent_joins() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let (collector, addr) = Collector::start().await;
+    let endpoint = format!("http://{addr}");
+    let agent = pki.start_agent(
+        &data.path().join("solo"),
+        &["--otlp-endpoint", endpoint.as_str(), "--trace-sample-ratio", "0"],
+    );
+    let path = |name: &str| pki.path(name).to_str().unwrap().to_owned();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_proglog"))
+        .args(["--addr", &agent.rpc.to_string(), "--server-name", "localhost", "--ca-file", &path("ca.pem")])
+        .args(["--cert-file", &path("root-client.pem"), "--key-file", &path("root-client-key.pem")])
+        .args(["produce", "traced from the cli"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output).await.unwrap().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The CLI's root span, and the agent's server span as its child, in one trace.
+    let deadline = Instant::now() + DEADLINE;
+    let (root, served) = loop {
+        let spans = collector.0.lock().unwrap().clone();
+        let root = spans.iter().find(|r| r.span.name == "proglog produce").cloned();
+        if let Some(root) = root
+            && let Some(served) = spans
+                .iter()
+                .find(|r| r.span.name == "log.v1.Log/Produce" && r.span.trace_id == root.span.trace_id)
+        {
+            break (root, served.clone());
+        }
+        assert!(Instant::now() < deadline, "spans: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(served.span.parent_span_id, root.span.span_id);
+    assert_eq!(served.node, "black-box", "the agent (its node name) served it");
+    assert!(agent.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

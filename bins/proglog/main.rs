@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod commands;
 mod connect;
 mod output;
+mod traces;
 
 use crate::connect::TlsOptions;
 use crate::output::Printer;
@@ -159,18 +160,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { common, command } = cli;
     let tls = TlsOptions::new(common.ca_file, common.cert_file, common.key_file, common.server_name)?;
     let hint = |error: anyhow::Error| with_hint(error, tls.as_ref());
-    let client = connect::client(&common.addr, tls.as_ref()).await.map_err(hint)?;
-    let mut out = Printer::new(common.output);
-    let result = match command {
-        Command::Produce { values } => commands::produce(&client, values, &mut out).await,
-        Command::Consume { offset, follow, count } => {
-            commands::consume(&client, offset, follow, count, &mut out).await
-        }
-        Command::Servers => commands::servers(&client, &mut out).await,
+    let name = match &command {
+        Command::Produce { .. } => "produce",
+        Command::Consume { .. } => "consume",
+        Command::Servers => "servers",
     };
-    // Whatever was printed before an error is still flushed.
-    let flushed = out.flush();
-    result.and(flushed).map_err(hint)
+    traces::traced(name, async {
+        let client = connect::client(&common.addr, tls.as_ref()).await.map_err(hint)?;
+        let mut out = Printer::new(common.output);
+        let result = match command {
+            Command::Produce { values } => commands::produce(&client, values, &mut out).await,
+            Command::Consume { offset, follow, count } => {
+                commands::consume(&client, offset, follow, count, &mut out).await
+            }
+            Command::Servers => commands::servers(&client, &mut out).await,
+        };
+        // Whatever was printed before an error is still flushed.
+        let flushed = out.flush();
+        result.and(flushed).map_err(hint)
+    })
+    .await
 }
 
 /// `error`, with what to check when it is a failure below gRPC (a connection

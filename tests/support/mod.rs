@@ -452,6 +452,19 @@ impl Pki {
         path: &str,
         body: Option<&str>,
     ) -> Option<(u16, String)> {
+        self.https_with(addr, client, method, path, &[], body)
+    }
+
+    /// [`Pki::https`] sending `headers` too.
+    pub fn https_with(
+        &self,
+        addr: SocketAddr,
+        client: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
         use rustls::pki_types::ServerName;
         let server_name = ServerName::try_from("localhost").unwrap();
         let connection = rustls::ClientConnection::new(self.client_config(client, &[]), server_name).unwrap();
@@ -459,8 +472,9 @@ impl Pki {
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut stream = rustls::StreamOwned::new(connection, tcp);
         let body = body.unwrap_or("");
+        let headers: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).ok()?;

@@ -218,11 +218,45 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+/// Traces a call of the record API (SPEC §9): a server span named for its
+/// method and `route`, a child of the caller's W3C trace context (headers),
+/// current while the handler runs, ended with the response's status.
+async fn traced(
+    State(route): State<&'static str>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer};
+    let headers = opentelemetry_http::HeaderExtractor(request.headers());
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&headers));
+    let method = request.method().as_str().to_owned();
+    let tracer = opentelemetry::global::tracer("proglog-agent");
+    let span = tracer
+        .span_builder(format!("{method} {route}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            opentelemetry::KeyValue::new("http.request.method", method),
+            opentelemetry::KeyValue::new("http.route", route),
+        ])
+        .start_with_context(&tracer, &parent);
+    let context = parent.with_span(span);
+    let response = next.run(request).with_context(context.clone()).await;
+    let span = context.span();
+    let status = response.status();
+    span.set_attribute(opentelemetry::KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+    if status.is_server_error() {
+        span.set_status(Status::error(status.to_string()));
+    }
+    span.end();
+    response
+}
+
 fn router(state: Arc<HttpState>) -> Router {
+    let traced = |route| axum::middleware::from_fn_with_state(route, traced);
     Router::new()
-        .route("/", post(produce).get(consume_body))
-        .route("/records", post(produce))
-        .route("/records/{offset}", get(consume_path))
+        .route("/", post(produce).get(consume_body).layer(traced("/")))
+        .route("/records", post(produce).layer(traced("/records")))
+        .route("/records/{offset}", get(consume_path).layer(traced("/records/{offset}")))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

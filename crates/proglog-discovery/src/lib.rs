@@ -335,7 +335,7 @@ impl ClusterCodec {
         if self.last_warning.is_none_or(|at| at.elapsed() >= WARNING_PERIOD) {
             self.last_warning = Some(Instant::now());
             slog::warn!(self.logger, "refused gossip naming a node of another cluster";
-                "node" => &node.name, "node_cluster_id" => format!("{:032x}", node.cluster_id),
+                "peer" => &node.name, "peer_cluster_id" => format!("{:032x}", node.cluster_id),
                 "cluster_id" => format!("{ours:032x}"), "gossip_addr" => %node.gossip_addr,
                 "refused_so_far" => refused);
         }
@@ -659,7 +659,7 @@ impl Gossip {
             }
             let key = key_of(&node);
             if shared.members.len() >= MAX_MEMBERS && !shared.members.contains_key(&key) {
-                slog::warn!(self.logger, "too many members: ignoring a join"; "node" => &node.name);
+                slog::warn!(self.logger, "too many members: ignoring a join"; "peer" => &node.name);
                 return;
             }
             shared.members.insert(key, node.clone());
@@ -689,7 +689,7 @@ impl Gossip {
             if self.last_stale_warning.is_none_or(|at| at.elapsed() >= WARNING_PERIOD) {
                 self.last_stale_warning = Some(Instant::now());
                 slog::warn!(self.logger, "refused a leave notice that is not its sender's current one (a replay?)";
-                    "node" => &leaving.name, "member_id" => leaving.member_id,
+                    "peer" => &leaving.name, "member_id" => leaving.member_id,
                     "notice_incarnation" => leaving.incarnation, "live_incarnation" => live,
                     "refused_so_far" => refused);
             }

@@ -73,7 +73,8 @@ impl Cluster {
         config.settings.raft_election_timeout = Duration::from_millis(200);
         config.compact_entries = self.compact_entries;
         config.trailing_entries = 4;
-        config.logger = slog::Logger::root(slog::Fuse(self.logs.clone()), slog::o!());
+        config.logger =
+            slog::Logger::root(slog::Fuse(self.logs.clone()), slog::o!("node" => name.to_owned()));
         config
     }
 

@@ -74,7 +74,8 @@ pub struct RaftConfig {
     pub compact_entries: u64,
     /// …keeping this many of the newest for followers that briefly lag.
     pub trailing_entries: u64,
-    /// Where the node logs (raft-rs included).
+    /// Where the node logs (raft-rs included); the caller names the node in it
+    /// if its lines need that (the agent's logger does, once for every line).
     pub logger: Logger,
 }
 
@@ -319,7 +320,7 @@ impl RaftLog {
                 records.config().max_record_bytes
             )));
         }
-        let logger = config.logger.new(slog::o!("node" => config.member.name.clone()));
+        let logger = config.logger.clone();
         let records = Arc::new(records);
         let store = Store::open(&config.data_dir.join("raft"), config.settings.fsync, &config.member.name)?;
         let rejections = Arc::new(Rejections::default());

@@ -578,7 +578,7 @@ impl Node {
         if let Some(member) = learner.and_then(|id| self.members.get(&id).cloned()) {
             let change = conf_change(member.id, ConfChangeType::AddNode);
             if let Err(error) = self.raw.propose_conf_change(member.encode(), change) {
-                slog::warn!(self.logger, "cannot promote a learner"; "node" => &member.name, "error" => %error);
+                slog::warn!(self.logger, "cannot promote a learner"; "member" => &member.name, "error" => %error);
             }
         }
     }
