@@ -120,3 +120,40 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
         assert!(agent.terminate().await.success());
     }
 }
+
+/// Every metric has its `# HELP`, and the replication and disk figures an
+/// operator watches are there: each follower's lag on the leader, the fsync
+/// histogram, apply lag, forwarded appends, leader changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_an_operator_how_replication_and_the_disk_are_doing() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let agents = cluster::form(&pki, data.path(), 3);
+    let names = ["node-0", "node-1", "node-2"];
+    let leader = wait_for_servers(&pki, &agents[0], &names).await;
+    let (leader_agent, follower) = {
+        let position = names.iter().position(|name| *name == leader).unwrap();
+        (&agents[position], &agents[(position + 1) % 3])
+    };
+    let offset = produce_through(&pki, follower, "through a follower").await;
+    for agent in &agents {
+        wait_for_record(&pki, agent, offset, "through a follower").await;
+    }
+    cluster::wait_for_metric(&pki, follower, "proglog_forwarded_appends_total", 1.0).await;
+    cluster::wait_for_metric(&pki, leader_agent, "proglog_fsync_duration_seconds_count", 1.0).await;
+    cluster::wait_for_metric(&pki, leader_agent, "proglog_raft_leader_changes_total", 1.0).await;
+    let (_, text) = pki.https(leader_agent.http(), Some("root"), "GET", "/metrics", None).unwrap();
+    for follower in names.iter().filter(|name| **name != leader) {
+        let sample = format!("proglog_raft_follower_lag_entries{{follower=\"{follower}\"}} ");
+        assert!(text.contains(&sample), "no lag for {follower}: {text}");
+    }
+    assert!(text.contains("proglog_raft_apply_lag_entries 0"), "{text}");
+    // Every family is described.
+    for family in text.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap();
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP: {text}");
+    }
+    for agent in agents {
+        assert!(agent.terminate().await.success());
+    }
+}

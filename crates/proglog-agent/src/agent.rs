@@ -166,9 +166,11 @@ impl Agent {
         let member = Member::new(config.node_name.clone(), rpc_addr.to_string())
             .with_gossip_addr(gossip_addr.to_string());
         let transport = PeerTransport::new(peer_tls, tokio::runtime::Handle::current(), logger.clone());
+        let recorder = crate::metrics::recorder();
         let raft_config = RaftConfig {
             bootstrap: config.bootstrap(),
             settings: config.log.clone(),
+            metrics: crate::metrics::raft_metrics(&recorder),
             logger: logger.clone(),
             ..RaftConfig::new(member, config.data_dir.clone())
         };
@@ -214,7 +216,8 @@ impl Agent {
         let discovery = Arc::new(discovery);
         let (stop, stopped) = watch::channel(false);
         let dropped_spans = traces.as_ref().map(crate::traces::Traces::dropped);
-        let metrics = Metrics::new(Arc::clone(log.rejections()), Arc::clone(&discovery), dropped_spans);
+        let metrics =
+            Metrics::new(recorder, Arc::clone(log.rejections()), Arc::clone(&discovery), dropped_spans);
         let observer = RpcObserver::new(logger.clone(), Some(metrics.recorder()));
         let limits = PeerTransport::reserve(Limits {
             max_connections,

@@ -111,6 +111,9 @@ pub struct LogStatus {
     /// Why the log stopped serving for good (its writer, Raft or fsync thread
     /// failed), once it has; `None` while it runs.
     pub failure: Option<String>,
+    /// On the leader: how many entries each other member (by name) lacks of
+    /// the leader's log. Empty elsewhere.
+    pub follower_lag: Vec<(String, u64)>,
 }
 
 impl LogStatus {

@@ -67,7 +67,7 @@ pub use crate::error::{Leader, LogError, Refusal};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{
     ChannelNetwork, ClusterId, FetchSink, MAX_RECORD_BYTES, Mailbox, Member, PeerId, RaftConfig, RaftLog,
-    Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
+    RaftMetrics, Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
 };
 pub use crate::settings::{InvalidSetting, Settings};
 /// raft-rs's message type, which [`Transport`]s carry.

@@ -270,6 +270,7 @@ impl CommitLog for LocalLog {
             highest_offset: (committed > lowest_offset).then(|| committed - 1),
             bytes: self.records.log.size_bytes(),
             failure: self.failure.borrow().clone(),
+            follower_lag: Vec::new(),
         }
     }
 

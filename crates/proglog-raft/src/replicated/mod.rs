@@ -74,6 +74,8 @@ pub struct RaftConfig {
     pub compact_entries: u64,
     /// …keeping this many of the newest for followers that briefly lag.
     pub trailing_entries: u64,
+    /// Where the node counts what an operator watches (none by default).
+    pub metrics: RaftMetrics,
     /// Where the node logs (raft-rs included); the caller names the node in it
     /// if its lines need that (the agent's logger does, once for every line).
     pub logger: Logger,
@@ -89,6 +91,7 @@ impl RaftConfig {
             settings: Settings::default(),
             compact_entries: 16_384,
             trailing_entries: 1_024,
+            metrics: RaftMetrics::default(),
             logger: Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -105,7 +108,36 @@ impl RaftConfig {
             trailing_entries: self.trailing_entries,
             max_batch_bytes: 1 << 20,
             max_uncommitted_bytes: QUEUE_BYTES as u64,
+            leader_changes: self.metrics.leader_changes.clone(),
+            snapshot_fetches: self.metrics.snapshot_fetches.clone(),
         })
+    }
+}
+
+/// Handles of the metrics a node records as it runs, registered by the caller
+/// in whatever recorder it owns (the agent's `/metrics`); no-ops by default.
+#[derive(Clone, Debug)]
+pub struct RaftMetrics {
+    /// Seconds each fsync (or write-out, with `Fsync::Never`) of the Raft
+    /// entries took.
+    pub fsync_seconds: metrics::Histogram,
+    /// Leaders this node saw take over (each election that ended with a new
+    /// leader, as etcd's `leader_changes_seen`).
+    pub leader_changes: metrics::Counter,
+    /// Snapshot record fetches this node started (it was too far behind).
+    pub snapshot_fetches: metrics::Counter,
+    /// Appends this node forwarded to the leader.
+    pub forwarded_appends: metrics::Counter,
+}
+
+impl Default for RaftMetrics {
+    fn default() -> Self {
+        Self {
+            fsync_seconds: metrics::Histogram::noop(),
+            leader_changes: metrics::Counter::noop(),
+            snapshot_fetches: metrics::Counter::noop(),
+            forwarded_appends: metrics::Counter::noop(),
+        }
     }
 }
 
@@ -291,6 +323,7 @@ pub struct RaftLog {
     /// How long an append waits for a leader to be elected.
     leader_wait: Duration,
     max_record_bytes: u64,
+    forwarded_appends: metrics::Counter,
     /// Why the Raft thread stopped, once it has (not after a clean close).
     failure: watch::Receiver<Option<String>>,
     rejections: Arc<Rejections>,
@@ -352,9 +385,10 @@ impl RaftLog {
         let (sync_requests, sync_wanted) = std::sync::mpsc::channel::<u64>();
         let entries = Arc::clone(node.store().entries_log());
         let (synced_events, fsync) = (events.clone(), config.settings.fsync);
+        let fsync_seconds = config.metrics.fsync_seconds.clone();
         let fsyncer = std::thread::Builder::new()
             .name(format!("proglog-fsync-{}", config.member.name))
-            .spawn(move || sync_rounds(&entries, fsync, &sync_wanted, &synced_events))
+            .spawn(move || sync_rounds(&entries, fsync, &sync_wanted, &synced_events, &fsync_seconds))
             .map_err(|error| LogError::Internal(format!("cannot start the fsync thread: {error}")))?;
         let committed = node.committed();
         let terms = node.store().terms().clone();
@@ -390,6 +424,7 @@ impl RaftLog {
         Ok(Self {
             leader_wait: config.settings.raft_election_timeout * 2,
             max_record_bytes: config.settings.max_record_bytes,
+            forwarded_appends: config.metrics.forwarded_appends.clone(),
             failure,
             rejections,
             member,
@@ -675,15 +710,18 @@ fn sync_rounds(
     fsync: Fsync,
     requests: &std::sync::mpsc::Receiver<u64>,
     events: &std::sync::mpsc::Sender<Event>,
+    seconds: &metrics::Histogram,
 ) {
     while let Ok(mut round) = requests.recv() {
         while let Ok(later) = requests.try_recv() {
             round = round.max(later);
         }
+        let started = Instant::now();
         let synced = match fsync {
             Fsync::Always => entries.sync(),
             Fsync::Never => entries.flush(),
         };
+        seconds.record(started.elapsed().as_secs_f64());
         let event = match synced {
             Ok(()) => Event::Synced(round),
             Err(error) => Event::SyncFailed(error.to_string()),
@@ -750,6 +788,7 @@ impl CommitLog for RaftLog {
         if let Some(Some(_)) = leader {
             let count = append.values.len() as u64;
             let leader_id = self.shared.borrow().leader_id;
+            self.forwarded_appends.increment(1);
             let forwarded = self.transport.forward(leader_id, append);
             let (mut committed, wait) = (self.records.committed.clone(), self.leader_wait);
             return Ok(Box::pin(async move {

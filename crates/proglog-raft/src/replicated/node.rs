@@ -57,6 +57,10 @@ pub(crate) struct NodeConfig {
     pub max_batch_bytes: usize,
     /// Uncommitted entry bytes the leader accepts before refusing appends.
     pub max_uncommitted_bytes: u64,
+    /// Counts the leaders this node saw take over.
+    pub leader_changes: metrics::Counter,
+    /// Counts the snapshot record fetches this node starts.
+    pub snapshot_fetches: metrics::Counter,
 }
 
 /// Work for the driver after [`Node::process_ready`].
@@ -148,6 +152,8 @@ pub(crate) struct Node {
     /// The commit span of the first traced entry proposed since the last
     /// Ready: the sync of that Ready's entries is traced under it.
     round_trace: Option<opentelemetry::Context>,
+    /// The last leader this node saw (for counting leader changes).
+    seen_leader: u64,
     fetching: Option<Fetching>,
     /// Ids of fetches started so far.
     fetches: u64,
@@ -275,6 +281,7 @@ impl Node {
             waiters: BTreeMap::new(),
             unsynced: std::collections::VecDeque::new(),
             round_trace: None,
+            seen_leader: raft::INVALID_ID,
             fetching: None,
             fetches: 0,
             commit_at_last_tick: 0,
@@ -673,6 +680,7 @@ impl Node {
             return;
         }
         self.fetches += 1;
+        self.config.snapshot_fetches.increment(1);
         let id = self.fetches;
         slog::info!(self.logger, "fetching snapshot records"; "from" => snapshot.from, "start" => start, "end" => end);
         outbox.fetch = Some(Fetch { id, from: snapshot.from, start, end });
@@ -765,6 +773,13 @@ impl Node {
         }
         let mut ready = self.raw.ready();
         let became_leader = ready.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader);
+        if let Some(ss) = ready.ss()
+            && ss.leader_id != raft::INVALID_ID
+            && ss.leader_id != self.seen_leader
+        {
+            self.seen_leader = ss.leader_id;
+            self.config.leader_changes.increment(1);
+        }
         let early = ready.take_messages();
         if !early.is_empty() {
             send_early(early);
@@ -1043,6 +1058,25 @@ impl Node {
         }
     }
 
+    /// On the leader, the entries each other member lacks.
+    fn follower_lag(&self) -> Vec<(String, u64)> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let last = raft.raft_log.last_index();
+        let mut lag: Vec<(String, u64)> = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.me.id)
+            .filter_map(|(id, progress)| {
+                Some((self.members.get(id)?.name.clone(), last.saturating_sub(progress.matched)))
+            })
+            .collect();
+        lag.sort_unstable();
+        lag
+    }
+
     fn refresh(&self) {
         let raft = &self.raw.raft;
         let cs = self.raw.store().conf_state();
@@ -1076,6 +1110,7 @@ impl Node {
             highest_offset: (next > lowest_offset).then(|| next - 1),
             bytes: self.records.size_bytes() + self.raw.store().size_bytes(),
             failure: None,
+            follower_lag: self.follower_lag(),
         };
         let me = PeerId {
             name: self.me.name.clone(),

@@ -128,6 +128,8 @@ fn node_config(rng: &mut Rng) -> NodeConfig {
         trailing_entries: 4,
         max_batch_bytes: 4 << 10,
         max_uncommitted_bytes: 1 << 20,
+        leader_changes: metrics::Counter::noop(),
+        snapshot_fetches: metrics::Counter::noop(),
     }
 }
 
