@@ -1,6 +1,6 @@
 //! `cargo xtask`: project chores that need more than one cargo command.
 //!
-//! - `cargo xtask bench [log] [server] [cluster] [client] [-- ARGS]`: run the benchmarks (all when none
+//! - `cargo xtask bench [log] [server] [cluster] [client] [traces] [-- ARGS]`: run the benchmarks (all when none
 //!   is named; release build) and print their Markdown tables; `--quick` for a short
 //!   smoke run.
 //! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests.
@@ -19,6 +19,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("server", "proglog-server"),
     ("cluster", "proglog-server"),
     ("client", "proglog"),
+    ("traces", "proglog"),
 ];
 
 fn main() -> Result<()> {
@@ -36,7 +37,7 @@ fn main() -> Result<()> {
 
 fn usage() -> Result<()> {
     eprintln!(
-        "usage: cargo xtask bench [log] [server] [cluster] [client] [--quick] | cargo xtask ci | \
+        "usage: cargo xtask bench [log] [server] [cluster] [client] [traces] [--quick] | cargo xtask ci | \
          cargo xtask certs [DIR] [--nodes N1,N2,..]"
     );
     std::process::exit(2);

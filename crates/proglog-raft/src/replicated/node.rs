@@ -1175,3 +1175,63 @@ fn fail(waiter: Waiter, error: &LogError) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanProcessor};
+
+    use super::*;
+
+    /// Keeps every finished span.
+    #[derive(Clone, Debug, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Kept {
+        fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn proposal(context: opentelemetry::Context) -> Proposal {
+        let (reply, _) = oneshot::channel();
+        Proposal { values: vec![Bytes::from_static(b"v")], context, reply }
+    }
+
+    #[test]
+    fn an_entry_merging_traced_appends_is_committed_under_the_first_and_linked_to_the_others() {
+        let kept = Kept::default();
+        let provider = SdkTracerProvider::builder().with_span_processor(kept.clone()).build();
+        global::set_tracer_provider(provider.clone());
+        let tracer = provider.tracer("test");
+        let callers: Vec<_> = (0..3)
+            .map(|i| opentelemetry::Context::current_with_span(tracer.start(format!("caller {i}"))))
+            .collect();
+        let untraced = opentelemetry::Context::new();
+        let batch: Vec<Proposal> =
+            [&untraced, &callers[0], &callers[1], &callers[2]].into_iter().cloned().map(proposal).collect();
+        let commit = commit_span(&batch, 41);
+        commit.span().end();
+        let spans = kept.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let commit = spans.iter().find(|span| span.name == "raft.commit").expect("a commit span");
+        let caller = |i: usize| callers[i].span().span_context().clone();
+        assert_eq!(commit.parent_span_id, caller(0).span_id());
+        assert_eq!(commit.span_context.trace_id(), caller(0).trace_id());
+        let linked: Vec<_> = commit.links.iter().map(|link| link.span_context.clone()).collect();
+        assert_eq!(linked, [caller(1), caller(2)]);
+        let first = commit.attributes.iter().find(|kv| kv.key.as_str() == "proglog.first_offset");
+        assert_eq!(first.map(|kv| kv.value.clone()), Some(opentelemetry::Value::I64(41)));
+        // Nothing traced: no span at all.
+        assert!(!commit_span(&[proposal(untraced)], 0).has_active_span());
+    }
+}
