@@ -370,3 +370,85 @@ async fn a_certificate_without_replicate_cannot_call_the_internal_service() {
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     cluster.shutdown().await;
 }
+
+/// Keeps every finished span (the SDK's own test exporter needs features this
+/// crate does not otherwise build).
+#[derive(Clone, Debug, Default)]
+struct KeptSpans(Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanProcessor for KeptSpans {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        self.0.lock().unwrap().push(span);
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// In process, with the SDK: a produce through a follower is one trace across
+/// both nodes — the follower's server span, its forwarding client span, the
+/// leader's server span, the leader's commit and the fsync it waited for, each
+/// the child of the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_through_a_follower_is_one_trace_across_both_nodes() {
+    use opentelemetry::trace::{SpanId, TraceId};
+    let kept = KeptSpans::default();
+    // Only callers' sampled traces: the other tests of this binary record nothing.
+    let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+        opentelemetry_sdk::trace::Sampler::AlwaysOff,
+    ));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(kept.clone())
+        .with_sampler(sampler)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider);
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+
+    let mut cluster = Cluster::new().await;
+    cluster.form(3).await;
+    let (leader, _) = cluster.leader().await;
+    let follower = cluster.follower(&leader);
+    let (trace, caller) = (0x5a5a_u128 << 64 | 0x1234, 0x77_u64);
+    let mut request = tonic::Request::new(produce("traced"));
+    let parent = format!("00-{trace:032x}-{caller:016x}-01");
+    request.metadata_mut().insert("traceparent", parent.parse().unwrap());
+    cluster.client(&follower).produce(request).await.unwrap();
+
+    let trace_id = TraceId::from_bytes(trace.to_be_bytes());
+    let mut spans = Vec::new();
+    wait_until(|| {
+        spans = kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.span_context.trace_id() == trace_id)
+            .cloned()
+            .collect();
+        spans.iter().any(|s| s.name == "raft.fsync") && spans.iter().any(|s| s.name == "log.v1.Log/Produce")
+    })
+    .await;
+    let one = |name: &str, kind: opentelemetry::trace::SpanKind| {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name && s.span_kind == kind).collect();
+        assert_eq!(found.len(), 1, "{name} {kind:?} in {spans:#?}");
+        found[0].clone()
+    };
+    use opentelemetry::trace::SpanKind::{Client, Internal, Server};
+    let produce_span = one("log.v1.Log/Produce", Server);
+    assert_eq!(produce_span.parent_span_id, SpanId::from_bytes(caller.to_be_bytes()));
+    let client_hop = one("proglog.internal.v1.Raft/Forward", Client);
+    assert_eq!(client_hop.parent_span_id, produce_span.span_context.span_id());
+    let server_hop = one("proglog.internal.v1.Raft/Forward", Server);
+    assert_eq!(server_hop.parent_span_id, client_hop.span_context.span_id());
+    let commit = one("raft.commit", Internal);
+    assert_eq!(commit.parent_span_id, server_hop.span_context.span_id());
+    let fsync = one("raft.fsync", Internal);
+    assert_eq!(fsync.parent_span_id, commit.span_context.span_id());
+    cluster.shutdown().await;
+}
