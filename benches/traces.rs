@@ -33,18 +33,10 @@ mod bench_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bench_support::{Invocation, human, rate, stats};
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use proglog_api::v1::log_client::LogClient;
 use proglog_api::v1::{ProduceRequest, Record};
 use support::Agent;
@@ -74,40 +66,6 @@ fn mode() -> Mode {
             Mode { name: "full", repetitions: 3, unary: Duration::from_secs(3), stream_records: 160_000 }
         }
     }
-}
-
-/// A collector that counts the spans it receives and keeps nothing.
-#[derive(Clone, Default)]
-struct Sink(Arc<AtomicU64>);
-
-#[tonic::async_trait]
-impl TraceService for Sink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|resource| &resource.scope_spans)
-            .map(|scope| scope.spans.len())
-            .sum();
-        self.0.fetch_add(spans as u64, Ordering::Relaxed);
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-async fn start_sink() -> (Sink, std::net::SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sink = Sink::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(sink.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (sink, addr)
 }
 
 /// One run's figures: unary ×1 (rate, p50 µs, p99 µs), unary ×8 rate, stream ×8 rate.
@@ -209,7 +167,7 @@ async fn run_once(mode: &Mode, data: &std::path::Path, collector: Option<std::ne
 }
 
 async fn run(mode: &Mode) {
-    let (sink, collector) = start_sink().await;
+    let (sink, collector) = support::otlp::Collector::start(false).await;
     let base = std::env::var_os("PROGLOG_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let mut off = Vec::new();
     let mut traced = Vec::new();
@@ -234,7 +192,7 @@ async fn run(mode: &Mode) {
             if tracing { traced.push(figures) } else { off.push(figures) }
         }
     }
-    let spans = sink.0.load(Ordering::Relaxed);
+    let spans = sink.count();
     let median =
         |figures: &[Figures], f: fn(&Figures) -> f64| stats(&figures.iter().map(f).collect::<Vec<_>>()).0;
     println!("| workload | off | traced (ratio 1.0) | traced/off | goal |");

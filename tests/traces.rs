@@ -9,95 +9,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use support::cluster::{DEADLINE, start, wait_for_metric, wait_for_servers};
+use support::otlp::{Collector, Received};
 use support::{Agent, Pki, produce};
-
-/// A span as received, with the node (`service.instance.id`) that sent it.
-#[derive(Clone, Debug)]
-struct Received {
-    node: String,
-    span: Span,
-}
-
-impl Received {
-    fn attribute(&self, key: &str) -> Option<Value> {
-        self.span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()?.value)
-    }
-}
-
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Received>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = self.0.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
-            let resource = resource_spans.resource.unwrap_or_default();
-            let node = resource
-                .attributes
-                .iter()
-                .find(|kv| kv.key == "service.instance.id")
-                .and_then(|kv| match kv.value.clone()?.value? {
-                    Value::StringValue(name) => Some(name),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            for scope in resource_spans.scope_spans {
-                received.extend(scope.spans.into_iter().map(|span| Received { node: node.clone(), span }));
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-impl Collector {
-    async fn start() -> (Self, SocketAddr) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let collector = Self::default();
-        let service = TraceServiceServer::new(collector.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (collector, addr)
-    }
-
-    fn of_trace(&self, trace_id: &[u8]) -> Vec<Received> {
-        self.0.lock().unwrap().iter().filter(|received| received.span.trace_id == trace_id).cloned().collect()
-    }
-
-    /// Waits until the trace holds spans named `names` (at least), and returns it.
-    async fn wait_for(&self, trace_id: &[u8], names: &[&str]) -> Vec<Received> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let spans = self.of_trace(trace_id);
-            if names.iter().all(|name| spans.iter().any(|received| received.span.name == *name)) {
-                return spans;
-            }
-            let seen: Vec<_> = spans.iter().map(|r| (&r.node, &r.span.name)).collect();
-            assert!(Instant::now() < deadline, "trace has {seen:?}, wanted {names:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 /// A W3C `traceparent` for trace `trace` and parent span `span`.
 fn traceparent(trace: u128, span: u64, sampled: bool) -> String {
@@ -131,7 +48,7 @@ fn find<'a>(spans: &'a [Received], node: &str, name: &str) -> &'a Received {
 async fn a_produce_through_a_follower_is_one_trace_to_the_leaders_commit_and_fsync() {
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
-    let (collector, addr) = Collector::start().await;
+    let (collector, addr) = Collector::start(true).await;
     let endpoint = format!("http://{addr}");
     // Ratio 0: only callers' sampled traces are recorded.
     let flags = ["--otlp-endpoint", endpoint.as_str(), "--trace-sample-ratio", "0", "--log-level", "debug"];
@@ -222,7 +139,7 @@ async fn a_produce_through_a_follower_is_one_trace_to_the_leaders_commit_and_fsy
 async fn the_cli_starts_a_trace_the_agent_joins() {
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
-    let (collector, addr) = Collector::start().await;
+    let (collector, addr) = Collector::start(true).await;
     let endpoint = format!("http://{addr}");
     let agent = pki.start_agent(
         &data.path().join("solo"),
@@ -241,7 +158,7 @@ async fn the_cli_starts_a_trace_the_agent_joins() {
     // The CLI's root span, and the agent's server span as its child, in one trace.
     let deadline = Instant::now() + DEADLINE;
     let (root, served) = loop {
-        let spans = collector.0.lock().unwrap().clone();
+        let spans = collector.received();
         let root = spans.iter().find(|r| r.span.name == "proglog produce").cloned();
         if let Some(root) = root
             && let Some(served) = spans

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)] // shared by several test files; tests fail loudly
 
 pub mod cluster;
+pub mod otlp;
 pub mod root;
 
 use std::io::{BufRead, BufReader, Read, Write};
