@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use proglog_api::v1::ConsumeRequest;
+use proglog_api::v1::{ConsumeRequest, GetServersRequest};
 use support::{AGENT, Agent, Pki, http, produce};
 use tonic::Code;
 
@@ -278,7 +278,22 @@ async fn tls_and_acl_guard_http_exactly_as_grpc() {
     assert_eq!((status, body.as_str()), (403, r#"{"error":"nobody not permitted to produce to *"}"#));
     let (status, _) = pki.https(agent.http(), Some("nobody"), "GET", "/records/0", None).unwrap();
     assert_eq!(status, 403);
-    assert_eq!(pki.https(agent.http(), None, "GET", "/records/0", None), None, "no client certificate");
+    // Without a client certificate (a kubelet's probe): the probes answer, nothing else does.
+    assert_eq!(pki.https(agent.http(), None, "GET", "/healthz", None).unwrap().0, 200);
+    assert_eq!(pki.https(agent.http(), None, "GET", "/readyz", None).unwrap().0, 200);
+    for (method, path) in
+        [("GET", "/records/0"), ("POST", "/records"), ("GET", "/metrics"), ("GET", "/nowhere")]
+    {
+        let (status, body) = pki.https(agent.http(), None, method, path, record).unwrap();
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(body.starts_with(r#"{"error":"a client certificate is required"#), "{body}");
+    }
+    // The RPC port still requires one: the handshake fails.
+    let mut anonymous = pki.grpc_without_certificate(agent.rpc);
+    assert!(
+        anonymous.get_servers(GetServersRequest {}).await.is_err(),
+        "the RPC port served a client without a certificate"
+    );
     // Plaintext to the TLS port gets no HTTP answer.
     let mut plain = TcpStream::connect(agent.http()).unwrap();
     plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

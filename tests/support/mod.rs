@@ -507,6 +507,14 @@ impl Pki {
         LogClient::new(self.channel_issued_by(addr, issuer, client))
     }
 
+    /// A gRPC client trusting this PKI's CA that presents no certificate.
+    pub fn grpc_without_certificate(&self, addr: SocketAddr) -> LogClient<tonic::transport::Channel> {
+        let config = proglog_tls::client_config(&[self.path("ca.pem")], None, &[b"h2"]).unwrap();
+        let connector = proglog_tls::Connector::tls(config, "localhost").unwrap();
+        let endpoint = connector.endpoint(&addr.to_string()).unwrap();
+        LogClient::new(connector.connect_lazy(&endpoint))
+    }
+
     fn channel_issued_by(&self, addr: SocketAddr, issuer: &Pki, client: &str) -> tonic::transport::Channel {
         let identity = proglog_tls::Identity::new(
             issuer.path(&format!("{client}-client.pem")),

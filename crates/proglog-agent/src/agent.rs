@@ -119,7 +119,14 @@ impl Agent {
         let tls = config.serving.server_tls();
         let peer_tls = config.serving.peer_tls()?;
         // Reports a bad certificate before anything is written.
-        let http_tls = tls.as_ref().map(|tls| tls.server_config(&[b"h2", b"http/1.1"])).transpose()?;
+        // The HTTP port lets clients without a certificate connect, for the
+        // health probes only (a kubelet sends none; SPEC §4).
+        let http_tls = tls
+            .as_ref()
+            .map(|tls| tls.server_config_allowing_anonymous(&[b"h2", b"http/1.1"]))
+            .transpose()?;
+        let certificates_required =
+            tls.as_ref().is_some_and(proglog_server::TlsFiles::requires_client_certificates);
         let rpc_listener = bind(config.rpc_addr())?;
         let rpc_addr = rpc_listener
             .local_addr()
@@ -245,8 +252,13 @@ impl Agent {
             },
         ));
         let http = http_listener.map(|listener| {
-            let state =
-                HttpState { log: served, authorizer, metrics, max_record_bytes: config.log.max_record_bytes };
+            let state = HttpState {
+                log: served,
+                authorizer,
+                metrics,
+                max_record_bytes: config.log.max_record_bytes,
+                certificates_required,
+            };
             let limits = http::limits(&state, http_max_connections, config.serving.idle_timeout);
             let mut stopped = stopped;
             let shutdown = async move {

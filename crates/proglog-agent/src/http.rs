@@ -39,6 +39,9 @@ pub(crate) struct HttpState {
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) metrics: Metrics,
     pub(crate) max_record_bytes: u64,
+    /// Clients need a certificate for everything but the health probes (the
+    /// TLS handshake lets them in without one, for the probes).
+    pub(crate) certificates_required: bool,
 }
 
 impl HttpState {
@@ -251,15 +254,37 @@ async fn traced(
     response
 }
 
+/// Answers a client without a certificate `401`, where certificates are
+/// required: it reached the port only for the probes (SPEC §4).
+async fn certified(
+    State(state): State<Arc<HttpState>>,
+    Extension(peer): Extension<Peer>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if state.certificates_required && !peer.has_certificate() {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a client certificate is required (only /healthz and /readyz answer without one)".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 fn router(state: Arc<HttpState>) -> Router {
     let traced = |route| axum::middleware::from_fn_with_state(route, traced);
-    Router::new()
+    let identified = Router::new()
         .route("/", post(produce).get(consume_body).layer(traced("/")))
         .route("/records", post(produce).layer(traced("/records")))
         .route("/records/{offset}", get(consume_path).layer(traced("/records/{offset}")))
         .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such path".into()) })
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), certified));
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(identified)
         .with_state(state)
 }
 

@@ -423,6 +423,8 @@ pub struct Peer {
     subject: Arc<str>,
     /// The names its certificate vouches for (CN, DNS SANs).
     names: Arc<[String]>,
+    /// It presented a (verified) certificate.
+    certified: bool,
     conn: Arc<ConnHandle>,
     /// This request is an agent-to-agent call (see [`Limits::peer_path_prefix`]).
     agent: bool,
@@ -457,6 +459,12 @@ impl Peer {
     /// then its DNS subject alternative names (none without one).
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The client presented a certificate, and it was verified (a listener
+    /// whose TLS config lets clients connect without one sees both kinds).
+    pub fn has_certificate(&self) -> bool {
+        self.certified
     }
 
     /// This connection's share of the listener's request byte budget (of the
@@ -795,7 +803,7 @@ impl Connection {
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let limits = &self.shared.limits;
         let first_request_deadline = Instant::now() + limits.first_request_timeout;
-        let (io, subject, names): (Box<dyn Io>, String, Vec<String>) = match tls {
+        let (io, subject, names, certified): (Box<dyn Io>, String, Vec<String>, bool) = match tls {
             Some(tls) => {
                 let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
                 let handshake = tokio::time::timeout_at(first_request_deadline, handshake);
@@ -805,7 +813,8 @@ impl Connection {
                             self.shared.handshaken(self.id);
                             let chain = stream.get_ref().1.peer_certificates();
                             let (subject, names) = (subject_of_chain(chain), names_of_chain(chain));
-                            (Box::new(stream), subject, names)
+                            let certified = chain.is_some_and(|chain| !chain.is_empty());
+                            (Box::new(stream), subject, names, certified)
                         }
                         Ok(Err(error)) => {
                             self.shared.handshake_failed.hit(|count| {
@@ -819,12 +828,13 @@ impl Connection {
                     () = self.signal.raised(false) => return, // displaced or stopping
                 }
             }
-            None => (Box::new(stream), ANONYMOUS.to_owned(), Vec::new()),
+            None => (Box::new(stream), ANONYMOUS.to_owned(), Vec::new(), false),
         };
         let peer = Peer {
             addr: self.addr,
             subject: subject.into(),
             names: names.into(),
+            certified,
             conn: Arc::new(ConnHandle {
                 id: self.id,
                 shared: Arc::clone(&self.shared),

@@ -28,4 +28,23 @@ impl TlsFiles {
         let client_roots = (!self.ca_files.is_empty()).then_some(&self.ca_files[..]);
         Ok(proglog_tls::server_config(&identity, client_roots, alpn)?)
     }
+
+    /// [`TlsFiles::server_config`], where a client may also connect without a
+    /// certificate (one it presents is still verified): for a port that answers
+    /// such clients only what needs no identity (health probes).
+    pub fn server_config_allowing_anonymous(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+        if self.ca_files.is_empty() {
+            return self.server_config(alpn);
+        }
+        let identity = proglog_tls::Identity::new(&self.cert_file, &self.key_file);
+        Ok(proglog_tls::server_config_allowing_anonymous(&identity, &self.ca_files, alpn)?)
+    }
+
+    /// Clients must present a certificate (mutual TLS).
+    pub fn requires_client_certificates(&self) -> bool {
+        !self.ca_files.is_empty()
+    }
 }

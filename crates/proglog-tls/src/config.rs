@@ -66,6 +66,27 @@ pub fn server_config(
     client_roots: Option<&[PathBuf]>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>> {
+    build_server_config(identity, client_roots, false, alpn)
+}
+
+/// [`server_config`] verifying client certificates against `client_roots`,
+/// where a client may also connect without one (a certificate it presents must
+/// still be valid): whoever serves decides what such a client may do (the
+/// agent's HTTP port answers only its health probes, as a kubelet sends none).
+pub fn server_config_allowing_anonymous(
+    identity: &Identity,
+    client_roots: &[PathBuf],
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>> {
+    build_server_config(identity, Some(client_roots), true, alpn)
+}
+
+fn build_server_config(
+    identity: &Identity,
+    client_roots: Option<&[PathBuf]>,
+    anonymous: bool,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     let chain = load_certificates(&identity.cert_file)?;
     let key = load_private_key(&identity.key_file)?;
@@ -76,9 +97,9 @@ pub fn server_config(
         Some(ca_files) => {
             let roots = load_roots(ca_files, "client authentication")?;
             // Cannot fail: the store holds at least one root and no CRLs.
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(config_error)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if anonymous { verifier.allow_unauthenticated() } else { verifier };
+            let verifier = verifier.build().map_err(config_error)?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

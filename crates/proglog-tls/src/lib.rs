@@ -59,7 +59,7 @@ mod dial;
 mod error;
 mod pem;
 
-pub use crate::config::{Identity, client_config, server_config};
+pub use crate::config::{Identity, client_config, server_config, server_config_allowing_anonymous};
 pub use crate::dial::{Connector, Stream};
 pub use crate::error::{Error, Result};
 pub use crate::pem::{load_certificates, load_private_key, load_roots};

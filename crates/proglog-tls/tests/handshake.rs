@@ -154,6 +154,22 @@ async fn client_roots_decide_whether_a_client_certificate_is_required() {
     assert!(matches!(client_config(&[], None, &[]), Err(Error::NoRoots(_))));
 }
 
+#[tokio::test]
+async fn a_server_allowing_anonymous_clients_still_verifies_a_certificate_it_is_shown() {
+    let files = Files::new();
+    let (ca, server, client) = pki(&files, "one");
+    let (_, _, stranger) = pki(&files, "other");
+    let server = proglog_tls::server_config_allowing_anonymous(&server, from_ref(&ca), &[b"h2"]).unwrap();
+    for (name, identity) in [("no certificate", None), ("a valid one", Some(&client))] {
+        let config = client_config(from_ref(&ca), identity, &[b"h2"]).unwrap();
+        let outcome = handshake(Arc::clone(&server), config).await;
+        assert!(outcome.succeeded(), "{name}: {:?} {:?}", outcome.server.err(), outcome.client.err());
+    }
+    let config = client_config(from_ref(&ca), Some(&stranger), &[b"h2"]).unwrap();
+    let error = handshake(server, config).await.server_error();
+    assert!(error.contains("UnknownIssuer"), "{error}");
+}
+
 #[test]
 fn a_missing_file_is_named() {
     let files = Files::new();
