@@ -259,7 +259,9 @@ async fn plaintext_on_a_non_loopback_address_needs_insecure() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("bind-addr") && stderr.contains("--insecure"), "{stderr}");
     // With --insecure it starts (it listens on all addresses; we only stop it).
-    let agent = Agent::start(dir.path(), &["--bind-addr", "0.0.0.0:0", "--http-addr", "", "--insecure"]);
+    let flags =
+        ["--bind-addr", "0.0.0.0:0", "--http-addr", "", "--insecure", "--advertise-addr", "127.0.0.1"];
+    let agent = Agent::start(dir.path(), &flags);
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
 

@@ -157,3 +157,36 @@ async fn metrics_show_an_operator_how_replication_and_the_disk_are_doing() {
         assert!(agent.terminate().await.success());
     }
 }
+
+/// Agents reached by name (as pods by their stable DNS names): each advertises
+/// `localhost`, the second joins through `localhost:<port>` before the first
+/// runs at all (it keeps resolving and retrying until a member answers), and
+/// GetServers, the Raft configuration and forwarding use the names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_reached_by_name_join_before_their_seed_exists_and_advertise_names() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let first = cluster::Addresses::free();
+    let seed = first.gossip.replace("127.0.0.1", "localhost");
+    let by_name = ["--advertise-addr", "localhost"];
+    let second = cluster::start(
+        &pki,
+        data.path(),
+        "node-1",
+        None,
+        &[&["--start-join-addrs", seed.as_str()], &by_name[..]].concat(),
+    );
+    let first = cluster::start_at(&pki, data.path(), "node-0", &first, &[], &by_name);
+    let agents = [first, second];
+    let leader = wait_for_servers(&pki, &agents[1], &["node-0", "node-1"]).await;
+    assert_eq!(leader, "node-0");
+    for server in servers(&pki, &agents[1]).await {
+        assert!(server.rpc_addr.starts_with("localhost:"), "{server:?} is not advertised by name");
+    }
+    // node-1 forwards to the leader it dials by name (TLS checks the name).
+    let offset = produce_through(&pki, &agents[1], "by name").await;
+    wait_for_record(&pki, &agents[0], offset, "by name").await;
+    for agent in agents {
+        assert!(agent.terminate().await.success());
+    }
+}

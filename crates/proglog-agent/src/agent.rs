@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, HostPort};
 use crate::http::{self, HttpState};
 use crate::membership;
 use crate::metrics::Metrics;
@@ -48,14 +48,6 @@ pub enum AgentError {
     GossipKey {
         /// The file.
         path: std::path::PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// A start-join address does not resolve.
-    #[error("start-join-addrs {addr}: {reason}")]
-    JoinAddr {
-        /// The address.
-        addr: String,
         /// Why.
         reason: String,
     },
@@ -127,10 +119,11 @@ impl Agent {
             .transpose()?;
         let certificates_required =
             tls.as_ref().is_some_and(proglog_server::TlsFiles::requires_client_certificates);
-        let rpc_listener = bind(config.rpc_addr())?;
-        let rpc_addr = rpc_listener
-            .local_addr()
-            .map_err(|source| AgentError::Bind { addr: config.rpc_addr(), source })?;
+        let bind_ip = resolve_bind(&config).await?;
+        let rpc_bind = SocketAddr::new(bind_ip, config.rpc_port);
+        let rpc_listener = bind(rpc_bind)?;
+        let rpc_addr =
+            rpc_listener.local_addr().map_err(|source| AgentError::Bind { addr: rpc_bind, source })?;
         let http_listener = match config.http_addr.0 {
             Some(addr) => Some(bind(addr)?),
             None => None,
@@ -144,12 +137,23 @@ impl Agent {
 
         // Gossip's socket too, before anything is written: its address is part
         // of this node's description in the configuration.
-        let gossip_socket = tokio::net::UdpSocket::bind(config.bind_addr)
+        let gossip_bind = SocketAddr::new(bind_ip, config.bind_addr.port);
+        let gossip_socket = tokio::net::UdpSocket::bind(gossip_bind)
             .await
-            .map_err(|source| proglog_discovery::Error::Bind { addr: config.bind_addr, source })?;
+            .map_err(|source| proglog_discovery::Error::Bind { addr: gossip_bind, source })?;
         let gossip_addr = gossip_socket
             .local_addr()
-            .map_err(|source| proglog_discovery::Error::Bind { addr: config.bind_addr, source })?;
+            .map_err(|source| proglog_discovery::Error::Bind { addr: gossip_bind, source })?;
+        // What others dial: the advertised host (a name survives a pod's new
+        // IP) with the ports bound.
+        let advertised = config.advertised_host();
+        let (rpc_advertised, gossip_advertised) =
+            (HostPort::join(advertised, rpc_addr.port()), HostPort::join(advertised, gossip_addr.port()));
+        let gossip_target = if bind_ip.is_unspecified() {
+            Some(resolve_advertised(&gossip_advertised, &logger).await?)
+        } else {
+            None
+        };
 
         // The exporter before the log: spans of recovery and of the first calls
         // are kept, and a bad endpoint is reported before anything is written.
@@ -170,8 +174,8 @@ impl Agent {
         report_recovery(&logger, &log);
         let (max_connections, http_max_connections) = connection_caps(&config, &log_dir, &logger);
         // Always the replicated log: a single node is a one-member cluster.
-        let member = Member::new(config.node_name.clone(), rpc_addr.to_string())
-            .with_gossip_addr(gossip_addr.to_string());
+        let member =
+            Member::new(config.node_name.clone(), rpc_advertised.clone()).with_gossip_addr(gossip_advertised);
         let transport = PeerTransport::new(peer_tls, tokio::runtime::Handle::current(), logger.clone());
         let recorder = crate::metrics::recorder();
         let raft_config = RaftConfig {
@@ -195,16 +199,10 @@ impl Agent {
         // the join addresses and the members this node last knew (so that a node
         // restarted without join addresses, or removed by its own leave, finds
         // its cluster again).
-        let mut seeds = resolve(&config.start_join_addrs).await?;
+        let mut seeds: Vec<String> = config.start_join_addrs.iter().map(ToString::to_string).collect();
         for member in log.members().iter().filter(|member| member.id != identity.member_id) {
-            match member.gossip_addr.parse::<SocketAddr>() {
-                Ok(addr) if !seeds.contains(&addr) => seeds.push(addr),
-                Ok(_) => {}
-                Err(_) if member.gossip_addr.is_empty() => {}
-                Err(_) => {
-                    warn!(logger, "a known member's gossip address does not parse"; "member" => &member.name,
-                    "gossip_addr" => &member.gossip_addr)
-                }
+            if !member.gossip_addr.is_empty() && !seeds.contains(&member.gossip_addr) {
+                seeds.push(member.gossip_addr.clone());
             }
         }
         let (discovery, events) = Discovery::start_on(
@@ -213,8 +211,9 @@ impl Agent {
                 name: config.node_name.clone(),
                 member_id: identity.member_id,
                 cluster_id: identity.cluster_id.map_or(0, proglog_raft::ClusterId::get),
-                bind_addr: config.bind_addr,
-                rpc_addr: rpc_addr.to_string(),
+                bind_addr: gossip_bind,
+                rpc_addr: rpc_advertised.clone(),
+                advertise_addr: gossip_target,
                 start_join_addrs: seeds,
                 key: gossip_key(config.gossip_key_file.as_deref())?,
                 logger: logger.clone(),
@@ -423,18 +422,53 @@ impl Agent {
 }
 
 /// Resolves the start-join addresses (host:port).
-async fn resolve(addrs: &[String]) -> Result<Vec<SocketAddr>, AgentError> {
-    let mut resolved = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let mut found = tokio::net::lookup_host(addr.as_str())
-            .await
-            .map_err(|error| AgentError::JoinAddr { addr: addr.clone(), reason: error.to_string() })?;
-        let first = found
-            .next()
-            .ok_or_else(|| AgentError::JoinAddr { addr: addr.clone(), reason: "no address".into() })?;
-        resolved.push(first);
+/// The address to bind: `bind-addr`'s host, resolved if it is a name (then
+/// checked as an IP would have been: plaintext off loopback needs `--insecure`).
+async fn resolve_bind(config: &AgentConfig) -> Result<std::net::IpAddr, AgentError> {
+    if let Some(ip) = config.bind_addr.ip() {
+        return Ok(ip);
     }
-    Ok(resolved)
+    let host = config.bind_addr.host.as_str();
+    let unresolved = |reason: String| {
+        AgentError::Config(crate::ConfigError {
+            key: "bind-addr".into(),
+            reason: format!("{host}: {reason}"),
+        })
+    };
+    let ip = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|error| unresolved(error.to_string()))?
+        .next()
+        .ok_or_else(|| unresolved("resolves to no address".into()))?
+        .ip();
+    config.check_plaintext("bind-addr", ip)?;
+    Ok(ip)
+}
+
+/// How long a node bound to an unspecified address waits for its advertised
+/// name to resolve (a pod's DNS record appears once the pod is scheduled).
+const ADVERTISED_NAME_WAIT: Duration = Duration::from_secs(60);
+
+/// The address `advertised` (`host:port`) resolves to, retrying until it does.
+async fn resolve_advertised(advertised: &str, logger: &Logger) -> Result<SocketAddr, AgentError> {
+    let deadline = tokio::time::Instant::now() + ADVERTISED_NAME_WAIT;
+    loop {
+        let reason = match tokio::net::lookup_host(advertised).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(addr) => return Ok(addr),
+                None => "resolves to no address".to_owned(),
+            },
+            Err(error) => error.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AgentError::Config(crate::ConfigError {
+                key: "advertise-addr".into(),
+                reason: format!("{advertised} did not resolve within {ADVERTISED_NAME_WAIT:?}: {reason}"),
+            }));
+        }
+        warn!(logger, "the advertised address does not resolve yet; retrying"; "advertise_addr" => advertised, "reason" => reason);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The gossip key: the file's bytes, without leading or trailing whitespace.

@@ -50,6 +50,61 @@ pub enum LogFormat {
     Json,
 }
 
+/// `host:port`, the host a DNS name or an IP address (IPv6 in brackets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    /// The name or address, without brackets.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl HostPort {
+    /// The host as an IP address, if it is one.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// `host` and `port` as `host:port` (IPv6 in brackets).
+    pub fn join(host: &str, port: u16) -> String {
+        if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not host:port (a name or an IP address, and a port)");
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let port = port.parse().map_err(|_| bad())?;
+        let host = match host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?.to_string(),
+            None => host.to_owned(),
+        };
+        let name = host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+        if host.is_empty() || !(name || host.parse::<std::net::IpAddr>().is_ok()) {
+            return Err(bad());
+        }
+        Ok(Self { host, port })
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&Self::join(&self.host, self.port))
+    }
+}
+
+impl Serialize for HostPort {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// An address to listen on, or none: written `""` in flags and files, it turns
 /// the listener off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,15 +171,20 @@ pub struct AgentConfig {
     /// Unique, stable node id (default: the host name)
     #[arg(long, value_name = "NAME")]
     pub node_name: String,
-    /// Gossip (UDP) address; its host is also the RPC host
+    /// Gossip (UDP) address; its host (a name or an IP) is also the RPC host
     #[arg(long, value_name = "HOST:PORT")]
-    pub bind_addr: SocketAddr,
+    pub bind_addr: HostPort,
     /// gRPC port for clients and agents
     #[arg(long, value_name = "PORT")]
     pub rpc_port: u16,
-    /// Gossip addresses of cluster members, comma-separated or repeated (default: none)
+    /// Gossip addresses (host:port, names resolved at every attempt) of cluster
+    /// members, comma-separated or repeated (default: none)
     #[arg(long, value_name = "ADDRS", value_delimiter = ',')]
-    pub start_join_addrs: Vec<String>,
+    pub start_join_addrs: Vec<HostPort>,
+    /// Host (a name or an IP) other agents and clients use to reach this node's
+    /// RPC and gossip ports, e.g. a pod's stable DNS name (default: the bound host)
+    #[arg(long, value_name = "HOST")]
+    pub advertise_addr: Option<String>,
     /// Start a new cluster with this node (default: true iff no start-join-addrs)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bootstrap: Option<bool>,
@@ -176,9 +236,10 @@ impl Default for AgentConfig {
             config_file: None,
             data_dir: PathBuf::from("./proglog-data"),
             node_name: host_name(),
-            bind_addr: SocketAddr::from(([127, 0, 0, 1], 8401)),
+            bind_addr: HostPort { host: "127.0.0.1".into(), port: 8401 },
             rpc_port: 8400,
             start_join_addrs: Vec::new(),
+            advertise_addr: None,
             bootstrap: None,
             http_addr: OptionalAddr(Some(SocketAddr::from(([127, 0, 0, 1], 8402)))),
             log_level: LogLevel::Info,
@@ -286,19 +347,42 @@ impl AgentConfig {
                 "https needs a CA to trust: server-tls-ca-file or peer-tls-ca-file",
             ));
         }
-        if self.serving.server_tls_cert_file.is_none() && !self.insecure {
-            for (key, addr) in [("bind-addr", Some(self.bind_addr)), ("http-addr", self.http_addr.0)] {
-                if let Some(addr) = addr
-                    && !addr.ip().is_loopback()
-                {
-                    return Err(invalid(
-                        key,
-                        format!("{} is not loopback: plaintext there needs --insecure (or TLS)", addr.ip()),
-                    ));
-                }
-            }
+        if let Some(ip) = self.bind_addr.ip() {
+            self.check_plaintext("bind-addr", ip)?;
+        }
+        if let Some(addr) = self.http_addr.0 {
+            self.check_plaintext("http-addr", addr.ip())?;
+        }
+        if let Some(host) = &self.advertise_addr {
+            HostPort::join(host, 1).parse::<HostPort>().map_err(|_| {
+                invalid("advertise-addr", format!("{host:?} is not a host name or an IP address"))
+            })?;
+        } else if self.bind_addr.ip().is_some_and(|ip| ip.is_unspecified()) {
+            return Err(invalid(
+                "advertise-addr",
+                format!(
+                    "required with bind-addr {}: others cannot dial an unspecified address",
+                    self.bind_addr
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Plaintext on a non-loopback address needs `--insecure` (or TLS).
+    pub fn check_plaintext(&self, key: &str, ip: std::net::IpAddr) -> Result<(), ConfigError> {
+        if self.serving.server_tls_cert_file.is_none() && !self.insecure && !ip.is_loopback() {
+            return Err(invalid(
+                key,
+                format!("{ip} is not loopback: plaintext there needs --insecure (or TLS)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The host others reach this node by: `advertise-addr`, else the bound host.
+    pub fn advertised_host(&self) -> &str {
+        self.advertise_addr.as_deref().unwrap_or(&self.bind_addr.host)
     }
 
     /// The CAs an `https` collector's certificate may be signed by.
@@ -307,9 +391,9 @@ impl AgentConfig {
         serving.server_tls_ca_file.iter().chain(&serving.peer_tls_ca_file).cloned().collect()
     }
 
-    /// Where clients dial the gRPC service: the bind address's host, `rpc-port`.
-    pub fn rpc_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.bind_addr.ip(), self.rpc_port)
+    /// Where clients dial the gRPC service: the advertised host, `rpc-port`.
+    pub fn rpc_addr(&self) -> String {
+        HostPort::join(self.advertised_host(), self.rpc_port)
     }
 }
 

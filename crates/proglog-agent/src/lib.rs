@@ -28,5 +28,5 @@ mod metrics;
 mod traces;
 
 pub use crate::agent::{ABORT_GRACE, Agent, AgentError, SHUTDOWN_GRACE};
-pub use crate::config::{AgentConfig, ConfigError, LoadError, LogFormat, LogLevel, OptionalAddr};
+pub use crate::config::{AgentConfig, ConfigError, HostPort, LoadError, LogFormat, LogLevel, OptionalAddr};
 pub use crate::traces::Collector;

@@ -114,7 +114,16 @@ fn bootstrap_defaults_to_true_only_without_join_addresses() {
 fn plaintext_off_loopback_needs_insecure() {
     assert_eq!(error_key(&["--bind-addr", "0.0.0.0:8401"]), "bind-addr");
     assert_eq!(error_key(&["--http-addr", "0.0.0.0:8402"]), "http-addr");
-    load(&["--bind-addr", "0.0.0.0:8401", "--http-addr", "", "--insecure"]).unwrap();
+    load(&[
+        "--bind-addr",
+        "0.0.0.0:8401",
+        "--http-addr",
+        "",
+        "--insecure",
+        "--advertise-addr",
+        "node-0.example",
+    ])
+    .unwrap();
 }
 
 #[test]
@@ -179,11 +188,47 @@ fn lists_and_flags_from_the_file_and_the_command_line() {
     std::fs::write(&file, text).unwrap();
     let path = file.to_str().unwrap();
     let config = load(&["--config-file", path]).unwrap();
-    assert_eq!(config.start_join_addrs, ["127.0.0.1:9401", "127.0.0.1:9402"]);
+    let addrs: Vec<String> = config.start_join_addrs.iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["127.0.0.1:9401", "127.0.0.1:9402"]);
     assert!(config.insecure && config.http_addr.0.is_none());
     // A list on the command line replaces the file's, it does not add to it.
     let config =
         load(&["--config-file", path, "--start-join-addrs", "127.0.0.1:9403", "--insecure=false"]).unwrap();
-    assert_eq!(config.start_join_addrs, ["127.0.0.1:9403"]);
+    assert_eq!(config.start_join_addrs.len(), 1);
+    assert_eq!(config.start_join_addrs[0].to_string(), "127.0.0.1:9403");
     assert!(!config.insecure);
+}
+
+#[test]
+fn addresses_may_name_hosts_and_an_unspecified_bind_needs_an_advertised_host() {
+    let config = load(&[
+        "--bind-addr",
+        "localhost:8401",
+        "--start-join-addrs",
+        "proglog-0.proglog.ns.svc:8401,[::1]:9",
+    ])
+    .unwrap();
+    assert_eq!(config.bind_addr.host, "localhost");
+    let joins: Vec<String> = config.start_join_addrs.iter().map(ToString::to_string).collect();
+    assert_eq!(joins, ["proglog-0.proglog.ns.svc:8401", "[::1]:9"]);
+    assert_eq!(config.rpc_addr(), "localhost:8400");
+    for bad in ["no-port", "host:port", "bad_name:1", ":1", "[nope]:1"] {
+        assert_eq!(error_key(&["--bind-addr", bad]), "bind-addr", "{bad}");
+    }
+    assert_eq!(error_key(&["--start-join-addrs", "bad host:1"]), "start-join-addrs");
+    // Bound to every interface, others need a host to dial.
+    assert_eq!(
+        error_key(&["--bind-addr", "0.0.0.0:8401", "--insecure", "--http-addr", ""]),
+        "advertise-addr"
+    );
+    let pod = [
+        "--bind-addr",
+        "0.0.0.0:8401",
+        "--insecure",
+        "--advertise-addr",
+        "proglog-1.proglog.default.svc.cluster.local",
+    ];
+    let config = load(&pod).unwrap();
+    assert_eq!(config.rpc_addr(), "proglog-1.proglog.default.svc.cluster.local:8400");
+    assert_eq!(error_key(&["--advertise-addr", "not a host"]), "advertise-addr");
 }

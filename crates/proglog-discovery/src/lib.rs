@@ -143,8 +143,14 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     /// This node's RPC address, told to the others.
     pub rpc_addr: String,
-    /// Gossip addresses of members to join through (none: start alone).
-    pub start_join_addrs: Vec<SocketAddr>,
+    /// The gossip address others send to, when it is not the socket's own
+    /// (bound to `0.0.0.0`, a node advertises the address it is reached at).
+    pub advertise_addr: Option<SocketAddr>,
+    /// Gossip addresses (`host:port`, the host a name or an IP) of members to
+    /// join through (none: start alone). Names are resolved again at every
+    /// attempt (a pod's name appears only once it is scheduled); joining
+    /// retries, with backoff, until a member answers.
+    pub start_join_addrs: Vec<String>,
     /// The shared key that authenticates every datagram; `None`: none (only for
     /// clusters on a trusted network).
     pub key: Option<Vec<u8>>,
@@ -397,7 +403,7 @@ impl Discovery {
         let me = Node {
             name: config.name.clone(),
             rpc_addr: config.rpc_addr.clone(),
-            gossip_addr: local_addr,
+            gossip_addr: config.advertise_addr.unwrap_or(local_addr),
             incarnation,
             member_id: config.member_id,
             cluster_id: config.cluster_id,
@@ -413,6 +419,7 @@ impl Discovery {
             sealer,
             me,
             seeds: config.start_join_addrs,
+            resolved_seeds: Vec::new(),
             logger: config.logger,
             events: events_tx,
             shared: Arc::clone(&shared),
@@ -494,7 +501,10 @@ struct Gossip {
     socket: UdpSocket,
     sealer: Sealer,
     me: Node,
-    seeds: Vec<SocketAddr>,
+    /// The join addresses as given (`host:port`).
+    seeds: Vec<String>,
+    /// What they resolved to at the last attempt (a leave notice goes there too).
+    resolved_seeds: Vec<SocketAddr>,
     logger: Logger,
     events: mpsc::Sender<Event>,
     shared: Arc<Mutex<Shared>>,
@@ -508,6 +518,27 @@ struct Gossip {
 }
 
 type Swim = Foca<Node, ClusterCodec, rand::rngs::StdRng, foca::NoCustomBroadcast>;
+
+/// How long resolving one join address may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every address the join addresses resolve to now (one that does not
+/// resolve yet is skipped, and tried again at the next attempt).
+async fn resolve_seeds(seeds: &[String], logger: &Logger) -> Vec<SocketAddr> {
+    let mut resolved = Vec::new();
+    for seed in seeds {
+        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(seed.as_str())).await {
+            Ok(Ok(addrs)) => resolved.extend(addrs),
+            Ok(Err(error)) => {
+                slog::debug!(logger, "a join address does not resolve (yet)"; "addr" => seed, "error" => %error)
+            }
+            Err(_) => slog::debug!(logger, "a join address did not resolve in time"; "addr" => seed),
+        }
+    }
+    resolved.sort_unstable();
+    resolved.dedup();
+    resolved
+}
 
 impl Gossip {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -531,7 +562,8 @@ impl Gossip {
         loop {
             if !joined && tokio::time::Instant::now() >= next_join {
                 let cluster_id = lock(&self.shared).cluster_id;
-                for seed in self.seeds.clone() {
+                self.resolved_seeds = resolve_seeds(&self.seeds, &self.logger).await;
+                for seed in self.resolved_seeds.clone() {
                     let placeholder = Node {
                         name: String::new(),
                         rpc_addr: String::new(),
@@ -581,7 +613,7 @@ impl Gossip {
                             // its own events, and its seeds (a join in progress).
                             let mut to: Vec<SocketAddr> = foca.iter_members().map(|m| m.id().gossip_addr).collect();
                             to.extend(lock(&self.shared).members.values().map(|node| node.gossip_addr));
-                            to.extend(self.seeds.iter().copied());
+                            to.extend(self.resolved_seeds.iter().copied());
                             to.sort_unstable();
                             to.dedup();
                             for addr in to {
@@ -739,7 +771,8 @@ mod tests {
             cluster_id: 1,
             bind_addr: "127.0.0.1:0".parse().unwrap(),
             rpc_addr: format!("{name}.rpc:8400"),
-            start_join_addrs: seeds.iter().map(|seed| seed.local_addr()).collect(),
+            start_join_addrs: seeds.iter().map(|seed| seed.local_addr().to_string()).collect(),
+            advertise_addr: None,
             key: Some(KEY.to_vec()),
             logger: Logger::root(slog::Discard, slog::o!()),
         })

@@ -31,7 +31,8 @@ async fn start_in(
         cluster_id,
         bind_addr: "127.0.0.1:0".parse().unwrap(),
         rpc_addr: format!("{name}.rpc:8400"),
-        start_join_addrs: seeds.iter().map(|seed| seed.local_addr()).collect(),
+        start_join_addrs: seeds.iter().map(|seed| seed.local_addr().to_string()).collect(),
+        advertise_addr: None,
         key: Some(key.to_vec()),
         logger: slog::Logger::root(slog::Discard, slog::o!()),
     };
