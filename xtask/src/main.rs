@@ -3,11 +3,19 @@
 //! - `cargo xtask bench [log] [server] [cluster] [client] [traces] [-- ARGS]`: run the benchmarks (all when none
 //!   is named; release build) and print their Markdown tables; `--quick` for a short
 //!   smoke run.
-//! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests.
-//! - `cargo xtask certs [DIR] [--nodes N1,N2,..]`: write a development CA, server and
-//!   client certificates and a casbin ACL into DIR (default `certs/` at the workspace
-//!   root), replacing any set already there; with `--nodes`, a certificate per node
-//!   (for `--peer-tls-require-node-name`).
+//! - `cargo xtask ci`: what CI runs (`.ci/run`): fmt check, clippy, tests, deploy-check.
+//! - `cargo xtask certs [DIR] [--hosts H1,H2,..] [--nodes N1,N2,..]`: write a development
+//!   CA, server and client certificates and a casbin ACL into DIR (default `certs/` at the
+//!   workspace root), replacing any set already there. The server certificate names
+//!   `--hosts` (default `localhost,127.0.0.1`; a wildcard such as
+//!   `*.proglog.default.svc.cluster.local` covers a StatefulSet's pods); with `--nodes`, a
+//!   certificate per node (for `--peer-tls-require-node-name`).
+//! - `cargo xtask image`: build the container image (`deploy/Containerfile`) and print its size.
+//! - `cargo xtask deploy-check`: check the Helm chart (render, lint, validate), build the
+//!   image, run a cluster of its containers, and run the chart's pods through a rolling
+//!   restart (see `deploy.rs`).
+
+mod deploy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,9 +36,11 @@ fn main() -> Result<()> {
         Some("bench") => bench(&args[1..]),
         Some("ci") => run("bash", &[".ci/run"]),
         Some("certs") => match certs_args(&args[1..]) {
-            Some((dir, nodes)) => certs(dir, &nodes),
+            Some(args) => certs(args),
             None => usage(),
         },
+        Some("image") if args.len() == 1 => deploy::image().map(drop),
+        Some("deploy-check") if args.len() == 1 => deploy::check(),
         _ => usage(),
     }
 }
@@ -38,26 +48,35 @@ fn main() -> Result<()> {
 fn usage() -> Result<()> {
     eprintln!(
         "usage: cargo xtask bench [log] [server] [cluster] [client] [traces] [--quick] | cargo xtask ci | \
-         cargo xtask certs [DIR] [--nodes N1,N2,..]"
+         cargo xtask certs [DIR] [--hosts H1,H2,..] [--nodes N1,N2,..] | cargo xtask image | \
+         cargo xtask deploy-check"
     );
     std::process::exit(2);
 }
 
-/// `[DIR] [--nodes N1,N2,..]`, in any order.
-fn certs_args(args: &[String]) -> Option<(Option<PathBuf>, Vec<String>)> {
-    let (mut dir, mut nodes) = (None, Vec::new());
+/// What `cargo xtask certs` writes.
+struct CertsArgs {
+    dir: Option<PathBuf>,
+    hosts: Vec<String>,
+    nodes: Vec<String>,
+}
+
+/// `[DIR] [--hosts H1,H2,..] [--nodes N1,N2,..]`, in any order.
+fn certs_args(args: &[String]) -> Option<CertsArgs> {
+    let list = |text: &String| text.split(',').filter(|item| !item.is_empty()).map(str::to_owned).collect();
+    let mut parsed =
+        CertsArgs { dir: None, hosts: vec!["localhost".into(), "127.0.0.1".into()], nodes: Vec::new() };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--nodes" => {
-                nodes = args.next()?.split(',').filter(|n| !n.is_empty()).map(str::to_owned).collect()
-            }
+            "--nodes" => parsed.nodes = list(args.next()?),
+            "--hosts" => parsed.hosts = list(args.next()?),
             flag if flag.starts_with('-') => return None,
-            _ if dir.is_none() => dir = Some(PathBuf::from(arg)),
+            _ if parsed.dir.is_none() => parsed.dir = Some(PathBuf::from(arg)),
             _ => return None,
         }
     }
-    Some((dir, nodes))
+    (!parsed.hosts.is_empty()).then_some(parsed)
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -84,7 +103,7 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn certs(dir: Option<PathBuf>, nodes: &[String]) -> Result<()> {
+fn certs(CertsArgs { dir, hosts, nodes }: CertsArgs) -> Result<()> {
     let dir = match dir {
         Some(dir) => dir,
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,13 +112,14 @@ fn certs(dir: Option<PathBuf>, nodes: &[String]) -> Result<()> {
             .join("certs"),
     };
     let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
-    let set = proglog_certs::write_dev_set_with_nodes(&dir, &["localhost", "127.0.0.1"], &nodes)?;
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let set = proglog_certs::write_dev_set_with_nodes(&dir, &hosts, &nodes)?;
     // Flags are shown relative to the current directory when the set lies under it.
     let cwd = std::env::current_dir().unwrap_or_default();
     println!("wrote a new development PKI to {} (replacing any set there):", set.dir.display());
     for (path, what) in [
         (&set.ca_cert, "CA certificate (its key is not kept)"),
-        (&set.server_cert, "server certificate for localhost, 127.0.0.1"),
+        (&set.server_cert, &format!("server certificate for {}", hosts.join(", "))),
         (&set.server_key, "server key (0600)"),
         (&set.root_client_cert, "client certificate, CN root: may produce, consume, replicate"),
         (&set.root_client_key, "root client key (0600)"),

@@ -199,7 +199,7 @@ impl Agent {
         // the join addresses and the members this node last knew (so that a node
         // restarted without join addresses, or removed by its own leave, finds
         // its cluster again).
-        let mut seeds: Vec<String> = config.start_join_addrs.iter().map(ToString::to_string).collect();
+        let mut seeds: Vec<String> = config.join_addrs().map(ToString::to_string).collect();
         for member in log.members().iter().filter(|member| member.id != identity.member_id) {
             if !member.gossip_addr.is_empty() && !seeds.contains(&member.gossip_addr) {
                 seeds.push(member.gossip_addr.clone());

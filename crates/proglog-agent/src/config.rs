@@ -185,7 +185,8 @@ pub struct AgentConfig {
     /// RPC and gossip ports, e.g. a pod's stable DNS name (default: the bound host)
     #[arg(long, value_name = "HOST")]
     pub advertise_addr: Option<String>,
-    /// Start a new cluster with this node (default: true iff no start-join-addrs)
+    /// Start a new cluster with this node (default: true iff start-join-addrs names
+    /// no node but this one)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub bootstrap: Option<bool>,
     /// HTTP API listener (JSON records, /metrics, /healthz, /readyz); "" disables it
@@ -315,9 +316,20 @@ impl AgentConfig {
     }
 
     /// Whether this node starts a new cluster: `bootstrap` if set, else iff it
-    /// has no join addresses.
+    /// has no join addresses but its own (see [`Self::join_addrs`]).
     pub fn bootstrap(&self) -> bool {
-        self.bootstrap.unwrap_or(self.start_join_addrs.is_empty())
+        self.bootstrap.unwrap_or_else(|| self.join_addrs().next().is_none())
+    }
+
+    /// The join addresses that name another node: an entry with this node's
+    /// advertised host and gossip port is itself, and joining oneself means
+    /// nothing. So every node of a cluster can be given the same list (a
+    /// StatefulSet names pod 0 to all its pods), and the one it names bootstraps.
+    pub fn join_addrs(&self) -> impl Iterator<Item = &HostPort> {
+        let own = (self.advertised_host(), self.bind_addr.port);
+        self.start_join_addrs
+            .iter()
+            .filter(move |addr| !(addr.port == own.1 && addr.host.eq_ignore_ascii_case(own.0)))
     }
 
     /// Rejects contradictions, before anything is written: the log's and

@@ -111,6 +111,35 @@ fn bootstrap_defaults_to_true_only_without_join_addresses() {
 }
 
 #[test]
+fn a_join_address_naming_this_node_is_skipped() {
+    // What a StatefulSet gives every pod: pod 0's name. Pod 0 bootstraps, the others join it.
+    let seed = "proglog-0.proglog.default.svc.cluster.local:8401";
+    let pod = |name: &str| {
+        load(&[
+            "--bind-addr=0.0.0.0:8401",
+            "--insecure",
+            &format!("--advertise-addr={name}.proglog.default.svc.cluster.local"),
+            &format!("--start-join-addrs={seed}"),
+        ])
+        .unwrap()
+    };
+    let (first, second) = (pod("proglog-0"), pod("proglog-1"));
+    assert!(first.bootstrap());
+    assert_eq!(first.join_addrs().count(), 0);
+    assert!(!second.bootstrap());
+    assert_eq!(second.join_addrs().map(ToString::to_string).collect::<Vec<_>>(), [seed]);
+    // The same host on another port is another node; case does not make a name another.
+    let other_port = load(&["--bind-addr=127.0.0.1:8401", "--start-join-addrs=127.0.0.1:8501"]).unwrap();
+    assert!(!other_port.bootstrap());
+    let upper = load(&["--bind-addr=localhost:8401", "--start-join-addrs=LOCALHOST:8401"]).unwrap();
+    assert!(upper.bootstrap());
+    // An explicit flag still wins.
+    let forced =
+        load(&["--bind-addr=127.0.0.1:8401", "--start-join-addrs=127.0.0.1:8401", "--bootstrap=false"]);
+    assert!(!forced.unwrap().bootstrap());
+}
+
+#[test]
 fn plaintext_off_loopback_needs_insecure() {
     assert_eq!(error_key(&["--bind-addr", "0.0.0.0:8401"]), "bind-addr");
     assert_eq!(error_key(&["--http-addr", "0.0.0.0:8402"]), "http-addr");
