@@ -41,6 +41,11 @@
 //! record: from handing the request to its stream to receiving its response (each
 //! producer keeps a FIFO of send instants; responses come back in request order).
 //! With 2048 records in flight it is mostly queueing: about 2048 / records/s.
+//! Then unary Produce calls, for `PROGLOG_BENCH_UNARY_SECONDS` (default 3 full, 1
+//! quick) each: from 1 producer, then from 8 (each its own connection, one call at
+//! a time), latency per call. Each repetition starts with the disk's own limit: one
+//! writer appending 4 KiB blocks to a file in the same directory, each followed by
+//! `fdatasync`, for as long as a unary run.
 //!
 //! **Targets**, interleaved per repetition in this order:
 //!
@@ -66,17 +71,19 @@
 //! past every record acknowledged before the kill and the new leader holds no
 //! more records than were acknowledged or attempted.
 //!
-//! Targets (issue #8): one-member ≥ 0.8× `LocalLog`; three nodes ≥ 0.3× one
-//! member; three nodes ≥ 20× etcd's 2.5k puts/s of 1 KiB (≥ 50k rec/s; the etcd
-//! figure is a reference measured on this machine earlier, not in this run);
-//! failover < 2 s.
+//! Targets (issue #18): one-member ≥ 0.9× `LocalLog` on every workload; three
+//! nodes ≥ 0.6× one member on streams; one producer's unary p50 ≤ 1.3× the bare
+//! fdatasync's and its rate ≥ 0.8× the fdatasync loop's; ≥ 4 records per Raft entry
+//! with 8 unary producers (group commit); failover < 2 s. Kept from issue #8: three
+//! nodes ≥ 20× etcd's 2.5k puts/s of 1 KiB (a reference measured on this machine
+//! earlier, not in this run).
 
 mod common;
 use common::support::{filesystem_of, human, mb_per_s, rate, spread, stats};
 use common::{
-    Invocation, MAX_RECORD_BYTES, WINDOW, base_dir_from_env, connect, env_parse, listen, machine,
-    percentiles_us, produce_request, produce_stream, runtime, runtime_threads_from_env, start_local,
-    value_pool,
+    Invocation, MAX_RECORD_BYTES, WINDOW, base_dir_from_env, connect, env_parse, fdatasync_loop, listen,
+    machine, percentiles_us, produce_request, produce_stream, runtime, runtime_threads_from_env, start_local,
+    unary, value_pool,
 };
 
 use std::net::SocketAddr;
@@ -100,11 +107,16 @@ const VALUE_BYTES: usize = 1024;
 const CLUSTER_NODES: usize = 3;
 /// etcd on this machine, 1 KiB puts, measured earlier (not in this run).
 const ETCD_PUTS: f64 = 2_500.0;
-/// Targets of issue #8.
-const ONE_MEMBER_VS_LOCAL: f64 = 0.8;
-const THREE_NODES_VS_ONE_MEMBER: f64 = 0.3;
+/// Targets of issue #18 (the etcd one is issue #8's, against an earlier figure).
+const ONE_MEMBER_VS_LOCAL: f64 = 0.9;
+const THREE_NODES_VS_ONE_MEMBER: f64 = 0.6;
+const UNARY_P50_VS_FDATASYNC: f64 = 1.3;
+const UNARY_RATE_VS_FDATASYNC: f64 = 0.8;
+const RECORDS_PER_ENTRY_UNARY8: f64 = 4.0;
 const THREE_NODES_VS_ETCD: f64 = 20.0;
 const FAILOVER_LIMIT: Duration = Duration::from_secs(2);
+/// The fdatasync reference's block: a page, what one small record costs the disk.
+const FDATASYNC_BLOCK: usize = 4096;
 /// Longest wait for anything that should happen: a leader, a voter, caught-up
 /// followers, a server stopping, a Produce acknowledged after the failover.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -128,14 +140,17 @@ fn main() -> Result<()> {
     let mut results = Results::default();
     for rep in 1..=settings.reps {
         let tag = format!("[rep {rep}/{}]", settings.reps);
+        let fdatasync = bench.fdatasync()?;
+        eprintln!("{tag} fdatasync   {}", progress(&fdatasync));
+        results.fdatasync.push(fdatasync);
         let local = bench.local()?;
-        eprintln!("{tag} LocalLog    {}", progress(&local));
+        eprintln!("{tag} LocalLog    {}", progress_run(&local));
         results.local.push(local);
         let one = bench.one_member()?;
-        eprintln!("{tag} one-member  {}", progress(&one));
+        eprintln!("{tag} one-member  {}", progress_run(&one));
         results.one_member.push(one);
         let (three, failover) = bench.three_nodes()?;
-        eprintln!("{tag} 3-node      {}", progress(&three));
+        eprintln!("{tag} 3-node      {}", progress_run(&three));
         eprintln!(
             "{tag} failover    first ack after {:.0} ms (leader elected after {:.0} ms; {} probe(s), via {})",
             ms(failover.acked),
@@ -163,6 +178,8 @@ struct Settings {
     records: u64,
     /// Time cap of each throughput run.
     cap: Duration,
+    /// Duration of each unary run and of the fdatasync reference.
+    unary: Duration,
     server_threads: usize,
     client_threads: usize,
     base_dir: PathBuf,
@@ -179,15 +196,17 @@ impl Settings {
         let base_dir = base_dir_from_env()?;
         let log = std::env::var_os("PROGLOG_BENCH_LOG").is_some();
         let cap = |default: f64| Duration::from_secs_f64(seconds.unwrap_or(default));
-        let (mode, reps, records, cap) = if !bench {
+        let unary_seconds: Option<f64> = env_parse("PROGLOG_BENCH_UNARY_SECONDS")?;
+        let unary = |default: f64| Duration::from_secs_f64(unary_seconds.unwrap_or(default));
+        let (mode, reps, records, cap, unary) = if !bench {
             // `cargo test --all-targets` runs benches without `--bench`: just check they work.
-            ("smoke (no --bench)", 1, 400, Duration::from_secs(30))
+            ("smoke (no --bench)", 1, 400, Duration::from_secs(30), Duration::from_millis(100))
         } else if quick {
-            ("quick", 1, (records / 10).max(WINDOW as u64), cap(10.0))
+            ("quick", 1, (records / 10).max(WINDOW as u64), cap(10.0), unary(1.0))
         } else {
-            ("full", 3, records.max(WINDOW as u64), cap(30.0))
+            ("full", 3, records.max(WINDOW as u64), cap(30.0), unary(3.0))
         };
-        Ok(Self { mode, reps, records, cap, server_threads, client_threads, base_dir, log })
+        Ok(Self { mode, reps, records, cap, unary, server_threads, client_threads, base_dir, log })
     }
 
     fn tempdir(&self) -> Result<TempDir> {
@@ -207,7 +226,11 @@ impl Settings {
              default timings (heartbeat 100 ms, election timeout 1 s, randomised up to 2 s), \
              plaintext `PeerTransport`. Workload: {PRODUCERS} producers, each a ProduceStream on its \
              own connection with up to {WINDOW} requests in flight, {VALUE_BYTES} B values, {} \
-             records per run (split between the producers) or {:.0} s, whichever comes first.",
+             records per run (split between the producers) or {:.0} s, whichever comes first; then \
+             unary Produce calls for {:.1} s from 1 and from {PRODUCERS} producers (each its own \
+             connection, one call at a time), latency per call. Reference: one writer appending \
+             {FDATASYNC_BLOCK} B blocks to a file in the same directory, each followed by \
+             fdatasync, for as long.",
             self.reps,
             machine(),
             self.base_dir.display(),
@@ -215,6 +238,7 @@ impl Settings {
             self.client_threads,
             self.records,
             self.cap.as_secs_f64(),
+            self.unary.as_secs_f64(),
         );
         if fs.starts_with("tmpfs") {
             eprintln!("WARNING: {} is on tmpfs: fdatasync is free there", self.base_dir.display());
@@ -303,7 +327,27 @@ struct Figure {
     /// Replicated only: Raft entries committed during the run (the leader fsyncs
     /// its entry log once per Ready, which holds one or more of them).
     entries: Option<u64>,
-    elapsed: Duration,
+}
+
+impl Figure {
+    fn of_calls(mut run: common::Unary, entries: Option<u64>) -> Self {
+        let (p50_us, p99_us) = percentiles_us(&mut run.latencies);
+        Self { rate: rate(run.records, run.elapsed), acked: run.records, p50_us, p99_us, entries }
+    }
+}
+
+/// One target's workloads, in one repetition.
+#[derive(Clone, Copy)]
+struct Run {
+    stream: Figure,
+    unary1: Figure,
+    unary8: Figure,
+}
+
+impl Run {
+    fn acked(&self) -> u64 {
+        self.stream.acked + self.unary1.acked + self.unary8.acked
+    }
 }
 
 /// One failover.
@@ -349,29 +393,48 @@ impl Bench<'_> {
             true,
         ))?;
         let (p50_us, p99_us) = percentiles_us(&mut run.latencies);
-        Ok(Figure {
-            rate: rate(run.acked, run.elapsed),
-            acked: run.acked,
-            p50_us,
-            p99_us,
-            entries: None,
-            elapsed: run.elapsed,
-        })
+        Ok(Figure { rate: rate(run.acked, run.elapsed), acked: run.acked, p50_us, p99_us, entries: None })
     }
 
-    fn local(&self) -> Result<Figure> {
+    /// Unary Produce calls from `producers` producers against `addr`.
+    fn unary(&self, addr: SocketAddr, producers: usize) -> Result<common::Unary> {
+        self.client_rt.block_on(unary(addr, producers, Arc::clone(&self.pool), self.settings.unary))
+    }
+
+    /// The disk's own limit, measured where the logs are.
+    fn fdatasync(&self) -> Result<Figure> {
+        let dir = self.settings.tempdir()?;
+        let run = fdatasync_loop(dir.path(), FDATASYNC_BLOCK, self.settings.unary)?;
+        dir.close()?;
+        Ok(Figure::of_calls(run, None))
+    }
+
+    fn local(&self) -> Result<Run> {
         let server = start_local(self.settings.tempdir()?, self.server_rt, Fsync::Always)?;
-        let figure = self.produce(server.addr)?;
-        server.stop(self.server_rt, figure.acked)?;
-        Ok(figure)
+        let stream = self.produce(server.addr)?;
+        let unary1 = Figure::of_calls(self.unary(server.addr, 1)?, None);
+        let unary8 = Figure::of_calls(self.unary(server.addr, PRODUCERS)?, None);
+        let run = Run { stream, unary1, unary8 };
+        server.stop(self.server_rt, run.acked())?;
+        Ok(run)
     }
 
-    /// The workload against `nodes[leader]`; then every node must hold exactly
+    /// The workloads against `nodes[leader]`; then every node must hold exactly
     /// the acknowledged records.
-    fn replicated_run(&self, nodes: &[Node], leader: usize) -> Result<Figure> {
-        let before = nodes[leader].log.status().commit_index;
-        let mut figure = self.produce(nodes[leader].addr)?;
-        let acked = figure.acked;
+    fn replicated_run(&self, nodes: &[Node], leader: usize) -> Result<Run> {
+        let (addr, log) = (nodes[leader].addr, &nodes[leader].log);
+        let committed = || log.status().commit_index;
+        let before = committed();
+        let mut stream = self.produce(addr)?;
+        stream.entries = Some(committed() - before);
+        let before = committed();
+        let unary1 = self.unary(addr, 1)?;
+        let unary1 = Figure::of_calls(unary1, Some(committed() - before));
+        let before = committed();
+        let unary8 = self.unary(addr, PRODUCERS)?;
+        let unary8 = Figure::of_calls(unary8, Some(committed() - before));
+        let run = Run { stream, unary1, unary8 };
+        let acked = run.acked();
         for node in nodes {
             // A node's status is refreshed after its Raft round: it may trail the
             // last acknowledgement by a moment, and a follower learns the commit
@@ -386,20 +449,19 @@ impl Bench<'_> {
                 node.held()
             );
         }
-        figure.entries = Some(nodes[leader].log.status().commit_index - before);
-        Ok(figure)
+        Ok(run)
     }
 
-    fn one_member(&self) -> Result<Figure> {
+    fn one_member(&self) -> Result<Run> {
         let dir = self.settings.tempdir()?;
         let node = Node::start(self, "node-0", &dir.path().join("node-0"), true)?;
         self.server_rt.block_on(node.log.wait_for_leader(DEADLINE))?;
         let nodes = [node];
-        let figure = self.replicated_run(&nodes, 0)?;
+        let run = self.replicated_run(&nodes, 0)?;
         let [node] = nodes;
         node.stop(self.server_rt)?;
         dir.close()?;
-        Ok(figure)
+        Ok(run)
     }
 
     /// Forms the cluster: node-0 bootstrapped, the others joined one at a time.
@@ -424,17 +486,17 @@ impl Bench<'_> {
         Ok(nodes)
     }
 
-    fn three_nodes(&self) -> Result<(Figure, Failover)> {
+    fn three_nodes(&self) -> Result<(Run, Failover)> {
         let dir = self.settings.tempdir()?;
         let mut nodes = self.form(dir.path())?;
         let leader = leader_of(&nodes)?;
-        let figure = self.replicated_run(&nodes, leader)?;
-        let failover = self.failover(&mut nodes, figure.acked)?;
+        let run = self.replicated_run(&nodes, leader)?;
+        let failover = self.failover(&mut nodes, run.acked())?;
         for node in nodes {
             node.stop(self.server_rt)?;
         }
         dir.close()?;
-        Ok((figure, failover))
+        Ok((run, failover))
     }
 
     /// Kills the leader of `nodes` (removing it) while a client probes the
@@ -544,9 +606,10 @@ async fn elected(
 
 #[derive(Default)]
 struct Results {
-    local: Vec<Figure>,
-    one_member: Vec<Figure>,
-    three_nodes: Vec<Figure>,
+    fdatasync: Vec<Figure>,
+    local: Vec<Run>,
+    one_member: Vec<Run>,
+    three_nodes: Vec<Run>,
     failovers: Vec<Failover>,
 }
 
@@ -564,6 +627,15 @@ fn progress(figure: &Figure) -> String {
         human(figure.acked as f64),
         figure.p50_us / 1e3,
         figure.p99_us / 1e3
+    )
+}
+
+fn progress_run(run: &Run) -> String {
+    format!(
+        "stream x{PRODUCERS}: {}; unary x1: {}; unary x{PRODUCERS}: {}",
+        progress(&run.stream),
+        progress(&run.unary1),
+        progress(&run.unary8)
     )
 }
 
@@ -591,53 +663,86 @@ fn ratio_text(ours: &[Figure], base: &[Figure]) -> (f64, String) {
 
 impl Results {
     fn print(&self) {
-        println!("| target | nodes | rec/s | MB/s | commit latency p50 / p99 | details |");
-        println!("|---|---:|---:|---:|---:|---|");
-        let rows: [(&str, usize, &[Figure]); 3] = [
+        println!("| target | workload | nodes | rec/s | MB/s | latency p50 / p99 | details |");
+        println!("|---|---|---:|---:|---:|---:|---|");
+        let rates = |figures: &[Figure]| figures.iter().map(|f| f.rate).collect::<Vec<f64>>();
+        println!(
+            "| bare `write` + `fdatasync`, {FDATASYNC_BLOCK} B (the disk's limit) | 1 writer | – | {} | – | {:.2} / {:.2} ms | ops/s, not records |",
+            spread(&rates(&self.fdatasync)),
+            median(&self.fdatasync, |f| f.p50_us) / 1e3,
+            median(&self.fdatasync, |f| f.p99_us) / 1e3,
+        );
+        let targets: [(&str, usize, &[Run]); 3] = [
             ("`LocalLog` (not replicated)", 1, &self.local),
             ("one-member `RaftLog`", 1, &self.one_member),
             ("3-node `RaftLog`, to the leader", CLUSTER_NODES, &self.three_nodes),
         ];
-        for (name, nodes, figures) in rows {
-            let rates: Vec<f64> = figures.iter().map(|f| f.rate).collect();
-            let mut details =
-                format!("records acked per run (median): {}", human(median(figures, |f| f.acked as f64)));
-            if figures.iter().all(|f| f.entries.is_some()) {
-                let per_entry = median(figures, |f| f.acked as f64 / f.entries.unwrap_or(1).max(1) as f64);
-                let entries_per_s =
-                    median(figures, |f| f.entries.unwrap_or(0) as f64 / f.elapsed.as_secs_f64());
-                details.push_str(&format!(
-                    "; {per_entry:.1} records per Raft entry, {entries_per_s:.0} entries/s (median)"
-                ));
+        for (name, nodes, runs) in targets {
+            for (workload, figures) in workloads(runs) {
+                let mut details = format!(
+                    "records acked per run (median): {}",
+                    human(median(&figures, |f| f.acked as f64))
+                );
+                if figures.iter().all(|f| f.entries.is_some()) {
+                    details.push_str(&format!(
+                        "; {:.1} records per Raft entry (median)",
+                        median(&figures, records_per_entry)
+                    ));
+                }
+                println!(
+                    "| {name} | {workload} | {nodes} | {} | {} | {:.2} / {:.2} ms | {details} |",
+                    spread(&rates(&figures)),
+                    mb_per_s(&rates(&figures), VALUE_BYTES),
+                    median(&figures, |f| f.p50_us) / 1e3,
+                    median(&figures, |f| f.p99_us) / 1e3,
+                );
             }
-            println!(
-                "| {name} | {nodes} | {} | {} | {:.1} / {:.1} ms | {details} |",
-                spread(&rates),
-                mb_per_s(&rates, VALUE_BYTES),
-                median(figures, |f| f.p50_us) / 1e3,
-                median(figures, |f| f.p99_us) / 1e3,
-            );
         }
         println!();
 
         println!("| comparison | measured | target | verdict | details |");
         println!("|---|---:|---|---|---|");
-        let (one_vs_local, text) = ratio_text(&self.one_member, &self.local);
+        for ((workload, one), (_, local)) in
+            workloads(&self.one_member).into_iter().zip(workloads(&self.local))
+        {
+            let (ratio, text) = ratio_text(&one, &local);
+            println!(
+                "| one-member / `LocalLog`, {workload} | {text} | ≥ {ONE_MEMBER_VS_LOCAL}× | {} | what Raft costs on one node |",
+                pass(ratio >= ONE_MEMBER_VS_LOCAL)
+            );
+        }
+        let stream = |runs: &[Run]| runs.iter().map(|run| run.stream).collect::<Vec<_>>();
+        let (three_vs_one, text) = ratio_text(&stream(&self.three_nodes), &stream(&self.one_member));
         println!(
-            "| one-member / `LocalLog` | {text} | ≥ {ONE_MEMBER_VS_LOCAL}× | {} | what Raft costs on one node |",
-            pass(one_vs_local >= ONE_MEMBER_VS_LOCAL)
-        );
-        let (three_vs_one, text) = ratio_text(&self.three_nodes, &self.one_member);
-        println!(
-            "| 3-node / one-member | {text} | ≥ {THREE_NODES_VS_ONE_MEMBER}× | {} | what replication to two followers costs |",
+            "| 3-node / one-member, {} | {text} | ≥ {THREE_NODES_VS_ONE_MEMBER}× | {} | what replication to two followers costs |",
+            workloads(&self.one_member)[0].0,
             pass(three_vs_one >= THREE_NODES_VS_ONE_MEMBER)
         );
-        let three = median(&self.three_nodes, |f| f.rate);
-        let per_rep: Vec<f64> = self.three_nodes.iter().map(|f| f.rate / ETCD_PUTS).collect();
+        let unary1: Vec<Figure> = self.one_member.iter().map(|run| run.unary1).collect();
+        let p50 = median(&unary1, |f| f.p50_us) / median(&self.fdatasync, |f| f.p50_us);
+        println!(
+            "| one-member unary x1 p50 / bare fdatasync p50 | {p50:.2}× | ≤ {UNARY_P50_VS_FDATASYNC}× | {} | {:.2} ms vs {:.2} ms |",
+            pass(p50 <= UNARY_P50_VS_FDATASYNC),
+            median(&unary1, |f| f.p50_us) / 1e3,
+            median(&self.fdatasync, |f| f.p50_us) / 1e3,
+        );
+        let (rate, text) = ratio_text(&unary1, &self.fdatasync);
+        println!(
+            "| one-member unary x1 rec/s / bare fdatasync ops/s | {text} | ≥ {UNARY_RATE_VS_FDATASYNC}× | {} | one producer against the disk's limit |",
+            pass(rate >= UNARY_RATE_VS_FDATASYNC)
+        );
+        let unary8: Vec<Figure> = self.one_member.iter().map(|run| run.unary8).collect();
+        let per_entry = median(&unary8, records_per_entry);
+        println!(
+            "| one-member unary x{PRODUCERS}: records per Raft entry | {per_entry:.1} | ≥ {RECORDS_PER_ENTRY_UNARY8} | {} | group commit across producers |",
+            pass(per_entry >= RECORDS_PER_ENTRY_UNARY8)
+        );
+        let three = median(&stream(&self.three_nodes), |f| f.rate);
+        let per_rep: Vec<f64> = self.three_nodes.iter().map(|run| run.stream.rate / ETCD_PUTS).collect();
         let (_, low, high) = stats(&per_rep);
         let range = if per_rep.len() > 1 { format!(" ({low:.1}–{high:.1})") } else { String::new() };
         println!(
-            "| 3-node vs etcd (2.5k puts/s of 1 KiB\\*) | {:.1}×{range} | ≥ {THREE_NODES_VS_ETCD}× (≥ {}k rec/s) | {} | 3-node median {} rec/s |",
+            "| 3-node stream vs etcd (2.5k puts/s of 1 KiB\\*) | {:.1}×{range} | ≥ {THREE_NODES_VS_ETCD}× (≥ {}k rec/s) | {} | 3-node median {} rec/s |",
             three / ETCD_PUTS,
             THREE_NODES_VS_ETCD * ETCD_PUTS / 1e3,
             pass(three >= THREE_NODES_VS_ETCD * ETCD_PUTS),
@@ -662,6 +767,20 @@ impl Results {
              in this run. The failover verdict requires every repetition under the limit."
         );
     }
+}
+
+/// A target's figures per workload, in table order.
+fn workloads(runs: &[Run]) -> [(String, Vec<Figure>); 3] {
+    let of = |f: fn(&Run) -> Figure| runs.iter().map(f).collect::<Vec<_>>();
+    [
+        (format!("ProduceStream x{PRODUCERS}"), of(|run| run.stream)),
+        ("unary x1".to_owned(), of(|run| run.unary1)),
+        (format!("unary x{PRODUCERS}"), of(|run| run.unary8)),
+    ]
+}
+
+fn records_per_entry(figure: &Figure) -> f64 {
+    figure.acked as f64 / figure.entries.unwrap_or(1).max(1) as f64
 }
 
 /// Milliseconds as "1234 ms [1100..1800]".

@@ -69,7 +69,7 @@ mod common;
 use common::support::{filesystem_of, human, mb_per_s, rate, spread, stats};
 use common::{
     Invocation, MAX_RECORD_BYTES, POOL, Running, WINDOW, base_dir_from_env, connect, env_parse, listen,
-    machine, percentiles_us, produce_request, produce_stream, runtime, runtime_threads_from_env, start_local,
+    machine, percentiles_us, produce_stream, runtime, runtime_threads_from_env, start_local, unary,
     value_pool,
 };
 
@@ -91,7 +91,6 @@ use proglog_raft::Fsync;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
@@ -303,52 +302,6 @@ fn start_null(rt: &Runtime, pool: Arc<Vec<Bytes>>) -> Result<Running> {
 }
 
 // ---------------------------------------------------------------- clients
-
-struct Unary {
-    records: u64,
-    elapsed: Duration,
-    latencies: Vec<u64>,
-}
-
-/// `producers` channels, each issuing sequential Produce calls until `duration`
-/// has passed.
-async fn unary(
-    addr: SocketAddr,
-    producers: usize,
-    pool: Arc<Vec<Bytes>>,
-    duration: Duration,
-) -> Result<Unary> {
-    let mut clients = Vec::with_capacity(producers);
-    for _ in 0..producers {
-        clients.push(connect(addr).await?);
-    }
-    let start = Instant::now();
-    let deadline = start + duration;
-    let tasks: Vec<JoinHandle<Result<Vec<u64>>>> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(producer, mut client)| {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 16);
-                let mut i = producer;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    client.produce(produce_request(&pool, i)).await?;
-                    latencies.push(t.elapsed().as_nanos() as u64);
-                    i += producers;
-                }
-                Ok(latencies)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for task in tasks {
-        latencies.extend(task.await??);
-    }
-    let elapsed = start.elapsed();
-    Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
-}
 
 /// A ConsumeStream from offset 0: reads `n` records, checking offsets and sizes.
 async fn consume_stream(addr: SocketAddr, size: usize, n: u64) -> Result<Duration> {

@@ -183,6 +183,78 @@ pub async fn connect(addr: SocketAddr) -> Result<LogClient<Channel>> {
     Ok(LogClient::new(channel))
 }
 
+/// What a [`unary`] run did.
+pub struct Unary {
+    /// Calls acknowledged, over all producers.
+    pub records: u64,
+    /// From the start until the last call returned.
+    pub elapsed: Duration,
+    /// Per call, nanoseconds (unordered).
+    pub latencies: Vec<u64>,
+}
+
+/// `producers` channels, each issuing sequential Produce calls until `duration`
+/// has passed.
+pub async fn unary(
+    addr: SocketAddr,
+    producers: usize,
+    pool: Arc<Vec<Bytes>>,
+    duration: Duration,
+) -> Result<Unary> {
+    let mut clients = Vec::with_capacity(producers);
+    for _ in 0..producers {
+        clients.push(connect(addr).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<JoinHandle<Result<Vec<u64>>>> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(producer, mut client)| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let mut i = producer;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    client.produce(produce_request(&pool, i)).await?;
+                    latencies.push(t.elapsed().as_nanos() as u64);
+                    i += producers;
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = start.elapsed();
+    Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
+}
+
+/// The disk's own limit for one writer: appends of `block` bytes to a file in
+/// `dir`, each followed by `fdatasync`, until `duration` has passed (what
+/// `fsync always` costs at least, per acknowledgement of one producer).
+pub fn fdatasync_loop(dir: &std::path::Path, block: usize, duration: Duration) -> Result<Unary> {
+    use std::io::Write as _;
+    let path = dir.join("fdatasync-reference");
+    let mut file = fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let data = vec![0x5a_u8; block];
+    let start = Instant::now();
+    let mut latencies = Vec::with_capacity(1 << 14);
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        file.write_all(&data)?;
+        file.sync_data()?;
+        latencies.push(t.elapsed().as_nanos() as u64);
+    }
+    let elapsed = start.elapsed();
+    drop(file);
+    fs::remove_file(&path)?;
+    Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
+}
+
 /// What a [`produce_stream`] run did.
 pub struct Produced {
     /// Records acknowledged, over all producers.
