@@ -330,9 +330,9 @@ struct Figure {
 }
 
 impl Figure {
-    fn of_calls(mut run: common::Unary, entries: Option<u64>) -> Self {
+    fn of_calls(mut run: common::Produced, entries: Option<u64>) -> Self {
         let (p50_us, p99_us) = percentiles_us(&mut run.latencies);
-        Self { rate: rate(run.records, run.elapsed), acked: run.records, p50_us, p99_us, entries }
+        Self { rate: rate(run.acked, run.elapsed), acked: run.acked, p50_us, p99_us, entries }
     }
 }
 
@@ -397,7 +397,7 @@ impl Bench<'_> {
     }
 
     /// Unary Produce calls from `producers` producers against `addr`.
-    fn unary(&self, addr: SocketAddr, producers: usize) -> Result<common::Unary> {
+    fn unary(&self, addr: SocketAddr, producers: usize) -> Result<common::Produced> {
         self.client_rt.block_on(unary(addr, producers, Arc::clone(&self.pool), self.settings.unary))
     }
 

@@ -361,8 +361,8 @@ fn suite(
         for producers in PRODUCERS {
             let mut run = unary(addr, producers, Arc::clone(pool), settings.unary).await?;
             let (p50_us, p99_us) = percentiles_us(&mut run.latencies);
-            figures.push(Figure { p50_us, p99_us, ..Figure::new(run.records, run.elapsed) });
-            acked += run.records;
+            figures.push(Figure { p50_us, p99_us, ..Figure::new(run.acked, run.elapsed) });
+            acked += run.acked;
         }
         for producers in PRODUCERS {
             let run = produce_stream(

@@ -183,16 +183,6 @@ pub async fn connect(addr: SocketAddr) -> Result<LogClient<Channel>> {
     Ok(LogClient::new(channel))
 }
 
-/// What a [`unary`] run did.
-pub struct Unary {
-    /// Calls acknowledged, over all producers.
-    pub records: u64,
-    /// From the start until the last call returned.
-    pub elapsed: Duration,
-    /// Per call, nanoseconds (unordered).
-    pub latencies: Vec<u64>,
-}
-
 /// `producers` channels, each issuing sequential Produce calls until `duration`
 /// has passed.
 pub async fn unary(
@@ -200,7 +190,7 @@ pub async fn unary(
     producers: usize,
     pool: Arc<Vec<Bytes>>,
     duration: Duration,
-) -> Result<Unary> {
+) -> Result<Produced> {
     let mut clients = Vec::with_capacity(producers);
     for _ in 0..producers {
         clients.push(connect(addr).await?);
@@ -230,13 +220,13 @@ pub async fn unary(
         latencies.extend(task.await??);
     }
     let elapsed = start.elapsed();
-    Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
+    Ok(Produced { acked: latencies.len() as u64, elapsed, latencies })
 }
 
 /// The disk's own limit for one writer: appends of `block` bytes to a file in
 /// `dir`, each followed by `fdatasync`, until `duration` has passed (what
 /// `fsync always` costs at least, per acknowledgement of one producer).
-pub fn fdatasync_loop(dir: &std::path::Path, block: usize, duration: Duration) -> Result<Unary> {
+pub fn fdatasync_loop(dir: &std::path::Path, block: usize, duration: Duration) -> Result<Produced> {
     use std::io::Write as _;
     let path = dir.join("fdatasync-reference");
     let mut file = fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
@@ -252,17 +242,18 @@ pub fn fdatasync_loop(dir: &std::path::Path, block: usize, duration: Duration) -
     let elapsed = start.elapsed();
     drop(file);
     fs::remove_file(&path)?;
-    Ok(Unary { records: latencies.len() as u64, elapsed, latencies })
+    Ok(Produced { acked: latencies.len() as u64, elapsed, latencies })
 }
 
-/// What a [`produce_stream`] run did.
+/// What a [`produce_stream`] or [`unary`] run did.
 pub struct Produced {
     /// Records acknowledged, over all producers.
     pub acked: u64,
     /// From the start until the last response.
     pub elapsed: Duration,
     /// Per acknowledged record, nanoseconds from handing its request to the stream
-    /// to receiving its response (only when asked for; unordered).
+    /// (or the call) to receiving its response (streams: only when asked for;
+    /// unordered).
     pub latencies: Vec<u64>,
 }
 
