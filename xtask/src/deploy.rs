@@ -4,7 +4,6 @@
 //! chart's pods run, started in network namespaces named after them).
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -737,6 +736,5 @@ fn pods(python: &Path, chart: &Path, script: &Path, binaries: &Binaries, work: &
         }
     }
     drop(network);
-    let _ = std::io::stdout().flush();
     Ok(())
 }
