@@ -131,6 +131,7 @@ pub fn image() -> Result<Binaries> {
     let root = root_dir()?;
     require("buildah", "buildah")?;
     require("podman", "podman")?;
+    require("runc", "runc")?;
     let binaries = build_static()?;
     let context = root.join(TARGET_DIR).join("context");
     if context.exists() {
