@@ -518,7 +518,7 @@ fn report_recovery(logger: &Logger, log: &proglog_log::Log) {
     let recovery = log.recovery();
     let store = recovery.truncated_store.as_ref().map(|path| path.display().to_string()).unwrap_or_default();
     if let Some(lost) = &recovery.lost_offsets {
-        error!(logger, "log damaged: records that were durable before a clean shutdown are gone from the record log; those the Raft entries still hold are applied again, the others are lost";
+        error!(logger, "log damaged: records that were durable before a clean shutdown are gone from the data log; their Raft entries are cut from this node's log (in a cluster the leader sends them again; a one-member cluster has lost them)";
             "file" => &store, "lost_offsets" => format!("{}..{}", lost.start, lost.end),
             "records_lost" => lost.end - lost.start, "bytes_cut" => recovery.truncated_bytes);
     } else if recovery.truncated_bytes > 0 {

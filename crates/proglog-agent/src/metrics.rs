@@ -27,11 +27,14 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     ("proglog_log_lowest_offset", "Lowest offset this node still holds"),
     ("proglog_log_highest_offset", "Highest committed offset this node holds (-1 while the log is empty)"),
-    ("proglog_log_bytes", "Bytes of this node's record log and Raft entries on disk"),
+    ("proglog_log_bytes", "Bytes of this node's data log (records and Raft entries) on disk"),
     ("proglog_raft_is_leader", "1 while this node leads the cluster, else 0"),
     ("proglog_raft_term", "This node's Raft term"),
     ("proglog_raft_commit_index", "Index of the last Raft entry this node knows committed"),
-    ("proglog_raft_applied_index", "Index of the last Raft entry applied to this node's record log"),
+    (
+        "proglog_raft_applied_index",
+        "Index of the last Raft entry applied on this node (its records readable)",
+    ),
     ("proglog_raft_apply_lag_entries", "Committed Raft entries this node has not applied yet"),
     ("proglog_raft_follower_lag_entries", "On the leader: Raft entries each follower lacks, by follower"),
     (

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use proglog_log::Log;
 use tokio::sync::watch;
 
-use crate::replicated::Terms;
+use crate::replicated::{Terms, record_value};
 use crate::{LogError, Record};
 
 /// A record log and its commit point: only offsets below the point are read.
@@ -15,12 +15,19 @@ pub(crate) struct Committed {
     pub committed: watch::Receiver<u64>,
     /// The term of each record (`None`: not replicated, every term is 0).
     pub terms: Option<Terms>,
+    /// A replicated log's data log: records from this offset on are stored
+    /// with a header (`None`: every record is stored bare).
+    pub framed_from: Option<u64>,
 }
 
 impl Committed {
-    fn to_record(&self, record: proglog_log::Record) -> Record {
+    fn to_record(&self, record: proglog_log::Record) -> Result<Record, LogError> {
         let term = self.terms.as_ref().map_or(0, |terms| terms.term_of(record.offset));
-        Record { value: record.value, offset: record.offset, term }
+        let value = match self.framed_from {
+            Some(framed_from) => record_value(framed_from, record.offset, record.value)?,
+            None => record.value,
+        };
+        Ok(Record { value, offset: record.offset, term })
     }
 
     pub(crate) fn next(&self) -> u64 {
@@ -36,7 +43,7 @@ impl Committed {
         let record = tokio::task::spawn_blocking(move || log.read(offset))
             .await
             .map_err(|error| LogError::Internal(error.to_string()))??;
-        Ok(self.to_record(record))
+        self.to_record(record)
     }
 
     /// Reads committed records from `offset`, about `max_bytes` of them.
@@ -49,10 +56,10 @@ impl Committed {
         let records = tokio::task::spawn_blocking(move || log.read_batch(offset, max_bytes))
             .await
             .map_err(|error| LogError::Internal(error.to_string()))??;
-        Ok(records
+        records
             .into_iter()
             .take_while(|record| record.offset < committed)
             .map(|record| self.to_record(record))
-            .collect())
+            .collect()
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::replicated::MAX_STORED_BYTES;
 use crate::{Fsync, MAX_RECORD_BYTES};
 
 /// A setting with a value its rule refuses: the key (kebab-case, as in the
@@ -90,15 +91,16 @@ impl Settings {
         Ok(())
     }
 
-    /// The record log's config: these segment sizes, and values up to the
-    /// cluster's ceiling rather than only up to `max-record-bytes` (that limit
+    /// The data log's config: these segment sizes, and values up to the
+    /// cluster's ceiling and a record header rather than only up to
+    /// `max-record-bytes` (that limit
     /// is enforced where records are proposed; an entry a peer with a higher
     /// limit committed must apply here too).
     pub fn record_log_config(&self) -> proglog_log::Config {
         proglog_log::Config {
             max_store_bytes: self.segment_max_store_bytes,
             max_index_bytes: self.segment_max_index_bytes,
-            max_record_bytes: MAX_RECORD_BYTES,
+            max_record_bytes: MAX_STORED_BYTES,
             ..proglog_log::Config::default()
         }
     }

@@ -23,9 +23,9 @@ use proglog_api::internal::v1::raft_client::RaftClient;
 use proglog_api::internal::v1::raft_server::{Raft, RaftServer};
 use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse};
 use proglog_raft::{
-    Append, ClusterId, FetchSink, LogError, MAX_RECORD_BYTES, Mailbox, Member, PeerId, PendingAppend,
-    RaftLog, RaftMessage, RaftMessageType, Reason, Refusal, Rejections, StatusWatch, Transport,
-    decode_message, encode_message,
+    Append, ClusterId, CommitLog, FetchSink, LogError, MAX_RECORD_BYTES, Mailbox, Member, PeerId,
+    PendingAppend, RaftLog, RaftMessage, RaftMessageType, Reason, Refusal, Rejections, StatusWatch,
+    Transport, decode_message, encode_message,
 };
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -759,23 +759,18 @@ impl Raft for PeerService {
             self.inner.refuse(Reason::Fetch, &caller.name, &detail);
             return Err(status::from_log(LogError::InvalidArgument(detail)));
         }
-        let records = Arc::clone(self.log.records());
+        let log = Arc::clone(&self.log);
         let (tx, rx) = mpsc::channel(2);
         let closing = self.inner.closing.subscribe();
         tokio::spawn(async move {
-            let mut next = start.max(records.lowest_offset());
+            let mut next = start.max(log.lowest_offset());
             if next >= end {
                 // Nothing left to copy: say where this log starts.
                 let _ = tx.send(Ok(Chunk { first_offset: next, values: Vec::new() })).await;
                 return;
             }
             while next < end && !*closing.borrow() {
-                let reader = Arc::clone(&records);
-                let read = tokio::task::spawn_blocking(move || reader.read_batch(next, FETCH_CHUNK_BYTES))
-                    .await
-                    .map_err(|error| LogError::Internal(error.to_string()))
-                    .and_then(|read| read.map_err(LogError::from));
-                let chunk = match read {
+                let chunk = match log.read_batch(next, FETCH_CHUNK_BYTES).await {
                     Ok(batch) if !batch.is_empty() => {
                         let first_offset = batch[0].offset;
                         let values: Vec<Bytes> =

@@ -317,6 +317,9 @@ fn check_append(view: &View<'_>, message: &Message) -> Result<(), Reason> {
 /// with its description.
 fn check_entry(entry: &Entry) -> Result<(), Reason> {
     match entry.get_entry_type() {
+        // Nothing proposes a normal entry with a context (it would be lost: a
+        // batch is stored as its records).
+        EntryType::EntryNormal if !entry.context.is_empty() => Err(Reason::Entry),
         EntryType::EntryNormal if entry.data.is_empty() => Ok(()),
         EntryType::EntryNormal => {
             let batch = decode_batch(&entry.data).map_err(|_| Reason::Entry)?;

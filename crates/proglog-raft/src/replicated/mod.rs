@@ -4,7 +4,7 @@
 //! steps peers' messages, merges queued appends into entries and runs the Ready
 //! loop; it never blocks on the network (the [`Transport`] queues or drops) and
 //! never runs on a tokio worker. Async callers hand it work through a channel and
-//! await replies; readers read the record log directly.
+//! await replies; readers read the data log directly, below the commit point.
 
 mod codec;
 mod gate;
@@ -32,6 +32,7 @@ pub use self::gate::{Reason, Rejections};
 pub use self::network::ChannelNetwork;
 use self::node::{ChangeReply, Node, NodeConfig, Outbox, Proposal, Shared};
 use self::store::Store;
+pub(crate) use self::store::record_value;
 pub(crate) use self::terms::Terms;
 use crate::commit_log::check_append;
 use crate::local::sync_in_background;
@@ -39,9 +40,14 @@ use crate::records::Committed;
 use crate::{Append, CommitLog, Fsync, LogError, LogStatus, PendingAppend, Record, ServerInfo, Settings};
 
 /// The largest record any node of a cluster may append (`max-record-bytes` is
-/// at most this). Every node's record log accepts records this large, so that an
-/// entry a peer with a higher limit committed always applies.
-pub const MAX_RECORD_BYTES: u64 = 16 << 20;
+/// at most this): 16 MiB less room for the header each record is stored with.
+/// Every node's data log accepts records this large, so that an entry a peer
+/// with a higher limit committed can always be stored.
+pub const MAX_RECORD_BYTES: u64 = (16 << 20) - 64;
+
+/// What a data log must accept (see [`Settings::record_log_config`]): the
+/// largest record and its header.
+pub(crate) const MAX_STORED_BYTES: u64 = MAX_RECORD_BYTES + store::RECORD_HEADER_BYTES;
 
 /// Appended value bytes queued for the Raft thread, at most; further appends
 /// wait. (Proposed, uncommitted entries are bounded by Raft's
@@ -60,7 +66,7 @@ const EVENTS_PER_ROUND: usize = 4096;
 pub struct RaftConfig {
     /// This node: its name (its Raft id derives from it) and RPC address.
     pub member: Member,
-    /// Where the Raft state (`raft/`) lives, next to the record log (`log/`).
+    /// Where the Raft state (`raft/`) lives, next to the data log (`log/`).
     pub data_dir: PathBuf,
     /// Start a one-member cluster if there is no Raft state yet.
     pub bootstrap: bool,
@@ -151,7 +157,7 @@ pub trait Transport: Send + Sync + 'static {
     /// node is reported through [`Mailbox::unreachable`]; a snapshot message's
     /// delivery through [`Mailbox::snapshot_status`].
     fn send(&self, to: u64, messages: Vec<Message>);
-    /// Copies committed records `[start, end)` from node `from`'s record log into
+    /// Copies committed records `[start, end)` from node `from`'s data log into
     /// `sink`, in order and in bounded chunks (from the lowest offset `from` still
     /// holds, if above `start`).
     fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink);
@@ -339,51 +345,58 @@ pub struct RaftLog {
 
 impl RaftLog {
     /// Opens (or creates) the node's Raft state under `config.data_dir/raft`,
-    /// serving `records` (its record log, usually `config.data_dir/log`), and
-    /// starts its Raft thread, talking to peers through `transport`. Blocks on
-    /// disk: call it off the async workers.
-    /// `records` must accept values of [`MAX_RECORD_BYTES`] (see
+    /// with `records` as its data log (usually `config.data_dir/log`: a log of
+    /// a single node from before replication, or of an older layout, is
+    /// upgraded in place), and starts its Raft thread, talking to peers through
+    /// `transport`. Blocks on disk: call it off the async workers. `records`
+    /// must accept values of [`MAX_RECORD_BYTES`] plus a header (see
     /// [`Settings::record_log_config`]).
     pub fn open(config: RaftConfig, records: Log, transport: Arc<dyn Transport>) -> Result<Self, LogError> {
         let node_config = config.node_config()?;
-        if records.config().max_record_bytes < MAX_RECORD_BYTES {
+        if records.config().max_record_bytes < MAX_STORED_BYTES {
             return Err(LogError::InvalidArgument(format!(
-                "the record log accepts values of at most {} bytes; a replicated log's must accept {MAX_RECORD_BYTES} \
-                 (a peer may commit records that large)",
+                "the data log accepts values of at most {} bytes; a replicated log's must accept {MAX_STORED_BYTES} \
+                 (a peer may commit records of {MAX_RECORD_BYTES} bytes, each stored with a header)",
                 records.config().max_record_bytes
             )));
         }
         let logger = config.logger.clone();
         let records = Arc::new(records);
-        let store = Store::open(&config.data_dir.join("raft"), config.settings.fsync, &config.member.name)?;
+        let store = Store::open(
+            &config.data_dir.join("raft"),
+            config.settings.fsync,
+            &config.member.name,
+            Arc::clone(&records),
+        )?;
+        let framed_from = store.framed_from();
         let rejections = Arc::new(Rejections::default());
         let node = Node::open(
             config.member.clone(),
             store,
-            Arc::clone(&records),
             config.bootstrap,
             node_config,
             logger,
             Arc::clone(&rejections),
         )?;
         let member = node.me().clone();
-        // Keeps segment rolls short (a roll fsyncs the sealed segment): the record
-        // log is never synced on the write path, nor are the entries with
-        // `Fsync::Never`.
-        let mut unsynced = vec![Arc::clone(&records)];
-        if config.settings.fsync == Fsync::Never {
-            unsynced.push(Arc::clone(node.store().entries_log()));
-        }
-        let (stop_syncer, syncer_stopped) = std::sync::mpsc::channel();
-        let syncer = std::thread::Builder::new()
-            .name(format!("proglog-sync-{}", config.member.name))
-            .spawn(move || sync_in_background(&unsynced, BACKGROUND_SYNC, &syncer_stopped))
-            .map_err(|error| LogError::Internal(format!("cannot start the syncer thread: {error}")))?;
+        // With `Fsync::Never` the data log is synced in the background while it
+        // grows, which keeps segment rolls (a roll fsyncs the sealed segment) short.
+        let syncer = if config.settings.fsync == Fsync::Never {
+            let unsynced = vec![Arc::clone(&records)];
+            let (stop_syncer, syncer_stopped) = std::sync::mpsc::channel();
+            let syncer = std::thread::Builder::new()
+                .name(format!("proglog-sync-{}", config.member.name))
+                .spawn(move || sync_in_background(&unsynced, BACKGROUND_SYNC, &syncer_stopped))
+                .map_err(|error| LogError::Internal(format!("cannot start the syncer thread: {error}")))?;
+            Some((stop_syncer, syncer))
+        } else {
+            None
+        };
         let (events, inbox) = std::sync::mpsc::channel();
         // Entries are fsynced here while the Raft thread goes on with the next
         // round; concurrent requests share one fdatasync.
         let (sync_requests, sync_wanted) = std::sync::mpsc::channel::<u64>();
-        let entries = Arc::clone(node.store().entries_log());
+        let entries = Arc::clone(&records);
         let (synced_events, fsync) = (events.clone(), config.settings.fsync);
         let fsync_seconds = config.metrics.fsync_seconds.clone();
         let fsyncer = std::thread::Builder::new()
@@ -429,13 +442,18 @@ impl RaftLog {
             rejections,
             member,
             transport,
-            records: Committed { log: records, committed, terms: Some(terms) },
+            records: Committed {
+                log: records,
+                committed,
+                terms: Some(terms),
+                framed_from: Some(framed_from),
+            },
             shared,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
             events,
             thread: Mutex::new(Some(thread)),
-            syncer: Mutex::new(Some((stop_syncer, syncer))),
+            syncer: Mutex::new(syncer),
         })
     }
 
@@ -492,11 +510,6 @@ impl RaftLog {
         }
     }
 
-    /// The record log (transports serve snapshot fetches from it).
-    pub fn records(&self) -> &Arc<Log> {
-        &self.records.log
-    }
-
     /// Adds `member` to the cluster (as a learner, promoted to voter once it has
     /// caught up). Only the leader can: elsewhere [`LogError::NotLeader`].
     pub async fn join(&self, member: Member) -> Result<(), LogError> {
@@ -535,7 +548,7 @@ impl RaftLog {
     }
 
     /// Stops the Raft thread (failing appends still waiting) and closes the state
-    /// and the record log cleanly. Blocks on disk.
+    /// and the data log cleanly. Blocks on disk.
     pub fn close(&self) -> Result<(), LogError> {
         let thread = self.thread.lock().map_err(|_| LogError::Internal("lock poisoned".into()))?.take();
         let Some(thread) = thread else { return Ok(()) };

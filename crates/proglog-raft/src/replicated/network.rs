@@ -5,10 +5,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use proglog_log::Log;
 use raft::eraftpb::{Message, MessageType};
 
 use super::{FetchSink, Mailbox, Member, PeerId, RaftLog, StatusWatch, Transport};
+use crate::records::Committed;
 use crate::{Append, LogError, PendingAppend};
 
 /// Records per fetched chunk, at most (bytes are bounded too: 1 MiB).
@@ -19,7 +19,7 @@ struct Nodes {
     /// Attached nodes' ids and identities, by name.
     names: HashMap<String, (u64, StatusWatch)>,
     mailboxes: HashMap<u64, Mailbox>,
-    records: HashMap<u64, Arc<Log>>,
+    records: HashMap<u64, Committed>,
     /// Cut links, both directions.
     cut: HashSet<(u64, u64)>,
 }
@@ -63,7 +63,7 @@ impl ChannelNetwork {
         let id = log.member().id;
         nodes.names.insert(log.member().name.clone(), (id, log.watch_status()));
         nodes.mailboxes.insert(id, log.mailbox());
-        nodes.records.insert(id, Arc::clone(log.records()));
+        nodes.records.insert(id, log.records.clone());
     }
 
     /// Disconnects the node named `name` (it stopped).
@@ -150,17 +150,14 @@ impl Transport for Link {
             return;
         };
         self.runtime.spawn(async move {
-            let mut next = start.max(source.lowest_offset());
+            let mut next = start.max(source.log.lowest_offset());
             if next >= end {
                 // Nothing left to copy: the first chunk says where the source starts.
                 sink.chunk(next, Vec::new()).await;
                 return sink.finish();
             }
             while next < end {
-                let reader = Arc::clone(&source);
-                let read =
-                    tokio::task::spawn_blocking(move || reader.read_batch(next, FETCH_CHUNK_BYTES)).await;
-                match read.unwrap_or_else(|error| Err(proglog_log::Error::Failed(error.to_string()))) {
+                match source.read_batch(next, FETCH_CHUNK_BYTES).await {
                     Ok(records) if !records.is_empty() => {
                         let first = records[0].offset;
                         let values: Vec<_> =

@@ -7,8 +7,8 @@
 //!
 //! Offsets (SPEC §1): a record's offset is fixed by the leader when it proposes
 //! its entry (the offset after the previous entry's records) and checked by every
-//! node that stores the entry; the record log applies committed entries at those
-//! offsets, so a record has the same offset everywhere.
+//! node that stores the entry at those offsets in its data log, so a record has
+//! the same offset everywhere. Applying an entry makes its records readable.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,14 +16,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{KeyValue, global};
-use proglog_log::Log;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, StateRole};
 use slog::Logger;
 use tokio::sync::{oneshot, watch};
 
-use super::codec::{ClusterId, Member, PeerId, batch_len, conf_change, decode_batch, encode_batch};
+use super::codec::{ClusterId, Member, PeerId, batch_header, batch_len, conf_change, encode_batch};
 use super::gate::{self, Pass, Reason, Rejections, View};
 use super::store::{SnapshotData, Store};
 use crate::{Leader, LogError, LogStatus, Refusal, ServerInfo};
@@ -77,7 +76,7 @@ pub(crate) struct Outbox {
     pub sync: Option<u64>,
 }
 
-/// A request to copy committed records from another node's record log.
+/// A request to copy committed records from another node's data log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Fetch {
     /// Tells this fetch's chunks from a cancelled one's.
@@ -117,7 +116,7 @@ struct Fetching {
     id: u64,
     snapshot: Message,
     end: u64,
-    /// No chunk arrived yet (only the first may move the record log's start).
+    /// No chunk arrived yet (only the first may move the fetched records' start).
     first_chunk: bool,
 }
 
@@ -139,7 +138,6 @@ pub(crate) struct Shared {
 /// One node of the replicated log.
 pub(crate) struct Node {
     raw: RawNode<Store>,
-    records: Arc<Log>,
     me: Member,
     config: NodeConfig,
     logger: Logger,
@@ -185,20 +183,18 @@ fn raft_error(error: raft::Error) -> LogError {
 }
 
 impl Node {
-    /// Opens the node's state: `store` (its Raft state) and `records` (its record
-    /// log). With `bootstrap` and no Raft state yet, starts a one-member cluster.
-    /// `me` gets the member id the store holds.
+    /// Opens the node's state from `store` (its Raft state and data log). With
+    /// `bootstrap` and no Raft state yet, starts a one-member cluster. `me` gets
+    /// the member id the store holds.
     pub(crate) fn open(
         me: Member,
         mut store: Store,
-        records: Arc<Log>,
         bootstrap: bool,
         config: NodeConfig,
         logger: Logger,
         rejections: Arc<Rejections>,
     ) -> Result<Self, LogError> {
         let me = me.with_id(store.member_id());
-        let mut record_end = records.next_offset();
         if !store.is_empty() && store.cluster_id().is_none() && bootstrap {
             // State from before cluster ids, on the node that bootstrapped its
             // cluster: it names the cluster; the others learn the id from it.
@@ -206,50 +202,29 @@ impl Node {
             store.set_cluster_id(id)?;
             slog::info!(logger, "minted the cluster id of a data dir from before cluster ids"; "cluster_id" => %id);
         }
-        if store.is_empty() && store.fetching().is_some() && record_end > records.lowest_offset() {
-            // A new member crashed while fetching its first snapshot's records:
-            // they came from its cluster, but nothing says up to where yet.
-            slog::warn!(logger, "a first snapshot fetch was interrupted; its records are fetched again");
-            records.reset(0)?;
-            record_end = 0;
-        }
         if store.is_empty() {
+            let data = store.data();
             if bootstrap {
                 // The snapshot point will rely on them: durable first.
-                records.sync()?;
-                store.bootstrap(&me, record_end)?;
-            } else if record_end > records.lowest_offset() {
+                data.sync()?;
+                store.bootstrap(&me)?;
+            } else if data.next_offset() > data.lowest_offset() {
                 return Err(LogError::InvalidArgument(format!(
                     "{} holds records but this node has no Raft state to say where they came from; \
                      start it with --bootstrap (a new cluster keeping them) or with an empty data directory",
-                    records.dir().display()
+                    data.dir().display()
                 )));
             }
         }
-        let point = store.snapshot_point();
-        if record_end < point.end_offset && store.fetching().is_some() {
-            // A snapshot fetch was replacing the record log (a crash while it
-            // reset it): start it again where the snapshot point is.
-            slog::warn!(logger, "the record log was being replaced by a snapshot fetch; it restarts empty";
-                "next_offset" => point.end_offset);
-            records.reset(point.end_offset)?;
-            record_end = point.end_offset;
-        }
-        if record_end < point.end_offset {
-            return Err(LogError::DataLoss(format!(
-                "{} ends at offset {record_end}, but Raft compacted entries up to offset {} into it",
-                records.dir().display(),
-                point.end_offset
-            )));
-        }
-        let applied = store.recovered_applied(record_end);
+        let applied = store.recovered_applied();
         store.set_applied(applied);
-        store.rebuild_terms(record_end);
+        store.rebuild_terms();
         let mut hard_state = store.hard_state().clone();
         if hard_state.commit < applied {
             hard_state.commit = applied;
             store.set_commit(applied);
         }
+        let record_end = store.applied_end();
         let members = store.members().iter().map(|m| (m.id, m.clone())).collect();
         let raft_config = raft::Config {
             id: me.id,
@@ -272,7 +247,6 @@ impl Node {
         let (committed_tx, _) = watch::channel(record_end);
         let mut node = Self {
             raw,
-            records,
             me,
             config,
             logger,
@@ -315,9 +289,9 @@ impl Node {
         self.me.id
     }
 
-    #[cfg(test)]
-    pub(crate) fn records(&self) -> &Arc<Log> {
-        &self.records
+    /// The offset after the applied records: readers read below it.
+    pub(crate) fn applied_end(&self) -> u64 {
+        self.raw.store().applied_end()
     }
 
     pub(crate) fn shared(&self) -> watch::Receiver<Shared> {
@@ -627,7 +601,7 @@ impl Node {
                 return;
             };
             if let Some((start, end)) = self.needs_fetch(message.get_snapshot(), &data) {
-                self.start_fetch(message, &data, start, end, outbox);
+                self.start_fetch(message, start, end, outbox);
                 return;
             }
         }
@@ -652,31 +626,21 @@ impl Node {
         }
     }
 
-    /// The record range a snapshot needs that the record log lacks, if any.
+    /// The record range a snapshot needs that this node lacks, if any.
     fn needs_fetch(&self, snapshot: &Snapshot, data: &SnapshotData) -> Option<(u64, u64)> {
         if snapshot.get_metadata().index <= self.raw.raft.raft_log.committed {
             return None;
         }
-        let start = self.records.next_offset();
+        let start = self.raw.store().fetch_resume();
         (start < data.end_offset).then_some((start, data.end_offset))
     }
 
-    fn start_fetch(
-        &mut self,
-        snapshot: Message,
-        data: &SnapshotData,
-        start: u64,
-        end: u64,
-        outbox: &mut Outbox,
-    ) {
+    fn start_fetch(&mut self, snapshot: Message, start: u64, end: u64, outbox: &mut Outbox) {
         if self.fetching.is_some() {
             return; // one fetch at a time; the leader sends the snapshot again
         }
-        // Fetched records are served as they arrive: their terms first.
-        self.raw.mut_store().adopt_terms(&data.terms);
-        let committed = self.raw.raft.raft_log.committed;
-        if let Err(error) = self.raw.mut_store().set_fetching(Some(committed)) {
-            slog::error!(self.logger, "cannot record the snapshot fetch"; "error" => %error);
+        if let Err(error) = self.raw.mut_store().begin_fetch(start) {
+            slog::error!(self.logger, "cannot start the snapshot fetch"; "error" => %error);
             return;
         }
         self.fetches += 1;
@@ -709,7 +673,8 @@ impl Node {
             return Ok(());
         };
         let end = fetching.end;
-        let next = self.records.next_offset();
+        let store = self.raw.mut_store();
+        let next = store.staged_next()?;
         if first_offset > next {
             if !fetching.first_chunk {
                 // A gap inside one fetch: give up; the next snapshot resumes.
@@ -718,23 +683,22 @@ impl Node {
                 return Ok(());
             }
             // The source no longer holds [next, first_offset): start where it does.
-            self.records.reset(first_offset.min(end))?;
+            store.restage(first_offset.min(end))?;
         }
         fetching.first_chunk = false;
-        let next = self.records.next_offset();
+        let next = store.staged_next()?;
         let skip = usize::try_from(next.saturating_sub(first_offset)).unwrap_or(usize::MAX);
-        if skip < values.len() {
-            let take = (end.saturating_sub(next) as usize).min(values.len() - skip);
-            self.records.append_batch(&values[skip..skip + take])?;
-        }
-        if self.records.next_offset() >= end {
-            // Durable before the snapshot point (which relies on them) is written.
-            self.records.sync()?;
-            if let Some(fetching) = self.fetching.take() {
-                slog::info!(self.logger, "snapshot records fetched"; "end" => end);
-                if let Err(error) = self.raw.step(fetching.snapshot) {
-                    slog::warn!(self.logger, "snapshot not taken"; "error" => %error);
-                }
+        let take = if skip < values.len() {
+            (end.saturating_sub(next) as usize).min(values.len() - skip)
+        } else {
+            0
+        };
+        let complete = next + take as u64 >= end;
+        store.stage(&values[skip.min(values.len())..skip.min(values.len()) + take], complete)?;
+        if complete && let Some(fetching) = self.fetching.take() {
+            slog::info!(self.logger, "snapshot records fetched"; "end" => end);
+            if let Err(error) = self.raw.step(fetching.snapshot) {
+                slog::warn!(self.logger, "snapshot not taken"; "error" => %error);
             }
         }
         Ok(())
@@ -884,16 +848,7 @@ impl Node {
         let meta = snapshot.get_metadata();
         let data: SnapshotData = serde_json::from_slice(&snapshot.data)
             .map_err(|error| LogError::DataLoss(format!("a snapshot does not decode: {error}")))?;
-        if self.records.next_offset() < data.end_offset {
-            return Err(LogError::Internal(format!(
-                "snapshot at {} needs records up to {}, the record log ends at {}",
-                meta.index,
-                data.end_offset,
-                self.records.next_offset()
-            )));
-        }
-        let records_beyond = self.records.next_offset() > data.end_offset;
-        self.raw.mut_store().install_snapshot(meta, &data, records_beyond)?;
+        self.raw.mut_store().install_snapshot(meta, &data)?;
         self.members = data.members.iter().map(|m| (m.id, m.clone())).collect();
         outbox.members = Some(data.members);
         // Appends this node proposed as leader at or below the snapshot: their
@@ -944,23 +899,11 @@ impl Node {
         Ok(())
     }
 
-    /// Appends an entry's records to the record log at the offsets the entry
-    /// names (skipping those already there after a restart).
+    /// Makes an entry's records readable (they are stored): their term first.
     fn apply_batch(&mut self, entry: &Entry) -> Result<u64, LogError> {
-        let batch = decode_batch(&entry.data)?;
-        let next = self.records.next_offset();
-        if next < batch.first_offset {
-            return Err(LogError::DataLoss(format!(
-                "entry {} holds records from offset {} but the record log ends at {next}",
-                entry.index, batch.first_offset
-            )));
-        }
-        let skip = (next - batch.first_offset) as usize;
-        self.raw.mut_store().note_term(batch.first_offset, entry.term)?;
-        if skip < batch.values.len() {
-            self.records.append_batch(&batch.values[skip..])?;
-        }
-        Ok(batch.first_offset)
+        let (first_offset, _) = batch_header(&entry.data)?;
+        self.raw.mut_store().note_term(first_offset, entry.term)?;
+        Ok(first_offset)
     }
 
     fn apply_change(&mut self, entry: &Entry, outbox: &mut Outbox) -> Result<(), LogError> {
@@ -1027,7 +970,7 @@ impl Node {
 
     /// Every applied record is readable: tell consumers following the tail.
     fn publish(&self) {
-        let next = self.records.next_offset();
+        let next = self.applied_end();
         self.committed_tx.send_if_modified(|committed| {
             let changed = *committed != next;
             *committed = next;
@@ -1035,8 +978,8 @@ impl Node {
         });
     }
 
-    /// Compacts the entries once enough are applied: the record log is made
-    /// durable first, since after compaction it is the only copy of their records.
+    /// Compacts the entries once enough are applied (their records stay in the
+    /// data log: only Raft forgets them).
     fn maybe_compact(&mut self) -> Result<(), LogError> {
         let store = self.raw.store();
         let applied = self.applied();
@@ -1045,7 +988,6 @@ impl Node {
             return Ok(());
         }
         let index = applied - self.config.trailing_entries;
-        self.records.sync()?;
         self.raw.mut_store().compact(index)?;
         slog::debug!(self.logger, "compacted Raft entries"; "through" => index);
         Ok(())
@@ -1096,8 +1038,9 @@ impl Node {
                 is_leader: member.id == raft.leader_id,
             })
             .collect::<Vec<_>>();
-        let next = self.records.next_offset();
-        let lowest_offset = self.records.lowest_offset();
+        let next = self.applied_end();
+        let data = self.raw.store().data();
+        let lowest_offset = data.lowest_offset();
         let status = LogStatus {
             is_leader: raft.state == StateRole::Leader,
             leader,
@@ -1108,7 +1051,7 @@ impl Node {
             voters: cs.voters.len(),
             lowest_offset,
             highest_offset: (next > lowest_offset).then(|| next - 1),
-            bytes: self.records.size_bytes() + self.raw.store().size_bytes(),
+            bytes: data.size_bytes() + self.raw.store().size_bytes(),
             failure: None,
             follower_lag: self.follower_lag(),
         };
@@ -1128,10 +1071,10 @@ impl Node {
         });
     }
 
-    /// Closes the Raft state (the driver closes the record log).
+    /// Closes the Raft state (the driver closes the data log).
     pub(crate) fn close(&mut self) -> Result<(), LogError> {
         self.fail_all(&LogError::Unavailable("the log is closing".into()));
-        self.raw.store().close()
+        self.raw.mut_store().close()
     }
 }
 

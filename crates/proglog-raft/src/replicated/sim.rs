@@ -133,6 +133,40 @@ fn node_config(rng: &mut Rng) -> NodeConfig {
     }
 }
 
+/// A node's committed records, as its peers and readers see them.
+struct Source {
+    data: Arc<Log>,
+    framed_from: u64,
+    /// The offset after its applied records.
+    end: u64,
+}
+
+impl Source {
+    fn of(node: &Node) -> Self {
+        let store = node.store();
+        Self { data: Arc::clone(store.data()), framed_from: store.framed_from(), end: node.applied_end() }
+    }
+
+    fn read(&self, offset: u64) -> Result<Bytes, LogError> {
+        super::store::record_value(self.framed_from, offset, self.data.read(offset)?.value)
+    }
+
+    fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<proglog_log::Record>, LogError> {
+        if offset >= self.end {
+            return Ok(Vec::new());
+        }
+        self.data
+            .read_batch(offset, max_bytes)?
+            .into_iter()
+            .take_while(|record| record.offset < self.end)
+            .map(|record| {
+                let value = super::store::record_value(self.framed_from, record.offset, record.value)?;
+                Ok(proglog_log::Record { offset: record.offset, value })
+            })
+            .collect()
+    }
+}
+
 fn records_config() -> proglog_log::Config {
     proglog_log::Config {
         max_store_bytes: 2 << 10,
@@ -246,11 +280,11 @@ impl Sim {
         let config = node_config(&mut self.rng);
         let sim_node = &mut self.nodes[i];
         let opened = (|| {
-            let store = Store::open(&sim_node.dir.join("raft"), Fsync::Never, &sim_node.member.name)?;
-            let records = Arc::new(Log::open(sim_node.dir.join("log"), records_config())?);
+            let data = Arc::new(Log::open(sim_node.dir.join("log"), records_config())?);
+            let store = Store::open(&sim_node.dir.join("raft"), Fsync::Never, &sim_node.member.name, data)?;
             let logger = logger(&sim_node.member.name);
             let rejections = Arc::clone(&sim_node.rejections);
-            Node::open(sim_node.member.clone(), store, records, bootstrap, config, logger, rejections)
+            Node::open(sim_node.member.clone(), store, bootstrap, config, logger, rejections)
         })();
         match opened {
             Ok(node) => {
@@ -267,7 +301,7 @@ impl Sim {
                         node.applied()
                     )
                 });
-                sim_node.checked = sim_node.checked.min(node.records().next_offset());
+                sim_node.checked = sim_node.checked.min(node.applied_end());
                 // Terms are rebuilt on open: check them all again.
                 sim_node.terms_checked = 0;
                 sim_node.applied = node.applied();
@@ -283,7 +317,8 @@ impl Sim {
     fn crash(&mut self, i: usize) {
         let Some(node) = self.nodes[i].node.take() else { return };
         let synced = node.store().synced_index();
-        let durable_records = node.store().snapshot_point().end_offset;
+        let durable_records =
+            node.store().end_offset(synced).unwrap_or(node.store().snapshot_point().end_offset);
         trace(|| {
             format!(
                 "tick {} crash {} synced={synced} last={} applied={}",
@@ -296,7 +331,7 @@ impl Sim {
         drop(node);
         let dir = self.nodes[i].dir.clone();
         let lost = (|| {
-            Store::lose_unsynced(&dir.join("raft"), synced)?;
+            // The records of entries after the last sync may be lost, in part.
             let records = Log::open(dir.join("log"), records_config())?;
             let next = records.next_offset();
             let keep = durable_records.max(records.lowest_offset())
@@ -653,16 +688,14 @@ impl Sim {
     /// Carries out snapshot fetches: in random chunks, sometimes cut short.
     fn run_fetches(&mut self) {
         for (i, fetch) in std::mem::take(&mut self.fetches) {
-            let source = self
-                .index_of(fetch.from)
-                .and_then(|s| self.nodes[s].node.as_ref().map(|n| Arc::clone(n.records())));
+            let source = self.index_of(fetch.from).and_then(|s| self.nodes[s].node.as_ref().map(Source::of));
             let reachable = !self.cut.contains(&(self.nodes[i].member.id, fetch.from));
             let Some(node) = self.nodes[i].node.as_mut() else { continue };
             let Some(source) = source.filter(|_| reachable) else {
                 node.fetch_failed(fetch.id, "unreachable");
                 continue;
             };
-            let mut next = fetch.start.max(source.lowest_offset());
+            let mut next = fetch.start.max(source.data.lowest_offset());
             if next >= fetch.end
                 && let Err(error) = node.fetched(fetch.id, next, &[])
             {
@@ -748,13 +781,14 @@ impl Sim {
                     node.applied()
                 ));
             }
-            let records = Arc::clone(node.records());
+            let source = Source::of(node);
+            let records = Arc::clone(&source.data);
             let applied = node.applied();
             let start = self.nodes[i].checked.max(records.lowest_offset());
-            let next = records.next_offset();
+            let next = source.end;
             for offset in start..next {
-                let value = match records.read(offset) {
-                    Ok(record) => record.value,
+                let value = match source.read(offset) {
+                    Ok(value) => value,
                     Err(error) => self.fail(format!("{name} cannot read {offset}: {error}")),
                 };
                 match self.history.get(&offset) {
@@ -822,13 +856,13 @@ impl Sim {
                         self.nodes[i].member.name,
                         n.is_leader(),
                         n.applied(),
-                        n.records().next_offset()
+                        n.applied_end()
                     )
                 })
                 .collect();
             self.fail(format!("the cluster did not settle: {states:?}"));
         }
-        let next = self.alive().map(|(_, n)| n.records().next_offset()).next().unwrap_or(0);
+        let next = self.alive().map(|(_, n)| n.applied_end()).next().unwrap_or(0);
         if let Some((offset, _)) = self.acked.range(next..).next() {
             self.fail(format!("acknowledged offset {offset} is lost (the log ends at {next})"));
         }
@@ -845,9 +879,7 @@ impl Sim {
             .iter()
             .all(|n| voters.contains(&n.member.id) && n.old_ids.iter().all(|old| !voters.contains(old)));
         replaced
-            && self.alive().all(|(_, n)| {
-                n.applied() >= commit && n.records().next_offset() == leader.records().next_offset()
-            })
+            && self.alive().all(|(_, n)| n.applied() >= commit && n.applied_end() == leader.applied_end())
     }
 }
 

@@ -1,16 +1,30 @@
-//! The durable Raft state of one node: its entries and its metadata.
+//! The durable Raft state of one node: one copy of every record, and metadata.
 //!
-//! - Entries live in a [`proglog_log::Log`] of their own (`<data-dir>/raft/entries`)
-//!   whose offsets *are* the entry indexes (asserted on every read), so it inherits
-//!   the log's crash recovery (a torn tail is cut off), group-committed fsync and
-//!   durable suffix truncation (`truncate_from`) for conflicting entries.
-//! - Metadata — term and vote, the configuration with every member's name and
-//!   address, the snapshot point and a pending snapshot fetch — lives in
-//!   `<data-dir>/raft/meta.json`, replaced atomically (write, fsync, rename, fsync
-//!   the directory) whenever it changes. The commit index is kept in memory only
-//!   (Raft does not need it durable: recovery derives a safe one).
+//! - **The data log** (`<data-dir>/log`, a [`proglog_log::Log`]) holds the records
+//!   of every stored entry at their offsets, committed or not: it *is* the Raft
+//!   log for entries with records, and consumers read it (bounded by the commit
+//!   point, see [`crate::records`]). Each record's stored value starts with a
+//!   header ([`framed`]): the first record of an entry names the entry (index,
+//!   term, record count and a commit index known when it was stored), later ones
+//!   say they continue it, records copied by a snapshot say they belong to no
+//!   entry. So the entries can be rebuilt from the data log alone, and storing a
+//!   round's entries is one write and one fdatasync. Records below
+//!   `framed_from` (a log from before replication, or the records the record log
+//!   of the two-log layout applied before it was upgraded) are stored bare.
+//! - **Entries without records** (a new leader's empty entry, configuration
+//!   changes) are rare and small: they are kept in the metadata, which is
+//!   written (atomically and durably) in the round that stores them.
+//! - **Metadata** — term and vote, the configuration with every member's name and
+//!   address, the snapshot point, the record-less entries, the records' terms —
+//!   lives in `<data-dir>/raft/meta.json`, replaced atomically (write, fsync,
+//!   rename, fsync the directory) whenever it changes.
+//! - **A snapshot's records** are fetched into `<data-dir>/raft/fetch` (a log of
+//!   bare values) while raft-rs still holds this node's entries, and moved into
+//!   the data log in the round that installs the snapshot, when raft-rs drops
+//!   those entries (the move is redone after a crash: `moving` in the metadata).
 //! - In memory: each held entry's term and first record offset, so `term()` and
-//!   the offset of any entry cost no disk read.
+//!   the offset of any entry cost no disk read, and the newest entries
+//!   themselves.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -18,21 +32,100 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{ClusterId, Member, batch_header, mint_member_id, node_id};
+use super::codec::{ClusterId, Member, batch_header, decode_batch, encode_batch, mint_member_id, node_id};
 use super::terms::{TermRanges, Terms};
 use crate::{Fsync, LogError};
 
 /// The metadata file.
 const META_FILE: &str = "meta.json";
+/// The staging log of a snapshot fetch.
+const FETCH_DIR: &str = "fetch";
+/// The entries log of the two-log layout (upgraded on open).
+const OLD_ENTRIES_DIR: &str = "entries";
+/// The layout this code writes: the data log holds the entries' records.
+const FORMAT: u32 = 2;
 /// Bytes of the newest entries kept in memory.
 const RECENT_BYTES: usize = 8 << 20;
-/// Entries are one record each; the batch size bounds them, not this.
-const MAX_ENTRY_BYTES: u64 = u32::MAX as u64 - 1;
+/// Bytes read from a log per call when gathering records.
+const READ_BYTES: u64 = 1 << 20;
+
+/// Kinds of stored record (the first byte of its stored value).
+const PLAIN: u8 = 0;
+const FIRST: u8 = 1;
+const NEXT: u8 = 2;
+/// The largest header a record is stored with: kind, then for the first record
+/// of an entry its index, term, record count and a known commit index.
+pub(crate) const RECORD_HEADER_BYTES: u64 = 1 + 8 + 8 + 4 + 8;
+
+/// What the first record of an entry says about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EntryHeader {
+    index: u64,
+    term: u64,
+    count: u64,
+    /// A commit index this node knew when it stored the entry (a lower bound).
+    commit: u64,
+}
+
+/// `value` as stored: its kind, the entry's header for the first record of an
+/// entry, then the value.
+fn framed(kind: u8, header: Option<EntryHeader>, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(RECORD_HEADER_BYTES as usize + value.len());
+    out.push(kind);
+    if let Some(header) = header {
+        out.extend_from_slice(&header.index.to_le_bytes());
+        out.extend_from_slice(&header.term.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(header.count).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&header.commit.to_le_bytes());
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+/// Splits a stored value at `offset` into its kind, its entry header (first
+/// records) and the position of the value.
+fn unframe(offset: u64, stored: &[u8]) -> Result<(u8, Option<EntryHeader>, usize), LogError> {
+    let bad = || LogError::DataLoss(format!("the record at offset {offset} has a damaged header"));
+    let word = |at: usize, len: usize| -> Result<u64, LogError> {
+        let bytes = stored.get(at..at + len).ok_or_else(bad)?;
+        let mut padded = [0; 8];
+        padded[..len].copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(padded))
+    };
+    match stored.first() {
+        Some(&PLAIN) => Ok((PLAIN, None, 1)),
+        Some(&NEXT) => Ok((NEXT, None, 1)),
+        Some(&FIRST) => {
+            let header = EntryHeader {
+                index: word(1, 8)?,
+                term: word(9, 8)?,
+                count: word(17, 4)?,
+                commit: word(21, 8)?,
+            };
+            if header.count == 0 {
+                return Err(bad());
+            }
+            Ok((FIRST, Some(header), RECORD_HEADER_BYTES as usize))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The value a caller appended at `offset`, from what the data log stores there
+/// (records below `framed_from` are stored bare).
+pub(crate) fn record_value(framed_from: u64, offset: u64, stored: Bytes) -> Result<Bytes, LogError> {
+    if offset < framed_from {
+        return Ok(stored);
+    }
+    let (_, _, start) = unframe(offset, &stored)?;
+    Ok(stored.slice(start..))
+}
 
 /// A point of the log that entries before it were compacted into.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +137,7 @@ pub(crate) struct SnapshotPoint {
 }
 
 /// What a snapshot carries besides its Raft metadata: the records are fetched
-/// separately, in chunks, from the sender's record log.
+/// separately, in chunks, from the sender's data log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SnapshotData {
     /// Records below this offset are covered by the snapshot.
@@ -90,6 +183,48 @@ impl From<&Conf> for ConfState {
     }
 }
 
+/// An entry without records, as the metadata keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Control {
+    index: u64,
+    term: u64,
+    /// `EntryType` as a number.
+    kind: i32,
+    data: Vec<u8>,
+    context: Vec<u8>,
+}
+
+impl Control {
+    fn from_entry(entry: &Entry) -> Self {
+        Self {
+            index: entry.index,
+            term: entry.term,
+            kind: entry.get_entry_type() as i32,
+            data: entry.data.to_vec(),
+            context: entry.context.to_vec(),
+        }
+    }
+
+    fn to_entry(&self) -> Result<Entry, LogError> {
+        let kind = match self.kind {
+            0 => EntryType::EntryNormal,
+            1 => EntryType::EntryConfChange,
+            2 => EntryType::EntryConfChangeV2,
+            other => {
+                return Err(LogError::DataLoss(format!(
+                    "Raft entry {} has unknown type {other}",
+                    self.index
+                )));
+            }
+        };
+        let mut entry = Entry { index: self.index, term: self.term, ..Entry::default() };
+        entry.set_entry_type(kind);
+        entry.data = self.data.clone().into();
+        entry.context = self.context.clone().into();
+        Ok(entry)
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Meta {
@@ -102,9 +237,8 @@ struct Meta {
     conf_index: u64,
     members: Vec<Member>,
     snapshot: SnapshotPoint,
-    /// Set while records of a snapshot are being fetched into the record log:
-    /// the commit index when the fetch began (recovery must not trust entries
-    /// above it to match the record log).
+    /// A snapshot fetch of the two-log layout (read from its files, never written).
+    #[serde(default, skip_serializing)]
     fetching: Option<u64>,
     /// This node's Raft id, minted with its data dir (0 in files from before).
     #[serde(default)]
@@ -118,6 +252,29 @@ struct Meta {
     /// from before terms were kept).
     #[serde(default)]
     terms: TermRanges,
+    /// The layout: [`FORMAT`], or 0 for the two-log layout (upgraded on open).
+    #[serde(default)]
+    format: u32,
+    /// Records below this offset are stored bare (no header).
+    #[serde(default)]
+    framed_from: u64,
+    /// The held entries without records, by index.
+    #[serde(default)]
+    control: Vec<Control>,
+    /// Installing a snapshot: its records are being moved from the fetch log
+    /// into the data log.
+    #[serde(default)]
+    moving: Option<Move>,
+}
+
+/// Where an installed snapshot's records go in the data log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Move {
+    /// The first offset moved: the data log is cut here.
+    from: u64,
+    /// The data log starts again at `from` (the leader no longer held the
+    /// records between this node's and the snapshot's).
+    reset: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -125,15 +282,26 @@ struct Held {
     term: u64,
     /// A configuration change.
     conf: bool,
+    /// Kept in the metadata (it has no records).
+    control: bool,
     /// Offset of its first record (the offset after the previous entry's records
     /// for an entry without records).
     start: u64,
 }
 
+/// Whether `entry` is stored in the data log: a record batch of at least one
+/// record (anything else is kept in the metadata).
+fn record_batch(entry: &Entry) -> Option<(u64, u64)> {
+    let normal = entry.get_entry_type() == EntryType::EntryNormal && entry.context.is_empty();
+    normal.then(|| batch_header(&entry.data).ok()).flatten().filter(|(_, count)| *count > 0)
+}
+
 /// One node's durable Raft state. Implements [`raft::Storage`] for `RawNode`.
 #[derive(Debug)]
 pub(crate) struct Store {
-    entries_log: Arc<proglog_log::Log>,
+    data: Arc<proglog_log::Log>,
+    /// The records of a snapshot being fetched (bare values).
+    staging: Option<proglog_log::Log>,
     dir: PathBuf,
     fsync: Fsync,
     meta: Meta,
@@ -146,10 +314,12 @@ pub(crate) struct Store {
     recent_bytes: usize,
     /// Offset after the last entry's records.
     tail_end: u64,
-    /// The last entry index known on stable storage (for crash simulation).
+    /// The last entry index known on stable storage.
     synced_index: u64,
-    /// Index applied to the record log (kept by the node; snapshots are taken here).
+    /// Index applied (the node's; snapshots are taken here).
     applied: u64,
+    /// A commit index known from the stored entries' headers on open.
+    recovered_commit: u64,
     /// The term of each applied record, for readers.
     terms: Terms,
 }
@@ -162,30 +332,55 @@ fn damaged(message: String) -> LogError {
     LogError::DataLoss(message)
 }
 
+/// Gathers the stored values of `[start, end)` from `log`.
+fn read_range(log: &proglog_log::Log, start: u64, end: u64) -> Result<Vec<proglog_log::Record>, LogError> {
+    let mut records = Vec::with_capacity(usize::try_from(end - start).unwrap_or(0).min(1 << 16));
+    while start + (records.len() as u64) < end {
+        let next = start + records.len() as u64;
+        let batch = log.read_batch(next, READ_BYTES)?;
+        if batch.is_empty() {
+            return Err(damaged(format!("{}: no record at offset {next}", log.dir().display())));
+        }
+        records.extend(batch.into_iter().take_while(|record| record.offset < end));
+    }
+    Ok(records)
+}
+
 impl Store {
-    /// Opens (or creates, empty) the state in `dir` of the node named `name`.
-    /// The node's member id is minted (and written) the first time: at random
-    /// for a new data dir, as [`node_id`] of the name for state from before
-    /// member ids (the id its cluster knows it by).
-    pub(crate) fn open(dir: &Path, fsync: Fsync, name: &str) -> Result<Self, LogError> {
+    /// Opens (or creates, empty) the state in `dir` of the node named `name`,
+    /// whose data log is `data`. A data dir of the two-log layout is upgraded in
+    /// place; records of a log from before replication stay as they are (a
+    /// bootstrap makes them the first snapshot's). The node's member id is
+    /// minted (and written) the first time: at random for a new data dir, as
+    /// [`node_id`] of the name for state from before member ids.
+    pub(crate) fn open(
+        dir: &Path,
+        fsync: Fsync,
+        name: &str,
+        data: Arc<proglog_log::Log>,
+    ) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|error| internal(&dir.display().to_string(), error))?;
         let meta_path = dir.join(META_FILE);
         let meta = match std::fs::read(&meta_path) {
-            Ok(bytes) => serde_json::from_slice::<Meta>(&bytes)
-                .map_err(|error| damaged(format!("{}: {error}", meta_path.display())))?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Ok(bytes) => Some(
+                serde_json::from_slice::<Meta>(&bytes)
+                    .map_err(|error| damaged(format!("{}: {error}", meta_path.display())))?,
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(error) => return Err(internal(&meta_path.display().to_string(), error)),
         };
-        let config = proglog_log::Config {
-            initial_offset: meta.snapshot.index + 1,
-            max_record_bytes: MAX_ENTRY_BYTES,
-            ..proglog_log::Config::default()
-        };
-        let entries_log = Arc::new(proglog_log::Log::open(dir.join("entries"), config)?);
+        let fresh = meta.is_none();
+        let meta = meta.unwrap_or_else(|| Meta {
+            format: FORMAT,
+            // Records of a log from before replication stay bare.
+            framed_from: data.next_offset(),
+            ..Meta::default()
+        });
         let hard_state =
             HardState { term: meta.term, vote: meta.vote, commit: meta.commit, ..HardState::default() };
         let mut store = Self {
-            entries_log,
+            data,
+            staging: None,
             dir: dir.to_path_buf(),
             fsync,
             meta,
@@ -196,8 +391,18 @@ impl Store {
             tail_end: 0,
             synced_index: 0,
             applied: 0,
+            recovered_commit: 0,
             terms: Terms::default(),
         };
+        if !fresh && (store.meta.format != FORMAT || dir.join(OLD_ENTRIES_DIR).exists()) {
+            store.upgrade_two_logs()?;
+        }
+        if dir.join(FETCH_DIR).exists() {
+            store.staging = Some(proglog_log::Log::open(dir.join(FETCH_DIR), store.data.config().clone())?);
+        }
+        if store.meta.moving.is_some() {
+            store.finish_move()?;
+        }
         store.reconcile()?;
         store.synced_index = store.last();
         store.applied = store.meta.snapshot.index;
@@ -206,6 +411,107 @@ impl Store {
             store.write_meta()?;
         }
         Ok(store)
+    }
+
+    /// Upgrades the two-log layout: Raft entries in `raft/entries`, and a
+    /// record log holding the applied records bare. The applied records the
+    /// snapshot point covers stay; those of held entries are written again,
+    /// framed, from the entries; record-less entries move into the metadata.
+    /// The metadata is written first: a crash before the old entries are
+    /// removed redoes the rewrite.
+    fn upgrade_two_logs(&mut self) -> Result<(), LogError> {
+        let entries_dir = self.dir.join(OLD_ENTRIES_DIR);
+        let config = proglog_log::Config {
+            max_record_bytes: u64::from(u32::MAX) - 1,
+            ..proglog_log::Config::default()
+        };
+        let old =
+            if entries_dir.exists() { Some(proglog_log::Log::open(&entries_dir, config)?) } else { None };
+        let point = self.meta.snapshot;
+        let mut entries = Vec::new();
+        if let Some(old) = &old {
+            let first = (point.index + 1).max(old.lowest_offset());
+            if old.next_offset() > point.index + 1 && first != point.index + 1 {
+                return Err(damaged(format!(
+                    "{}: Raft entries from {} are missing (the snapshot is at {})",
+                    entries_dir.display(),
+                    point.index + 1,
+                    point.index
+                )));
+            }
+            for record in read_range(old, first, old.next_offset().max(first))? {
+                let entry = Entry::parse_from_bytes(&record.value).map_err(|error| {
+                    damaged(format!("Raft entry {} does not decode: {error}", record.offset))
+                })?;
+                if entry.index != record.offset {
+                    return Err(damaged(format!(
+                        "Raft entry stored at {} says it is {}",
+                        record.offset, entry.index
+                    )));
+                }
+                entries.push(entry);
+            }
+        }
+        if self.meta.format != FORMAT {
+            if self.data.next_offset() < point.end_offset {
+                if self.meta.fetching.is_none() {
+                    return Err(damaged(format!(
+                        "{} ends at offset {}, but Raft compacted entries up to offset {} into it",
+                        self.data.dir().display(),
+                        self.data.next_offset(),
+                        point.end_offset
+                    )));
+                }
+                // A snapshot fetch was replacing the record log: it restarts
+                // where the snapshot point is.
+                self.data.reset(point.end_offset)?;
+            }
+            self.meta.format = FORMAT;
+            self.meta.framed_from = point.end_offset;
+            self.meta.fetching = None;
+            self.meta.control =
+                entries.iter().filter(|e| record_batch(e).is_none()).map(Control::from_entry).collect();
+            self.write_meta()?;
+        }
+        let Some(old) = old else { return Ok(()) };
+        if self.data.next_offset() > point.end_offset {
+            self.data.truncate_from(point.end_offset)?;
+        }
+        let commit = self.meta.commit;
+        for entry in &entries {
+            let Some((first_offset, _)) = record_batch(entry) else { continue };
+            if first_offset != self.data.next_offset() {
+                return Err(damaged(format!(
+                    "Raft entry {} starts at offset {first_offset}, but the records before it end at {}",
+                    entry.index,
+                    self.data.next_offset()
+                )));
+            }
+            let batch = decode_batch(&entry.data)?;
+            self.data.append_batch(&Self::frames(entry, &batch.values, commit))?;
+        }
+        self.data.sync()?;
+        old.remove()?;
+        File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(|error| internal("sync raft dir", error))
+    }
+
+    /// The stored values of an entry's records.
+    fn frames(entry: &Entry, values: &[Bytes], commit: u64) -> Vec<Vec<u8>> {
+        let header = EntryHeader {
+            index: entry.index,
+            term: entry.term,
+            count: values.len() as u64,
+            commit: commit.min(entry.index),
+        };
+        values
+            .iter()
+            .enumerate()
+            .map(
+                |(i, value)| {
+                    if i == 0 { framed(FIRST, Some(header), value) } else { framed(NEXT, None, value) }
+                },
+            )
+            .collect()
     }
 
     /// This node's Raft id.
@@ -225,38 +531,91 @@ impl Store {
         self.write_meta()
     }
 
-    /// Makes the entries agree with the snapshot point (after a crash between
-    /// writing a new snapshot point and cutting the entries, or on open) and
-    /// rebuilds the in-memory view.
+    /// The data log (readers read it up to the commit point).
+    pub(crate) fn data(&self) -> &Arc<proglog_log::Log> {
+        &self.data
+    }
+
+    /// Records below this offset are stored bare.
+    pub(crate) fn framed_from(&self) -> u64 {
+        self.meta.framed_from
+    }
+
+    /// Rebuilds the in-memory view from the snapshot point, the data log and
+    /// the record-less entries: the longest run of whole entries that follow
+    /// each other. What follows it (an entry torn by a crash, or stored after
+    /// one that was lost) was never acknowledged, and is cut.
     fn reconcile(&mut self) -> Result<(), LogError> {
-        let snapshot = self.meta.snapshot;
-        let (lowest, next) = (self.entries_log.lowest_offset(), self.entries_log.next_offset());
-        let diverges = if next <= snapshot.index {
-            true // everything held precedes the point
-        } else if lowest <= snapshot.index {
-            // The entry at the point is held: the entries after it follow the
-            // snapshot only if it is the same entry.
-            snapshot.index > 0 && self.read_entry(snapshot.index)?.term != snapshot.term
-        } else if lowest == snapshot.index + 1 {
-            false // compacted exactly up to the point
-        } else {
+        let point = self.meta.snapshot;
+        if self.data.next_offset() < point.end_offset || self.data.lowest_offset() > point.end_offset {
             return Err(damaged(format!(
-                "{}: Raft entries from {} are missing (the snapshot is at {})",
-                self.entries_log.dir().display(),
-                snapshot.index + 1,
-                snapshot.index
+                "{} holds offsets {}..{}, but Raft compacted entries up to offset {} into it",
+                self.data.dir().display(),
+                self.data.lowest_offset(),
+                self.data.next_offset(),
+                point.end_offset
             )));
-        };
-        if diverges {
-            self.entries_log.reset(snapshot.index + 1)?;
         }
         self.held.clear();
         self.recent.clear();
         self.recent_bytes = 0;
-        self.tail_end = snapshot.end_offset;
-        for index in snapshot.index + 1..self.entries_log.next_offset() {
-            let entry = self.read_entry(index)?;
-            self.push_held(&entry)?;
+        self.tail_end = point.end_offset;
+        self.meta.control.retain(|control| control.index > point.index);
+        if point.end_offset < self.meta.framed_from {
+            // Records of a log from before replication, not yet bootstrapped:
+            // they belong to no entry.
+            self.recovered_commit = self.meta.commit;
+            return Ok(());
+        }
+        let mut commit = self.meta.commit;
+        let mut controls = self.meta.control.iter().peekable();
+        let end = self.data.next_offset();
+        loop {
+            let index = self.last() + 1;
+            if let Some(control) = controls.next_if(|control| control.index == index) {
+                let conf = control.kind != EntryType::EntryNormal as i32;
+                self.held.push_back(Held { term: control.term, conf, control: true, start: self.tail_end });
+                continue;
+            }
+            if self.tail_end >= end {
+                break;
+            }
+            let stored = self.data.read(self.tail_end)?;
+            let header = match unframe(self.tail_end, &stored.value)? {
+                (FIRST, Some(header), _) if header.index == index && self.tail_end + header.count <= end => {
+                    header
+                }
+                _ => break,
+            };
+            self.held.push_back(Held {
+                term: header.term,
+                conf: false,
+                control: false,
+                start: self.tail_end,
+            });
+            self.tail_end += header.count;
+            commit = commit.max(header.commit);
+        }
+        let kept = self.last();
+        if self.meta.control.iter().any(|control| control.index > kept) {
+            self.meta.control.retain(|control| control.index <= kept);
+            self.write_meta()?;
+        }
+        if end > self.tail_end {
+            self.data.truncate_from(self.tail_end)?;
+        }
+        self.recovered_commit = commit.min(kept);
+        // Damage may have cut entries this node knew committed: raft-rs must
+        // not be told of a commit beyond its log.
+        self.meta.commit = self.meta.commit.min(kept);
+        self.hard_state.commit = self.hard_state.commit.min(kept);
+        // Entries not known committed are read back through raft-rs once they
+        // are: a damaged record among them stops the node now, naming it,
+        // rather than inside raft-rs later.
+        let unknown =
+            usize::try_from(self.recovered_commit.saturating_sub(point.index)).unwrap_or(usize::MAX);
+        if let Some(first) = self.held.iter().skip(unknown).find(|held| !held.control) {
+            read_range(&self.data, first.start, self.tail_end)?;
         }
         Ok(())
     }
@@ -269,7 +628,7 @@ impl Store {
         }
     }
 
-    /// Entry `index`, from memory if it is recent, else from disk.
+    /// Entry `index`, from memory if it is recent, else rebuilt from disk.
     fn entry(&self, index: u64) -> Result<Entry, LogError> {
         let cached = self.recent.front().and_then(|front| index.checked_sub(front.index));
         match cached.and_then(|position| self.recent.get(usize::try_from(position).ok()?)) {
@@ -279,31 +638,38 @@ impl Store {
     }
 
     fn read_entry(&self, index: u64) -> Result<Entry, LogError> {
-        let record = self.entries_log.read(index)?;
-        let entry = Entry::parse_from_bytes(&record.value)
-            .map_err(|error| damaged(format!("Raft entry {index} does not decode: {error}")))?;
-        if entry.index != index {
-            return Err(damaged(format!("Raft entry stored at {index} says it is {}", entry.index)));
+        let position = index
+            .checked_sub(self.first())
+            .and_then(|position| usize::try_from(position).ok())
+            .filter(|position| *position < self.held.len())
+            .ok_or_else(|| LogError::Internal(format!("no Raft entry {index}")))?;
+        let held = self.held[position];
+        if held.control {
+            let at = self.meta.control.binary_search_by_key(&index, |control| control.index);
+            return at
+                .map_err(|_| damaged(format!("Raft entry {index} is missing from the metadata")))
+                .and_then(|at| self.meta.control[at].to_entry());
         }
-        Ok(entry)
-    }
-
-    /// Records `entry` (the next one) in memory, checking its offsets follow.
-    fn push_held(&mut self, entry: &Entry) -> Result<(), LogError> {
-        let start = self.tail_end;
-        if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-            let (first_offset, count) = batch_header(&entry.data)?;
-            if first_offset != start {
+        let end = self.held.get(position + 1).map_or(self.tail_end, |next| next.start);
+        let mut values = Vec::with_capacity(usize::try_from(end - held.start).unwrap_or(0));
+        for record in read_range(&self.data, held.start, end)? {
+            let (kind, header, start) = unframe(record.offset, &record.value)?;
+            let expected = if record.offset == held.start {
+                header.is_some_and(|header| header.index == index && header.term == held.term)
+            } else {
+                kind == NEXT
+            };
+            if !expected {
                 return Err(damaged(format!(
-                    "Raft entry {} (term {}) starts at offset {first_offset}, but the entry before ends at {start}",
-                    entry.index, entry.term
+                    "the record at offset {} does not belong to Raft entry {index}",
+                    record.offset
                 )));
             }
-            self.tail_end = start + count;
+            values.push(record.value.slice(start..));
         }
-        let conf = entry.get_entry_type() != EntryType::EntryNormal;
-        self.held.push_back(Held { term: entry.term, conf, start });
-        Ok(())
+        let mut entry = Entry { index, term: held.term, ..Entry::default() };
+        entry.data = encode_batch(held.start, &values).into();
+        Ok(entry)
     }
 
     pub(crate) fn first(&self) -> u64 {
@@ -332,46 +698,35 @@ impl Store {
         Some(self.held.get(position + 1).map_or(self.tail_end, |next| next.start))
     }
 
-    /// The index to restart applying from: the longest prefix of entries whose
-    /// records the record log (ending at `record_end`) holds completely, ending
-    /// at an entry with records or at one known committed (never above an entry
-    /// that might not be committed, nor above a configuration change not yet
-    /// applied).
-    pub(crate) fn recovered_applied(&self, record_end: u64) -> u64 {
-        let known_commit = match self.meta.fetching {
-            Some(commit) => commit.min(self.meta.commit),
-            None => self.meta.commit,
-        };
+    /// The offset after the applied records: readers read below it.
+    pub(crate) fn applied_end(&self) -> u64 {
+        self.end_offset(self.applied).unwrap_or(self.meta.snapshot.end_offset)
+    }
+
+    /// The index to restart applying from: the last entry known committed (from
+    /// the metadata and the stored entries' headers), never above a
+    /// configuration change not yet applied (it is applied again).
+    pub(crate) fn recovered_applied(&self) -> u64 {
         let mut applied = self.meta.snapshot.index;
         for (position, held) in self.held.iter().enumerate() {
             let index = self.first() + position as u64;
-            let end = self.held.get(position + 1).map_or(self.tail_end, |next| next.start);
-            if end > record_end {
+            if index > self.recovered_commit || (held.conf && index > self.meta.conf_index) {
                 break;
             }
-            if held.conf && index > self.meta.conf_index {
-                break; // a configuration change not applied yet: apply it again
-            }
-            let has_records = end > held.start;
-            if (has_records && self.meta.fetching.is_none_or(|commit| index <= commit))
-                || index <= known_commit
-            {
-                applied = index;
-            }
+            applied = index;
         }
         applied
     }
 
-    /// Takes what the leader's snapshot knows of the records' terms (before its
-    /// records are fetched: they are served as they arrive), kept with the next
-    /// write of the metadata.
+    /// Takes what the leader's snapshot knows of the records' terms, kept with
+    /// the next write of the metadata.
     pub(crate) fn adopt_terms(&mut self, ranges: &[(u64, u64)]) {
         self.terms.merge(ranges);
         self.meta.terms = self.terms.ranges();
     }
 
     /// Records from `first_offset` on are committed in `term` (an entry is being
-    /// applied): a new range is written before the records are.
+    /// applied): a new range is written before they are readable.
     pub(crate) fn note_term(&mut self, first_offset: u64, term: u64) -> Result<(), LogError> {
         if self.terms.note(first_offset, term) {
             self.meta.terms = self.terms.ranges();
@@ -386,20 +741,14 @@ impl Store {
     }
 
     /// Rebuilds [`Store::terms`] on open: the ranges kept with the metadata,
-    /// then those of the held entries whose records the record log (ending at
-    /// `record_end`) holds, in part or whole — every record there was
-    /// committed, and is served before its entry is applied again. While a snapshot's records were being
-    /// fetched, entries above the commit index then are not trusted to match
-    /// them (the metadata holds the snapshot's ranges instead).
-    pub(crate) fn rebuild_terms(&self, record_end: u64) {
+    /// then those of the held entries up to the applied index.
+    pub(crate) fn rebuild_terms(&self) {
         self.terms.reset(&self.meta.terms);
         for (position, held) in self.held.iter().enumerate() {
-            let index = self.first() + position as u64;
-            let end = self.held.get(position + 1).map_or(self.tail_end, |next| next.start);
-            if held.start >= record_end || self.meta.fetching.is_some_and(|commit| index > commit) {
+            if self.first() + position as u64 > self.applied {
                 break;
             }
-            if end > held.start {
+            if !held.control {
                 self.terms.note(held.start, held.term);
             }
         }
@@ -430,20 +779,6 @@ impl Store {
         self.synced_index
     }
 
-    /// Simulates a power loss after a crash: entries after `synced_index` are
-    /// lost (the store in `dir` must be closed).
-    #[cfg(test)]
-    pub(crate) fn lose_unsynced(dir: &Path, synced_index: u64) -> Result<(), LogError> {
-        let config =
-            proglog_log::Config { max_record_bytes: MAX_ENTRY_BYTES, ..proglog_log::Config::default() };
-        let entries = proglog_log::Log::open(dir.join("entries"), config)?;
-        let cut = synced_index + 1;
-        if cut >= entries.lowest_offset() && cut < entries.next_offset() {
-            entries.truncate_from(cut)?;
-        }
-        Ok(())
-    }
-
     pub(crate) fn set_applied(&mut self, index: u64) {
         self.applied = index;
     }
@@ -453,22 +788,19 @@ impl Store {
         self.last() == 0 && self.meta.conf.voters.is_empty() && self.meta.conf.learners.is_empty()
     }
 
-    /// The commit index a snapshot fetch in progress started from, if any.
-    pub(crate) fn fetching(&self) -> Option<u64> {
-        self.meta.fetching
-    }
-
     /// Starts a fresh cluster (minting its id) whose only voter is `member`, as if from a snapshot
     /// at index 1 (term 1) holding the configuration and the member's name and
     /// address: nodes joining later receive that snapshot and so learn every
-    /// member. The record log may already hold `record_end` records (a
-    /// single-node log from before replication, made durable by the caller):
-    /// they are the snapshot's records, so joiners fetch them. One atomic write.
-    pub(crate) fn bootstrap(&mut self, member: &Member, record_end: u64) -> Result<(), LogError> {
+    /// member. The data log may already hold records (a single-node log from
+    /// before replication, made durable by the caller): they are the
+    /// snapshot's records, so joiners fetch them. One atomic write.
+    pub(crate) fn bootstrap(&mut self, member: &Member) -> Result<(), LogError> {
         if !self.is_empty() {
             return Err(LogError::Internal("bootstrap of a node that has Raft state".into()));
         }
+        let record_end = self.data.next_offset();
         self.meta.snapshot = SnapshotPoint { index: 1, term: 1, end_offset: record_end };
+        self.meta.framed_from = record_end;
         self.meta.commit = 1;
         self.meta.conf = Conf { voters: vec![member.id], ..Conf::default() };
         self.meta.conf_index = 1;
@@ -483,8 +815,9 @@ impl Store {
         Ok(())
     }
 
-    /// Appends `entries`, first cutting any held entry at or after the first one's
-    /// index (a conflicting suffix).
+    /// Stores `entries`, first cutting any held entry at or after the first one's
+    /// index (a conflicting suffix): their records go to the data log in one
+    /// write, record-less entries to the metadata.
     pub(crate) fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
         let Some(first) = entries.first() else { return Ok(()) };
         if first.index < self.first() || first.index > self.last() + 1 {
@@ -495,27 +828,57 @@ impl Store {
                 self.last()
             )));
         }
+        let mut meta_changed = false;
         if first.index <= self.last() {
-            self.entries_log.truncate_from(first.index)?;
             let keep = (first.index - self.first()) as usize;
             self.tail_end = self.held.get(keep).map_or(self.tail_end, |held| held.start);
+            if self.data.next_offset() > self.tail_end {
+                self.data.truncate_from(self.tail_end)?;
+            }
             self.held.truncate(keep);
+            let before = self.meta.control.len();
+            self.meta.control.retain(|control| control.index < first.index);
+            meta_changed = self.meta.control.len() != before;
             while self.recent.back().is_some_and(|entry| entry.index >= first.index) {
                 self.forget_recent(false);
             }
             self.synced_index = self.synced_index.min(first.index - 1);
         }
-        let mut encoded = Vec::with_capacity(entries.len());
+        let mut frames = Vec::new();
         for (position, entry) in entries.iter().enumerate() {
             if entry.index != first.index + position as u64 {
                 return Err(LogError::Internal(format!("Raft entries out of order at {}", entry.index)));
             }
-            self.push_held(entry)?;
-            encoded.push(entry.write_to_bytes().map_err(|error| internal("encode", error))?);
+            let start = self.tail_end;
+            match record_batch(entry) {
+                Some((first_offset, _)) => {
+                    if first_offset != start {
+                        return Err(damaged(format!(
+                            "Raft entry {} (term {}) starts at offset {first_offset}, but the entry before ends at {start}",
+                            entry.index, entry.term
+                        )));
+                    }
+                    let batch = decode_batch(&entry.data)?;
+                    frames.extend(Self::frames(entry, &batch.values, self.hard_state.commit));
+                    self.tail_end += batch.values.len() as u64;
+                    self.held.push_back(Held { term: entry.term, conf: false, control: false, start });
+                }
+                None => {
+                    self.meta.control.push(Control::from_entry(entry));
+                    meta_changed = true;
+                    let conf = entry.get_entry_type() != EntryType::EntryNormal;
+                    self.held.push_back(Held { term: entry.term, conf, control: true, start });
+                }
+            }
         }
-        self.entries_log.append_batch(&encoded)?;
-        for (entry, bytes) in entries.iter().zip(&encoded) {
-            self.recent_bytes += bytes.len();
+        if meta_changed {
+            self.write_meta()?;
+        }
+        if !frames.is_empty() {
+            self.data.append_batch(&frames)?;
+        }
+        for entry in entries {
+            self.recent_bytes += entry.compute_size() as usize;
             self.recent.push_back(entry.clone());
         }
         while self.recent_bytes > RECENT_BYTES && self.recent.len() > 1 {
@@ -551,16 +914,8 @@ impl Store {
         self.write_meta()
     }
 
-    pub(crate) fn set_fetching(&mut self, commit: Option<u64>) -> Result<(), LogError> {
-        if self.meta.fetching != commit {
-            self.meta.fetching = commit;
-            self.write_meta()?;
-        }
-        Ok(())
-    }
-
-    /// Forgets entries up to `index` (applied, and its records durable in the
-    /// record log), keeping its term and end offset as the snapshot point.
+    /// Forgets entries up to `index` (applied), keeping its term and end offset
+    /// as the snapshot point. Their records stay in the data log.
     pub(crate) fn compact(&mut self, index: u64) -> Result<(), LogError> {
         if index <= self.meta.snapshot.index {
             return Ok(());
@@ -573,38 +928,170 @@ impl Store {
         let dropped = (index - self.meta.snapshot.index) as usize;
         self.meta.snapshot = SnapshotPoint { index, term, end_offset };
         self.meta.terms = self.terms.ranges();
+        self.meta.control.retain(|control| control.index > index);
         self.write_meta()?;
         self.held.drain(..dropped);
         while self.recent.front().is_some_and(|entry| entry.index <= index) {
             self.forget_recent(true);
         }
-        self.entries_log.truncate_before(index + 1)?;
         Ok(())
     }
 
-    /// Installs a snapshot received from the leader (its records are already in
-    /// the record log). `records_beyond`: the record log holds records past the
-    /// snapshot's (from an earlier fetch), so recovery must still not trust the
-    /// entries above it.
+    /// Where a fetch of a snapshot's records resumes: after the records already
+    /// staged if they continue this node's applied records, else at the end of
+    /// those.
+    pub(crate) fn fetch_resume(&self) -> u64 {
+        let applied_end = self.applied_end();
+        match &self.staging {
+            Some(staging)
+                if staging.lowest_offset() <= applied_end && staging.next_offset() >= applied_end =>
+            {
+                staging.next_offset()
+            }
+            _ => applied_end,
+        }
+    }
+
+    /// Prepares the fetch log to take records from `start` on.
+    pub(crate) fn begin_fetch(&mut self, start: u64) -> Result<(), LogError> {
+        match &self.staging {
+            Some(staging) if staging.next_offset() == start => Ok(()),
+            Some(staging) => Ok(staging.reset(start)?),
+            None => {
+                let staging = proglog_log::Log::open(self.dir.join(FETCH_DIR), self.data.config().clone())?;
+                staging.reset(start)?;
+                self.staging = Some(staging);
+                Ok(())
+            }
+        }
+    }
+
+    fn staging(&self) -> Result<&proglog_log::Log, LogError> {
+        self.staging.as_ref().ok_or_else(|| LogError::Internal("no snapshot fetch in progress".into()))
+    }
+
+    /// Where the fetched records end.
+    pub(crate) fn staged_next(&self) -> Result<u64, LogError> {
+        Ok(self.staging()?.next_offset())
+    }
+
+    /// The source holds nothing below `offset`: the fetched records start there.
+    pub(crate) fn restage(&mut self, offset: u64) -> Result<(), LogError> {
+        Ok(self.staging()?.reset(offset)?)
+    }
+
+    /// Appends fetched records; `complete` makes them durable (the snapshot
+    /// that relies on them is installed next).
+    pub(crate) fn stage(&mut self, values: &[Bytes], complete: bool) -> Result<(), LogError> {
+        let staging = self.staging()?;
+        if !values.is_empty() {
+            staging.append_batch(values)?;
+        }
+        if complete {
+            staging.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader (its records are staged,
+    /// or this node applied them already). Unless this node holds the entry at
+    /// the snapshot's index with its term, the held entries are dropped (as
+    /// raft-rs drops them), and the data log is cut to this node's applied
+    /// records then completed from the fetch log — or started again where the
+    /// fetched records start, when the leader no longer held the ones between.
     pub(crate) fn install_snapshot(
         &mut self,
         meta: &SnapshotMetadata,
         data: &SnapshotData,
-        records_beyond: bool,
     ) -> Result<(), LogError> {
-        self.meta.snapshot =
-            SnapshotPoint { index: meta.index, term: meta.term, end_offset: data.end_offset };
+        let point = SnapshotPoint { index: meta.index, term: meta.term, end_offset: data.end_offset };
+        let keeps = self.end_offset(meta.index) == Some(point.end_offset)
+            && meta.index >= self.first()
+            && self.entry_term(meta.index).ok() == Some(meta.term);
+        let applied_end = self.applied_end();
+        if !keeps {
+            let from = match &self.staging {
+                _ if point.end_offset <= applied_end => point.end_offset,
+                Some(staging) if staging.next_offset() >= point.end_offset => {
+                    staging.lowest_offset().max(applied_end)
+                }
+                _ => {
+                    return Err(LogError::Internal(format!(
+                        "snapshot at {} needs records up to {}, this node holds them up to {applied_end}",
+                        meta.index, point.end_offset
+                    )));
+                }
+            };
+            self.meta.moving = Some(Move { from, reset: from > applied_end });
+            self.meta.control.clear();
+        }
+        let dropped = if keeps { (meta.index - self.meta.snapshot.index) as usize } else { self.held.len() };
+        self.meta.snapshot = point;
         self.meta.conf = Conf::from(meta.get_conf_state());
         self.meta.conf_index = meta.index;
         self.meta.members = data.members.clone();
         self.adopt_terms(&data.terms);
-        self.meta.fetching = records_beyond.then(|| self.meta.fetching.unwrap_or(meta.index).min(meta.index));
+        self.meta.control.retain(|control| control.index > meta.index);
         self.meta.commit = self.meta.commit.max(meta.index);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.write_meta()?;
-        self.reconcile()?;
+        if keeps {
+            self.held.drain(..dropped);
+            while self.recent.front().is_some_and(|entry| entry.index <= meta.index) {
+                self.forget_recent(true);
+            }
+        } else {
+            self.finish_move()?;
+            self.reconcile()?;
+        }
         self.applied = meta.index;
         self.synced_index = self.synced_index.max(meta.index);
+        Ok(())
+    }
+
+    /// Moves an installed snapshot's records into the data log: cuts it where
+    /// they start (or starts it there), copies them from the fetch log, syncs,
+    /// then forgets the move and the fetch log. Redone from the start after a
+    /// crash (the fetch log goes only once the move is recorded as done).
+    fn finish_move(&mut self) -> Result<(), LogError> {
+        let Some(Move { from, reset }) = self.meta.moving else { return Ok(()) };
+        let end = self.meta.snapshot.end_offset;
+        if reset || from < self.data.lowest_offset() || from > self.data.next_offset() {
+            self.data.reset(from)?;
+        } else if from < self.data.next_offset() {
+            self.data.truncate_from(from)?;
+        }
+        if from < end {
+            let staging = self.staging()?;
+            if staging.lowest_offset() > from || staging.next_offset() < end {
+                return Err(damaged(format!(
+                    "{} holds offsets {}..{}; the snapshot being installed needs {from}..{end}",
+                    staging.dir().display(),
+                    staging.lowest_offset(),
+                    staging.next_offset()
+                )));
+            }
+            let mut next = from;
+            while next < end {
+                let batch = staging.read_batch(next, READ_BYTES)?;
+                let frames: Vec<Vec<u8>> = batch
+                    .iter()
+                    .take_while(|record| record.offset < end)
+                    .map(|record| framed(PLAIN, None, &record.value))
+                    .collect();
+                if frames.is_empty() {
+                    return Err(damaged(format!("{}: no record at offset {next}", staging.dir().display())));
+                }
+                next += frames.len() as u64;
+                self.data.append_batch(&frames)?;
+            }
+        }
+        self.data.sync()?;
+        self.meta.moving = None;
+        self.write_meta()?;
+        if let Some(staging) = self.staging.take() {
+            staging.remove()?;
+        }
         Ok(())
     }
 
@@ -613,28 +1100,29 @@ impl Store {
         self.synced_index = self.synced_index.max(index.min(self.last()));
     }
 
-    /// Makes appended entries durable per the fsync policy (on this thread).
+    /// Makes stored entries durable per the fsync policy (on this thread).
     pub(crate) fn sync(&mut self) -> Result<(), LogError> {
         match self.fsync {
-            Fsync::Always => self.entries_log.sync()?,
-            Fsync::Never => self.entries_log.flush()?,
+            Fsync::Always => self.data.sync()?,
+            Fsync::Never => self.data.flush()?,
         }
         self.synced_index = self.last();
         Ok(())
     }
 
-    /// The entries' log (for a background syncer).
-    pub(crate) fn entries_log(&self) -> &Arc<proglog_log::Log> {
-        &self.entries_log
-    }
-
-    /// Where the entries and metadata take space.
+    /// Where the fetch log takes space (the data log's is the reader's to count).
     pub(crate) fn size_bytes(&self) -> u64 {
-        self.entries_log.size_bytes()
+        self.staging.as_ref().map_or(0, proglog_log::Log::size_bytes)
     }
 
-    pub(crate) fn close(&self) -> Result<(), LogError> {
-        Ok(self.entries_log.close()?)
+    /// Writes the commit index (so that a restart serves every committed
+    /// record at once) and closes the fetch log.
+    pub(crate) fn close(&mut self) -> Result<(), LogError> {
+        self.write_meta()?;
+        if let Some(staging) = &self.staging {
+            staging.close()?;
+        }
+        Ok(())
     }
 
     fn entry_term(&self, index: u64) -> Result<u64, LogError> {
@@ -657,7 +1145,8 @@ impl Store {
         let temporary = self.dir.join(format!("{META_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&self.meta).map_err(|error| internal("encode", error))?;
         // Always synced, whatever the fsync policy: it changes rarely (terms,
-        // votes, membership) and a torn one would stop the node for good.
+        // votes, membership, record-less entries) and a torn one would stop the
+        // node for good.
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&temporary)?;
             file.write_all(&bytes)?;
@@ -741,5 +1230,204 @@ impl raft::Storage for Store {
             .map_err(|_| raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))?;
         metadata.set_conf_state(self.conf_state());
         Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_log(dir: &Path) -> Arc<proglog_log::Log> {
+        let config =
+            proglog_log::Config { max_store_bytes: 256, max_index_bytes: 8 * 8, ..Default::default() };
+        Arc::new(proglog_log::Log::open(dir.join("log"), config).expect("data log opens"))
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(&dir.join("raft"), Fsync::Always, "node-0", data_log(dir)).expect("store opens")
+    }
+
+    fn reopen(store: Store, dir: &Path) -> Store {
+        store.data().close().expect("closes");
+        drop(store);
+        open(dir)
+    }
+
+    fn values(names: &[&str]) -> Vec<Bytes> {
+        names.iter().map(|name| Bytes::copy_from_slice(name.as_bytes())).collect()
+    }
+
+    fn batch(index: u64, term: u64, first_offset: u64, names: &[&str]) -> Entry {
+        let mut entry = Entry { index, term, ..Entry::default() };
+        entry.data = encode_batch(first_offset, &values(names)).into();
+        entry
+    }
+
+    fn empty(index: u64, term: u64) -> Entry {
+        Entry { index, term, ..Entry::default() }
+    }
+
+    fn bootstrapped(dir: &Path) -> Store {
+        let mut store = open(dir);
+        let member = Member::new("node-0", "node-0.invalid:8400").with_id(store.member_id());
+        store.bootstrap(&member).expect("bootstraps");
+        store
+    }
+
+    fn held_entries(store: &Store) -> Vec<Entry> {
+        raft::Storage::entries(store, store.first(), store.last() + 1, None, GetEntriesContext::empty(false))
+            .expect("entries")
+    }
+
+    /// The values the data log serves from `from` on.
+    fn served(store: &Store, from: u64) -> Vec<String> {
+        (from..store.data().next_offset())
+            .map(|offset| {
+                let stored = store.data().read(offset).expect("reads").value;
+                let value = record_value(store.framed_from(), offset, stored).expect("a record");
+                String::from_utf8(value.to_vec()).expect("utf-8")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_are_one_copy_in_the_data_log_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        let entries = [batch(2, 1, 0, &["a", "b", "c"]), empty(3, 2), batch(4, 2, 3, &["d", "e"])];
+        store.append(&entries).expect("stores");
+        store.sync().expect("syncs");
+        assert_eq!(store.data().next_offset(), 5, "each record once");
+        assert_eq!(held_entries(&store), entries);
+        let store = reopen(store, dir.path());
+        assert_eq!((store.first(), store.last(), store.tail_end()), (2, 4, 5));
+        assert_eq!(held_entries(&store), entries);
+        assert_eq!(served(&store, 0), ["a", "b", "c", "d", "e"]);
+        assert_eq!(store.end_offset(3), Some(3));
+    }
+
+    #[test]
+    fn a_torn_entry_and_entries_after_a_lost_one_are_cut_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        store.append(&[batch(2, 1, 0, &["a", "b"]), batch(3, 1, 2, &["c", "d", "e"])]).expect("stores");
+        store.data().truncate_from(3).expect("cuts"); // a crash tore entry 3
+        let mut store = reopen(store, dir.path());
+        assert_eq!((store.last(), store.data().next_offset()), (2, 2));
+        // A record-less entry lost (its metadata write never happened) takes
+        // the entries after it along.
+        store.append(&[empty(3, 2), batch(4, 2, 2, &["f"])]).expect("stores");
+        store.meta.control.clear();
+        store.write_meta().expect("writes");
+        let store = reopen(store, dir.path());
+        assert_eq!((store.last(), store.data().next_offset()), (2, 2));
+        assert_eq!(served(&store, 0), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_conflicting_suffix_is_replaced_durably() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        store
+            .append(&[batch(2, 1, 0, &["a"]), empty(3, 1), batch(4, 1, 1, &["old", "old"])])
+            .expect("stores");
+        let replacement = [empty(3, 2), batch(4, 2, 1, &["new"])];
+        store.append(&replacement).expect("replaces");
+        let store = reopen(store, dir.path());
+        assert_eq!(held_entries(&store)[1..], replacement);
+        assert_eq!(served(&store, 0), ["a", "new"]);
+    }
+
+    /// A data dir of the two-log layout: snapshot at index 5 (term 2) covering
+    /// offsets 0..2, held entries 6 (records 2..4), 7 (empty) and 8 (records
+    /// 4..6), of which the record log applied up to entry 7.
+    fn two_log_data_dir(dir: &Path) {
+        let records = data_log(dir);
+        records.append_batch(&values(&["r0", "r1", "r2", "r3"])).expect("appends");
+        records.close().expect("closes");
+        let raft = dir.join("raft");
+        let config = proglog_log::Config { initial_offset: 6, ..Default::default() };
+        let entries = proglog_log::Log::open(raft.join(OLD_ENTRIES_DIR), config).expect("opens");
+        for entry in [batch(6, 2, 2, &["r2", "r3"]), empty(7, 3), batch(8, 3, 4, &["r4", "r5"])] {
+            entries.append(&entry.write_to_bytes().expect("encodes")).expect("appends");
+        }
+        entries.close().expect("closes");
+        let meta = serde_json::json!({
+            "term": 3, "vote": 7, "commit": 7,
+            "conf": {"voters": [7], "learners": [], "voters_outgoing": [], "learners_next": [], "auto_leave": false},
+            "conf_index": 5, "members": [{"id": 7, "name": "node-0", "rpc_addr": "node-0.invalid:8400"}],
+            "snapshot": {"index": 5, "term": 2, "end_offset": 2},
+            "fetching": null, "member_id": 7, "terms": [[0, 1], [2, 2]],
+        });
+        std::fs::write(raft.join(META_FILE), meta.to_string()).expect("writes");
+    }
+
+    fn assert_upgraded(store: &Store) {
+        assert!(!store.dir.join(OLD_ENTRIES_DIR).exists(), "the entries log is gone");
+        assert_eq!((store.member_id(), store.first(), store.last(), store.framed_from()), (7, 6, 8, 2));
+        assert_eq!(served(store, 0), ["r0", "r1", "r2", "r3", "r4", "r5"]);
+        assert_eq!(
+            held_entries(store),
+            [batch(6, 2, 2, &["r2", "r3"]), empty(7, 3), batch(8, 3, 4, &["r4", "r5"])]
+        );
+        assert_eq!(store.recovered_applied(), 7, "applied up to the durable commit");
+    }
+
+    #[test]
+    fn a_two_log_data_dir_is_upgraded_in_place_and_a_crash_during_it_redoes_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        two_log_data_dir(dir.path());
+        let saved = tempfile::tempdir().expect("temp dir");
+        let old_entries = dir.path().join("raft").join(OLD_ENTRIES_DIR);
+        let copy = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).expect("creates");
+            for file in std::fs::read_dir(from).expect("lists") {
+                let file = file.expect("lists");
+                std::fs::copy(file.path(), to.join(file.file_name())).expect("copies");
+            }
+        };
+        copy(&old_entries, saved.path());
+        let store = open(dir.path());
+        assert_upgraded(&store);
+        let store = reopen(store, dir.path());
+        assert_upgraded(&store);
+        // A crash in the middle: the metadata was written, the rewrite had
+        // reached offset 3, the old entries were still there.
+        store.data().truncate_from(3).expect("cuts");
+        store.data().close().expect("closes");
+        drop(store);
+        copy(saved.path(), &old_entries);
+        std::fs::remove_file(old_entries.join("LOCK")).ok();
+        let store = open(dir.path());
+        assert_upgraded(&store);
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_an_uncommitted_suffix_and_a_crash_redoes_the_move() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        store.append(&[batch(2, 1, 0, &["mine", "mine"])]).expect("stores"); // never committed
+        assert_eq!(store.fetch_resume(), 0);
+        store.begin_fetch(0).expect("begins");
+        store.stage(&values(&["l0", "l1", "l2"]), true).expect("stages");
+        let mut meta = SnapshotMetadata { index: 5, term: 3, ..SnapshotMetadata::default() };
+        meta.mut_conf_state().voters = vec![store.member_id(), 99];
+        let data = SnapshotData { end_offset: 3, members: store.members().to_vec(), terms: vec![(0, 3)] };
+        store.install_snapshot(&meta, &data).expect("installs");
+        assert_eq!((store.first(), store.last(), store.applied_end()), (6, 5, 3));
+        assert_eq!(served(&store, 0), ["l0", "l1", "l2"]);
+        assert!(!dir.path().join("raft").join(FETCH_DIR).exists(), "the fetch log is gone");
+        // A crash while moving: the metadata says so, the fetch log is still
+        // there, the data log holds part of the records.
+        store.begin_fetch(0).expect("begins");
+        store.stage(&values(&["l0", "l1", "l2"]), true).expect("stages");
+        store.meta.moving = Some(Move { from: 0, reset: false });
+        store.write_meta().expect("writes");
+        store.data().truncate_from(1).expect("cuts");
+        store.close().expect("closes");
+        let store = reopen(store, dir.path());
+        assert_eq!(served(&store, 0), ["l0", "l1", "l2"]);
+        assert_eq!(store.meta.moving, None);
+        assert!(!dir.path().join("raft").join(FETCH_DIR).exists(), "the fetch log is gone");
     }
 }
