@@ -1325,6 +1325,27 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_record_of_an_entry_not_known_committed_stops_the_open_naming_its_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        store.append(&[batch(2, 1, 0, &["aaaa", "bbbb", "cccc"])]).expect("stores");
+        store.data().close().expect("closes cleanly");
+        drop(store);
+        let segment = std::fs::read_dir(dir.path().join("log"))
+            .expect("lists")
+            .map(|file| file.expect("lists").path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "store"))
+            .expect("a store file");
+        let mut bytes = std::fs::read(&segment).expect("reads");
+        let middle = bytes.windows(4).position(|window| window == b"bbbb").expect("the record");
+        bytes[middle] ^= 0x01;
+        std::fs::write(&segment, bytes).expect("writes");
+        let error = Store::open(&dir.path().join("raft"), Fsync::Always, "node-0", data_log(dir.path()))
+            .expect_err("refuses to open");
+        assert!(error.to_string().contains(segment.to_str().expect("utf-8")), "{error}");
+    }
+
+    #[test]
     fn a_conflicting_suffix_is_replaced_durably() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = bootstrapped(dir.path());
