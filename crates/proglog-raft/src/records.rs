@@ -36,30 +36,42 @@ impl Committed {
 
     /// Reads the committed record at `offset`, off the async workers.
     pub(crate) async fn read(&self, offset: u64) -> Result<Record, LogError> {
+        let this = self.clone();
+        blocking(move || this.read_blocking(offset)).await
+    }
+
+    /// Reads committed records from `offset`, about `max_bytes` of them, off the
+    /// async workers.
+    pub(crate) async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+        let this = self.clone();
+        blocking(move || this.read_batch_blocking(offset, max_bytes)).await
+    }
+
+    /// [`Committed::read`] on this thread (it blocks on disk).
+    pub(crate) fn read_blocking(&self, offset: u64) -> Result<Record, LogError> {
         if offset >= self.next() {
             return Err(LogError::OutOfRange { offset });
         }
-        let log = Arc::clone(&self.log);
-        let record = tokio::task::spawn_blocking(move || log.read(offset))
-            .await
-            .map_err(|error| LogError::Internal(error.to_string()))??;
-        self.to_record(record)
+        self.to_record(self.log.read(offset)?)
     }
 
-    /// Reads committed records from `offset`, about `max_bytes` of them.
-    pub(crate) async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
+    /// [`Committed::read_batch`] on this thread (it blocks on disk).
+    pub(crate) fn read_batch_blocking(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
         let committed = self.next();
         if offset >= committed {
             return Err(LogError::OutOfRange { offset });
         }
-        let log = Arc::clone(&self.log);
-        let records = tokio::task::spawn_blocking(move || log.read_batch(offset, max_bytes))
-            .await
-            .map_err(|error| LogError::Internal(error.to_string()))??;
-        records
+        self.log
+            .read_batch(offset, max_bytes)?
             .into_iter()
             .take_while(|record| record.offset < committed)
             .map(|record| self.to_record(record))
             .collect()
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(read).await.map_err(|error| LogError::Internal(error.to_string()))?
 }

@@ -396,12 +396,12 @@ impl RaftLog {
         // Entries are fsynced here while the Raft thread goes on with the next
         // round; concurrent requests share one fdatasync.
         let (sync_requests, sync_wanted) = std::sync::mpsc::channel::<u64>();
-        let entries = Arc::clone(&records);
+        let data = Arc::clone(&records);
         let (synced_events, fsync) = (events.clone(), config.settings.fsync);
         let fsync_seconds = config.metrics.fsync_seconds.clone();
         let fsyncer = std::thread::Builder::new()
             .name(format!("proglog-fsync-{}", config.member.name))
-            .spawn(move || sync_rounds(&entries, fsync, &sync_wanted, &synced_events, &fsync_seconds))
+            .spawn(move || sync_rounds(&data, fsync, &sync_wanted, &synced_events, &fsync_seconds))
             .map_err(|error| LogError::Internal(format!("cannot start the fsync thread: {error}")))?;
         let committed = node.committed();
         let terms = node.store().terms().clone();

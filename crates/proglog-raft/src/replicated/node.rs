@@ -687,14 +687,10 @@ impl Node {
         }
         fetching.first_chunk = false;
         let next = store.staged_next()?;
-        let skip = usize::try_from(next.saturating_sub(first_offset)).unwrap_or(usize::MAX);
-        let take = if skip < values.len() {
-            (end.saturating_sub(next) as usize).min(values.len() - skip)
-        } else {
-            0
-        };
+        let skip = usize::try_from(next.saturating_sub(first_offset)).unwrap_or(usize::MAX).min(values.len());
+        let take = (end.saturating_sub(next) as usize).min(values.len() - skip);
         let complete = next + take as u64 >= end;
-        store.stage(&values[skip.min(values.len())..skip.min(values.len()) + take], complete)?;
+        store.stage(&values[skip..skip + take], complete)?;
         if complete && let Some(fetching) = self.fetching.take() {
             slog::info!(self.logger, "snapshot records fetched"; "end" => end);
             if let Err(error) = self.raw.step(fetching.snapshot) {

@@ -25,6 +25,7 @@ use super::codec::{ClusterId, Member, PeerId};
 use super::gate::{MAX_TERM, Reason, Rejections};
 use super::node::{AppendReply, ChangeReply, Fetch, Node, NodeConfig, Outbox, Proposal};
 use super::store::Store;
+use crate::records::Committed;
 use crate::{Fsync, LogError};
 
 /// splitmix64: a tiny generator whose sequence never changes between versions,
@@ -134,36 +135,13 @@ fn node_config(rng: &mut Rng) -> NodeConfig {
 }
 
 /// A node's committed records, as its peers and readers see them.
-struct Source {
-    data: Arc<Log>,
-    framed_from: u64,
-    /// The offset after its applied records.
-    end: u64,
-}
-
-impl Source {
-    fn of(node: &Node) -> Self {
-        let store = node.store();
-        Self { data: Arc::clone(store.data()), framed_from: store.framed_from(), end: node.applied_end() }
-    }
-
-    fn read(&self, offset: u64) -> Result<Bytes, LogError> {
-        super::store::record_value(self.framed_from, offset, self.data.read(offset)?.value)
-    }
-
-    fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<proglog_log::Record>, LogError> {
-        if offset >= self.end {
-            return Ok(Vec::new());
-        }
-        self.data
-            .read_batch(offset, max_bytes)?
-            .into_iter()
-            .take_while(|record| record.offset < self.end)
-            .map(|record| {
-                let value = super::store::record_value(self.framed_from, record.offset, record.value)?;
-                Ok(proglog_log::Record { offset: record.offset, value })
-            })
-            .collect()
+fn committed_records(node: &Node) -> Committed {
+    let store = node.store();
+    Committed {
+        log: Arc::clone(store.data()),
+        committed: node.committed(),
+        terms: Some(store.terms().clone()),
+        framed_from: Some(store.framed_from()),
     }
 }
 
@@ -688,14 +666,15 @@ impl Sim {
     /// Carries out snapshot fetches: in random chunks, sometimes cut short.
     fn run_fetches(&mut self) {
         for (i, fetch) in std::mem::take(&mut self.fetches) {
-            let source = self.index_of(fetch.from).and_then(|s| self.nodes[s].node.as_ref().map(Source::of));
+            let source =
+                self.index_of(fetch.from).and_then(|s| self.nodes[s].node.as_ref().map(committed_records));
             let reachable = !self.cut.contains(&(self.nodes[i].member.id, fetch.from));
             let Some(node) = self.nodes[i].node.as_mut() else { continue };
             let Some(source) = source.filter(|_| reachable) else {
                 node.fetch_failed(fetch.id, "unreachable");
                 continue;
             };
-            let mut next = fetch.start.max(source.data.lowest_offset());
+            let mut next = fetch.start.max(source.log.lowest_offset());
             if next >= fetch.end
                 && let Err(error) = node.fetched(fetch.id, next, &[])
             {
@@ -709,7 +688,7 @@ impl Sim {
                     break;
                 }
                 let bytes = 64 + self.rng.below(4 << 10);
-                let records = match source.read_batch(next, bytes) {
+                let records = match source.read_batch_blocking(next, bytes) {
                     Ok(records) if !records.is_empty() => records,
                     _ => {
                         interrupted = true;
@@ -781,14 +760,14 @@ impl Sim {
                     node.applied()
                 ));
             }
-            let source = Source::of(node);
-            let records = Arc::clone(&source.data);
+            let source = committed_records(node);
+            let records = Arc::clone(&source.log);
             let applied = node.applied();
             let start = self.nodes[i].checked.max(records.lowest_offset());
-            let next = source.end;
+            let next = source.next();
             for offset in start..next {
-                let value = match source.read(offset) {
-                    Ok(value) => value,
+                let value = match source.read_blocking(offset) {
+                    Ok(record) => record.value,
                     Err(error) => self.fail(format!("{name} cannot read {offset}: {error}")),
                 };
                 match self.history.get(&offset) {
