@@ -112,10 +112,44 @@ impl Cluster {
         for i in 1..size {
             let name = format!("node-{i}");
             self.start(&name, false).await;
-            self.leader().await.join(self.nodes[&name].member().clone()).await.expect("joins");
+            self.join(&name).await;
         }
         for node in self.nodes.values() {
             wait_until(|| node.status().voters == size).await;
+        }
+    }
+
+    /// Adds `name` through the leader.
+    async fn join(&self, name: &str) {
+        let member = self.nodes[name].member().clone();
+        self.change(|leader| {
+            let member = member.clone();
+            async move { leader.join(member).await }
+        })
+        .await;
+    }
+
+    /// Removes member `id` through the leader.
+    async fn leave(&self, id: u64) {
+        self.change(|leader| async move { leader.leave(id).await }).await;
+    }
+
+    /// A membership change through the current leader, retried (as the agent's
+    /// membership loop does) while leadership moves, the previous change (a
+    /// learner's promotion) is still in progress or a new leader has not yet
+    /// heard from the voters that would remain.
+    async fn change<F: Future<Output = Result<(), LogError>>>(&self, change: impl Fn(Arc<RaftLog>) -> F) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match change(self.leader().await).await {
+                Ok(()) => return,
+                Err(
+                    LogError::NotLeader { .. } | LogError::Refused { reason: Refusal::ChangeInProgress, .. },
+                ) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(error) => panic!("membership change failed: {error}"),
+            }
         }
     }
 
@@ -194,7 +228,7 @@ async fn three_nodes_replicate_and_membership_changes_take_effect() {
     // Leave: the removed node receives nothing new, the others do.
     let leaving = if cluster.leader().await.member().name == "node-1" { "node-2" } else { "node-1" };
     let id = cluster.nodes[leaving].member().id;
-    cluster.leader().await.leave(id).await.expect("leaves");
+    cluster.leave(id).await;
     for node in cluster.nodes.values().filter(|n| n.member().name != leaving) {
         wait_until(|| node.status().members == 2).await;
     }
@@ -208,7 +242,7 @@ async fn three_nodes_replicate_and_membership_changes_take_effect() {
     // Rejoin (after a restart with the same name and data): it catches up.
     cluster.stop(leaving).await;
     cluster.start(leaving, false).await;
-    cluster.leader().await.join(cluster.nodes[leaving].member().clone()).await.expect("rejoins");
+    cluster.join(leaving).await;
     wait_committed(&cluster.nodes[leaving], 6).await;
     assert_eq!(
         values(&cluster.nodes[leaving], 0, 6).await,
@@ -367,7 +401,7 @@ async fn the_leader_hands_over_before_leaving_and_the_last_voter_stays() {
         "{refused:?}"
     );
     wait_until(|| cluster.nodes.values().any(|n| n.status().is_leader && n.member().name != name)).await;
-    cluster.leader().await.leave(id).await.expect("removed by the new leader");
+    cluster.leave(id).await;
     let survivors: Vec<_> = cluster.nodes.values().filter(|n| n.member().name != name).cloned().collect();
     for node in &survivors {
         wait_until(|| node.status().voters == 2).await;
@@ -375,7 +409,7 @@ async fn the_leader_hands_over_before_leaving_and_the_last_voter_stays() {
     assert_eq!(cluster.append(&["after"]).await, 0);
     // Down to one voter, it cannot leave.
     let second = survivors.iter().find(|n| !n.status().is_leader).expect("a follower").member().id;
-    cluster.leader().await.leave(second).await.expect("removed");
+    cluster.leave(second).await;
     let last = cluster.leader().await;
     wait_until(|| last.status().voters == 1).await;
     let refused = last.leave(last.member().id).await;

@@ -831,8 +831,14 @@ impl Node {
         }
     }
 
+    /// Raft's progress tracks no node but this one: nothing waits for this
+    /// thread during a sync, so it may sync inline (see `run`).
+    pub(crate) fn alone(&self) -> bool {
+        self.raw.raft.prs().iter().count() == 1
+    }
+
     /// Syncs now, on this thread, and completes every round waiting for a sync.
-    fn sync_now(&mut self, outbox: &mut Outbox) -> Result<(), LogError> {
+    pub(crate) fn sync_now(&mut self, outbox: &mut Outbox) -> Result<(), LogError> {
         if let Some(last) = self.unsynced.back().map(|round| round.number) {
             self.raw.mut_store().sync()?;
             self.complete_rounds(last, outbox);

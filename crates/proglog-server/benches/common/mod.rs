@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each bench uses its own subset
 
+pub mod null;
+pub mod peers;
 #[path = "../../../proglog-log/benches/support/mod.rs"]
 pub mod support;
 
@@ -195,19 +197,39 @@ pub async fn unary(
     for _ in 0..producers {
         clients.push(connect(addr).await?);
     }
+    calls(clients, duration, move |mut client, i| {
+        let request = produce_request(&pool, i);
+        async move {
+            client.produce(request).await?;
+            Ok(client)
+        }
+    })
+    .await
+}
+
+/// One task per client, each making one call at a time (`call(client, i)`,
+/// which hands the client back; `i` numbers the calls of all clients apart)
+/// until `duration` has passed; the latency of every call.
+pub async fn calls<C, F, Fut>(clients: Vec<C>, duration: Duration, call: F) -> Result<Produced>
+where
+    C: Send + 'static,
+    F: Fn(C, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<C>> + Send,
+{
+    let producers = clients.len();
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<JoinHandle<Result<Vec<u64>>>> = clients
         .into_iter()
         .enumerate()
         .map(|(producer, mut client)| {
-            let pool = Arc::clone(&pool);
+            let call = call.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(1 << 16);
                 let mut i = producer;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    client.produce(produce_request(&pool, i)).await?;
+                    client = call(client, i).await?;
                     latencies.push(t.elapsed().as_nanos() as u64);
                     i += producers;
                 }
