@@ -161,7 +161,11 @@ async fn consume_one_server(follower: &Channel, records: u64) -> f64 {
     for _ in 0..READERS {
         let mut client = LogClient::new(follower.clone()).max_decoding_message_size(usize::MAX);
         readers.push(tokio::spawn(async move {
-            let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+            let mut stream = client
+                .consume_stream(ConsumeRequest { offset: 0, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
             for offset in 0..records {
                 assert_eq!(stream.message().await.unwrap().unwrap().record.unwrap().offset, offset);
             }

@@ -41,7 +41,13 @@ async fn http_and_grpc_serve_one_log_and_metrics_count_calls() {
 
     // gRPC sees what HTTP wrote.
     let mut client = agent.grpc().await;
-    let record = client.consume(ConsumeRequest { offset: 0 }).await.unwrap().into_inner().record.unwrap();
+    let record = client
+        .consume(ConsumeRequest { offset: 0, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record.value, "Let's Go #1\n");
     assert!(record.term >= 1, "the record carries the Raft term that committed it: {record:?}");
     let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
@@ -59,7 +65,7 @@ async fn http_and_grpc_serve_one_log_and_metrics_count_calls() {
     assert!(gauge("proglog_raft_applied_index") >= 3.0, "{metrics}");
     assert_eq!(gauge("proglog_raft_applied_index"), gauge("proglog_raft_commit_index"), "{metrics}");
     assert!(gauge("proglog_raft_term") >= 1.0, "{metrics}");
-    client.consume(ConsumeRequest { offset: 9 }).await.unwrap_err();
+    client.consume(ConsumeRequest { offset: 9, ..Default::default() }).await.unwrap_err();
     let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
     assert!(
         metrics.contains(r#"proglog_rpc_requests_total{method="Consume",code="OUT_OF_RANGE"} 1"#),
@@ -83,7 +89,13 @@ async fn sigterm_exits_zero_and_a_restart_keeps_every_record() {
     let agent = Agent::start(dir.path(), &[]);
     let mut client = agent.grpc().await;
     for i in 0..20u64 {
-        let record = client.consume(ConsumeRequest { offset: i }).await.unwrap().into_inner().record.unwrap();
+        let record = client
+            .consume(ConsumeRequest { offset: i, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
         assert_eq!(record.value, format!("record {i}"));
     }
     assert_eq!(client.produce(produce("after restart")).await.unwrap().into_inner().offset, 20);
@@ -130,15 +142,20 @@ async fn kill_9_during_produces_loses_no_acknowledged_record() {
     let mut client = agent.grpc().await;
     let highest = acked.iter().map(|(offset, _)| *offset).max().unwrap();
     for (offset, value) in &acked {
-        let record =
-            client.consume(ConsumeRequest { offset: *offset }).await.unwrap().into_inner().record.unwrap();
+        let record = client
+            .consume(ConsumeRequest { offset: *offset, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
         assert_eq!(&record.value, value.as_str(), "acknowledged offset {offset}");
     }
     let next = client.produce(produce("next")).await.unwrap().into_inner().offset;
     assert!(next > highest, "next offset {next} must follow the acknowledged {highest}");
     // Dense: every offset below the next one is readable.
     for offset in 0..next {
-        client.consume(ConsumeRequest { offset }).await.unwrap();
+        client.consume(ConsumeRequest { offset, ..Default::default() }).await.unwrap();
     }
     drop(client);
     assert_eq!(agent.terminate().await.code(), Some(0));
@@ -190,7 +207,7 @@ async fn each_request_gets_one_structured_debug_line() {
     let agent = Agent::start(dir.path(), &["--log-level", "debug"]);
     let mut client = agent.grpc().await;
     client.produce(produce("logged")).await.unwrap();
-    client.consume(ConsumeRequest { offset: 5 }).await.unwrap_err();
+    client.consume(ConsumeRequest { offset: 5, ..Default::default() }).await.unwrap_err();
     let wanted = [
         [r#""method":"Produce""#, r#""code":"OK""#, r#""offset":0"#],
         [r#""method":"Consume""#, r#""code":"OUT_OF_RANGE""#, r#""offset":5"#],
@@ -314,8 +331,13 @@ async fn tls_and_acl_guard_http_exactly_as_grpc() {
         (status.code(), status.message()),
         (Code::PermissionDenied, "nobody not permitted to produce to *")
     );
-    let record =
-        client("root").consume(ConsumeRequest { offset: 0 }).await.unwrap().into_inner().record.unwrap();
+    let record = client("root")
+        .consume(ConsumeRequest { offset: 0, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record.value, "hi");
     assert_eq!(agent.terminate().await.code(), Some(0));
 }

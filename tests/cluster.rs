@@ -39,10 +39,21 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
 
     // Produce on the leader; consume on both followers; offset + 1 is out of range.
     let offset = produce_through(&pki, &agents[leader.as_str()], "first").await;
+    // A linearizable read (SPEC §11) sees it at once, on every node.
+    for agent in agents.values() {
+        let mut client = pki.grpc(agent.rpc, "root");
+        let read = client.consume(ConsumeRequest { offset, linearizable: true }).await.unwrap();
+        assert_eq!(read.into_inner().record.unwrap().value, "first");
+        let path = format!("/records/{offset}?linearizable=true");
+        let (status, body) = pki.https(agent.http(), Some("root"), "GET", &path, None).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("\"offset\":{offset}")), "{body}");
+    }
     for agent in agents.values() {
         wait_for_record(&pki, agent, offset, "first").await;
         let mut client = pki.grpc(agent.rpc, "root");
-        let missing = client.consume(ConsumeRequest { offset: offset + 1 }).await.unwrap_err();
+        let missing =
+            client.consume(ConsumeRequest { offset: offset + 1, ..Default::default() }).await.unwrap_err();
         assert_eq!(missing.code(), tonic::Code::OutOfRange);
     }
 

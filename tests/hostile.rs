@@ -48,7 +48,13 @@ async fn served_promptly(agent: &Agent, what: &str) {
     let grpc = async {
         let mut client = agent.grpc().await;
         let offset = client.produce(produce("normal")).await.unwrap().into_inner().offset;
-        let record = client.consume(ConsumeRequest { offset }).await.unwrap().into_inner().record.unwrap();
+        let record = client
+            .consume(ConsumeRequest { offset, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .record
+            .unwrap();
         assert_eq!(record.value, "normal");
     };
     tokio::time::timeout(PROMPT, grpc)
@@ -130,7 +136,11 @@ async fn t2_slow_consume_stream_readers_hold_bounded_memory() {
     for _ in 0..10 {
         let mut client = agent.grpc().await;
         for _ in 0..3 {
-            let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+            let mut stream = client
+                .consume_stream(ConsumeRequest { offset: 0, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
             stream.next().await.unwrap().unwrap();
             stalled.push(stream);
         }
@@ -141,8 +151,13 @@ async fn t2_slow_consume_stream_readers_hold_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     served_promptly(&agent, "30 stalled readers").await;
-    let mut reader =
-        agent.grpc().await.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+    let mut reader = agent
+        .grpc()
+        .await
+        .consume_stream(ConsumeRequest { offset: 0, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     for offset in 0..40 {
         let record = tokio::time::timeout(PROMPT, reader.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(record.record.unwrap().offset, offset);
@@ -456,7 +471,7 @@ async fn t5_an_acknowledged_record_is_readable_at_once() {
             for i in 0..400 {
                 let value = format!("{producer}-{i}");
                 let offset = client.produce(produce(&value)).await.unwrap().into_inner().offset;
-                let read = client.consume(ConsumeRequest { offset }).await;
+                let read = client.consume(ConsumeRequest { offset, ..Default::default() }).await;
                 let record =
                     read.unwrap_or_else(|status| panic!("acknowledged {offset} unreadable: {status:?}"));
                 assert_eq!(record.into_inner().record.unwrap().value, value);
@@ -541,7 +556,11 @@ async fn t7_idle_connections_do_not_hold_shutdown() {
     }
     let silent = (idle_sockets(agent.rpc, 20).await, idle_sockets(agent.http(), 20).await);
     // A stream at the tail, and a produce stream that sends nothing.
-    let mut tail = grpc[0].consume_stream(ConsumeRequest { offset: 20 }).await.unwrap().into_inner();
+    let mut tail = grpc[0]
+        .consume_stream(ConsumeRequest { offset: 20, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let (_keep_open, requests) = tokio::sync::mpsc::channel::<ProduceRequest>(1);
     let mut idle_producer = grpc[1]
         .produce_stream(tokio_stream::wrappers::ReceiverStream::new(requests))
@@ -612,10 +631,22 @@ async fn t9a_records_lost_after_a_clean_shutdown_are_an_error_naming_them() {
     let line = agent.startup.iter().find(|line| line.contains(r#""level":"ERRO""#)).expect("an error line");
     assert!(line.contains(newest.to_str().unwrap()) && line.contains(r#""lost_offsets":"9..10""#), "{line}");
     let mut client = agent.grpc().await;
-    let record = client.consume(ConsumeRequest { offset: 8 }).await.unwrap().into_inner().record.unwrap();
+    let record = client
+        .consume(ConsumeRequest { offset: 8, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record.value, "record 8");
     assert_eq!(client.produce(produce("after")).await.unwrap().into_inner().offset, 9);
-    let record = client.consume(ConsumeRequest { offset: 9 }).await.unwrap().into_inner().record.unwrap();
+    let record = client
+        .consume(ConsumeRequest { offset: 9, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record.value, "after");
     drop(client);
     assert_eq!(agent.terminate().await.code(), Some(0));
@@ -687,7 +718,11 @@ async fn t9c_a_stream_delivers_the_records_before_a_damaged_one() {
 
     let agent = Agent::start(dir.path(), &[]);
     let mut client = agent.grpc().await;
-    let mut stream = client.consume_stream(ConsumeRequest { offset: 80 }).await.unwrap().into_inner();
+    let mut stream = client
+        .consume_stream(ConsumeRequest { offset: 80, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     for offset in 80..99 {
         let item = tokio::time::timeout(PROMPT, stream.next()).await.unwrap().unwrap();
         assert_eq!(item.unwrap().record.unwrap().offset, offset);

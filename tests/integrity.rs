@@ -461,7 +461,7 @@ async fn hold_calls(
     held: &mut Vec<tonic::Streaming<proglog_api::v1::ConsumeResponse>>,
 ) {
     let client = pki.grpc(agent.rpc, "root");
-    let request = || proglog_api::v1::ConsumeRequest { offset };
+    let request = || proglog_api::v1::ConsumeRequest { offset, ..Default::default() };
     while let Ok(Ok(stream)) =
         tokio::time::timeout(Duration::from_secs(2), client.clone().consume_stream(request())).await
     {

@@ -226,7 +226,7 @@ async fn partitions_and_pauses_lose_nothing_acknowledged() {
         for offset in 0..end {
             let deadline = Instant::now() + DEADLINE;
             let value = loop {
-                match client.consume(ConsumeRequest { offset }).await {
+                match client.consume(ConsumeRequest { offset, ..Default::default() }).await {
                     Ok(response) => break response.into_inner().record.unwrap().value,
                     Err(status) => {
                         assert!(Instant::now() < deadline, "offset {offset} missing: {status:?}");

@@ -100,7 +100,7 @@ pub async fn wait_for_record(pki: &Pki, agent: &Agent, offset: u64, value: &str)
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut client = pki.grpc(agent.rpc, "root");
-        if let Ok(response) = client.consume(ConsumeRequest { offset }).await {
+        if let Ok(response) = client.consume(ConsumeRequest { offset, ..Default::default() }).await {
             assert_eq!(response.into_inner().record.unwrap().value, value.as_bytes());
             return;
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -97,6 +97,9 @@ struct ProduceIn {
 #[derive(Deserialize)]
 struct ConsumeIn {
     offset: u64,
+    /// A linearizable read (SPEC §11), as `ConsumeRequest.linearizable`.
+    #[serde(default)]
+    linearizable: bool,
 }
 
 #[derive(Serialize)]
@@ -161,7 +164,14 @@ async fn produce(
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
 
-async fn consume_at(state: &HttpState, offset: u64) -> Result<impl IntoResponse + use<>, ApiError> {
+async fn consume_at(
+    state: &HttpState,
+    offset: u64,
+    linearizable: bool,
+) -> Result<impl IntoResponse + use<>, ApiError> {
+    if linearizable {
+        state.log.linearize().await?;
+    }
     let record = state.log.read(offset).await?;
     let record = RecordOut { value: BASE64.encode(&record.value), offset: record.offset };
     Ok(axum::Json(serde_json::json!({ "record": record })))
@@ -175,19 +185,35 @@ async fn consume_body(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &peer, action::CONSUME)?;
     let request: ConsumeIn = json(&peer.read_body(body, SMALL_BODY_BYTES).await?)?;
-    consume_at(&state, request.offset).await
+    consume_at(&state, request.offset, request.linearizable).await
 }
 
 async fn consume_path(
     State(state): State<Arc<HttpState>>,
     Extension(peer): Extension<Peer>,
     Path(offset): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &peer, action::CONSUME)?;
     let offset = offset
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{offset:?} is not an offset")))?;
-    consume_at(&state, offset).await
+    consume_at(&state, offset, linearizable(query.as_deref())?).await
+}
+
+/// The `linearizable` parameter of a query string: `true`/`false` (or `1`/`0`;
+/// alone, it means `true`); absent: `false`. Any other parameter is refused.
+fn linearizable(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut linearizable = false;
+    for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+        let bad = || ApiError(StatusCode::BAD_REQUEST, format!("unknown query parameter {pair:?}"));
+        linearizable = match pair.split_once('=').unwrap_or((pair, "true")) {
+            ("linearizable", "true" | "1") => true,
+            ("linearizable", "false" | "0") => false,
+            _ => return Err(bad()),
+        };
+    }
+    Ok(linearizable)
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
@@ -317,5 +343,19 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
         assert!(serde_json::from_str::<serde_json::Value>(body).is_ok(), "{body}");
+    }
+
+    #[test]
+    fn the_query_names_a_linearizable_read_or_is_refused() {
+        assert!(!linearizable(None).unwrap_or(true));
+        assert!(!linearizable(Some("")).unwrap_or(true));
+        assert!(linearizable(Some("linearizable")).unwrap_or(false));
+        assert!(linearizable(Some("linearizable=true")).unwrap_or(false));
+        assert!(linearizable(Some("linearizable=1")).unwrap_or(false));
+        assert!(!linearizable(Some("linearizable=false")).unwrap_or(true));
+        for bad in ["linearizable=yes", "offset=3", "linearizable=true&x"] {
+            let error = linearizable(Some(bad)).err().map(|error| error.0);
+            assert_eq!(error, Some(StatusCode::BAD_REQUEST), "{bad}");
+        }
     }
 }

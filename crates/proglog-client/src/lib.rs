@@ -598,13 +598,26 @@ impl Client {
     }
 
     /// Reads the record at `offset` from a follower (in turn), trying another
-    /// server if one is unavailable.
+    /// server if one is unavailable. The read is local to the server that
+    /// answers: a follower may not have a record acknowledged a moment ago yet
+    /// (`OUT_OF_RANGE`); [`Client::consume_linearizable`] waits for it.
     pub async fn consume(&self, offset: u64) -> Result<Record, Error> {
+        self.read(ConsumeRequest { offset, linearizable: false }).await
+    }
+
+    /// Reads the record at `offset` as [`Client::consume`] does, but only once
+    /// the server that answers has every record acknowledged before the call
+    /// (Raft ReadIndex: it costs the leader a heartbeat round).
+    pub async fn consume_linearizable(&self, offset: u64) -> Result<Record, Error> {
+        self.read(ConsumeRequest { offset, linearizable: true }).await
+    }
+
+    async fn read(&self, request: ConsumeRequest) -> Result<Record, Error> {
         let attempts = lock(&self.inner.state).picker.servers().len().max(1);
         let mut last = None;
         for _ in 0..attempts {
             let (addr, mut client) = self.pick(Call::Consume).await?;
-            match self.unary(&addr, client.consume(ConsumeRequest { offset })).await {
+            match self.unary(&addr, client.consume(request)).await {
                 Ok(response) => {
                     return response.record.ok_or_else(|| Error::Status(Status::internal("no record")));
                 }

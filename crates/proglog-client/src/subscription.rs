@@ -100,7 +100,7 @@ impl Subscription {
         let addr = self.client.address_for(Call::Consume)?;
         let mut client = log_client(self.client.channel(&addr).await?);
         let stream = client
-            .consume_stream(ConsumeRequest { offset: self.next })
+            .consume_stream(ConsumeRequest { offset: self.next, linearizable: false })
             .await
             .map_err(|status| call_error(&addr, status))?
             .into_inner();

@@ -143,6 +143,12 @@ pub trait CommitLog: Send + Sync + 'static {
     /// more as fit in about `max_bytes`.
     async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError>;
 
+    /// Waits until a read on this node sees every record acknowledged — by any
+    /// node — before the call (a linearizable read is this, then a read).
+    /// Without it a read is local: a follower may not have applied the newest
+    /// records yet.
+    async fn linearize(&self) -> Result<(), LogError>;
+
     /// The lowest offset still held.
     fn lowest_offset(&self) -> u64;
 

@@ -477,3 +477,39 @@ async fn data_dirs_from_before_cluster_ids_upgrade_in_place() {
     );
     cluster.stop("node-0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linearizable_read_sees_every_acknowledged_record_or_fails_on_a_cut_off_node() {
+    let mut cluster = Cluster::new();
+    cluster.form(3).await;
+    let leader = cluster.leader().await;
+    let followers: Vec<_> = cluster.nodes.values().filter(|n| !n.status().is_leader).cloned().collect();
+    for round in 0..20u64 {
+        let offset = cluster.append(&["acknowledged"]).await;
+        assert_eq!(offset, round);
+        // Acknowledged by the leader: a linearizable read anywhere sees it at once.
+        for node in followers.iter().chain([&leader]) {
+            node.linearize().await.expect("a read index");
+            assert!(*node.committed().borrow() > offset, "{} misses {offset}", node.member().name);
+            assert_eq!(node.read(offset).await.expect("reads").value, "acknowledged");
+        }
+    }
+    // A follower cut off from the leader cannot confirm a read index: it says so
+    // in time rather than serving what it has.
+    let cut = followers[0].member().name.clone();
+    cluster.network.isolate(&cut);
+    let refused = followers[0].linearize().await;
+    assert!(matches!(refused, Err(LogError::Unavailable(_) | LogError::NotLeader { .. })), "{refused:?}");
+    cluster.network.heal();
+    // Back in touch, it reads linearizably again.
+    let offset = cluster.append(&["after the heal"]).await;
+    wait_until(|| followers[0].status().leader.is_some()).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while let Err(error) = followers[0].linearize().await {
+        assert!(tokio::time::Instant::now() < deadline, "no read index after the heal: {error}");
+    }
+    assert_eq!(followers[0].read(offset).await.expect("reads").value, "after the heal");
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}

@@ -204,7 +204,8 @@ fn fsync_name(fsync: Fsync) -> &'static str {
 async fn consume_stream(addr: SocketAddr, size: usize, n: u64) -> Result<Duration> {
     let mut client = connect(addr).await?;
     let start = Instant::now();
-    let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await?.into_inner();
+    let mut stream =
+        client.consume_stream(ConsumeRequest { offset: 0, ..Default::default() }).await?.into_inner();
     for expected in 0..n {
         let record = stream.message().await?.context("the stream ended")?.record.context("no record")?;
         ensure!(

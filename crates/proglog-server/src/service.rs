@@ -138,6 +138,9 @@ impl LogRpc for LogService {
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
+        if request.get_ref().linearizable {
+            self.log.linearize().await.map_err(from_log)?;
+        }
         let record = self.log.read(offset).await.map_err(from_log)?;
         Ok(Response::new(ConsumeResponse { record: Some(wire_record(record)) }))
     }
@@ -150,6 +153,10 @@ impl LogRpc for LogService {
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
+        if request.get_ref().linearizable {
+            // The stream starts from a linearizable point, then follows the tail.
+            self.log.linearize().await.map_err(from_log)?;
+        }
         if offset < self.log.lowest_offset() {
             return Err(from_log(LogError::OutOfRange { offset }));
         }

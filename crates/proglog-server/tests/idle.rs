@@ -33,7 +33,11 @@ async fn idle_consume_streams_at_the_tail_cost_almost_no_cpu() {
     client.produce(produce("only")).await.unwrap();
     let mut streams = Vec::new();
     for _ in 0..50 {
-        let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+        let mut stream = client
+            .consume_stream(ConsumeRequest { offset: 0, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
         stream.next().await.unwrap().unwrap();
         streams.push(stream); // now waiting at the tail
     }

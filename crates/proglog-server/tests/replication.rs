@@ -267,7 +267,13 @@ async fn followers_forward_produces_and_a_new_leader_takes_over() {
     for node in cluster.nodes.values() {
         wait_committed(&node.log, 4).await;
     }
-    let record = client.consume(ConsumeRequest { offset: 3 }).await.unwrap().into_inner().record.unwrap();
+    let record = client
+        .consume(ConsumeRequest { offset: 3, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record.value, "four");
 
     // Every node answers GetServers with the three servers and the one leader.

@@ -25,7 +25,13 @@ async fn produce_then_consume_a_record() {
     let mut root = client_as(&pki, server.addr, "root");
     let offset = root.produce(produce("hello world")).await.unwrap().into_inner().offset;
     assert_eq!(offset, 0);
-    let record = root.consume(ConsumeRequest { offset }).await.unwrap().into_inner().record.unwrap();
+    let record = root
+        .consume(ConsumeRequest { offset, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record, Record { value: "hello world".into(), offset: 0, term: 0, r#type: 0 });
     server.stop().await;
 }
@@ -43,7 +49,8 @@ async fn produce_stream_and_consume_stream() {
     }
     assert!(responses.next().await.is_none(), "the stream ends after the client half-closes");
 
-    let mut stream = root.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+    let mut stream =
+        root.consume_stream(ConsumeRequest { offset: 0, ..Default::default() }).await.unwrap().into_inner();
     for (offset, value) in values.iter().enumerate() {
         let record = stream.next().await.unwrap().unwrap().record.unwrap();
         assert_eq!(
@@ -76,7 +83,7 @@ async fn consume_past_the_end_is_out_of_range_with_a_localized_message() {
     let server = TestServer::secure(&pki).await;
     let mut root = client_as(&pki, server.addr, "root");
     let offset = root.produce(produce("hello world")).await.unwrap().into_inner().offset;
-    let status = root.consume(ConsumeRequest { offset: offset + 1 }).await.unwrap_err();
+    let status = root.consume(ConsumeRequest { offset: offset + 1, ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange);
     assert_eq!(status.message(), "offset out of range: 1");
     let localized = status.get_details_localized_message().unwrap();
@@ -94,8 +101,11 @@ async fn nobody_is_denied_every_rpc_including_both_streams() {
         assert_eq!(status.message(), format!("nobody not permitted to {action} to *"));
     };
     denied(nobody.produce(produce("x")).await.unwrap_err(), "produce");
-    denied(nobody.consume(ConsumeRequest { offset: 0 }).await.unwrap_err(), "consume");
-    denied(nobody.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap_err(), "consume");
+    denied(nobody.consume(ConsumeRequest { offset: 0, ..Default::default() }).await.unwrap_err(), "consume");
+    denied(
+        nobody.consume_stream(ConsumeRequest { offset: 0, ..Default::default() }).await.unwrap_err(),
+        "consume",
+    );
     denied(nobody.produce_stream(tokio_stream::iter([produce("x")])).await.unwrap_err(), "produce");
     denied(nobody.get_offsets(GetOffsetsRequest {}).await.unwrap_err(), "consume");
     // GetServers is not ACL-checked (as in the book), TLS still applies.
@@ -175,7 +185,13 @@ async fn bad_records_are_rejected_and_the_server_stays_healthy() {
     // Same connection, and a new one, both still work; nothing bad was stored.
     assert_eq!(root.produce(produce("fine")).await.unwrap().into_inner().offset, 3);
     let mut other = client_as(&pki, server.addr, "root");
-    let record = other.consume(ConsumeRequest { offset: 3 }).await.unwrap().into_inner().record.unwrap();
+    let record = other
+        .consume(ConsumeRequest { offset: 3, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .record
+        .unwrap();
     assert_eq!(record.value, "fine");
     server.stop().await;
 }
@@ -208,7 +224,8 @@ async fn concurrent_producers_get_unique_dense_offsets() {
 async fn consume_stream_follows_records_appended_after_it_started() {
     let server = TestServer::plaintext().await;
     let mut client = plaintext_client(server.addr).await;
-    let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+    let mut stream =
+        client.consume_stream(ConsumeRequest { offset: 0, ..Default::default() }).await.unwrap().into_inner();
     let mut producer = plaintext_client(server.addr).await;
     for i in 0..3 {
         producer.produce(produce(&format!("late {i}"))).await.unwrap();
@@ -260,7 +277,8 @@ async fn shutdown_ends_open_streams_and_keeps_every_record() {
     let server = TestServer::plaintext().await;
     let mut client = plaintext_client(server.addr).await;
     client.produce(produce("kept")).await.unwrap();
-    let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+    let mut stream =
+        client.consume_stream(ConsumeRequest { offset: 0, ..Default::default() }).await.unwrap().into_inner();
     stream.next().await.unwrap().unwrap();
     let log = std::sync::Arc::clone(&server.log);
     server.stop().await;
@@ -300,8 +318,9 @@ async fn every_call_is_counted_by_method_and_code() {
     ));
     let mut client = plaintext_client(addr).await;
     client.produce(produce("one")).await.unwrap();
-    client.consume(ConsumeRequest { offset: 9 }).await.unwrap_err();
-    let mut stream = client.consume_stream(ConsumeRequest { offset: 0 }).await.unwrap().into_inner();
+    client.consume(ConsumeRequest { offset: 9, ..Default::default() }).await.unwrap_err();
+    let mut stream =
+        client.consume_stream(ConsumeRequest { offset: 0, ..Default::default() }).await.unwrap().into_inner();
     stream.next().await.unwrap().unwrap();
     drop(stream);
     // The cancelled stream is counted once its body is dropped by the server.

@@ -21,6 +21,7 @@ use raft::{RawNode, StateRole};
 
 use super::MAX_RECORD_BYTES;
 use super::codec::{ClusterId, Member, PeerId, batch_header, decode_batch};
+use super::reads::parse_read_context;
 use super::store::{SnapshotData, Store};
 
 /// Terms, indexes and commit indexes above this are refused: no honest cluster
@@ -68,11 +69,14 @@ pub enum Reason {
     NodeName,
     /// A leave notice that is not the sender's current one (a replay).
     Leave,
+    /// A read-index request or answer that breaks the rules, or one request
+    /// too many from a peer in a tick.
+    ReadIndex,
 }
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Self::ClusterId,
         Self::Sender,
         Self::Destination,
@@ -88,6 +92,7 @@ impl Reason {
         Self::NameConflict,
         Self::NodeName,
         Self::Leave,
+        Self::ReadIndex,
     ];
 
     /// The metric label.
@@ -108,6 +113,7 @@ impl Reason {
             Self::NameConflict => "name_conflict",
             Self::NodeName => "node_name",
             Self::Leave => "leave",
+            Self::ReadIndex => "read_index",
         }
     }
 }
@@ -156,6 +162,9 @@ pub(crate) enum Pass {
     Step,
     /// Step it, and adopt the sender's cluster id first (this node had none).
     Adopt(ClusterId),
+    /// Drop it uncounted: an honest peer's message that is merely stale (a
+    /// read-index request to a node that no longer leads, an answer from one).
+    Stale,
 }
 
 /// Checks `message`, sent by `from` as its transport authenticated the call:
@@ -167,6 +176,10 @@ pub(crate) fn check(
     message: &mut Message,
 ) -> Result<(Pass, Option<Reason>), Reason> {
     let pass = check_sender(view, from, message)?;
+    if matches!(message.get_msg_type(), MessageType::MsgReadIndex | MessageType::MsgReadIndexResp) {
+        return check_read_index(view, from, message)
+            .map(|fresh| (if fresh { pass } else { Pass::Stale }, None));
+    }
     let amended = check_raft(view, message)?;
     Ok((pass, amended))
 }
@@ -207,6 +220,41 @@ fn check_sender(view: &View<'_>, from: &PeerId, message: &Message) -> Result<Pas
     }
 }
 
+/// A read-index request (a follower asks the leader) or its answer: one entry
+/// holding a context that names the asking node ([`super::reads`]). `Ok(false)`:
+/// honest but stale (this node no longer leads; the answer of another term or
+/// leader). raft-rs reads the entry without checking it is there, and commits
+/// up to an answer's index when its term matches this node's entry there.
+fn check_read_index(view: &View<'_>, from: &PeerId, message: &Message) -> Result<bool, Reason> {
+    let raft = &view.raw.raft;
+    let [entry] = message.entries.as_slice() else { return Err(Reason::ReadIndex) };
+    let asker = match message.get_msg_type() {
+        MessageType::MsgReadIndex => from.member_id,
+        _ => raft.id,
+    };
+    let plain = entry.get_entry_type() == EntryType::EntryNormal
+        && entry.index == 0
+        && entry.term == 0
+        && entry.context.is_empty();
+    if !plain || parse_read_context(&entry.data).is_none_or(|(id, _)| id != asker) {
+        return Err(Reason::ReadIndex);
+    }
+    if message.get_msg_type() == MessageType::MsgReadIndex {
+        // raft-rs sends requests without a term; only members ask.
+        if message.term != 0 {
+            return Err(Reason::Term);
+        }
+        if !view.members.contains_key(&from.member_id) {
+            return Err(Reason::Sender);
+        }
+        return Ok(raft.state == StateRole::Leader);
+    }
+    if message.term == 0 || message.term > MAX_TERM || message.index > MAX_TERM {
+        return Err(Reason::Term);
+    }
+    Ok(raft.state == StateRole::Follower && message.term == raft.term && message.from == raft.leader_id)
+}
+
 /// What raft-rs may be given: within its invariants for this node's state.
 fn check_raft(view: &View<'_>, message: &mut Message) -> Result<Option<Reason>, Reason> {
     use MessageType::*;
@@ -224,8 +272,8 @@ fn check_raft(view: &View<'_>, message: &mut Message) -> Result<Option<Reason>, 
         | MsgHeartbeat
         | MsgHeartbeatResponse
         | MsgTimeoutNow => {}
-        // Proposals, local kinds, and what this log never uses (read index,
-        // transfers asked of the leader by a follower).
+        // Proposals, local kinds, and what this log never uses (transfers
+        // asked of the leader by a follower).
         _ => return Err(Reason::MessageType),
     }
     if message.term == 0 || message.term > MAX_TERM || message.term > raft.term.saturating_add(MAX_TERM_JUMP)

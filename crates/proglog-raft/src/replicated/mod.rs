@@ -10,6 +10,7 @@ mod codec;
 mod gate;
 mod network;
 mod node;
+mod reads;
 #[cfg(test)]
 mod sim;
 mod store;
@@ -181,6 +182,7 @@ enum Event {
     SyncFailed(String),
     Join(Member, ChangeReply),
     Leave(u64, ChangeReply),
+    ReadIndex(reads::ReadReply),
     Close,
 }
 
@@ -740,6 +742,7 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         }
         Event::Join(member, reply) => node.join(member, reply),
         Event::Leave(id, reply) => node.leave(id, reply),
+        Event::ReadIndex(reply) => node.read_index(reply),
         Event::Append(..) | Event::Close => {}
     }
     Ok(())
@@ -854,6 +857,25 @@ impl CommitLog for RaftLog {
 
     async fn read_batch(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
         self.records.read_batch(offset, max_bytes).await
+    }
+
+    /// Raft's ReadIndex: the leader's commit index once a quorum confirmed it
+    /// still leads, then a wait until this node has applied it (at most two
+    /// election timeouts each).
+    async fn linearize(&self) -> Result<(), LogError> {
+        let (reply, index) = oneshot::channel();
+        self.send(Event::ReadIndex(reply))?;
+        let index = index.await.unwrap_or_else(|_| Err(closed()))?;
+        let mut status = self.watch_status();
+        match tokio::time::timeout(self.leader_wait, status.wait_for(|status| status.applied_index >= index))
+            .await
+        {
+            Ok(applied) => applied,
+            Err(_) => Err(LogError::Unavailable(format!(
+                "this node has not applied the leader's read index {index} within {:?}; retry, or read from the leader",
+                self.leader_wait
+            ))),
+        }
     }
 
     fn lowest_offset(&self) -> u64 {

@@ -24,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::codec::{ClusterId, Member, PeerId, batch_header, batch_len, conf_change, encode_batch};
 use super::gate::{self, Pass, Reason, Rejections, View};
+use super::reads::{ReadReply, Reads, parse_read_context};
 use super::store::{SnapshotData, Store};
 use crate::{Leader, LogError, LogStatus, Refusal, ServerInfo};
 
@@ -166,6 +167,8 @@ pub(crate) struct Node {
     /// The tick each member was last heard from (members only).
     heard: BTreeMap<u64, u64>,
     rejection_logged: [u64; Reason::ALL.len()],
+    /// Linearizable reads waiting for a read index.
+    reads: Reads,
 }
 
 /// A refusal of each kind is logged at most once per this many ticks (10 s at
@@ -265,6 +268,7 @@ impl Node {
             ticks: 0,
             heard: BTreeMap::new(),
             rejection_logged: [0; Reason::ALL.len()],
+            reads: Reads::default(),
         };
         // A lone voter need not wait out an election timeout.
         let cs = node.raw.store().conf_state();
@@ -331,6 +335,12 @@ impl Node {
     pub(crate) fn tick(&mut self) {
         self.ticks += 1;
         self.raw.tick();
+        let election = self.config.election_tick as u64;
+        let leader = self.leader();
+        self.reads.tick(self.ticks, election, 2 * election, || match &leader {
+            None => LogError::NotLeader { leader: None },
+            Some(_) => LogError::Unavailable("the leader did not confirm a read index in time; retry".into()),
+        });
         if self.is_leader() {
             self.promote_caught_up_learner();
             self.announce_address();
@@ -348,6 +358,26 @@ impl Node {
         {
             let (reply, _) = oneshot::channel();
             self.join(self.me.clone(), reply);
+        }
+    }
+
+    /// A linearizable read: `reply` learns the index this node must have applied
+    /// before reading (see [`super::reads`]).
+    pub(crate) fn read_index(&mut self, reply: ReadReply) {
+        self.reads.add(self.ticks, reply);
+    }
+
+    /// Asks raft-rs for a read index for the readers waiting, once it can
+    /// answer: a leader is known, and a leader has committed an entry of its
+    /// term (raft-rs drops the request otherwise).
+    fn ask_read_index(&mut self) {
+        let raft = &self.raw.raft;
+        let can_answer = match raft.state {
+            StateRole::Leader => raft.commit_to_current_term(),
+            _ => raft.leader_id != raft::INVALID_ID,
+        };
+        if can_answer && let Some(context) = self.reads.ask(self.me.id, self.ticks) {
+            self.raw.read_index(context);
         }
     }
 
@@ -587,6 +617,12 @@ impl Node {
         if self.members.contains_key(&from.member_id) {
             self.heard.insert(from.member_id, self.ticks);
         }
+        if pass == Pass::Stale {
+            return;
+        }
+        if message.get_msg_type() == MessageType::MsgReadIndex && !self.reads.count_peer(from.member_id) {
+            return self.rejected(Reason::ReadIndex, from, &message);
+        }
         if let Pass::Adopt(cluster_id) = pass {
             if let Err(error) = self.raw.mut_store().set_cluster_id(cluster_id) {
                 slog::error!(self.logger, "cannot record the cluster id"; "error" => %error);
@@ -728,10 +764,18 @@ impl Node {
         outbox: &mut Outbox,
         send_early: &mut dyn FnMut(Vec<Message>),
     ) -> Result<(), LogError> {
+        self.ask_read_index();
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        for state in ready.take_read_states() {
+            if let Some((id, number)) = parse_read_context(&state.request_ctx)
+                && id == self.me.id
+            {
+                self.reads.answered(number, state.index);
+            }
+        }
         let became_leader = ready.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader);
         if let Some(ss) = ready.ss()
             && ss.leader_id != raft::INVALID_ID
@@ -1000,6 +1044,7 @@ impl Node {
         for (_, waiter) in std::mem::take(&mut self.waiters) {
             fail(waiter, error);
         }
+        self.reads.fail_all(error);
     }
 
     /// On the leader, the entries each other member lacks.

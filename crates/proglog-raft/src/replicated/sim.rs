@@ -7,7 +7,8 @@
 //! unknown or impostor senders, other clusters) — checking after every step that
 //! no node panics, that there is at most one leader per term, that every node's
 //! records agree with one committed history, that a node's applied index never
-//! goes back while it runs, and that no acknowledged append is lost.
+//! goes back while it runs, that no acknowledged append is lost, and that a
+//! linearizable read sees every append acknowledged before it was asked.
 //!
 //! A failure prints its seed. Replay one with `PROGLOG_SIM_SEED=<seed>` (and
 //! `PROGLOG_SIM_NODES=3|5`); run more with `PROGLOG_SIM_SEEDS=<count>`.
@@ -92,6 +93,17 @@ struct Pending {
     reply: oneshot::Receiver<Result<u64, LogError>>,
 }
 
+/// A linearizable read asked of node `target`.
+struct Read {
+    target: usize,
+    /// The offset after every record acknowledged before it was asked: once
+    /// the node has applied the read index, it must have applied these.
+    must_see: u64,
+    reply: oneshot::Receiver<Result<u64, LogError>>,
+    /// The read index, once known.
+    index: Option<u64>,
+}
+
 struct Sim {
     seed: u64,
     rng: Rng,
@@ -107,6 +119,9 @@ struct Sim {
     terms: BTreeMap<u64, u64>,
     acked: BTreeMap<u64, Bytes>,
     pending: Vec<Pending>,
+    reads: Vec<Read>,
+    /// Linearizable reads checked so far.
+    reads_checked: u64,
     leaders: HashMap<u64, u64>,
     fetches: Vec<(usize, Fetch)>,
     counter: u64,
@@ -232,6 +247,8 @@ impl Sim {
             terms: BTreeMap::new(),
             acked: BTreeMap::new(),
             pending: Vec::new(),
+            reads: Vec::new(),
+            reads_checked: 0,
             leaders: HashMap::new(),
             fetches: Vec::new(),
             counter: 0,
@@ -497,6 +514,55 @@ impl Sim {
         self.pending.push(Pending { target, values, reply: done });
     }
 
+    /// Sometimes asks a random node for a linearizable read.
+    fn maybe_read(&mut self) {
+        if !self.rng.chance(100) {
+            return;
+        }
+        let target = self.rng.below(self.size() as u64) as usize;
+        if self.nodes[target].node.is_none() {
+            return;
+        }
+        let must_see = self.acked.keys().next_back().map_or(0, |last| last + 1);
+        let (reply, answer) = oneshot::channel();
+        self.node_mut(target).read_index(reply);
+        self.reads.push(Read { target, must_see, reply: answer, index: None });
+    }
+
+    /// A read whose node has applied its read index must see every record
+    /// acknowledged before it was asked.
+    fn check_reads(&mut self) {
+        for mut read in std::mem::take(&mut self.reads) {
+            if read.index.is_none() {
+                match read.reply.try_recv() {
+                    Ok(Ok(index)) => read.index = Some(index),
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => continue,
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+            }
+            let slot = &self.nodes[read.target];
+            let (Some(index), Some(node)) = (read.index, slot.node.as_ref()) else {
+                if slot.node.is_some() {
+                    self.reads.push(read);
+                }
+                continue;
+            };
+            if node.applied() < index {
+                self.reads.push(read);
+                continue;
+            }
+            let readable = *node.committed().borrow();
+            if readable < read.must_see {
+                self.fail(format!(
+                    "a linearizable read on {} (read index {index}) sees offsets below {readable}, \
+                     but offsets below {} were acknowledged before it was asked",
+                    slot.member.name, read.must_see
+                ));
+            }
+            self.reads_checked += 1;
+        }
+    }
+
     fn step(&mut self) {
         self.now += 1;
         if self.faults {
@@ -511,6 +577,7 @@ impl Sim {
             self.reconcile();
         }
         self.maybe_propose();
+        self.maybe_read();
         self.deliver();
         self.run_fetches();
         for i in 0..self.nodes.len() {
@@ -537,6 +604,7 @@ impl Sim {
             self.route(i, outbox);
         }
         self.collect_replies();
+        self.check_reads();
         self.check();
     }
 
@@ -880,6 +948,7 @@ fn simulate(seed: u64, size: usize, steps: u64) {
     }
     sim.settle();
     assert!(!sim.acked.is_empty(), "seed {seed}: nothing was acknowledged");
+    assert!(sim.reads_checked > 0, "seed {seed}: no linearizable read completed");
     // The foreign node kept sending to our members: every message refused.
     let refused = |reason: Reason| -> u64 {
         sim.nodes[..sim.size()]
@@ -1043,6 +1112,82 @@ mod gate_never_panics {
             for _ in 0..50 {
                 sim.step();
             }
+        }
+    }
+}
+
+mod read_index_gate {
+    //! Read-index requests and answers a peer forges: refused and counted, and
+    //! a flood from one peer is cut at its per-tick budget.
+
+    use raft::eraftpb::{Entry, Message, MessageType};
+
+    use super::super::gate::Reason;
+    use super::super::reads::{PEER_READS_PER_TICK, read_context};
+    use super::Sim;
+
+    fn read_index(from: u64, to: u64, context: Vec<u8>) -> Message {
+        let mut message = Message { from, to, ..Message::default() };
+        message.set_msg_type(MessageType::MsgReadIndex);
+        message.entries.push(Entry { data: context.into(), ..Entry::default() });
+        message
+    }
+
+    /// Steps `message` from node `from` into node `to`; the count of `reason`
+    /// refusals at `to` afterwards.
+    fn step(sim: &mut Sim, from: usize, to: usize, message: Message, reason: Reason) -> u64 {
+        let peer = sim.identity(from);
+        let slot = &mut sim.nodes[to];
+        slot.node.as_mut().expect("alive").step(&peer, message, &mut slot.outbox);
+        refused(sim, to, reason)
+    }
+
+    fn refused(sim: &Sim, node: usize, reason: Reason) -> u64 {
+        let counts = sim.nodes[node].rejections.snapshot();
+        counts.into_iter().find(|(counted, _)| *counted == reason).map_or(0, |(_, count)| count)
+    }
+
+    #[test]
+    fn forged_read_index_messages_are_refused_and_a_flood_is_cut() {
+        let mut sim = Sim::new(7, 3);
+        sim.form();
+        let leader = sim.leader().expect("a leader");
+        let follower = (leader + 1) % 3;
+        let other = (leader + 2) % 3;
+        let (leader_id, follower_id, other_id) =
+            (sim.nodes[leader].member.id, sim.nodes[follower].member.id, sim.nodes[other].member.id);
+
+        // Another node's context: a reply would go to the wrong node.
+        let stolen = read_index(follower_id, leader_id, read_context(other_id, 1));
+        assert_eq!(step(&mut sim, follower, leader, stolen, Reason::ReadIndex), 1);
+        // No entry (raft-rs would index it), two entries, a short context.
+        let mut empty = read_index(follower_id, leader_id, Vec::new());
+        empty.entries.clear();
+        assert_eq!(step(&mut sim, follower, leader, empty, Reason::ReadIndex), 2);
+        let mut two = read_index(follower_id, leader_id, read_context(follower_id, 1));
+        two.entries.push(Entry::default());
+        assert_eq!(step(&mut sim, follower, leader, two, Reason::ReadIndex), 3);
+        let short = read_index(follower_id, leader_id, vec![0; 8]);
+        assert_eq!(step(&mut sim, follower, leader, short, Reason::ReadIndex), 4);
+        // A term (raft-rs sends requests without one).
+        let termed = Message { term: 1, ..read_index(follower_id, leader_id, read_context(follower_id, 2)) };
+        assert_eq!(step(&mut sim, follower, leader, termed, Reason::Term), 1);
+        // An answer naming another node, or not from the leader.
+        let mut answer = Message { from: leader_id, to: follower_id, ..Message::default() };
+        answer.term = sim.nodes[follower].node.as_ref().expect("alive").term();
+        answer.set_msg_type(MessageType::MsgReadIndexResp);
+        answer.entries.push(Entry { data: read_context(other_id, 1).into(), ..Entry::default() });
+        assert_eq!(step(&mut sim, leader, follower, answer, Reason::ReadIndex), 1);
+
+        // Honest requests pass, up to the per-tick budget; the rest are counted.
+        let before = refused(&sim, leader, Reason::ReadIndex);
+        for number in 0..u64::from(PEER_READS_PER_TICK) + 10 {
+            let request = read_index(follower_id, leader_id, read_context(follower_id, 100 + number));
+            step(&mut sim, follower, leader, request, Reason::ReadIndex);
+        }
+        assert_eq!(refused(&sim, leader, Reason::ReadIndex) - before, 10);
+        for _ in 0..50 {
+            sim.step();
         }
     }
 }
