@@ -61,7 +61,9 @@
 //! 3. A three-node cluster: node-0 bootstrapped, node-1 and node-2 joined through
 //!    the leader one at a time (each promoted to voter before the next joins);
 //!    the producers send to the leader. Afterwards every node must hold every
-//!    acknowledged record.
+//!    acknowledged record. Then unary Consume calls to a follower, from 1 and
+//!    from 8 readers, local and linearizable (SPEC §11: ReadIndex), for as long
+//!    as a unary run each.
 //! 4. Failover, on that cluster: the leader is killed — its transport shut down
 //!    (from then on it sends nothing to its peers), its server aborted (every
 //!    connection dropped at once, as when a process dies), its log closed — and a
@@ -113,6 +115,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
+use proglog_api::v1::ConsumeRequest;
 use proglog_api::v1::log_client::LogClient;
 use proglog_raft::{CommitLog, Fsync, Member, RaftConfig, RaftLog, RaftMetrics};
 use proglog_server::{AllowAll, PeerTls, PeerTransport, ServerConfig, ServerError};
@@ -175,8 +178,16 @@ fn main() -> Result<()> {
         let one = bench.one_member()?;
         eprintln!("{tag} one-member  {}", progress_run(&one));
         results.one_member.push(one);
-        let (three, failover) = bench.three_nodes()?;
+        let (three, reads, failover) = bench.three_nodes()?;
         eprintln!("{tag} 3-node      {}", progress_run(&three));
+        eprintln!(
+            "{tag} 3-node reads from a follower  local x1: {}; linearizable x1: {}; local x{PRODUCERS}: {}; linearizable x{PRODUCERS}: {}",
+            progress(&reads.local1),
+            progress(&reads.linearizable1),
+            progress(&reads.local8),
+            progress(&reads.linearizable8)
+        );
+        results.reads.push(reads);
         eprintln!(
             "{tag} failover    first ack after {:.0} ms (leader elected after {:.0} ms; {} probe(s), via {})",
             ms(failover.acked),
@@ -406,6 +417,16 @@ impl Run {
     }
 }
 
+/// Unary Consume calls to a follower of the 3-node cluster, local and
+/// linearizable, from 1 and from 8 readers.
+#[derive(Clone, Copy)]
+struct Reads {
+    local1: Figure,
+    linearizable1: Figure,
+    local8: Figure,
+    linearizable8: Figure,
+}
+
 /// One failover.
 struct Failover {
     /// From the kill until the first Produce acknowledged by a survivor.
@@ -554,17 +575,42 @@ impl Bench<'_> {
         Ok(nodes)
     }
 
-    fn three_nodes(&self) -> Result<(Run, Failover)> {
+    fn three_nodes(&self) -> Result<(Run, Reads, Failover)> {
         let dir = self.settings.tempdir()?;
         let mut nodes = self.form(dir.path(), Fsync::Always)?;
         let leader = leader_of(&nodes)?;
         let run = self.replicated_run(&nodes, leader)?;
+        let follower = nodes[(leader + 1) % nodes.len()].addr;
+        let reads = Reads {
+            local1: self.consume(follower, 1, false, run.acked())?,
+            linearizable1: self.consume(follower, 1, true, run.acked())?,
+            local8: self.consume(follower, PRODUCERS, false, run.acked())?,
+            linearizable8: self.consume(follower, PRODUCERS, true, run.acked())?,
+        };
         let failover = self.failover(&mut nodes, run.acked())?;
         for node in nodes {
             node.stop(self.server_rt)?;
         }
         dir.close()?;
-        Ok((run, failover))
+        Ok((run, reads, failover))
+    }
+
+    /// Unary Consume calls from `readers` readers against `addr`, each of an
+    /// offset below `held`, local or linearizable.
+    fn consume(&self, addr: SocketAddr, readers: usize, linearizable: bool, held: u64) -> Result<Figure> {
+        let run = self.client_rt.block_on(async {
+            let mut clients = Vec::with_capacity(readers);
+            for _ in 0..readers {
+                clients.push(connect(addr).await?);
+            }
+            common::calls(clients, self.settings.unary, move |mut client, i| async move {
+                let offset = (i as u64).wrapping_mul(7919) % held.max(1);
+                client.consume(ConsumeRequest { offset, linearizable }).await?;
+                Ok(client)
+            })
+            .await
+        })?;
+        Ok(Figure::of_calls(run, None))
     }
 
     /// The stream workload on a three-node cluster with fsync `never` (the
@@ -732,6 +778,7 @@ struct Results {
     local: Vec<Run>,
     one_member: Vec<Run>,
     three_nodes: Vec<Run>,
+    reads: Vec<Reads>,
     failovers: Vec<Failover>,
     three_never: Vec<Figure>,
     nats: Peer<Figure>,
@@ -922,6 +969,23 @@ impl Results {
                 median(&self.three_never, |f| f.cores.unwrap_or(0.0))
             ),
         );
+        let reads = |f: fn(&Reads) -> Figure| self.reads.iter().map(f).collect::<Vec<_>>();
+        for (workload, figures, details) in [
+            ("Consume x1, local", reads(|r| r.local1), "what the follower has applied"),
+            (
+                "Consume x1, linearizable",
+                reads(|r| r.linearizable1),
+                "ReadIndex: a heartbeat round of the leader first",
+            ),
+            ("Consume x8, local", reads(|r| r.local8), "what the follower has applied"),
+            (
+                "Consume x8, linearizable",
+                reads(|r| r.linearizable8),
+                "ReadIndex: a heartbeat round of the leader first",
+            ),
+        ] {
+            row("3-node `RaftLog`, from a follower", workload, &figures, details);
+        }
         let skipped = |peer: &str, reason: &Option<String>| {
             println!(
                 "| {peer} | – | 3 | skipped | – | – | {} |",
@@ -1017,6 +1081,17 @@ impl Results {
                     pass(ratio >= THREE_NODES_VS_ETCD)
                 );
             }
+        }
+        for (readers, linearizable, local) in [
+            (1, reads(|r| r.linearizable1), reads(|r| r.local1)),
+            (PRODUCERS, reads(|r| r.linearizable8), reads(|r| r.local8)),
+        ] {
+            let (_, text) = ratio_text(&linearizable, &local);
+            println!(
+                "| follower Consume x{readers}: linearizable / local | {text} | – | – | p50 {:.2} ms vs {:.2} ms |",
+                median(&linearizable, |f| f.p50_us) / 1e3,
+                median(&local, |f| f.p50_us) / 1e3,
+            );
         }
         let acked: Vec<f64> = self.failovers.iter().map(|f| ms(f.acked)).collect();
         let elected: Vec<f64> = self.failovers.iter().map(|f| ms(f.elected)).collect();
