@@ -38,12 +38,23 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
     }
 
     // Produce on the leader; consume on both followers; offset + 1 is out of range.
+    let now_ms =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let before = now_ms();
     let offset = produce_through(&pki, &agents[leader.as_str()], "first").await;
-    // A linearizable read (SPEC §11) sees it at once, on every node.
+    let after = now_ms();
+    // A linearizable read (SPEC §11) sees it at once, on every node, with the
+    // timestamp the leader gave it.
     for agent in agents.values() {
         let mut client = pki.grpc(agent.rpc, "root");
         let read = client.consume(ConsumeRequest { offset, linearizable: true }).await.unwrap();
-        assert_eq!(read.into_inner().record.unwrap().value, "first");
+        let record = read.into_inner().record.unwrap();
+        assert_eq!(record.value, "first");
+        assert!(
+            (before..=after).contains(&record.timestamp_ms),
+            "{} not in {before}..={after}",
+            record.timestamp_ms
+        );
         let path = format!("/records/{offset}?linearizable=true");
         let (status, body) = pki.https(agent.http(), Some("root"), "GET", &path, None).unwrap();
         assert_eq!(status, 200, "{body}");

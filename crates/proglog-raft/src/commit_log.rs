@@ -48,6 +48,9 @@ pub struct Record {
     /// The Raft term of the entry that committed it (0 for a log that is not
     /// replicated).
     pub term: u64,
+    /// When the leader appended it (ms since the Unix epoch; 0 for a log that
+    /// is not replicated, and for records stored before timestamps).
+    pub timestamp_ms: u64,
 }
 
 /// One server of the cluster, as GetServers lists it.

@@ -23,11 +23,11 @@ pub(crate) struct Committed {
 impl Committed {
     fn to_record(&self, record: proglog_log::Record) -> Result<Record, LogError> {
         let term = self.terms.as_ref().map_or(0, |terms| terms.term_of(record.offset));
-        let value = match self.framed_from {
+        let (value, timestamp_ms) = match self.framed_from {
             Some(framed_from) => record_value(framed_from, record.offset, record.value)?,
-            None => record.value,
+            None => (record.value, 0),
         };
-        Ok(Record { value, offset: record.offset, term })
+        Ok(Record { value, offset: record.offset, term, timestamp_ms })
     }
 
     pub(crate) fn next(&self) -> u64 {

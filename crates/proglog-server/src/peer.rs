@@ -411,7 +411,7 @@ impl Transport for PeerTransport {
                 while let Some(chunk) =
                     chunks.message().await.map_err(|status| status.message().to_owned())?
                 {
-                    if !sink.chunk(chunk.first_offset, chunk.values).await {
+                    if !sink.chunk(chunk.first_offset, chunk.values, chunk.timestamps).await {
                         break; // the node no longer wants this fetch
                     }
                 }
@@ -766,17 +766,20 @@ impl Raft for PeerService {
             let mut next = start.max(log.lowest_offset());
             if next >= end {
                 // Nothing left to copy: say where this log starts.
-                let _ = tx.send(Ok(Chunk { first_offset: next, values: Vec::new() })).await;
+                let _ = tx.send(Ok(Chunk { first_offset: next, ..Chunk::default() })).await;
                 return;
             }
             while next < end && !*closing.borrow() {
                 let chunk = match log.read_batch(next, FETCH_CHUNK_BYTES).await {
                     Ok(batch) if !batch.is_empty() => {
                         let first_offset = batch[0].offset;
-                        let values: Vec<Bytes> =
-                            batch.into_iter().take_while(|r| r.offset < end).map(|r| r.value).collect();
+                        let (values, timestamps): (Vec<Bytes>, Vec<u64>) = batch
+                            .into_iter()
+                            .take_while(|r| r.offset < end)
+                            .map(|r| (r.value, r.timestamp_ms))
+                            .unzip();
                         next = first_offset + values.len() as u64;
-                        Ok(Chunk { first_offset, values })
+                        Ok(Chunk { first_offset, values, timestamps })
                     }
                     Ok(_) => Err(status::from_log(LogError::OutOfRange { offset: next })),
                     Err(error) => Err(status::from_log(error)),

@@ -111,7 +111,13 @@ impl LogService {
 /// The value of a produce request, checked against the record limit.
 /// A record as `log.v1` carries it.
 fn wire_record(record: proglog_raft::Record) -> Record {
-    Record { value: record.value, offset: record.offset, term: record.term, r#type: 0 }
+    Record {
+        value: record.value,
+        offset: record.offset,
+        term: record.term,
+        r#type: 0,
+        timestamp_ms: record.timestamp_ms,
+    }
 }
 
 /// A server as `log.v1` lists it.

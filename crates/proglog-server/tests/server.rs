@@ -32,7 +32,10 @@ async fn produce_then_consume_a_record() {
         .into_inner()
         .record
         .unwrap();
-    assert_eq!(record, Record { value: "hello world".into(), offset: 0, term: 0, r#type: 0 });
+    assert_eq!(
+        record,
+        Record { value: "hello world".into(), offset: 0, term: 0, r#type: 0, timestamp_ms: 0 }
+    );
     server.stop().await;
 }
 
@@ -55,7 +58,13 @@ async fn produce_stream_and_consume_stream() {
         let record = stream.next().await.unwrap().unwrap().record.unwrap();
         assert_eq!(
             record,
-            Record { value: value.to_string().into(), offset: offset as u64, term: 0, r#type: 0 }
+            Record {
+                value: value.to_string().into(),
+                offset: offset as u64,
+                term: 0,
+                r#type: 0,
+                timestamp_ms: 0
+            }
         );
     }
     drop(stream);

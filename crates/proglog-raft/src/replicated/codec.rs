@@ -1,7 +1,8 @@
 //! What the replicated log puts in Raft entries, and how node ids are derived.
 //!
 //! A normal entry with data is a *record batch*: the dense offset of its first
-//! record, then the records. The leader writes the offset when it proposes (the
+//! record, what the leader said of it ([`BatchMeta`]: its timestamp, the
+//! producer and sequence of an idempotent append), then the records. The leader writes the offset when it proposes (the
 //! end of the entry before), so every node stores and checks the same offsets;
 //! entries without records (the leader's empty entry, configuration changes)
 //! take no offsets. A configuration change's context names the node it adds.
@@ -11,12 +12,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::LogError;
 
-/// Version byte of the record batch encoding.
+/// Version byte of the record batch encoding before batches carried their
+/// [`BatchMeta`] (decoded, never written).
 const BATCH_V1: u8 = 1;
+/// Version byte of the record batch encoding.
+const BATCH_V2: u8 = 2;
 /// Version byte, first offset, record count.
-const BATCH_HEADER_BYTES: usize = 1 + 8 + 4;
+const BATCH_V1_HEADER_BYTES: usize = 1 + 8 + 4;
+/// Then the timestamp, producer id and sequence.
+const BATCH_HEADER_BYTES: usize = BATCH_V1_HEADER_BYTES + 3 * 8;
 /// Each record's length prefix.
 const RECORD_HEADER_BYTES: usize = 4;
+
+/// What the leader says of a whole batch when it proposes it: when it was
+/// appended, and which producer's sequence numbers its records carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BatchMeta {
+    /// The leader's clock (ms since the Unix epoch) when it proposed the batch,
+    /// never below an earlier batch's; 0: unknown (batches from before).
+    pub timestamp_ms: u64,
+    /// The idempotent producer whose records these are (0: none).
+    pub producer_id: u64,
+    /// The producer's sequence number of the first record.
+    pub sequence: u64,
+}
 
 /// Encoded size of a batch holding `values`.
 pub(crate) fn batch_len(values: &[Bytes]) -> usize {
@@ -25,11 +44,14 @@ pub(crate) fn batch_len(values: &[Bytes]) -> usize {
 
 /// Encodes `values` as the batch starting at `first_offset` (into a `Vec`,
 /// which raft-rs takes as entry data without another copy).
-pub(crate) fn encode_batch(first_offset: u64, values: &[Bytes]) -> Vec<u8> {
+pub(crate) fn encode_batch(first_offset: u64, meta: BatchMeta, values: &[Bytes]) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch_len(values));
-    out.put_u8(BATCH_V1);
+    out.put_u8(BATCH_V2);
     out.put_u64(first_offset);
     out.put_u32(u32::try_from(values.len()).unwrap_or(u32::MAX));
+    out.put_u64(meta.timestamp_ms);
+    out.put_u64(meta.producer_id);
+    out.put_u64(meta.sequence);
     for value in values {
         out.put_u32(u32::try_from(value.len()).unwrap_or(u32::MAX));
         out.put_slice(value);
@@ -37,27 +59,48 @@ pub(crate) fn encode_batch(first_offset: u64, values: &[Bytes]) -> Vec<u8> {
     out
 }
 
-/// A decoded record batch: its first offset and its values (slices of the entry).
+/// A decoded record batch: its first offset, what the leader said of it and
+/// its values (slices of the entry).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Batch {
     pub first_offset: u64,
+    pub meta: BatchMeta,
     pub values: Vec<Bytes>,
+}
+
+/// The header of a batch: (first offset, record count), what the leader said
+/// of it, and where its records start.
+fn header(data: &[u8]) -> Result<(u64, u64, BatchMeta, usize), LogError> {
+    let mut header =
+        data.get(..BATCH_V1_HEADER_BYTES).ok_or_else(|| damaged("a batch shorter than its header"))?;
+    let version = header.get_u8();
+    let (first_offset, count) = (header.get_u64(), u64::from(header.get_u32()));
+    match version {
+        BATCH_V1 => Ok((first_offset, count, BatchMeta::default(), BATCH_V1_HEADER_BYTES)),
+        BATCH_V2 => {
+            let mut meta = data
+                .get(BATCH_V1_HEADER_BYTES..BATCH_HEADER_BYTES)
+                .ok_or_else(|| damaged("a batch shorter than its header"))?;
+            let meta = BatchMeta {
+                timestamp_ms: meta.get_u64(),
+                producer_id: meta.get_u64(),
+                sequence: meta.get_u64(),
+            };
+            Ok((first_offset, count, meta, BATCH_HEADER_BYTES))
+        }
+        _ => Err(damaged("a batch of an unknown version")),
+    }
 }
 
 /// Reads only the header: (first offset, record count).
 pub(crate) fn batch_header(data: &[u8]) -> Result<(u64, u64), LogError> {
-    let mut header =
-        data.get(..BATCH_HEADER_BYTES).ok_or_else(|| damaged("a batch shorter than its header"))?;
-    if header.get_u8() != BATCH_V1 {
-        return Err(damaged("a batch of an unknown version"));
-    }
-    Ok((header.get_u64(), u64::from(header.get_u32())))
+    header(data).map(|(first_offset, count, _, _)| (first_offset, count))
 }
 
 /// Decodes a batch, checking every length against the data.
 pub(crate) fn decode_batch(data: &Bytes) -> Result<Batch, LogError> {
-    let (first_offset, count) = batch_header(data)?;
-    let mut rest = data.slice(BATCH_HEADER_BYTES..);
+    let (first_offset, count, meta, records) = header(data)?;
+    let mut rest = data.slice(records..);
     // Every record takes at least its length prefix: a header cannot make us
     // reserve more than the data could hold.
     let mut values =
@@ -75,7 +118,7 @@ pub(crate) fn decode_batch(data: &Bytes) -> Result<Batch, LogError> {
     if !rest.is_empty() {
         return Err(damaged("bytes after the last record of a batch"));
     }
-    Ok(Batch { first_offset, values })
+    Ok(Batch { first_offset, meta, values })
 }
 
 fn damaged(what: &str) -> LogError {
@@ -282,10 +325,11 @@ mod tests {
     #[test]
     fn batches_round_trip_and_damage_is_an_error() {
         let values = vec![Bytes::from_static(b"a"), Bytes::new(), Bytes::from_static(b"ccc")];
-        let data = Bytes::from(encode_batch(42, &values));
+        let meta = BatchMeta { timestamp_ms: 1_700_000_000_000, producer_id: 9, sequence: 4 };
+        let data = Bytes::from(encode_batch(42, meta, &values));
         assert_eq!(data.len(), batch_len(&values));
         let batch = decode_batch(&data).expect("decodes");
-        assert_eq!((batch.first_offset, batch.values), (42, values));
+        assert_eq!(batch, Batch { first_offset: 42, meta, values: values.clone() });
         assert_eq!(batch_header(&data).expect("header"), (42, 3));
         for cut in 0..data.len() {
             assert!(decode_batch(&data.slice(..cut)).is_err(), "cut at {cut}");
@@ -293,6 +337,14 @@ mod tests {
         let mut longer = data.to_vec();
         longer.push(0);
         assert!(decode_batch(&Bytes::from(longer)).is_err());
+        // Batches from before batches carried their meta still decode.
+        let mut old = vec![1];
+        old.extend_from_slice(&42u64.to_be_bytes());
+        old.extend_from_slice(&1u32.to_be_bytes());
+        old.extend_from_slice(&2u32.to_be_bytes());
+        old.extend_from_slice(b"hi");
+        let batch = decode_batch(&Bytes::from(old)).expect("decodes");
+        assert_eq!(batch, Batch { first_offset: 42, meta: BatchMeta::default(), values: vec!["hi".into()] });
     }
 
     #[test]

@@ -168,13 +168,20 @@ pub trait Transport: Send + Sync + 'static {
     fn forward(&self, to: u64, append: Append) -> PendingAppend;
 }
 
+/// Fetched records: values from `first_offset` on, with their timestamps.
+struct Chunk {
+    first_offset: u64,
+    values: Vec<Bytes>,
+    timestamps: Vec<u64>,
+}
+
 enum Event {
     Append(Proposal, Option<OwnedSemaphorePermit>),
     /// A peer's message, as its transport authenticated the call.
     Message(Box<(PeerId, Message)>, Option<OwnedSemaphorePermit>),
     Unreachable(u64),
     SnapshotStatus(u64, bool),
-    Fetched(u64, u64, Vec<Bytes>, Option<OwnedSemaphorePermit>),
+    Fetched(u64, Box<Chunk>, Option<OwnedSemaphorePermit>),
     FetchFailed(u64, String),
     /// The entries written up to round `.0` are durable.
     Synced(u64),
@@ -273,14 +280,17 @@ impl FetchSink {
     /// source no longer holds older records); waits while earlier chunks are
     /// still being written. `false` once the node no longer wants them (it
     /// stopped, or started another fetch): stop sending.
-    pub async fn chunk(&self, first_offset: u64, values: Vec<Bytes>) -> bool {
+    /// `timestamps` are the values' own, in order (missing ones count as 0:
+    /// unknown).
+    pub async fn chunk(&self, first_offset: u64, values: Vec<Bytes>, timestamps: Vec<u64>) -> bool {
         if self.current.load(Ordering::Acquire) != self.id {
             return false;
         }
         let bytes: usize = values.iter().map(Bytes::len).sum();
         let permits = u32::try_from(bytes.min(FETCH_BUDGET_BYTES)).unwrap_or(u32::MAX);
         let permit = Arc::clone(&self.budget).acquire_many_owned(permits).await.ok();
-        self.events.send(Event::Fetched(self.id, first_offset, values, permit)).is_ok()
+        let chunk = Box::new(Chunk { first_offset, values, timestamps });
+        self.events.send(Event::Fetched(self.id, chunk, permit)).is_ok()
     }
 
     /// Every record was sent: the sink is not dropped as a failure.
@@ -606,6 +616,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
+/// The clock a leader stamps batches with: ms since the Unix epoch.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn closed() -> LogError {
     LogError::Unavailable("the log is closed".into())
 }
@@ -691,7 +707,7 @@ fn run(
                 other => {
                     // Keep appends in order relative to other work.
                     if !appends.is_empty() {
-                        node.propose(std::mem::take(&mut appends));
+                        node.propose(std::mem::take(&mut appends), now_ms());
                     }
                     if let Err(error) = handle(&mut node, other, &mut outbox) {
                         result = Err(error);
@@ -705,7 +721,7 @@ fn run(
             }
         }
         if !appends.is_empty() {
-            node.propose(appends);
+            node.propose(appends, now_ms());
         }
         if Instant::now() >= next_tick {
             node.tick();
@@ -734,7 +750,9 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         }
         Event::Unreachable(id) => node.report_unreachable(id),
         Event::SnapshotStatus(id, delivered) => node.report_snapshot(id, delivered),
-        Event::Fetched(id, first_offset, values, _written) => node.fetched(id, first_offset, &values)?,
+        Event::Fetched(id, chunk, _written) => {
+            node.fetched(id, chunk.first_offset, &chunk.values, &chunk.timestamps)?
+        }
         Event::FetchFailed(id, reason) => node.fetch_failed(id, &reason),
         Event::Synced(round) => node.synced(round, outbox),
         Event::SyncFailed(error) => {

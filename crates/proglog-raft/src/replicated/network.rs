@@ -153,17 +153,20 @@ impl Transport for Link {
             let mut next = start.max(source.log.lowest_offset());
             if next >= end {
                 // Nothing left to copy: the first chunk says where the source starts.
-                sink.chunk(next, Vec::new()).await;
+                sink.chunk(next, Vec::new(), Vec::new()).await;
                 return sink.finish();
             }
             while next < end {
                 match source.read_batch(next, FETCH_CHUNK_BYTES).await {
                     Ok(records) if !records.is_empty() => {
                         let first = records[0].offset;
-                        let values: Vec<_> =
-                            records.into_iter().take_while(|r| r.offset < end).map(|r| r.value).collect();
+                        let (values, timestamps): (Vec<_>, Vec<_>) = records
+                            .into_iter()
+                            .take_while(|r| r.offset < end)
+                            .map(|r| (r.value, r.timestamp_ms))
+                            .unzip();
                         next = first + values.len() as u64;
-                        if !sink.chunk(first, values).await {
+                        if !sink.chunk(first, values, timestamps).await {
                             return sink.finish();
                         }
                     }

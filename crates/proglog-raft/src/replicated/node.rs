@@ -22,7 +22,9 @@ use raft::{RawNode, StateRole};
 use slog::Logger;
 use tokio::sync::{oneshot, watch};
 
-use super::codec::{ClusterId, Member, PeerId, batch_header, batch_len, conf_change, encode_batch};
+use super::codec::{
+    BatchMeta, ClusterId, Member, PeerId, batch_header, batch_len, conf_change, encode_batch,
+};
 use super::gate::{self, Pass, Reason, Rejections, View};
 use super::reads::{ReadReply, Reads, parse_read_context};
 use super::store::{SnapshotData, Store};
@@ -169,6 +171,8 @@ pub(crate) struct Node {
     rejection_logged: [u64; Reason::ALL.len()],
     /// Linearizable reads waiting for a read index.
     reads: Reads,
+    /// The timestamp of the batches proposed last.
+    timestamp: u64,
 }
 
 /// A refusal of each kind is logged at most once per this many ticks (10 s at
@@ -269,6 +273,7 @@ impl Node {
             heard: BTreeMap::new(),
             rejection_logged: [0; Reason::ALL.len()],
             reads: Reads::default(),
+            timestamp: 0,
         };
         // A lone voter need not wait out an election timeout.
         let cs = node.raw.store().conf_state();
@@ -381,9 +386,12 @@ impl Node {
         }
     }
 
-    /// Proposes appends as one entry per `max_batch_bytes`; each reply learns the
-    /// offset of its first value once the entry is applied (or why it never will be).
-    pub(crate) fn propose(&mut self, appends: Vec<Proposal>) {
+    /// Proposes appends as one entry per `max_batch_bytes`, stamped `now_ms`
+    /// (the leader's clock, ms since the Unix epoch; never below a timestamp
+    /// this node stored or proposed before); each reply learns the offset of its
+    /// first value once the entry is applied (or why it never will be).
+    pub(crate) fn propose(&mut self, appends: Vec<Proposal>, now_ms: u64) {
+        self.timestamp = self.timestamp.max(self.raw.store().tail_timestamp()).max(now_ms);
         let mut batch: Vec<Proposal> = Vec::new();
         let mut bytes = 0;
         for proposal in appends {
@@ -417,7 +425,8 @@ impl Node {
             values.extend(proposal.values);
         }
         let count = values.len() as u64;
-        match self.raw.propose(Vec::new(), encode_batch(first_offset, &values)) {
+        let meta = BatchMeta { timestamp_ms: self.timestamp, ..BatchMeta::default() };
+        match self.raw.propose(Vec::new(), encode_batch(first_offset, meta, &values)) {
             Ok(()) => {
                 self.proposed += count;
                 let index = self.raw.raft.raft_log.last_index();
@@ -704,7 +713,13 @@ impl Node {
     /// Records of fetch `id`, in order from its start (the first chunk begins
     /// where the source's records begin when it no longer holds older ones; it may
     /// hold no records at all). Once complete, the snapshot is stepped into Raft.
-    pub(crate) fn fetched(&mut self, id: u64, first_offset: u64, values: &[Bytes]) -> Result<(), LogError> {
+    pub(crate) fn fetched(
+        &mut self,
+        id: u64,
+        first_offset: u64,
+        values: &[Bytes],
+        timestamps: &[u64],
+    ) -> Result<(), LogError> {
         let Some(fetching) = self.fetching.as_mut().filter(|fetching| fetching.id == id) else {
             return Ok(());
         };
@@ -726,7 +741,8 @@ impl Node {
         let skip = usize::try_from(next.saturating_sub(first_offset)).unwrap_or(usize::MAX).min(values.len());
         let take = (end.saturating_sub(next) as usize).min(values.len() - skip);
         let complete = next + take as u64 >= end;
-        store.stage(&values[skip..skip + take], complete)?;
+        let timestamps = timestamps.get(skip..).unwrap_or_default();
+        store.stage(&values[skip..skip + take], &timestamps[..take.min(timestamps.len())], complete)?;
         if complete && let Some(fetching) = self.fetching.take() {
             slog::info!(self.logger, "snapshot records fetched"; "end" => end);
             if let Err(error) = self.raw.step(fetching.snapshot) {

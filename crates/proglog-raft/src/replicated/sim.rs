@@ -117,6 +117,8 @@ struct Sim {
     history: BTreeMap<u64, Bytes>,
     /// The term that committed each record, as the first node to serve it said.
     terms: BTreeMap<u64, u64>,
+    /// Each record's timestamp, as the first node to serve it said.
+    timestamps: BTreeMap<u64, u64>,
     acked: BTreeMap<u64, Bytes>,
     pending: Vec<Pending>,
     reads: Vec<Read>,
@@ -245,6 +247,7 @@ impl Sim {
             heal_at: 0,
             history: BTreeMap::new(),
             terms: BTreeMap::new(),
+            timestamps: BTreeMap::new(),
             acked: BTreeMap::new(),
             pending: Vec::new(),
             reads: Vec::new(),
@@ -510,7 +513,8 @@ impl Sim {
             .collect();
         let (reply, done): (AppendReply, _) = oneshot::channel();
         let context = opentelemetry::Context::new();
-        self.node_mut(target).propose(vec![Proposal { values: values.clone(), context, reply }]);
+        let now = self.now;
+        self.node_mut(target).propose(vec![Proposal { values: values.clone(), context, reply }], now);
         self.pending.push(Pending { target, values, reply: done });
     }
 
@@ -744,7 +748,7 @@ impl Sim {
             };
             let mut next = fetch.start.max(source.log.lowest_offset());
             if next >= fetch.end
-                && let Err(error) = node.fetched(fetch.id, next, &[])
+                && let Err(error) = node.fetched(fetch.id, next, &[], &[])
             {
                 let name = self.nodes[i].member.name.clone();
                 self.fail(format!("{name} cannot store fetched records: {error}"));
@@ -764,10 +768,13 @@ impl Sim {
                     }
                 };
                 let first = records[0].offset;
-                let values: Vec<Bytes> =
-                    records.into_iter().take_while(|r| r.offset < fetch.end).map(|r| r.value).collect();
+                let (values, timestamps): (Vec<Bytes>, Vec<u64>) = records
+                    .into_iter()
+                    .take_while(|r| r.offset < fetch.end)
+                    .map(|r| (r.value, r.timestamp_ms))
+                    .unzip();
                 next = first + values.len() as u64;
-                if let Err(error) = node.fetched(fetch.id, first, &values) {
+                if let Err(error) = node.fetched(fetch.id, first, &values, &timestamps) {
                     let name = self.nodes[i].member.name.clone();
                     self.fail(format!("{name} cannot store fetched records: {error}"));
                 }
@@ -834,10 +841,22 @@ impl Sim {
             let start = self.nodes[i].checked.max(records.lowest_offset());
             let next = source.next();
             for offset in start..next {
-                let value = match source.read_blocking(offset) {
-                    Ok(record) => record.value,
+                let (value, timestamp) = match source.read_blocking(offset) {
+                    Ok(record) => (record.value, record.timestamp_ms),
                     Err(error) => self.fail(format!("{name} cannot read {offset}: {error}")),
                 };
+                // One timestamp per record on every node, never going back.
+                if let Some(first) = self.timestamps.insert(offset, timestamp)
+                    && first != timestamp
+                {
+                    self.fail(format!(
+                        "{name} serves offset {offset} at {timestamp} ms, another node at {first}"
+                    ));
+                }
+                let before = self.timestamps.range(..offset).next_back().map(|(_, ts)| *ts);
+                if timestamp == 0 || before.is_some_and(|before| before > timestamp) {
+                    self.fail(format!("{name} serves offset {offset} at {timestamp} ms, after {before:?}"));
+                }
                 match self.history.get(&offset) {
                     Some(committed) if *committed != value => {
                         self.fail(format!("{name} holds {value:?} at {offset}, another node {committed:?}"))
@@ -1019,7 +1038,7 @@ mod gate_never_panics {
             Just((0, Vec::new(), Vec::new())),
             (number(), 0..4usize).prop_map(|(first, count)| (
                 0,
-                encode_batch(first, &vec![Bytes::from_static(b"v"); count]),
+                encode_batch(first, Default::default(), &vec![Bytes::from_static(b"v"); count]),
                 Vec::new()
             )),
             proptest::collection::vec(any::<u8>(), 0..32).prop_map(|data| (0, data, Vec::new())),

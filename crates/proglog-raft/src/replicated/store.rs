@@ -5,9 +5,9 @@
 //!   log for entries with records, and consumers read it (bounded by the commit
 //!   point, see [`crate::records`]). Each record's stored value starts with a
 //!   header ([`framed`]): the first record of an entry names the entry (index,
-//!   term, record count and a commit index known when it was stored), later ones
-//!   say they continue it, records copied by a snapshot say they belong to no
-//!   entry. So the entries can be rebuilt from the data log alone, and storing a
+//!   term, record count and a commit index known when it was stored) and its
+//!   batch's meta, later ones say they continue it, records copied by a
+//!   snapshot say they belong to no entry; each carries its batch's timestamp. So the entries can be rebuilt from the data log alone, and storing a
 //!   round's entries is one write and one fdatasync. Records below
 //!   `framed_from` (a log from before replication, or the records the record log
 //!   of the two-log layout applied before it was upgraded) are stored bare.
@@ -18,8 +18,8 @@
 //!   address, the snapshot point, the record-less entries, the records' terms —
 //!   lives in `<data-dir>/raft/meta.json`, replaced atomically (write, fsync,
 //!   rename, fsync the directory) whenever it changes.
-//! - **A snapshot's records** are fetched into `<data-dir>/raft/fetch` (a log of
-//!   bare values) while raft-rs still holds this node's entries, and moved into
+//! - **A snapshot's records** are fetched into `<data-dir>/raft/fetched` (framed
+//!   as the data log stores them) while raft-rs still holds this node's entries, and moved into
 //!   the data log in the round that installs the snapshot, when raft-rs drops
 //!   those entries (the move is redone after a crash: `moving` in the metadata).
 //! - In memory: each held entry's term and first record offset, so `term()` and
@@ -38,14 +38,20 @@ use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMe
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
 
-use super::codec::{ClusterId, Member, batch_header, decode_batch, encode_batch, mint_member_id, node_id};
+use super::codec::{
+    Batch, BatchMeta, ClusterId, Member, batch_header, decode_batch, encode_batch, mint_member_id, node_id,
+};
 use super::terms::{TermRanges, Terms};
 use crate::{Fsync, LogError};
 
 /// The metadata file.
 const META_FILE: &str = "meta.json";
-/// The staging log of a snapshot fetch.
-const FETCH_DIR: &str = "fetch";
+/// The staging log of a snapshot fetch: records framed as the data log will
+/// store them.
+const FETCH_DIR: &str = "fetched";
+/// The staging log of data dirs from before timestamps: bare values (a move in
+/// progress is finished from it; a fetch in progress starts again).
+const OLD_FETCH_DIR: &str = "fetch";
 /// The entries log of the two-log layout (upgraded on open).
 const OLD_ENTRIES_DIR: &str = "entries";
 /// The layout this code writes: the data log holds the entries' records.
@@ -55,13 +61,23 @@ const RECENT_BYTES: usize = 8 << 20;
 /// Bytes read from a log per call when gathering records.
 const READ_BYTES: u64 = 1 << 20;
 
-/// Kinds of stored record (the first byte of its stored value).
-const PLAIN: u8 = 0;
-const FIRST: u8 = 1;
-const NEXT: u8 = 2;
+/// Kinds of stored record (the first byte of its stored value): a record that
+/// belongs to no entry (a snapshot brought it), the first record of an entry,
+/// a later record of an entry. Each with the batch's timestamp (the first
+/// record: with the whole [`BatchMeta`]); the kinds below 3, without, are those
+/// of data logs from before timestamps (read, never written).
+const PLAIN_OLD: u8 = 0;
+const FIRST_OLD: u8 = 1;
+const NEXT_OLD: u8 = 2;
+const PLAIN: u8 = 3;
+const FIRST: u8 = 4;
+const NEXT: u8 = 5;
+/// Bytes of the first record's header after its kind: index, term, record
+/// count, a known commit index.
+const ENTRY_HEADER_BYTES: usize = 8 + 8 + 4 + 8;
 /// The largest header a record is stored with: kind, then for the first record
-/// of an entry its index, term, record count and a known commit index.
-pub(crate) const RECORD_HEADER_BYTES: u64 = 1 + 8 + 8 + 4 + 8;
+/// of an entry its entry header and the batch's meta.
+pub(crate) const RECORD_HEADER_BYTES: u64 = 1 + ENTRY_HEADER_BYTES as u64 + 3 * 8;
 
 /// What the first record of an entry says about it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,26 +87,52 @@ struct EntryHeader {
     count: u64,
     /// A commit index this node knew when it stored the entry (a lower bound).
     commit: u64,
+    meta: BatchMeta,
 }
 
-/// `value` as stored: its kind, the entry's header for the first record of an
-/// entry, then the value.
-fn framed(kind: u8, header: Option<EntryHeader>, value: &[u8]) -> Vec<u8> {
+/// Where a stored record belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// To no entry (a snapshot brought it).
+    Plain,
+    /// First of its entry.
+    First(EntryHeader),
+    /// A later record of an entry.
+    Next,
+}
+
+/// A stored record's header: where it belongs, its batch's timestamp (0:
+/// unknown) and where the value starts.
+#[derive(Clone, Copy, Debug)]
+struct Frame {
+    kind: Kind,
+    timestamp_ms: u64,
+    start: usize,
+}
+
+/// `value` as stored, with its header.
+fn framed(kind: Kind, timestamp_ms: u64, value: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(RECORD_HEADER_BYTES as usize + value.len());
-    out.push(kind);
-    if let Some(header) = header {
-        out.extend_from_slice(&header.index.to_le_bytes());
-        out.extend_from_slice(&header.term.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(header.count).unwrap_or(u32::MAX).to_le_bytes());
-        out.extend_from_slice(&header.commit.to_le_bytes());
+    match kind {
+        Kind::Plain => out.push(PLAIN),
+        Kind::Next => out.push(NEXT),
+        Kind::First(header) => {
+            out.push(FIRST);
+            out.extend_from_slice(&header.index.to_le_bytes());
+            out.extend_from_slice(&header.term.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(header.count).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&header.commit.to_le_bytes());
+            out.extend_from_slice(&header.meta.producer_id.to_le_bytes());
+            out.extend_from_slice(&header.meta.sequence.to_le_bytes());
+        }
     }
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
     out.extend_from_slice(value);
     out
 }
 
-/// Splits a stored value at `offset` into its kind, its entry header (first
-/// records) and the position of the value.
-fn unframe(offset: u64, stored: &[u8]) -> Result<(u8, Option<EntryHeader>, usize), LogError> {
+/// Reads the header of a stored value at `offset`.
+fn unframe(offset: u64, stored: &[u8]) -> Result<Frame, LogError> {
     let bad = || LogError::DataLoss(format!("the record at offset {offset} has a damaged header"));
     let word = |at: usize, len: usize| -> Result<u64, LogError> {
         let bytes = stored.get(at..at + len).ok_or_else(bad)?;
@@ -98,33 +140,54 @@ fn unframe(offset: u64, stored: &[u8]) -> Result<(u8, Option<EntryHeader>, usize
         padded[..len].copy_from_slice(bytes);
         Ok(u64::from_le_bytes(padded))
     };
-    match stored.first() {
-        Some(&PLAIN) => Ok((PLAIN, None, 1)),
-        Some(&NEXT) => Ok((NEXT, None, 1)),
-        Some(&FIRST) => {
-            let header = EntryHeader {
-                index: word(1, 8)?,
-                term: word(9, 8)?,
-                count: word(17, 4)?,
-                commit: word(21, 8)?,
+    let entry = |meta: BatchMeta| -> Result<Kind, LogError> {
+        let header = EntryHeader {
+            index: word(1, 8)?,
+            term: word(9, 8)?,
+            count: word(17, 4)?,
+            commit: word(21, 8)?,
+            meta,
+        };
+        if header.count == 0 {
+            return Err(bad());
+        }
+        Ok(Kind::First(header))
+    };
+    let frame = |kind: Kind, at: usize| -> Result<Frame, LogError> {
+        Ok(Frame { kind, timestamp_ms: word(at, 8)?, start: at + 8 })
+    };
+    match stored.first().copied().ok_or_else(bad)? {
+        PLAIN_OLD => Ok(Frame { kind: Kind::Plain, timestamp_ms: 0, start: 1 }),
+        NEXT_OLD => Ok(Frame { kind: Kind::Next, timestamp_ms: 0, start: 1 }),
+        FIRST_OLD => {
+            Ok(Frame { kind: entry(BatchMeta::default())?, timestamp_ms: 0, start: 1 + ENTRY_HEADER_BYTES })
+        }
+        PLAIN => frame(Kind::Plain, 1),
+        NEXT => frame(Kind::Next, 1),
+        FIRST => {
+            let at = 1 + ENTRY_HEADER_BYTES;
+            let mut frame = frame(Kind::Plain, at + 16)?;
+            let meta = BatchMeta {
+                timestamp_ms: frame.timestamp_ms,
+                producer_id: word(at, 8)?,
+                sequence: word(at + 8, 8)?,
             };
-            if header.count == 0 {
-                return Err(bad());
-            }
-            Ok((FIRST, Some(header), RECORD_HEADER_BYTES as usize))
+            frame.kind = entry(meta)?;
+            Ok(frame)
         }
         _ => Err(bad()),
     }
 }
 
-/// The value a caller appended at `offset`, from what the data log stores there
-/// (records below `framed_from` are stored bare).
-pub(crate) fn record_value(framed_from: u64, offset: u64, stored: Bytes) -> Result<Bytes, LogError> {
+/// The value a caller appended at `offset`, and its batch's timestamp (0:
+/// unknown), from what the data log stores there (records below `framed_from`
+/// are stored bare).
+pub(crate) fn record_value(framed_from: u64, offset: u64, stored: Bytes) -> Result<(Bytes, u64), LogError> {
     if offset < framed_from {
-        return Ok(stored);
+        return Ok((stored, 0));
     }
-    let (_, _, start) = unframe(offset, &stored)?;
-    Ok(stored.slice(start..))
+    let frame = unframe(offset, &stored)?;
+    Ok((stored.slice(frame.start..), frame.timestamp_ms))
 }
 
 /// A point of the log that entries before it were compacted into.
@@ -302,6 +365,9 @@ pub(crate) struct Store {
     data: Arc<proglog_log::Log>,
     /// The records of a snapshot being fetched (bare values).
     staging: Option<proglog_log::Log>,
+    /// The staging log holds framed records (false: bare values, from before
+    /// timestamps).
+    staging_framed: bool,
     dir: PathBuf,
     fsync: Fsync,
     meta: Meta,
@@ -314,6 +380,9 @@ pub(crate) struct Store {
     recent_bytes: usize,
     /// Offset after the last entry's records.
     tail_end: u64,
+    /// The newest batch timestamp stored or staged since open (never goes
+    /// back: a new leader's timestamps continue from it).
+    tail_timestamp: u64,
     /// The last entry index known on stable storage.
     synced_index: u64,
     /// Index applied (the node's; snapshots are taken here).
@@ -381,6 +450,7 @@ impl Store {
         let mut store = Self {
             data,
             staging: None,
+            staging_framed: true,
             dir: dir.to_path_buf(),
             fsync,
             meta,
@@ -389,6 +459,7 @@ impl Store {
             recent: VecDeque::new(),
             recent_bytes: 0,
             tail_end: 0,
+            tail_timestamp: 0,
             synced_index: 0,
             applied: 0,
             recovered_commit: 0,
@@ -397,7 +468,16 @@ impl Store {
         if !fresh && (store.meta.format != FORMAT || dir.join(OLD_ENTRIES_DIR).exists()) {
             store.upgrade_two_logs()?;
         }
-        if dir.join(FETCH_DIR).exists() {
+        if dir.join(OLD_FETCH_DIR).exists() {
+            let old = proglog_log::Log::open(dir.join(OLD_FETCH_DIR), store.data.config().clone())?;
+            if store.meta.moving.is_some() {
+                store.staging = Some(old);
+                store.staging_framed = false;
+            } else {
+                old.remove()?;
+            }
+        }
+        if store.staging.is_none() && dir.join(FETCH_DIR).exists() {
             store.staging = Some(proglog_log::Log::open(dir.join(FETCH_DIR), store.data.config().clone())?);
         }
         if store.meta.moving.is_some() {
@@ -488,7 +568,7 @@ impl Store {
                 )));
             }
             let batch = decode_batch(&entry.data)?;
-            self.data.append_batch(&Self::frames(entry, &batch.values, commit))?;
+            self.data.append_batch(&Self::frames(entry, &batch, commit))?;
         }
         self.data.sync()?;
         old.remove()?;
@@ -496,22 +576,17 @@ impl Store {
     }
 
     /// The stored values of an entry's records.
-    fn frames(entry: &Entry, values: &[Bytes], commit: u64) -> Vec<Vec<u8>> {
+    fn frames(entry: &Entry, batch: &Batch, commit: u64) -> Vec<Vec<u8>> {
         let header = EntryHeader {
             index: entry.index,
             term: entry.term,
-            count: values.len() as u64,
+            count: batch.values.len() as u64,
             commit: commit.min(entry.index),
+            meta: batch.meta,
         };
-        values
-            .iter()
-            .enumerate()
-            .map(
-                |(i, value)| {
-                    if i == 0 { framed(FIRST, Some(header), value) } else { framed(NEXT, None, value) }
-                },
-            )
-            .collect()
+        let timestamp = batch.meta.timestamp_ms;
+        let kinds = std::iter::once(Kind::First(header)).chain(std::iter::repeat(Kind::Next));
+        batch.values.iter().zip(kinds).map(|(value, kind)| framed(kind, timestamp, value)).collect()
     }
 
     /// This node's Raft id.
@@ -581,10 +656,8 @@ impl Store {
                 break;
             }
             let stored = self.data.read(self.tail_end)?;
-            let header = match unframe(self.tail_end, &stored.value)? {
-                (FIRST, Some(header), _) if header.index == index && self.tail_end + header.count <= end => {
-                    header
-                }
+            let header = match unframe(self.tail_end, &stored.value)?.kind {
+                Kind::First(header) if header.index == index && self.tail_end + header.count <= end => header,
                 _ => break,
             };
             self.held.push_back(Held {
@@ -594,6 +667,7 @@ impl Store {
                 start: self.tail_end,
             });
             self.tail_end += header.count;
+            self.tail_timestamp = self.tail_timestamp.max(header.meta.timestamp_ms);
             commit = commit.max(header.commit);
         }
         let kept = self.last();
@@ -652,12 +726,15 @@ impl Store {
         }
         let end = self.held.get(position + 1).map_or(self.tail_end, |next| next.start);
         let mut values = Vec::with_capacity(usize::try_from(end - held.start).unwrap_or(0));
+        let mut meta = None;
         for record in read_range(&self.data, held.start, end)? {
-            let (kind, header, start) = unframe(record.offset, &record.value)?;
-            let expected = if record.offset == held.start {
-                header.is_some_and(|header| header.index == index && header.term == held.term)
-            } else {
-                kind == NEXT
+            let frame = unframe(record.offset, &record.value)?;
+            let expected = match frame.kind {
+                Kind::First(header) if record.offset == held.start => {
+                    meta = Some(header.meta);
+                    header.index == index && header.term == held.term
+                }
+                kind => record.offset != held.start && kind == Kind::Next,
             };
             if !expected {
                 return Err(damaged(format!(
@@ -665,10 +742,10 @@ impl Store {
                     record.offset
                 )));
             }
-            values.push(record.value.slice(start..));
+            values.push(record.value.slice(frame.start..));
         }
         let mut entry = Entry { index, term: held.term, ..Entry::default() };
-        entry.data = encode_batch(held.start, &values).into();
+        entry.data = encode_batch(held.start, meta.unwrap_or_default(), &values).into();
         Ok(entry)
     }
 
@@ -684,6 +761,11 @@ impl Store {
     /// proposal starts).
     pub(crate) fn tail_end(&self) -> u64 {
         self.tail_end
+    }
+
+    /// The newest batch timestamp this node stored or staged since it opened.
+    pub(crate) fn tail_timestamp(&self) -> u64 {
+        self.tail_timestamp
     }
 
     /// The offset after the records of entry `index` (in `[first - 1, last]`).
@@ -859,8 +941,9 @@ impl Store {
                         )));
                     }
                     let batch = decode_batch(&entry.data)?;
-                    frames.extend(Self::frames(entry, &batch.values, self.hard_state.commit));
+                    frames.extend(Self::frames(entry, &batch, self.hard_state.commit));
                     self.tail_end += batch.values.len() as u64;
+                    self.tail_timestamp = self.tail_timestamp.max(batch.meta.timestamp_ms);
                     self.held.push_back(Held { term: entry.term, conf: false, control: false, start });
                 }
                 None => {
@@ -980,12 +1063,21 @@ impl Store {
         Ok(self.staging()?.reset(offset)?)
     }
 
-    /// Appends fetched records; `complete` makes them durable (the snapshot
-    /// that relies on them is installed next).
-    pub(crate) fn stage(&mut self, values: &[Bytes], complete: bool) -> Result<(), LogError> {
+    /// Appends fetched records (values and their timestamps); `complete` makes
+    /// them durable (the snapshot that relies on them is installed next).
+    pub(crate) fn stage(
+        &mut self,
+        values: &[Bytes],
+        timestamps: &[u64],
+        complete: bool,
+    ) -> Result<(), LogError> {
+        self.tail_timestamp = timestamps.iter().copied().fold(self.tail_timestamp, u64::max);
         let staging = self.staging()?;
         if !values.is_empty() {
-            staging.append_batch(values)?;
+            let timestamps = timestamps.iter().copied().chain(std::iter::repeat(0));
+            let frames: Vec<Vec<u8>> =
+                values.iter().zip(timestamps).map(|(value, ts)| framed(Kind::Plain, ts, value)).collect();
+            staging.append_batch(&frames)?;
         }
         if complete {
             staging.sync()?;
@@ -1077,7 +1169,10 @@ impl Store {
                 let frames: Vec<Vec<u8>> = batch
                     .iter()
                     .take_while(|record| record.offset < end)
-                    .map(|record| framed(PLAIN, None, &record.value))
+                    .map(|record| match self.staging_framed {
+                        true => record.value.to_vec(),
+                        false => framed(Kind::Plain, 0, &record.value),
+                    })
                     .collect();
                 if frames.is_empty() {
                     return Err(damaged(format!("{}: no record at offset {next}", staging.dir().display())));
@@ -1090,6 +1185,7 @@ impl Store {
         self.meta.moving = None;
         self.write_meta()?;
         if let Some(staging) = self.staging.take() {
+            self.staging_framed = true;
             staging.remove()?;
         }
         Ok(())
@@ -1259,7 +1355,8 @@ mod tests {
 
     fn batch(index: u64, term: u64, first_offset: u64, names: &[&str]) -> Entry {
         let mut entry = Entry { index, term, ..Entry::default() };
-        entry.data = encode_batch(first_offset, &values(names)).into();
+        let meta = BatchMeta { timestamp_ms: 1_000 * index, producer_id: 0, sequence: 0 };
+        entry.data = encode_batch(first_offset, meta, &values(names)).into();
         entry
     }
 
@@ -1284,7 +1381,7 @@ mod tests {
         (from..store.data().next_offset())
             .map(|offset| {
                 let stored = store.data().read(offset).expect("reads").value;
-                let value = record_value(store.framed_from(), offset, stored).expect("a record");
+                let (value, _) = record_value(store.framed_from(), offset, stored).expect("a record");
                 String::from_utf8(value.to_vec()).expect("utf-8")
             })
             .collect()
@@ -1304,6 +1401,65 @@ mod tests {
         assert_eq!(held_entries(&store), entries);
         assert_eq!(served(&store, 0), ["a", "b", "c", "d", "e"]);
         assert_eq!(store.end_offset(3), Some(3));
+    }
+
+    #[test]
+    fn records_carry_their_batch_timestamp_and_records_stored_before_timestamps_open_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        let entries = [batch(2, 1, 0, &["a", "b"]), batch(3, 1, 2, &["c"])];
+        store.append(&entries).expect("stores");
+        store.sync().expect("syncs");
+        let timestamps = |store: &Store| -> Vec<u64> {
+            (0..store.data().next_offset())
+                .map(|offset| {
+                    let stored = store.data().read(offset).expect("reads").value;
+                    record_value(store.framed_from(), offset, stored).expect("a record").1
+                })
+                .collect()
+        };
+        assert_eq!(timestamps(&store), [2_000, 2_000, 3_000]);
+        assert_eq!(store.tail_timestamp(), 3_000);
+        let store = reopen(store, dir.path());
+        assert_eq!((timestamps(&store), store.tail_timestamp()), (vec![2_000, 2_000, 3_000], 3_000));
+
+        // The same entries as a data log from before timestamps stored them.
+        store.data().truncate_from(0).expect("cuts");
+        let old = |kind: u8, header: Option<(u64, u64, u32)>, value: &str| {
+            let mut out = vec![kind];
+            if let Some((index, term, count)) = header {
+                out.extend_from_slice(&index.to_le_bytes());
+                out.extend_from_slice(&term.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&0u64.to_le_bytes());
+            }
+            out.extend_from_slice(value.as_bytes());
+            out
+        };
+        let frames = [
+            old(FIRST_OLD, Some((2, 1, 2)), "a"),
+            old(NEXT_OLD, None, "b"),
+            old(FIRST_OLD, Some((3, 1, 1)), "c"),
+        ];
+        store.data().append_batch(&frames).expect("appends");
+        store.data().sync().expect("syncs");
+        let mut store = reopen(store, dir.path());
+        assert_eq!((store.first(), store.last()), (2, 3));
+        assert_eq!(served(&store, 0), ["a", "b", "c"]);
+        assert_eq!(timestamps(&store), [0, 0, 0], "unknown");
+        let unstamped: Vec<Entry> = entries
+            .iter()
+            .map(|entry| {
+                let batch = decode_batch(&entry.data).expect("decodes");
+                let data = encode_batch(batch.first_offset, BatchMeta::default(), &batch.values);
+                Entry { data: data.into(), ..entry.clone() }
+            })
+            .collect();
+        assert_eq!(held_entries(&store), unstamped);
+        // New entries after them are stored with their timestamps.
+        store.append(&[batch(4, 1, 3, &["d"])]).expect("stores");
+        assert_eq!(timestamps(&store), [0, 0, 0, 4_000]);
+        assert_eq!(served(&store, 0), ["a", "b", "c", "d"]);
     }
 
     #[test]
@@ -1430,7 +1586,7 @@ mod tests {
         store.append(&[batch(2, 1, 0, &["mine", "mine"])]).expect("stores"); // never committed
         assert_eq!(store.fetch_resume(), 0);
         store.begin_fetch(0).expect("begins");
-        store.stage(&values(&["l0", "l1", "l2"]), true).expect("stages");
+        store.stage(&values(&["l0", "l1", "l2"]), &[7, 8, 9], true).expect("stages");
         let mut meta = SnapshotMetadata { index: 5, term: 3, ..SnapshotMetadata::default() };
         meta.mut_conf_state().voters = vec![store.member_id(), 99];
         let data = SnapshotData { end_offset: 3, members: store.members().to_vec(), terms: vec![(0, 3)] };
@@ -1441,7 +1597,7 @@ mod tests {
         // A crash while moving: the metadata says so, the fetch log is still
         // there, the data log holds part of the records.
         store.begin_fetch(0).expect("begins");
-        store.stage(&values(&["l0", "l1", "l2"]), true).expect("stages");
+        store.stage(&values(&["l0", "l1", "l2"]), &[7, 8, 9], true).expect("stages");
         store.meta.moving = Some(Move { from: 0, reset: false });
         store.write_meta().expect("writes");
         store.data().truncate_from(1).expect("cuts");
@@ -1450,5 +1606,35 @@ mod tests {
         assert_eq!(served(&store, 0), ["l0", "l1", "l2"]);
         assert_eq!(store.meta.moving, None);
         assert!(!dir.path().join("raft").join(FETCH_DIR).exists(), "the fetch log is gone");
+
+        // The same crash with a fetch log from before timestamps (bare values):
+        // the move is finished from it; the records' timestamps are unknown.
+        let old = proglog_log::Log::open(
+            dir.path().join("raft").join(OLD_FETCH_DIR),
+            store.data().config().clone(),
+        )
+        .expect("opens");
+        old.append_batch(&values(&["o0", "o1", "o2"])).expect("appends");
+        old.close().expect("closes");
+        let mut store = store;
+        store.meta.moving = Some(Move { from: 0, reset: false });
+        store.write_meta().expect("writes");
+        store.data().truncate_from(1).expect("cuts");
+        store.close().expect("closes");
+        let mut store = reopen(store, dir.path());
+        assert_eq!(served(&store, 0), ["o0", "o1", "o2"]);
+        assert_eq!(store.meta.moving, None);
+        assert!(!dir.path().join("raft").join(OLD_FETCH_DIR).exists(), "the old fetch log is gone");
+        // Without a move in progress, an old fetch log is dropped (a fetch starts again).
+        let old = proglog_log::Log::open(
+            dir.path().join("raft").join(OLD_FETCH_DIR),
+            store.data().config().clone(),
+        )
+        .expect("opens");
+        old.close().expect("closes");
+        store.close().expect("closes");
+        let store = reopen(store, dir.path());
+        assert!(!dir.path().join("raft").join(OLD_FETCH_DIR).exists());
+        assert_eq!(served(&store, 0), ["o0", "o1", "o2"]);
     }
 }

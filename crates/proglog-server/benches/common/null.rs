@@ -45,7 +45,7 @@ impl LogRpc for NullLog {
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
         let offset = request.into_inner().offset;
         let value = self.pool[offset as usize % POOL].clone();
-        Ok(Response::new(ConsumeResponse { record: Some(Record { value, offset, term: 0, r#type: 0 }) }))
+        Ok(Response::new(ConsumeResponse { record: Some(Record { value, offset, ..Record::default() }) }))
     }
 
     type ConsumeStreamStream = BoxStream<ConsumeResponse>;
@@ -58,7 +58,7 @@ impl LogRpc for NullLog {
         let pool = Arc::clone(&self.pool);
         let records = tokio_stream::iter((from..).map(move |offset| {
             let value = pool[offset as usize % POOL].clone();
-            Ok(ConsumeResponse { record: Some(Record { value, offset, term: 0, r#type: 0 }) })
+            Ok(ConsumeResponse { record: Some(Record { value, offset, ..Record::default() }) })
         }));
         Ok(Response::new(Box::pin(records)))
     }
