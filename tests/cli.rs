@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use proglog_certs::Ca;
-use proglog_raft::{Fsync, LocalLog};
+use proglog_raft::{ChannelNetwork, Fsync, LocalLog, LogError, Member, RaftConfig, RaftLog};
 use proglog_server::{Acl, AllowAll, Authorizer, ServerConfig, ServerError, TlsFiles};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -24,7 +24,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 struct TestServer {
     addr: std::net::SocketAddr,
-    log: Arc<LocalLog>,
+    /// Closes the log once the server stopped.
+    close: Box<dyn FnOnce() -> Result<(), LogError> + Send>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
     _data: tempfile::TempDir,
@@ -51,11 +52,46 @@ impl TestServer {
         let task = tokio::spawn(proglog_server::serve(listener, log.clone(), authorizer, config, async {
             let _ = stopped.await;
         }));
-        Self { addr, log, stop: Some(stop), task: Some(task), _data: data }
+        let close = Box::new(move || log.close());
+        Self { addr, close, stop: Some(stop), task: Some(task), _data: data }
     }
 
     async fn plaintext() -> Self {
         Self::start(None, Arc::new(AllowAll)).await
+    }
+
+    /// A plaintext server of a one-member replicated log (what an agent runs),
+    /// which keeps consumer positions.
+    async fn replicated() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let config = RaftConfig::new(Member::new("test-node", addr.to_string()), data.path());
+        let network = ChannelNetwork::new();
+        let transport = network.transport("test-node");
+        let log = tokio::task::spawn_blocking(move || {
+            let records =
+                proglog_log::Log::open(config.data_dir.join("log"), proglog_log::Config::default())?;
+            RaftLog::open(config, records, transport)
+        })
+        .await
+        .expect("joined")
+        .expect("opens");
+        let log = Arc::new(log);
+        network.attach(&log);
+        log.wait_for_leader(DEADLINE).await.expect("leads");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(proglog_server::serve(
+            listener,
+            log.clone(),
+            Arc::new(AllowAll),
+            ServerConfig::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let close = Box::new(move || log.close());
+        Self { addr, close, stop: Some(stop), task: Some(task), _data: data }
     }
 
     /// Mutual TLS + the book's ACL (`root` may produce and consume, `nobody` nothing).
@@ -82,7 +118,7 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.expect("server task").expect("server");
         }
-        self.log.close().expect("close log");
+        (self.close)().expect("close log");
     }
 }
 
@@ -245,6 +281,24 @@ async fn consume_reads_from_the_offset_to_the_end_or_count() {
     assert_eq!(success(&run(&at(&server, &["consume", "--offset", "5"])).await), "");
     let message = failure(&run(&at(&server, &["consume", "--offset", "7"])).await, 1);
     assert!(message.contains("offset out of range: 7"), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_as_a_group_resumes_after_what_it_printed() {
+    let server = TestServer::replicated().await;
+    success(&run(&at(&server, &["produce", "a", "b", "c"])).await);
+    let group = ["consume", "--group", "billing"];
+    // Never committed: from the lowest offset; what was printed is committed.
+    assert_eq!(success(&run(&at(&server, &[&group[..], &["--count", "2"]].concat())).await), "a\nb\n");
+    assert_eq!(success(&run(&at(&server, &group)).await), "c\n");
+    assert_eq!(success(&run(&at(&server, &group)).await), "");
+    success(&run(&at(&server, &["produce", "d"])).await);
+    assert_eq!(success(&run(&at(&server, &group)).await), "d\n");
+    // Another group has its own position.
+    assert_eq!(success(&run(&at(&server, &["consume", "--group", "audit"])).await), "a\nb\nc\nd\n");
+    let message = failure(&run(&at(&server, &["consume", "--group", "no spaces"])).await, 1);
+    assert!(message.contains("consumer group"), "{message}");
     server.stop().await;
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use proglog_api::v1::ConsumeRequest;
+use proglog_api::v1::{CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest};
 use support::cluster::{self, DEADLINE, produce_through, servers, wait_for_record, wait_for_servers};
 use support::{Agent, Pki};
 
@@ -59,6 +59,27 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
         let (status, body) = pki.https(agent.http(), Some("root"), "GET", &path, None).unwrap();
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(&format!("\"offset\":{offset}")), "{body}");
+    }
+    // Consumer positions (SPEC §11): committed on the leader (a follower names
+    // it), read linearizably anywhere.
+    for (name, agent) in &agents {
+        let mut client = pki.grpc(agent.rpc, "root");
+        let commit = CommitOffsetRequest { group: "billing".into(), offset: offset + 1 };
+        let answer = client.commit_offset(commit).await;
+        if *name == leader.as_str() {
+            answer.unwrap();
+        } else {
+            let refused = answer.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            assert!(refused.message().contains("not the leader"), "{refused:?}");
+        }
+    }
+    for agent in agents.values() {
+        let mut client = pki.grpc(agent.rpc, "root");
+        let fetched = client.fetch_offset(FetchOffsetRequest { group: "billing".into() }).await.unwrap();
+        assert_eq!((fetched.get_ref().found, fetched.get_ref().offset), (true, offset + 1));
+        let none = client.fetch_offset(FetchOffsetRequest { group: "nobody".into() }).await.unwrap();
+        assert!(!none.get_ref().found);
     }
     for agent in agents.values() {
         wait_for_record(&pki, agent, offset, "first").await;

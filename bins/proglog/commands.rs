@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io::BufRead as _;
 
-use proglog_client::{Client, ProduceStream};
+use proglog_client::{Client, ProduceStream, Subscription};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -13,6 +13,8 @@ use crate::output::Printer;
 
 /// Lines read from stdin ahead of the produce stream.
 const STDIN_QUEUE: usize = 1024;
+/// How often `consume --group` commits what it printed.
+const GROUP_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `proglog produce`: the values given, or one record per stdin line, pipelined
 /// over a produce stream (a single value goes with Produce). Offsets are
@@ -103,11 +105,17 @@ pub(crate) async fn consume(
     offset: Option<u64>,
     follow: bool,
     count: Option<u64>,
+    group: Option<&str>,
     out: &mut Printer,
 ) -> anyhow::Result<()> {
     if count == Some(0) {
         return Ok(());
     }
+    let mut subscription = match group {
+        Some(group) => Some(client.subscribe_group(group).await?),
+        None => None,
+    };
+    let offset = subscription.as_ref().map(Subscription::offset).or(offset);
     let range = if follow && offset.is_some() { None } else { Some(client.offsets().await?) };
     let start = offset.or(range.map(|range| range.lowest)).unwrap_or_default();
     let mut left = count.unwrap_or(u64::MAX);
@@ -119,12 +127,22 @@ pub(crate) async fn consume(
         }
         left = left.min(range.next - start);
     }
-    let mut subscription = client.subscribe(start);
+    let mut subscription = subscription.take().unwrap_or_else(|| client.subscribe(start));
+    let mut committed = tokio::time::Instant::now();
     while left > 0 && !out.closed() {
         let record = flushing(out, subscription.next()).await??;
         out.record(&record)?;
         left -= 1;
+        if group.is_some() && committed.elapsed() >= GROUP_COMMIT_INTERVAL {
+            // Only what is out is processed.
+            out.flush()?;
+            subscription.commit().await?;
+            committed = tokio::time::Instant::now();
+        }
     }
+    // What was printed is processed: the group's next consumer starts after it.
+    out.flush()?;
+    subscription.commit().await?;
     Ok(())
 }
 

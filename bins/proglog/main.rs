@@ -103,6 +103,11 @@ enum Command {
         /// Stop after K records.
         #[arg(long, value_name = "K")]
         count: Option<u64>,
+        /// Consume as consumer group G: start from the position it committed
+        /// last (or the lowest offset), and commit what was printed as it goes
+        /// (every second, and at the end).
+        #[arg(long, value_name = "G", conflicts_with = "offset")]
+        group: Option<String>,
     },
     /// List the servers of the cluster: id, RPC address and leader mark.
     Servers,
@@ -170,8 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut out = Printer::new(common.output);
         let result = match command {
             Command::Produce { values } => commands::produce(&client, values, &mut out).await,
-            Command::Consume { offset, follow, count } => {
-                commands::consume(&client, offset, follow, count, &mut out).await
+            Command::Consume { offset, follow, count, group } => {
+                commands::consume(&client, offset, follow, count, group.as_deref(), &mut out).await
             }
             Command::Servers => commands::servers(&client, &mut out).await,
         };

@@ -77,7 +77,11 @@ impl From<LogError> for ApiError {
         let status = match &error {
             LogError::OutOfRange { .. } => StatusCode::NOT_FOUND,
             LogError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            LogError::Unavailable(_) | LogError::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            LogError::Unavailable(_) | LogError::NotLeader { .. } | LogError::Refused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            LogError::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            LogError::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, error.to_string())

@@ -68,7 +68,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proglog_api::v1::log_client::LogClient;
-use proglog_api::v1::{ConsumeRequest, GetOffsetsRequest, GetServersRequest, ProduceRequest, Record, Server};
+use proglog_api::v1::{
+    CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest, GetOffsetsRequest, GetServersRequest,
+    ProduceRequest, Record, Server,
+};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -651,6 +654,55 @@ impl Client {
         let (addr, mut client) = self.pick(Call::Other).await?;
         let response = self.unary(&addr, client.get_offsets(GetOffsetsRequest {})).await?;
         Ok(Offsets { lowest: response.lowest, next: response.next })
+    }
+
+    /// Commits consumer group `group`'s position — the offset of the next
+    /// record it will process — on the leader (SPEC §11 CommitOffset),
+    /// resending while the cluster elects one: committing a position twice
+    /// stores it once.
+    pub async fn commit_offset(&self, group: &str, offset: u64) -> Result<(), Error> {
+        let request = CommitOffsetRequest { group: group.to_owned(), offset };
+        let deadline = tokio::time::Instant::now() + self.leader_patience();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let error = match self.pick(Call::Produce).await {
+                Ok((addr, mut client)) => {
+                    match self.unary(&addr, client.commit_offset(request.clone())).await {
+                        Ok(_) => return Ok(()),
+                        Err(error) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            let retry = matches!(&error, Error::NoServer(_)) || subscription::resumable(&error);
+            if !retry || tokio::time::Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = next_backoff(backoff);
+            let _ = self.refresh().await;
+        }
+    }
+
+    /// The position consumer group `group` committed last (`None`: never), as
+    /// of the call (a linearizable read on any server).
+    pub async fn fetch_offset(&self, group: &str) -> Result<Option<u64>, Error> {
+        let request = FetchOffsetRequest { group: group.to_owned() };
+        let (addr, mut client) = self.pick(Call::Other).await?;
+        let response = self.unary(&addr, client.fetch_offset(request)).await?;
+        Ok(response.found.then_some(response.offset))
+    }
+
+    /// Follows the log for consumer group `group`: from the position it
+    /// committed last (or, if it never did, from the lowest offset the log
+    /// holds). [`Subscription::commit`] commits what it delivered; with
+    /// [`Subscription::commit_every`] it commits as it goes.
+    pub async fn subscribe_group(&self, group: &str) -> Result<Subscription, Error> {
+        let start = match self.fetch_offset(group).await? {
+            Some(position) => position,
+            None => self.offsets().await?.lowest,
+        };
+        Ok(Subscription::new(self.clone(), start).for_group(group))
     }
 }
 

@@ -27,6 +27,19 @@ pub struct Subscription {
     /// The server the current stream comes from.
     server: Option<String>,
     stream: Option<tonic::Streaming<ConsumeResponse>>,
+    /// The consumer group whose position it commits, if any.
+    group: Option<Group>,
+}
+
+/// A subscription's consumer group and how it commits.
+#[derive(Debug)]
+struct Group {
+    name: String,
+    /// The position committed last (or the one it started from).
+    committed: u64,
+    /// Commit by itself once this long has passed since the last commit.
+    every: Option<std::time::Duration>,
+    last_commit: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -37,7 +50,40 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     pub(crate) fn new(client: Client, offset: u64) -> Self {
-        Self { client, next: offset, server: None, stream: None }
+        Self { client, next: offset, server: None, stream: None, group: None }
+    }
+
+    /// The same subscription, committing for consumer group `name` (from its
+    /// position: nothing to commit yet).
+    pub(crate) fn for_group(self, name: &str) -> Self {
+        let last_commit = tokio::time::Instant::now();
+        let group = Group { name: name.to_owned(), committed: self.next, every: None, last_commit };
+        Self { group: Some(group), ..self }
+    }
+
+    /// Commits the group's position by itself, before waiting for the next
+    /// record, once `every` has passed since the last commit: what
+    /// [`Subscription::next`] returned before counts as processed (at least
+    /// once: records after the last commit come again to the next subscriber
+    /// of the group).
+    pub fn commit_every(mut self, every: std::time::Duration) -> Self {
+        if let Some(group) = self.group.as_mut() {
+            group.every = Some(every);
+        }
+        self
+    }
+
+    /// Commits the group's position: every record [`Subscription::next`] has
+    /// returned counts as processed. Nothing to do without a group (a
+    /// subscription from [`Client::subscribe`]) or without new records.
+    pub async fn commit(&mut self) -> Result<(), Error> {
+        let Some(group) = self.group.as_mut() else { return Ok(()) };
+        if group.committed != self.next {
+            self.client.commit_offset(&group.name, self.next).await?;
+            group.committed = self.next;
+        }
+        group.last_commit = tokio::time::Instant::now();
+        Ok(())
     }
 
     /// The RPC address of the server the records come from now, if connected.
@@ -55,6 +101,10 @@ impl Subscription {
     /// `failover_timeout` without a record; an error it cannot get past (the
     /// offset was removed by retention, a denial) is returned.
     pub async fn next(&mut self) -> Result<proglog_api::v1::Record, Error> {
+        if self.group.as_ref().is_some_and(|g| g.every.is_some_and(|every| g.last_commit.elapsed() >= every))
+        {
+            self.commit().await?;
+        }
         let timeout = self.client.options().failover_timeout;
         // Counted from the first failure: waiting at the tail is not failing.
         let mut deadline = None;

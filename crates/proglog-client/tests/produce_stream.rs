@@ -12,8 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use proglog_api::v1::log_server::{Log, LogServer};
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
-    GetServersResponse, ProduceRequest, ProduceResponse, Server,
+    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
+    FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
+    ProduceRequest, ProduceResponse, Server,
 };
 use proglog_client::{Client, Delivery, Error, Options};
 use tokio::sync::mpsc;
@@ -155,6 +156,20 @@ impl Log for Fake {
     ) -> Result<Response<GetOffsetsResponse>, Status> {
         let next = self.cluster.lock().unwrap().log.len() as u64;
         Ok(Response::new(GetOffsetsResponse { lowest: 0, next }))
+    }
+
+    async fn commit_offset(
+        &self,
+        _: Request<CommitOffsetRequest>,
+    ) -> Result<Response<CommitOffsetResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster keeps no consumer positions"))
+    }
+
+    async fn fetch_offset(
+        &self,
+        _: Request<FetchOffsetRequest>,
+    ) -> Result<Response<FetchOffsetResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster keeps no consumer positions"))
     }
 }
 

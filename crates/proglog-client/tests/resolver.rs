@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use proglog_api::v1::log_server::{Log, LogServer};
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
-    GetServersResponse, ProduceRequest, ProduceResponse, Record, Server,
+    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
+    FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
+    ProduceRequest, ProduceResponse, Record, Server,
 };
 use proglog_client::{Client, Options};
 use tokio_stream::Stream;
@@ -68,6 +69,20 @@ impl Log for Fake {
         _: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
         Ok(Response::new(GetOffsetsResponse { lowest: 0, next: 0 }))
+    }
+
+    async fn commit_offset(
+        &self,
+        _: Request<CommitOffsetRequest>,
+    ) -> Result<Response<CommitOffsetResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster keeps no consumer positions"))
+    }
+
+    async fn fetch_offset(
+        &self,
+        _: Request<FetchOffsetRequest>,
+    ) -> Result<Response<FetchOffsetResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster keeps no consumer positions"))
     }
 }
 

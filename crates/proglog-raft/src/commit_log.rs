@@ -152,6 +152,16 @@ pub trait CommitLog: Send + Sync + 'static {
     /// records yet.
     async fn linearize(&self) -> Result<(), LogError>;
 
+    /// Records that consumer group `group` has processed the records below
+    /// `offset` (SPEC §11 CommitOffset), durably and on every node; answers once
+    /// it is. Group names follow [`crate::check_group`]; an offset past the
+    /// committed records is `OutOfRange`.
+    async fn commit_offset(&self, group: &str, offset: u64) -> Result<(), LogError>;
+
+    /// The position consumer group `group` committed last (`None`: never), as
+    /// of the call (linearizable).
+    async fn fetch_offset(&self, group: &str) -> Result<Option<u64>, LogError>;
+
     /// The lowest offset still held.
     fn lowest_offset(&self) -> u64;
 

@@ -53,6 +53,14 @@ pub enum LogError {
     /// The log failed (an I/O error, a stopped log). → `INTERNAL`
     #[error("{0}")]
     Internal(String),
+    /// A bound was reached (consumer groups per log, …); nothing was changed.
+    /// → `RESOURCE_EXHAUSTED`
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// This log does not offer the operation (the single-node `LocalLog` keeps
+    /// no replicated state). → `UNIMPLEMENTED`
+    #[error("{0}")]
+    Unimplemented(String),
 }
 
 /// Why a [`LogError::Refused`] operation was not done (its `google.rpc.ErrorInfo`

@@ -69,6 +69,7 @@ pub use crate::replicated::{
     ChannelNetwork, ClusterId, FetchSink, MAX_RECORD_BYTES, Mailbox, Member, PeerId, RaftConfig, RaftLog,
     RaftMetrics, Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
 };
+pub use crate::replicated::{MAX_GROUP_BYTES, MAX_GROUPS, check_group};
 pub use crate::settings::{InvalidSetting, Settings};
 /// raft-rs's message type, which [`Transport`]s carry.
 pub use raft::eraftpb::Message as RaftMessage;

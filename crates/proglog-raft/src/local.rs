@@ -246,6 +246,14 @@ impl CommitLog for LocalLog {
         Ok(())
     }
 
+    async fn commit_offset(&self, _group: &str, _offset: u64) -> Result<(), LogError> {
+        Err(unreplicated("consumer positions"))
+    }
+
+    async fn fetch_offset(&self, _group: &str) -> Result<Option<u64>, LogError> {
+        Err(unreplicated("consumer positions"))
+    }
+
     fn lowest_offset(&self) -> u64 {
         self.records.log.lowest_offset()
     }
@@ -282,4 +290,9 @@ impl CommitLog for LocalLog {
     fn failure(&self) -> watch::Receiver<Option<String>> {
         self.failure.clone()
     }
+}
+
+/// What only the replicated log keeps (its state machine).
+fn unreplicated(what: &str) -> LogError {
+    LogError::Unimplemented(format!("{what} are kept by the replicated log (RaftLog), not by LocalLog"))
 }

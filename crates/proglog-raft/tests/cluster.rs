@@ -513,3 +513,62 @@ async fn a_linearizable_read_sees_every_acknowledged_record_or_fails_on_a_cut_of
         cluster.stop(&name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_positions_are_replicated_survive_restarts_and_reach_a_late_joiner() {
+    let mut cluster = Cluster::new();
+    cluster.compact_entries = 8;
+    cluster.form(2).await;
+    let end = cluster.append(&["a", "b", "c"]).await + 3;
+    let leader = cluster.leader().await;
+    leader.commit_offset("billing", 2).await.expect("commits");
+    leader.commit_offset("audit", end).await.expect("commits");
+    // A follower refuses (the client goes to the leader), naming the leader.
+    let follower = cluster.nodes.values().find(|n| !n.status().is_leader).cloned().expect("a follower");
+    let refused = follower.commit_offset("billing", 3).await;
+    assert!(matches!(refused, Err(LogError::NotLeader { leader: Some(_) })), "{refused:?}");
+    // Bad names and offsets past the log are refused before anything is proposed.
+    let bad = leader.commit_offset("no spaces", 1).await;
+    assert!(matches!(bad, Err(LogError::InvalidArgument(_))), "{bad:?}");
+    let past = leader.commit_offset("billing", end + 1).await;
+    assert!(matches!(past, Err(LogError::OutOfRange { .. })), "{past:?}");
+    // Read anywhere, linearizably.
+    for node in cluster.nodes.values() {
+        assert_eq!(node.fetch_offset("billing").await.expect("fetches"), Some(2));
+        assert_eq!(node.fetch_offset("audit").await.expect("fetches"), Some(end));
+        assert_eq!(node.fetch_offset("nobody").await.expect("fetches"), None);
+    }
+    // Enough entries for compaction (the commands leave the metadata; their
+    // state is saved), then a restart of every node.
+    for round in 0..12u64 {
+        cluster.append(&["more"]).await;
+        cluster.leader().await.commit_offset("billing", 3 + round).await.expect("commits");
+    }
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+    cluster.start("node-0", false).await;
+    cluster.start("node-1", false).await;
+    for node in cluster.nodes.values() {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let position = loop {
+            match node.fetch_offset("billing").await {
+                Ok(position) => break position,
+                Err(error) => assert!(tokio::time::Instant::now() < deadline, "no read index: {error}"),
+            }
+        };
+        assert_eq!(position, Some(14));
+    }
+    // A node joining now gets the positions with its snapshot.
+    cluster.start("node-2", false).await;
+    cluster.join("node-2").await;
+    wait_until(|| cluster.nodes["node-2"].status().voters == 3).await;
+    let late = Arc::clone(&cluster.nodes["node-2"]);
+    let saved = cluster.dir.path().join("node-2").join("raft").join("state.json");
+    assert!(saved.exists(), "node-2 caught up by snapshot, which saves the positions it carries");
+    assert_eq!(late.fetch_offset("billing").await.expect("fetches"), Some(14));
+    assert_eq!(late.fetch_offset("audit").await.expect("fetches"), Some(end));
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}

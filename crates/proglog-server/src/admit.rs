@@ -68,9 +68,11 @@ fn built_in(path: &str) -> Option<Method> {
     let (action, limit, unary_request) = match path {
         "/log.v1.Log/Produce" => (Some(action::PRODUCE), MessageLimit::Records, true),
         "/log.v1.Log/ProduceStream" => (Some(action::PRODUCE), MessageLimit::Records, false),
-        "/log.v1.Log/Consume" | "/log.v1.Log/ConsumeStream" | "/log.v1.Log/GetOffsets" => {
-            (Some(action::CONSUME), small, true)
-        }
+        "/log.v1.Log/Consume"
+        | "/log.v1.Log/ConsumeStream"
+        | "/log.v1.Log/GetOffsets"
+        | "/log.v1.Log/CommitOffset"
+        | "/log.v1.Log/FetchOffset" => (Some(action::CONSUME), small, true),
         "/log.v1.Log/GetServers" | "/grpc.health.v1.Health/Check" | "/grpc.health.v1.Health/Watch" => {
             (None, small, true)
         }
@@ -489,6 +491,8 @@ mod tests {
         assert_eq!(method("/log.v1.Log/ProduceStream").action, Some(action::PRODUCE));
         assert_eq!(method("/log.v1.Log/ConsumeStream").action, Some(action::CONSUME));
         assert_eq!(method("/log.v1.Log/GetOffsets").action, Some(action::CONSUME));
+        assert_eq!(method("/log.v1.Log/CommitOffset").action, Some(action::CONSUME));
+        assert_eq!(method("/log.v1.Log/FetchOffset").action, Some(action::CONSUME));
         assert_eq!(method("/log.v1.Log/GetServers").action, None);
         assert!(!method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").unary_request);
         assert_eq!(method("/log.v1.Log/ProduceStream").limit, MessageLimit::Records);

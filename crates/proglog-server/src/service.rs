@@ -12,8 +12,9 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{FutureExt, TraceContextExt};
 use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
-    GetServersResponse, ProduceRequest, ProduceResponse, Record, Server,
+    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
+    FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
+    ProduceRequest, ProduceResponse, Record, Server,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -210,6 +211,23 @@ impl LogRpc for LogService {
         let next = *self.log.committed().borrow();
         let lowest = self.log.lowest_offset().min(next);
         Ok(Response::new(GetOffsetsResponse { lowest, next }))
+    }
+
+    async fn commit_offset(
+        &self,
+        request: Request<CommitOffsetRequest>,
+    ) -> Result<Response<CommitOffsetResponse>, Status> {
+        let CommitOffsetRequest { group, offset } = request.into_inner();
+        self.log.commit_offset(&group, offset).await.map_err(from_log)?;
+        Ok(Response::new(CommitOffsetResponse {}))
+    }
+
+    async fn fetch_offset(
+        &self,
+        request: Request<FetchOffsetRequest>,
+    ) -> Result<Response<FetchOffsetResponse>, Status> {
+        let position = self.log.fetch_offset(&request.get_ref().group).await.map_err(from_log)?;
+        Ok(Response::new(FetchOffsetResponse { offset: position.unwrap_or(0), found: position.is_some() }))
     }
 }
 

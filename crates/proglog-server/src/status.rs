@@ -46,6 +46,8 @@ pub(crate) fn from_log(error: LogError) -> Status {
         LogError::Unavailable(message) => Status::unavailable(message),
         LogError::DataLoss(message) => Status::data_loss(message),
         LogError::Internal(message) => Status::internal(message),
+        LogError::ResourceExhausted(message) => Status::resource_exhausted(message),
+        LogError::Unimplemented(message) => Status::unimplemented(message),
         other => Status::internal(other.to_string()),
     }
 }
@@ -80,6 +82,8 @@ pub(crate) fn to_log(status: &Status) -> LogError {
         },
         Code::InvalidArgument => LogError::InvalidArgument(message),
         Code::DataLoss => LogError::DataLoss(message),
+        Code::ResourceExhausted => LogError::ResourceExhausted(message),
+        Code::Unimplemented => LogError::Unimplemented(message),
         _ => LogError::Internal(message),
     }
 }
@@ -156,6 +160,8 @@ mod tests {
             LogError::Unavailable("gone".into()),
             LogError::DataLoss("damaged".into()),
             LogError::Internal("broken".into()),
+            LogError::ResourceExhausted("full".into()),
+            LogError::Unimplemented("not here".into()),
         ];
         errors.extend(proglog_raft::Refusal::ALL.map(|reason| LogError::refused(reason, "not now")));
         for error in errors {

@@ -21,6 +21,7 @@ use raft::{RawNode, StateRole};
 
 use super::MAX_RECORD_BYTES;
 use super::codec::{ClusterId, Member, PeerId, batch_header, decode_batch};
+use super::machine::{decode_command, is_command};
 use super::reads::parse_read_context;
 use super::store::{SnapshotData, Store};
 
@@ -369,6 +370,9 @@ fn check_entry(entry: &Entry) -> Result<(), Reason> {
         // batch is stored as its records).
         EntryType::EntryNormal if !entry.context.is_empty() => Err(Reason::Entry),
         EntryType::EntryNormal if entry.data.is_empty() => Ok(()),
+        EntryType::EntryNormal if is_command(&entry.data) => {
+            decode_command(&entry.data).map(|_| ()).map_err(|_| Reason::Entry)
+        }
         EntryType::EntryNormal => {
             let batch = decode_batch(&entry.data).map_err(|_| Reason::Entry)?;
             let within = batch.values.iter().all(|value| value.len() as u64 <= MAX_RECORD_BYTES);
@@ -399,10 +403,12 @@ fn check_offsets(view: &View<'_>, message: &Message) -> Result<(), Reason> {
     let Some(mut end) = offset_after(view, message.index) else { return Ok(()) };
     for entry in message.entries.iter() {
         let held = raft_log.term(entry.index).ok().filter(|term| *term == entry.term);
-        let records = (entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty())
-            .then(|| batch_header(&entry.data))
-            .transpose()
-            .map_err(|_| Reason::Entry)?;
+        let records = (entry.get_entry_type() == EntryType::EntryNormal
+            && !entry.data.is_empty()
+            && !is_command(&entry.data))
+        .then(|| batch_header(&entry.data))
+        .transpose()
+        .map_err(|_| Reason::Entry)?;
         if let Some((first, count)) = records {
             if first != end {
                 return Err(Reason::Entry);
@@ -426,7 +432,10 @@ fn offset_after(view: &View<'_>, index: u64) -> Option<u64> {
     }
     let mut end = view.raw.store().end_offset(unstable.offset - 1)?;
     for entry in unstable.entries.iter().take_while(|entry| entry.index <= index) {
-        if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+        if entry.get_entry_type() == EntryType::EntryNormal
+            && !entry.data.is_empty()
+            && !is_command(&entry.data)
+        {
             let (first, count) = batch_header(&entry.data).ok()?;
             end = first + count;
         }

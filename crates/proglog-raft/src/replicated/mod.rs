@@ -8,6 +8,7 @@
 
 mod codec;
 mod gate;
+mod machine;
 mod network;
 mod node;
 mod reads;
@@ -30,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub use self::codec::{ClusterId, Member, PeerId, decode_message, encode_message, node_id};
 pub use self::gate::{Reason, Rejections};
+pub use self::machine::{MAX_GROUP_BYTES, MAX_GROUPS, check_group};
 pub use self::network::ChannelNetwork;
 use self::node::{ChangeReply, Node, NodeConfig, Outbox, Proposal, Shared};
 use self::store::Store;
@@ -190,6 +192,7 @@ enum Event {
     Join(Member, ChangeReply),
     Leave(u64, ChangeReply),
     ReadIndex(reads::ReadReply),
+    Command(machine::Command, ChangeReply),
     Close,
 }
 
@@ -347,6 +350,8 @@ pub struct RaftLog {
     rejections: Arc<Rejections>,
     transport: Arc<dyn Transport>,
     records: Committed,
+    /// The replicated state (consumer positions), as the Raft thread applies it.
+    machine: Arc<std::sync::Mutex<machine::Machine>>,
     shared: watch::Receiver<Shared>,
     queued_bytes: Arc<Semaphore>,
     inbound: Arc<Semaphore>,
@@ -418,6 +423,7 @@ impl RaftLog {
             .map_err(|error| LogError::Internal(format!("cannot start the fsync thread: {error}")))?;
         let committed = node.committed();
         let terms = node.store().terms().clone();
+        let machine = node.store().shared_machine();
         let shared = node.shared();
         let mailbox_events = events.clone();
         let interval = config.settings.raft_heartbeat_interval;
@@ -462,6 +468,7 @@ impl RaftLog {
                 terms: Some(terms),
                 framed_from: Some(framed_from),
             },
+            machine,
             shared,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
@@ -761,6 +768,7 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         Event::Join(member, reply) => node.join(member, reply),
         Event::Leave(id, reply) => node.leave(id, reply),
         Event::ReadIndex(reply) => node.read_index(reply),
+        Event::Command(command, reply) => node.propose_command(&command, reply, now_ms()),
         Event::Append(..) | Event::Close => {}
     }
     Ok(())
@@ -894,6 +902,24 @@ impl CommitLog for RaftLog {
                 self.leader_wait
             ))),
         }
+    }
+
+    /// Proposed on the leader (elsewhere: `NotLeader`, naming it); answered once
+    /// applied. The offset may not pass the end of the committed records.
+    async fn commit_offset(&self, group: &str, offset: u64) -> Result<(), LogError> {
+        machine::check_group(group)?;
+        if offset > self.records.next() {
+            return Err(LogError::OutOfRange { offset });
+        }
+        let command = machine::Command::CommitOffset { group: group.to_owned(), offset };
+        self.change(|reply| Event::Command(command, reply)).await
+    }
+
+    /// Linearizable: after a read index, from this node's applied state.
+    async fn fetch_offset(&self, group: &str) -> Result<Option<u64>, LogError> {
+        machine::check_group(group)?;
+        self.linearize().await?;
+        Ok(self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner).position(group))
     }
 
     fn lowest_offset(&self) -> u64 {

@@ -26,6 +26,7 @@ use super::codec::{
     BatchMeta, ClusterId, Member, PeerId, batch_header, batch_len, conf_change, encode_batch,
 };
 use super::gate::{self, Pass, Reason, Rejections, View};
+use super::machine::{Command, encode_command, is_command};
 use super::reads::{ReadReply, Reads, parse_read_context};
 use super::store::{SnapshotData, Store};
 use crate::{Leader, LogError, LogStatus, Refusal, ServerInfo};
@@ -91,15 +92,17 @@ pub(crate) struct Fetch {
 
 enum Waiter {
     /// `trace`: the entry's commit span (empty unless an append in it is traced).
-    Append {
-        term: u64,
-        replies: Vec<(u64, AppendReply)>,
-        trace: opentelemetry::Context,
-    },
-    Change {
-        term: u64,
-        reply: ChangeReply,
-    },
+    Append { term: u64, replies: Vec<(u64, AppendReply)>, trace: opentelemetry::Context },
+    /// A membership change or a command: its outcome once applied.
+    Change { term: u64, reply: ChangeReply },
+}
+
+/// What applying an entry gave its waiter.
+enum Applied {
+    /// The offset of its first record.
+    Records(u64),
+    /// A change's or a command's outcome.
+    Done(Result<(), LogError>),
 }
 
 /// A Ready round whose writes are done but not yet known durable.
@@ -224,6 +227,7 @@ impl Node {
             }
         }
         let applied = store.recovered_applied();
+        store.replay_commands(applied)?;
         store.set_applied(applied);
         store.rebuild_terms();
         let mut hard_state = store.hard_state().clone();
@@ -363,6 +367,37 @@ impl Node {
         {
             let (reply, _) = oneshot::channel();
             self.join(self.me.clone(), reply);
+        }
+    }
+
+    /// Proposes `command` (leader only), stamped like a batch; `reply` learns
+    /// its outcome once it is applied.
+    pub(crate) fn propose_command(&mut self, command: &Command, reply: ChangeReply, now_ms: u64) {
+        if !self.is_leader() {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        self.timestamp = self.timestamp.max(self.raw.store().tail_timestamp()).max(now_ms);
+        let data = match encode_command(self.timestamp, command) {
+            Ok(data) => data,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        match self.raw.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.waiters.insert(index, Waiter::Change { term: self.term(), reply });
+            }
+            Err(raft::Error::ProposalDropped) if self.is_leader() => {
+                let refusal =
+                    LogError::refused(Refusal::Overloaded, "the leader has too much uncommitted data; retry");
+                let _ = reply.send(Err(refusal));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(raft_error(error)));
+            }
         }
     }
 
@@ -935,12 +970,17 @@ impl Node {
         let mut resolved = Vec::new();
         for entry in entries {
             let index = entry.index;
-            let first_offset = match entry.get_entry_type() {
-                EntryType::EntryNormal if !entry.data.is_empty() => Some(self.apply_batch(&entry)?),
-                EntryType::EntryNormal => None,
+            let applied = match entry.get_entry_type() {
+                EntryType::EntryNormal if is_command(&entry.data) => {
+                    Applied::Done(self.raw.mut_store().apply_command(&entry)?)
+                }
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    Applied::Records(self.apply_batch(&entry)?)
+                }
+                EntryType::EntryNormal => Applied::Done(Ok(())),
                 EntryType::EntryConfChangeV2 => {
                     self.apply_change(&entry, outbox)?;
-                    None
+                    Applied::Done(Ok(()))
                 }
                 EntryType::EntryConfChange => {
                     return Err(LogError::DataLoss(format!(
@@ -950,13 +990,13 @@ impl Node {
             };
             self.raw.mut_store().set_applied(index);
             if let Some(waiter) = self.waiters.remove(&index) {
-                resolved.push((waiter, entry.term, first_offset));
+                resolved.push((waiter, entry.term, applied));
             }
         }
         // Readable before acknowledged: a producer may read its record at once.
         self.publish();
-        for (waiter, term, first_offset) in resolved {
-            self.resolve(waiter, term, first_offset);
+        for (waiter, term, applied) in resolved {
+            self.resolve(waiter, term, applied);
         }
         Ok(())
     }
@@ -1013,20 +1053,21 @@ impl Node {
         Ok(())
     }
 
-    fn resolve(&mut self, waiter: Waiter, term: u64, first_offset: Option<u64>) {
-        match waiter {
-            Waiter::Append { term: proposed, replies, trace } if proposed == term => {
+    fn resolve(&mut self, waiter: Waiter, term: u64, applied: Applied) {
+        match (waiter, applied) {
+            (Waiter::Append { term: proposed, replies, trace }, Applied::Records(first))
+                if proposed == term =>
+            {
                 trace.span().end();
-                let first = first_offset.unwrap_or(0);
                 for (delta, reply) in replies {
                     let _ = reply.send(Ok(first + delta));
                 }
             }
-            Waiter::Change { term: proposed, reply } if proposed == term => {
-                let _ = reply.send(Ok(()));
+            (Waiter::Change { term: proposed, reply }, Applied::Done(outcome)) if proposed == term => {
+                let _ = reply.send(outcome);
             }
             // Another leader's entry took the index: ours was never committed.
-            waiter => fail(waiter, &self.not_leader()),
+            (waiter, _) => fail(waiter, &self.not_leader()),
         }
     }
 

@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{ClusterId, Member, PeerId};
 use super::gate::{MAX_TERM, Reason, Rejections};
+use super::machine::Command;
 use super::node::{AppendReply, ChangeReply, Fetch, Node, NodeConfig, Outbox, Proposal};
 use super::store::Store;
 use crate::records::Committed;
@@ -104,6 +105,13 @@ struct Read {
     index: Option<u64>,
 }
 
+/// A consumer position committed through node `target`.
+struct Commit {
+    group: String,
+    offset: u64,
+    reply: oneshot::Receiver<Result<(), LogError>>,
+}
+
 struct Sim {
     seed: u64,
     rng: Rng,
@@ -124,6 +132,9 @@ struct Sim {
     reads: Vec<Read>,
     /// Linearizable reads checked so far.
     reads_checked: u64,
+    commits: Vec<Commit>,
+    /// Consumer positions acknowledged (each group committed once).
+    positions: BTreeMap<String, u64>,
     leaders: HashMap<u64, u64>,
     fetches: Vec<(usize, Fetch)>,
     counter: u64,
@@ -252,6 +263,8 @@ impl Sim {
             pending: Vec::new(),
             reads: Vec::new(),
             reads_checked: 0,
+            commits: Vec::new(),
+            positions: BTreeMap::new(),
             leaders: HashMap::new(),
             fetches: Vec::new(),
             counter: 0,
@@ -518,6 +531,59 @@ impl Sim {
         self.pending.push(Pending { target, values, reply: done });
     }
 
+    /// Sometimes commits a consumer position (of a group of its own) through a
+    /// random node, the leader most often.
+    fn maybe_commit_offset(&mut self) {
+        if !self.rng.chance(50) {
+            return;
+        }
+        let target = match self.leader() {
+            Some(leader) if self.rng.chance(850) => leader,
+            _ => self.rng.below(self.size() as u64) as usize,
+        };
+        let now = self.now;
+        let Some(node) = self.nodes[target].node.as_mut() else { return };
+        self.counter += 1;
+        let (group, offset) = (format!("g{}", self.counter), node.applied_end());
+        let (reply, done) = oneshot::channel();
+        let command = Command::CommitOffset { group: group.clone(), offset };
+        node.propose_command(&command, reply, now);
+        self.commits.push(Commit { group, offset, reply: done });
+    }
+
+    fn collect_commits(&mut self) {
+        for mut commit in std::mem::take(&mut self.commits) {
+            match commit.reply.try_recv() {
+                Ok(Ok(())) => {
+                    self.positions.insert(commit.group, commit.offset);
+                }
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
+                Err(oneshot::error::TryRecvError::Empty) => self.commits.push(commit),
+            }
+        }
+    }
+
+    /// Every node holds the same positions, and every acknowledged one.
+    fn check_positions(&self) {
+        let mut machines = self.alive().map(|(i, node)| (i, node.store().machine().clone()));
+        let Some((first, machine)) = machines.next() else { return };
+        for (group, offset) in &self.positions {
+            if machine.position(group) != Some(*offset) {
+                self.fail(format!(
+                    "{} lost acknowledged position {group}={offset}: {:?}",
+                    self.nodes[first].member.name,
+                    machine.position(group)
+                ));
+            }
+        }
+        for (i, other) in machines {
+            if other != machine {
+                let (a, b) = (&self.nodes[first].member.name, &self.nodes[i].member.name);
+                self.fail(format!("{a} and {b} hold different consumer positions"));
+            }
+        }
+    }
+
     /// Sometimes asks a random node for a linearizable read.
     fn maybe_read(&mut self) {
         if !self.rng.chance(100) {
@@ -582,6 +648,7 @@ impl Sim {
         }
         self.maybe_propose();
         self.maybe_read();
+        self.maybe_commit_offset();
         self.deliver();
         self.run_fetches();
         for i in 0..self.nodes.len() {
@@ -608,6 +675,7 @@ impl Sim {
             self.route(i, outbox);
         }
         self.collect_replies();
+        self.collect_commits();
         self.check_reads();
         self.check();
     }
@@ -932,6 +1000,7 @@ impl Sim {
         if let Some((offset, _)) = self.acked.range(next..).next() {
             self.fail(format!("acknowledged offset {offset} is lost (the log ends at {next})"));
         }
+        self.check_positions();
     }
 
     /// Every node applied what the leader committed and holds the same
@@ -968,6 +1037,7 @@ fn simulate(seed: u64, size: usize, steps: u64) {
     sim.settle();
     assert!(!sim.acked.is_empty(), "seed {seed}: nothing was acknowledged");
     assert!(sim.reads_checked > 0, "seed {seed}: no linearizable read completed");
+    assert!(!sim.positions.is_empty(), "seed {seed}: no consumer position was acknowledged");
     // The foreign node kept sending to our members: every message refused.
     let refused = |reason: Reason| -> u64 {
         sim.nodes[..sim.size()]

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use protobuf::Message as _;
@@ -41,11 +41,14 @@ use serde::{Deserialize, Serialize};
 use super::codec::{
     Batch, BatchMeta, ClusterId, Member, batch_header, decode_batch, encode_batch, mint_member_id, node_id,
 };
+use super::machine::{Machine, SavedMachine, decode_command, is_command};
 use super::terms::{TermRanges, Terms};
 use crate::{Fsync, LogError};
 
 /// The metadata file.
 const META_FILE: &str = "meta.json";
+/// The replicated state as of an index ([`SavedMachine`]).
+const STATE_FILE: &str = "state.json";
 /// The staging log of a snapshot fetch: records framed as the data log will
 /// store them.
 const FETCH_DIR: &str = "fetched";
@@ -190,6 +193,33 @@ pub(crate) fn record_value(framed_from: u64, offset: u64, stored: Bytes) -> Resu
     Ok((stored.slice(frame.start..), frame.timestamp_ms))
 }
 
+/// The JSON file at `path`, if there is one (a file that does not decode is
+/// damaged).
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, LogError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|error| damaged(format!("{}: {error}", path.display()))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(internal(&path.display().to_string(), error)),
+    }
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: write a temporary
+/// file, fsync, rename, fsync the directory.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+    let path = dir.join(name);
+    let temporary = dir.join(format!("{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|error| internal(&path.display().to_string(), error))
+}
+
 /// A point of the log that entries before it were compacted into.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SnapshotPoint {
@@ -210,6 +240,10 @@ pub(crate) struct SnapshotData {
     /// kept none).
     #[serde(default)]
     pub terms: TermRanges,
+    /// The replicated state after the snapshot's entries (none from senders
+    /// from before it).
+    #[serde(default)]
+    pub machine: Option<Machine>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,6 +423,10 @@ pub(crate) struct Store {
     applied: u64,
     /// A commit index known from the stored entries' headers on open.
     recovered_commit: u64,
+    /// The replicated state (commands applied up to `machine_index`), shared
+    /// with readers.
+    machine: Arc<Mutex<Machine>>,
+    machine_index: u64,
     /// The term of each applied record, for readers.
     terms: Terms,
 }
@@ -429,15 +467,7 @@ impl Store {
         data: Arc<proglog_log::Log>,
     ) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|error| internal(&dir.display().to_string(), error))?;
-        let meta_path = dir.join(META_FILE);
-        let meta = match std::fs::read(&meta_path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice::<Meta>(&bytes)
-                    .map_err(|error| damaged(format!("{}: {error}", meta_path.display())))?,
-            ),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(internal(&meta_path.display().to_string(), error)),
-        };
+        let meta = read_json::<Meta>(&dir.join(META_FILE))?;
         let fresh = meta.is_none();
         let meta = meta.unwrap_or_else(|| Meta {
             format: FORMAT,
@@ -463,10 +493,16 @@ impl Store {
             synced_index: 0,
             applied: 0,
             recovered_commit: 0,
+            machine: Arc::default(),
+            machine_index: 0,
             terms: Terms::default(),
         };
         if !fresh && (store.meta.format != FORMAT || dir.join(OLD_ENTRIES_DIR).exists()) {
             store.upgrade_two_logs()?;
+        }
+        if let Some(saved) = read_json::<SavedMachine>(&dir.join(STATE_FILE))? {
+            *store.machine() = saved.machine;
+            store.machine_index = saved.index;
         }
         if dir.join(OLD_FETCH_DIR).exists() {
             let old = proglog_log::Log::open(dir.join(OLD_FETCH_DIR), store.data.config().clone())?;
@@ -861,8 +897,10 @@ impl Store {
         self.synced_index
     }
 
+    /// Entries up to `index` are applied (their commands too).
     pub(crate) fn set_applied(&mut self, index: u64) {
         self.applied = index;
+        self.machine_index = self.machine_index.max(index);
     }
 
     /// Has no Raft state (never bootstrapped or joined).
@@ -1009,6 +1047,8 @@ impl Store {
         let term = self.entry_term(index)?;
         let end_offset = self.end_offset(index).unwrap_or(self.tail_end);
         let dropped = (index - self.meta.snapshot.index) as usize;
+        // The commands up to `index` leave the metadata: their state first.
+        self.save_machine()?;
         self.meta.snapshot = SnapshotPoint { index, term, end_offset };
         self.meta.terms = self.terms.ranges();
         self.meta.control.retain(|control| control.index > index);
@@ -1123,6 +1163,10 @@ impl Store {
         self.meta.conf_index = meta.index;
         self.meta.members = data.members.clone();
         self.adopt_terms(&data.terms);
+        *self.machine() = data.machine.clone().unwrap_or_default();
+        self.machine_index = meta.index;
+        self.applied = meta.index;
+        self.save_machine()?;
         self.meta.control.retain(|control| control.index > meta.index);
         self.meta.commit = self.meta.commit.max(meta.index);
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
@@ -1237,20 +1281,53 @@ impl Store {
         self.meta.vote = self.hard_state.vote;
         // Never above what is durable (entries of this round are not yet synced).
         self.meta.commit = self.meta.commit.max(self.hard_state.commit.min(self.synced_index));
-        let path = self.dir.join(META_FILE);
-        let temporary = self.dir.join(format!("{META_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(&self.meta).map_err(|error| internal("encode", error))?;
         // Always synced, whatever the fsync policy: it changes rarely (terms,
         // votes, membership, record-less entries) and a torn one would stop the
         // node for good.
-        let write = || -> std::io::Result<()> {
-            let mut file = File::create(&temporary)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &path)?;
-            File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|error| internal(&path.display().to_string(), error))
+        write_atomically(&self.dir, META_FILE, &bytes)
+    }
+
+    /// Writes the replicated state as it is after the applied entries (before
+    /// compaction drops the commands that led to it).
+    fn save_machine(&self) -> Result<(), LogError> {
+        let saved = SavedMachine { index: self.applied, machine: self.machine().clone() };
+        let bytes = serde_json::to_vec(&saved).map_err(|error| internal("encode", error))?;
+        write_atomically(&self.dir, STATE_FILE, &bytes)
+    }
+
+    /// The replicated state (commands applied so far), shared with readers.
+    pub(crate) fn machine(&self) -> std::sync::MutexGuard<'_, Machine> {
+        self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The replicated state, for readers on other threads.
+    pub(crate) fn shared_machine(&self) -> Arc<Mutex<Machine>> {
+        Arc::clone(&self.machine)
+    }
+
+    /// Applies command entry `entry`: the proposer's answer (an error changes
+    /// nothing, on every node alike).
+    pub(crate) fn apply_command(&mut self, entry: &Entry) -> Result<Result<(), LogError>, LogError> {
+        let (timestamp_ms, command) = decode_command(&entry.data)?;
+        Ok(self.machine().apply(timestamp_ms, &command))
+    }
+
+    /// After a restart: applies the commands between the saved state and
+    /// `applied` (the entries known applied) again.
+    pub(crate) fn replay_commands(&mut self, applied: u64) -> Result<(), LogError> {
+        let commands: Vec<Entry> = self
+            .meta
+            .control
+            .iter()
+            .filter(|control| control.index > self.machine_index && control.index <= applied)
+            .map(Control::to_entry)
+            .collect::<Result<_, _>>()?;
+        for entry in commands.iter().filter(|entry| is_command(&entry.data)) {
+            let _ = self.apply_command(entry)?;
+        }
+        self.machine_index = self.machine_index.max(applied);
+        Ok(())
     }
 }
 
@@ -1313,8 +1390,12 @@ impl raft::Storage for Store {
         }
         let mut snapshot = Snapshot::default();
         let end_offset = self.end_offset(index).unwrap_or(self.meta.snapshot.end_offset);
-        let data =
-            SnapshotData { end_offset, members: self.meta.members.clone(), terms: self.terms.ranges() };
+        let data = SnapshotData {
+            end_offset,
+            members: self.meta.members.clone(),
+            terms: self.terms.ranges(),
+            machine: Some(self.machine().clone()),
+        };
         // raft-rs treats any other error here as fatal.
         snapshot.data = serde_json::to_vec(&data)
             .map_err(|_| raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))?
@@ -1589,7 +1670,12 @@ mod tests {
         store.stage(&values(&["l0", "l1", "l2"]), &[7, 8, 9], true).expect("stages");
         let mut meta = SnapshotMetadata { index: 5, term: 3, ..SnapshotMetadata::default() };
         meta.mut_conf_state().voters = vec![store.member_id(), 99];
-        let data = SnapshotData { end_offset: 3, members: store.members().to_vec(), terms: vec![(0, 3)] };
+        let data = SnapshotData {
+            end_offset: 3,
+            members: store.members().to_vec(),
+            terms: vec![(0, 3)],
+            machine: None,
+        };
         store.install_snapshot(&meta, &data).expect("installs");
         assert_eq!((store.first(), store.last(), store.applied_end()), (6, 5, 3));
         assert_eq!(served(&store, 0), ["l0", "l1", "l2"]);

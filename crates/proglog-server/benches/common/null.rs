@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use proglog_api::v1::log_server::{Log as LogRpc, LogServer};
 use proglog_api::v1::{
-    ConsumeRequest, ConsumeResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest,
-    GetServersResponse, ProduceRequest, ProduceResponse, Record,
+    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
+    FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
+    ProduceRequest, ProduceResponse, Record,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -88,6 +89,20 @@ impl LogRpc for NullLog {
         _: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
         Ok(Response::new(GetOffsetsResponse { lowest: 0, next: 0 }))
+    }
+
+    async fn commit_offset(
+        &self,
+        _: Request<CommitOffsetRequest>,
+    ) -> Result<Response<CommitOffsetResponse>, Status> {
+        Err(Status::unimplemented("the null service keeps no consumer positions"))
+    }
+
+    async fn fetch_offset(
+        &self,
+        _: Request<FetchOffsetRequest>,
+    ) -> Result<Response<FetchOffsetResponse>, Status> {
+        Err(Status::unimplemented("the null service keeps no consumer positions"))
     }
 }
 

@@ -1,0 +1,182 @@
+//! The replicated state beside the records (SPEC §11): what commands decide,
+//! the same on every node because every node applies the same commands in the
+//! same order.
+//!
+//! - **Consumer positions**: `CommitOffset` per group, read by `FetchOffset`.
+//!
+//! A command is a Raft entry without records: its kind byte ([`COMMAND`],
+//! which no record batch starts with), the leader's timestamp, then the command
+//! as JSON. It is stored with the other record-less entries (`meta.json`) until
+//! compaction, when the state it led to is written to `raft/state.json` (with
+//! the index it reflects); a node that opens replays the commands after that
+//! index, and a snapshot carries the state to a follower.
+//!
+//! Bounds: a command is at most [`MAX_COMMAND_BYTES`]; group names are
+//! [`check_group`]'s; at most [`MAX_GROUPS`] groups per log, so the state
+//! stays under about 1.5 MiB.
+
+use std::collections::BTreeMap;
+
+use bytes::{Buf, BufMut};
+use serde::{Deserialize, Serialize};
+
+use crate::LogError;
+
+/// The first byte of a command entry (a record batch starts with its version,
+/// 1 or 2).
+pub(crate) const COMMAND: u8 = 0x10;
+/// Encoded bytes of one command, at most.
+pub(crate) const MAX_COMMAND_BYTES: usize = 4 << 10;
+/// Bytes of a consumer group's name, at most.
+pub const MAX_GROUP_BYTES: usize = 128;
+/// Consumer groups with a committed position, per log, at most.
+pub const MAX_GROUPS: usize = 10_000;
+
+/// What a command entry decides.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Command {
+    /// Consumer group `group` has processed the records below `offset`.
+    CommitOffset { group: String, offset: u64 },
+}
+
+/// A command entry's data.
+pub(crate) fn encode_command(timestamp_ms: u64, command: &Command) -> Result<Vec<u8>, LogError> {
+    let json = serde_json::to_vec(command)
+        .map_err(|error| LogError::Internal(format!("cannot encode a command: {error}")))?;
+    let mut out = Vec::with_capacity(1 + 8 + json.len());
+    out.put_u8(COMMAND);
+    out.put_u64(timestamp_ms);
+    out.extend_from_slice(&json);
+    if out.len() > MAX_COMMAND_BYTES {
+        return Err(LogError::InvalidArgument(format!(
+            "a command of {} bytes exceeds {MAX_COMMAND_BYTES}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Whether an entry's data is a command (it may still fail to decode).
+pub(crate) fn is_command(data: &[u8]) -> bool {
+    data.first() == Some(&COMMAND)
+}
+
+/// Decodes a command entry's data: (the leader's timestamp, the command),
+/// checking what a peer could have put there.
+pub(crate) fn decode_command(data: &[u8]) -> Result<(u64, Command), LogError> {
+    let damaged = |what: &str| LogError::DataLoss(format!("raft entry holds {what}"));
+    if !is_command(data) || data.len() < 9 || data.len() > MAX_COMMAND_BYTES {
+        return Err(damaged("a command of a bad size or kind"));
+    }
+    let mut header = &data[1..9];
+    let timestamp_ms = header.get_u64();
+    let command: Command =
+        serde_json::from_slice(&data[9..]).map_err(|_| damaged("a command that does not decode"))?;
+    match &command {
+        Command::CommitOffset { group, .. } => check_group(group).map_err(|_| damaged("a bad group name"))?,
+    }
+    Ok((timestamp_ms, command))
+}
+
+/// A consumer group's name: 1 to [`MAX_GROUP_BYTES`] bytes of ASCII letters,
+/// digits, `.`, `_` and `-` (Kafka's legal topic characters).
+pub fn check_group(group: &str) -> Result<(), LogError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if group.is_empty() || group.len() > MAX_GROUP_BYTES || !group.chars().all(legal) {
+        return Err(LogError::InvalidArgument(format!(
+            "a consumer group is 1 to {MAX_GROUP_BYTES} of the characters [A-Za-z0-9._-]; got {:?}",
+            group.chars().take(MAX_GROUP_BYTES + 1).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// The replicated state of one log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Machine {
+    /// Each consumer group's committed position.
+    #[serde(default)]
+    positions: BTreeMap<String, u64>,
+}
+
+impl Machine {
+    /// Applies `command` (as every node does, in log order); the error is the
+    /// proposer's answer, the same on every node, and changes nothing.
+    pub(crate) fn apply(&mut self, _timestamp_ms: u64, command: &Command) -> Result<(), LogError> {
+        match command {
+            Command::CommitOffset { group, offset } => {
+                if !self.positions.contains_key(group) && self.positions.len() >= MAX_GROUPS {
+                    return Err(LogError::ResourceExhausted(format!(
+                        "this log already holds the positions of {MAX_GROUPS} consumer groups"
+                    )));
+                }
+                self.positions.insert(group.clone(), *offset);
+                Ok(())
+            }
+        }
+    }
+
+    /// The position group `group` committed last, if any.
+    pub(crate) fn position(&self, group: &str) -> Option<u64> {
+        self.positions.get(group).copied()
+    }
+}
+
+/// The machine as `raft/state.json` holds it: the state after applying the
+/// entries up to `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedMachine {
+    pub index: u64,
+    pub machine: Machine,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_and_what_a_peer_could_forge_is_refused() {
+        let command = Command::CommitOffset { group: "billing".into(), offset: 41 };
+        let data = encode_command(7, &command).expect("encodes");
+        assert!(is_command(&data));
+        assert_eq!(decode_command(&data).expect("decodes"), (7, command));
+        for cut in 0..data.len() {
+            assert!(decode_command(&data[..cut]).is_err(), "cut at {cut}");
+        }
+        let bad_group =
+            encode_command(7, &Command::CommitOffset { group: "a b".into(), offset: 1 }).expect("encodes");
+        assert!(decode_command(&bad_group).is_err());
+        let mut huge = vec![COMMAND];
+        huge.resize(MAX_COMMAND_BYTES + 1, b' ');
+        assert!(decode_command(&huge).is_err());
+        assert!(!is_command(&[2, 0, 0]), "a record batch");
+    }
+
+    #[test]
+    fn group_names_are_bounded_and_plain() {
+        for good in ["a", "billing-v2", "A.b_c", &"g".repeat(MAX_GROUP_BYTES)] {
+            assert!(check_group(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "a b", "é", "a/b", &"g".repeat(MAX_GROUP_BYTES + 1)] {
+            assert!(check_group(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn positions_are_kept_per_group_up_to_the_bound() {
+        let mut machine = Machine::default();
+        let commit = |group: &str, offset| Command::CommitOffset { group: group.into(), offset };
+        machine.apply(1, &commit("a", 5)).expect("applies");
+        machine.apply(2, &commit("a", 3)).expect("a position may go back (a consumer rewinds)");
+        assert_eq!((machine.position("a"), machine.position("b")), (Some(3), None));
+        for i in 1..MAX_GROUPS {
+            machine.apply(3, &commit(&format!("g{i}"), 1)).expect("applies");
+        }
+        let refused = machine.apply(4, &commit("one-too-many", 1));
+        assert!(matches!(refused, Err(LogError::ResourceExhausted(_))), "{refused:?}");
+        assert_eq!(machine.position("one-too-many"), None);
+        machine.apply(5, &commit("a", 9)).expect("a known group still commits");
+        assert_eq!(machine.position("a"), Some(9));
+    }
+}
