@@ -52,7 +52,7 @@ pub use bytes::Bytes;
 
 pub use crate::config::Config;
 pub use crate::error::{Error, Result};
-pub use crate::log::{Log, Recovery};
+pub use crate::log::{Log, Recovery, SegmentInfo};
 pub use crate::reader::{LogReader, Records};
 
 /// A record read from the log.

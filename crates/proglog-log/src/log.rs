@@ -24,6 +24,17 @@ const LOCK_FILE: &str = "LOCK";
 /// [`Log::open`] before anything else is written.
 const CLEAN_SHUTDOWN_MARKER: &str = "clean-shutdown";
 
+/// One segment of a [`Log`] ([`Log::segments`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The offset of its first record.
+    pub base_offset: u64,
+    /// The offset after its last record.
+    pub next_offset: u64,
+    /// Bytes of its records in the store file (framing included).
+    pub bytes: u64,
+}
+
 /// What [`Log::open`] found in the directory and what it repaired.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -392,6 +403,22 @@ impl Log {
         match self.read_segments() {
             Ok(segments) => segments.iter().map(|segment| segment.end() - STORE_HEADER_BYTES).sum(),
             Err(_) => 0,
+        }
+    }
+
+    /// The segments, oldest first, as readers see them (what retention can
+    /// remove: every one but the last, the active one).
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        match self.read_segments() {
+            Ok(segments) => segments
+                .iter()
+                .map(|segment| SegmentInfo {
+                    base_offset: segment.base(),
+                    next_offset: segment.next(),
+                    bytes: segment.end() - STORE_HEADER_BYTES,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
         }
     }
 

@@ -150,10 +150,17 @@ fn log_truncate_before_removes_old_segments() {
     for _ in 0..3 {
         log.append(WRITE).unwrap();
     }
+    // One record per segment: three segments, the last one active.
+    log.flush().unwrap();
+    let segments = log.segments();
+    let bounds: Vec<(u64, u64)> = segments.iter().map(|s| (s.base_offset, s.next_offset)).collect();
+    assert_eq!(bounds, [(0, 1), (1, 2), (2, 3)]);
+    assert_eq!(segments.iter().map(|s| s.bytes).sum::<u64>(), log.size_bytes());
     log.truncate_before(1).unwrap();
     assert!(matches!(log.read(0), Err(Error::OffsetOutOfRange { offset: 0, lowest: 1, .. })));
     assert_eq!(log.read(1).unwrap().value, WRITE);
     assert_eq!(log.lowest_offset(), 1);
+    assert_eq!(log.segments()[0].base_offset, 1);
 }
 
 #[test]

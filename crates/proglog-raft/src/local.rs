@@ -101,7 +101,7 @@ impl LocalLog {
         };
         let server = ServerInfo { id: id.into(), rpc_addr: rpc_addr.into(), is_leader: true };
         Ok(Self {
-            records: Committed { log, committed, terms: None, framed_from: None },
+            records: Committed { log, committed, terms: None, framed_from: None, retained: Arc::default() },
             server,
             queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
             writer: Mutex::new(Some((tx, handle))),

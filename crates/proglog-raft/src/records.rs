@@ -1,6 +1,7 @@
 //! Reading committed records: shared by the single-node and the replicated log.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use proglog_log::Log;
 use tokio::sync::watch;
@@ -18,6 +19,9 @@ pub(crate) struct Committed {
     /// A replicated log's data log: records from this offset on are stored
     /// with a header (`None`: every record is stored bare).
     pub framed_from: Option<u64>,
+    /// Retention cut every record below this offset (the data log may still
+    /// hold some: it removes whole segments).
+    pub retained: Arc<AtomicU64>,
 }
 
 impl Committed {
@@ -32,6 +36,11 @@ impl Committed {
 
     pub(crate) fn next(&self) -> u64 {
         *self.committed.borrow()
+    }
+
+    /// The lowest offset readable.
+    pub(crate) fn lowest(&self) -> u64 {
+        self.log.lowest_offset().max(self.retained.load(Ordering::Acquire))
     }
 
     /// Reads the committed record at `offset`, off the async workers.
@@ -49,7 +58,7 @@ impl Committed {
 
     /// [`Committed::read`] on this thread (it blocks on disk).
     pub(crate) fn read_blocking(&self, offset: u64) -> Result<Record, LogError> {
-        if offset >= self.next() {
+        if offset >= self.next() || offset < self.retained.load(Ordering::Acquire) {
             return Err(LogError::OutOfRange { offset });
         }
         self.to_record(self.log.read(offset)?)
@@ -58,7 +67,7 @@ impl Committed {
     /// [`Committed::read_batch`] on this thread (it blocks on disk).
     pub(crate) fn read_batch_blocking(&self, offset: u64, max_bytes: u64) -> Result<Vec<Record>, LogError> {
         let committed = self.next();
-        if offset >= committed {
+        if offset >= committed || offset < self.retained.load(Ordering::Acquire) {
             return Err(LogError::OutOfRange { offset });
         }
         self.log

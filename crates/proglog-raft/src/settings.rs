@@ -57,6 +57,15 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "DURATION", value_parser = humantime::parse_duration))]
     pub raft_election_timeout: Duration,
+    /// Retention by size (the default for new logs): the leader removes the
+    /// oldest segments while the rest still hold at least this many bytes (0:
+    /// keep everything)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "BYTES"))]
+    pub retention_bytes: u64,
+    /// Retention by age (the default for new logs), in ms: the leader removes
+    /// segments whose newest record is older (0: keep everything)
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
+    pub retention_ms: u64,
 }
 
 impl Settings {
@@ -116,6 +125,8 @@ impl Default for Settings {
             segment_max_index_bytes: log.max_index_bytes,
             raft_heartbeat_interval: Duration::from_millis(100),
             raft_election_timeout: Duration::from_secs(1),
+            retention_bytes: 0,
+            retention_ms: 0,
         }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proglog_raft::{Append, ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog, Refusal};
+use proglog_raft::{
+    Append, ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog, Refusal, Settings,
+};
 
 /// Generous: clusters share two cores with the rest of the suite.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -52,6 +54,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     nodes: BTreeMap<String, Arc<RaftLog>>,
     compact_entries: u64,
+    /// Node settings beyond the test timings (segment sizes, retention).
+    settings: Settings,
 }
 
 impl Cluster {
@@ -62,12 +66,14 @@ impl Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             nodes: BTreeMap::new(),
             compact_entries: 16_384,
+            settings: Settings::default(),
         }
     }
 
     fn config(&self, name: &str, bootstrap: bool) -> RaftConfig {
         let member = Member::new(name, format!("{name}.invalid:8400"));
         let mut config = RaftConfig::new(member, self.dir.path().join(name));
+        config.settings = self.settings.clone();
         config.bootstrap = bootstrap;
         config.settings.raft_heartbeat_interval = Duration::from_millis(20);
         config.settings.raft_election_timeout = Duration::from_millis(200);
@@ -83,7 +89,7 @@ impl Cluster {
         let transport = self.network.transport(name);
         let log = tokio::task::spawn_blocking(move || {
             let records =
-                proglog_log::Log::open(config.data_dir.join("log"), proglog_log::Config::default())?;
+                proglog_log::Log::open(config.data_dir.join("log"), config.settings.record_log_config())?;
             RaftLog::open(config, records, transport)
         })
         .await
@@ -568,6 +574,55 @@ async fn consumer_positions_are_replicated_survive_restarts_and_reach_a_late_joi
     assert!(saved.exists(), "node-2 caught up by snapshot, which saves the positions it carries");
     assert_eq!(late.fetch_offset("billing").await.expect("fetches"), Some(14));
     assert_eq!(late.fetch_offset("audit").await.expect("fetches"), Some(end));
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_cuts_the_same_lowest_offset_on_every_node_and_it_survives_restarts() {
+    let mut cluster = Cluster::new();
+    cluster.compact_entries = 8;
+    cluster.settings.segment_max_store_bytes = 2 << 10;
+    cluster.settings.retention_bytes = 4 << 10;
+    cluster.form(2).await;
+    let value = "r".repeat(200);
+    for _ in 0..60 {
+        cluster.append(&[&value]).await;
+    }
+    // The leader cut (whole segments, keeping at least 4 KiB); every node holds
+    // the same lowest offset, and nothing below it is served.
+    let mut lowest = 0;
+    wait_until(|| {
+        let lows: Vec<u64> = cluster.nodes.values().map(|n| n.lowest_offset()).collect();
+        lowest = lows[0];
+        lowest > 0 && lows.iter().all(|low| *low == lowest)
+    })
+    .await;
+    assert!(lowest < 60, "records after the cut stay: {lowest}");
+    for node in cluster.nodes.values() {
+        assert!(matches!(node.read(lowest - 1).await, Err(LogError::OutOfRange { .. })));
+        assert!(matches!(node.read_batch(0, 1 << 20).await, Err(LogError::OutOfRange { .. })));
+        assert_eq!(node.read(lowest).await.expect("kept").value, value.as_str());
+        assert_eq!(node.status().lowest_offset, lowest);
+    }
+    // Held at least 4 KiB: the newest records are all there.
+    assert_eq!(values(&cluster.nodes["node-0"], 55, 60).await.len(), 5);
+    // A restart keeps the cut; a node joining later starts at it.
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+    cluster.start("node-0", false).await;
+    cluster.start("node-1", false).await;
+    cluster.start("node-2", false).await;
+    cluster.join("node-2").await;
+    let late = Arc::clone(&cluster.nodes["node-2"]);
+    wait_committed(&late, 60).await;
+    for node in cluster.nodes.values() {
+        assert!(node.lowest_offset() >= lowest, "{} serves below the cut", node.member().name);
+        assert!(matches!(node.read(lowest - 1).await, Err(LogError::OutOfRange { .. })));
+    }
+    assert_eq!(late.read(59).await.expect("reads").value, value.as_str());
     for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
         cluster.stop(&name).await;
     }

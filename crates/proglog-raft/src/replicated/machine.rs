@@ -3,6 +3,8 @@
 //! same order.
 //!
 //! - **Consumer positions**: `CommitOffset` per group, read by `FetchOffset`.
+//! - **Retention**: the lowest offset kept, as the leader decided it
+//!   (`Retain`), the same on every node.
 //!
 //! A command is a Raft entry without records: its kind byte ([`COMMAND`],
 //! which no record batch starts with), the leader's timestamp, then the command
@@ -38,6 +40,8 @@ pub const MAX_GROUPS: usize = 10_000;
 pub(crate) enum Command {
     /// Consumer group `group` has processed the records below `offset`.
     CommitOffset { group: String, offset: u64 },
+    /// Retention (decided by the leader): the records below `lowest` go.
+    Retain { lowest: u64 },
 }
 
 /// A command entry's data.
@@ -75,6 +79,7 @@ pub(crate) fn decode_command(data: &[u8]) -> Result<(u64, Command), LogError> {
         serde_json::from_slice(&data[9..]).map_err(|_| damaged("a command that does not decode"))?;
     match &command {
         Command::CommitOffset { group, .. } => check_group(group).map_err(|_| damaged("a bad group name"))?,
+        Command::Retain { .. } => {}
     }
     Ok((timestamp_ms, command))
 }
@@ -98,6 +103,9 @@ pub(crate) struct Machine {
     /// Each consumer group's committed position.
     #[serde(default)]
     positions: BTreeMap<String, u64>,
+    /// Retention removed every record below this offset.
+    #[serde(default)]
+    lowest: u64,
 }
 
 impl Machine {
@@ -114,7 +122,16 @@ impl Machine {
                 self.positions.insert(group.clone(), *offset);
                 Ok(())
             }
+            Command::Retain { lowest } => {
+                self.lowest = self.lowest.max(*lowest);
+                Ok(())
+            }
         }
+    }
+
+    /// Retention removed every record below this offset.
+    pub(crate) fn lowest(&self) -> u64 {
+        self.lowest
     }
 
     /// The position group `group` committed last, if any.

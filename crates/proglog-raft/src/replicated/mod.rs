@@ -119,6 +119,8 @@ impl RaftConfig {
             max_uncommitted_bytes: QUEUE_BYTES as u64,
             leader_changes: self.metrics.leader_changes.clone(),
             snapshot_fetches: self.metrics.snapshot_fetches.clone(),
+            retention_bytes: settings.retention_bytes,
+            retention_ms: settings.retention_ms,
         })
     }
 }
@@ -424,6 +426,7 @@ impl RaftLog {
         let committed = node.committed();
         let terms = node.store().terms().clone();
         let machine = node.store().shared_machine();
+        let retained = node.store().retained();
         let shared = node.shared();
         let mailbox_events = events.clone();
         let interval = config.settings.raft_heartbeat_interval;
@@ -467,6 +470,7 @@ impl RaftLog {
                 committed,
                 terms: Some(terms),
                 framed_from: Some(framed_from),
+                retained,
             },
             machine,
             shared,
@@ -731,7 +735,7 @@ fn run(
             node.propose(appends, now_ms());
         }
         if Instant::now() >= next_tick {
-            node.tick();
+            node.tick(now_ms());
             next_tick = Instant::now() + interval;
         }
         // A leader's messages go out before its own write (they need not wait for it).
@@ -923,7 +927,7 @@ impl CommitLog for RaftLog {
     }
 
     fn lowest_offset(&self) -> u64 {
-        self.records.log.lowest_offset()
+        self.records.lowest()
     }
 
     fn committed(&self) -> watch::Receiver<u64> {

@@ -150,7 +150,7 @@ impl Transport for Link {
             return;
         };
         self.runtime.spawn(async move {
-            let mut next = start.max(source.log.lowest_offset());
+            let mut next = start.max(source.lowest());
             if next >= end {
                 // Nothing left to copy: the first chunk says where the source starts.
                 sink.chunk(next, Vec::new(), Vec::new()).await;

@@ -64,6 +64,12 @@ pub(crate) struct NodeConfig {
     pub leader_changes: metrics::Counter,
     /// Counts the snapshot record fetches this node starts.
     pub snapshot_fetches: metrics::Counter,
+    /// Retention, decided by the leader: keep at least this many bytes of
+    /// records (older segments go; 0: no limit by size)…
+    pub retention_bytes: u64,
+    /// …and remove segments whose records are all older than this (ms; 0: no
+    /// limit by age).
+    pub retention_ms: u64,
 }
 
 /// Work for the driver after [`Node::process_ready`].
@@ -176,6 +182,8 @@ pub(crate) struct Node {
     reads: Reads,
     /// The timestamp of the batches proposed last.
     timestamp: u64,
+    /// The index of the retention cut this leader proposed last.
+    retaining: u64,
 }
 
 /// A refusal of each kind is logged at most once per this many ticks (10 s at
@@ -278,6 +286,7 @@ impl Node {
             rejection_logged: [0; Reason::ALL.len()],
             reads: Reads::default(),
             timestamp: 0,
+            retaining: 0,
         };
         // A lone voter need not wait out an election timeout.
         let cs = node.raw.store().conf_state();
@@ -341,9 +350,12 @@ impl Node {
         LogError::NotLeader { leader: self.leader() }
     }
 
-    pub(crate) fn tick(&mut self) {
+    /// A tick of the Raft clock, at `now_ms` (the wall clock a leader's
+    /// retention by age counts in).
+    pub(crate) fn tick(&mut self, now_ms: u64) {
         self.ticks += 1;
         self.raw.tick();
+        self.maybe_retain(now_ms);
         let election = self.config.election_tick as u64;
         let leader = self.leader();
         self.reads.tick(self.ticks, election, 2 * election, || match &leader {
@@ -399,6 +411,24 @@ impl Node {
                 let _ = reply.send(Err(raft_error(error)));
             }
         }
+    }
+
+    /// On the leader: proposes a retention cut when its settings call for one
+    /// past the current lowest offset (one at a time).
+    fn maybe_retain(&mut self, now_ms: u64) {
+        if !self.is_leader() || self.retaining > self.applied() {
+            return;
+        }
+        let (bytes, ms) = (self.config.retention_bytes, self.config.retention_ms);
+        let store = self.raw.store();
+        let cut = store.retention_cut(bytes, ms, now_ms);
+        if cut <= store.machine().lowest() {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        self.propose_command(&Command::Retain { lowest: cut }, reply, now_ms);
+        self.retaining = self.raw.raft.raft_log.last_index();
+        slog::debug!(self.logger, "retention cut proposed"; "lowest" => cut);
     }
 
     /// A linearizable read: `reply` learns the index this node must have applied
@@ -889,6 +919,7 @@ impl Node {
         }
         self.raw.advance_apply();
         self.maybe_compact()?;
+        self.raw.mut_store().cut_retained()?;
         if became_leader {
             self.announce_address();
         }
@@ -1144,7 +1175,8 @@ impl Node {
             .collect::<Vec<_>>();
         let next = self.applied_end();
         let data = self.raw.store().data();
-        let lowest_offset = data.lowest_offset();
+        let retained = self.raw.store().retained().load(std::sync::atomic::Ordering::Acquire);
+        let lowest_offset = data.lowest_offset().max(retained);
         let status = LogStatus {
             is_leader: raft.state == StateRole::Leader,
             leader,

@@ -30,6 +30,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::codec::{
     Batch, BatchMeta, ClusterId, Member, batch_header, decode_batch, encode_batch, mint_member_id, node_id,
 };
-use super::machine::{Machine, SavedMachine, decode_command, is_command};
+use super::machine::{Command, Machine, SavedMachine, decode_command, is_command};
 use super::terms::{TermRanges, Terms};
 use crate::{Fsync, LogError};
 
@@ -427,6 +428,10 @@ pub(crate) struct Store {
     /// with readers.
     machine: Arc<Mutex<Machine>>,
     machine_index: u64,
+    /// The machine's lowest offset, for readers.
+    retained: Arc<AtomicU64>,
+    /// A retention cut applied but not yet carried out on disk.
+    pending_cut: Option<u64>,
     /// The term of each applied record, for readers.
     terms: Terms,
 }
@@ -495,12 +500,15 @@ impl Store {
             recovered_commit: 0,
             machine: Arc::default(),
             machine_index: 0,
+            retained: Arc::default(),
+            pending_cut: None,
             terms: Terms::default(),
         };
         if !fresh && (store.meta.format != FORMAT || dir.join(OLD_ENTRIES_DIR).exists()) {
             store.upgrade_two_logs()?;
         }
         if let Some(saved) = read_json::<SavedMachine>(&dir.join(STATE_FILE))? {
+            store.retained.store(saved.machine.lowest(), Ordering::Release);
             *store.machine() = saved.machine;
             store.machine_index = saved.index;
         }
@@ -1164,6 +1172,10 @@ impl Store {
         self.meta.members = data.members.clone();
         self.adopt_terms(&data.terms);
         *self.machine() = data.machine.clone().unwrap_or_default();
+        let lowest = self.machine().lowest();
+        self.retained.store(lowest, Ordering::Release);
+        // Whatever this node still holds below the cut goes too.
+        self.pending_cut = Some(lowest);
         self.machine_index = meta.index;
         self.applied = meta.index;
         self.save_machine()?;
@@ -1310,7 +1322,69 @@ impl Store {
     /// nothing, on every node alike).
     pub(crate) fn apply_command(&mut self, entry: &Entry) -> Result<Result<(), LogError>, LogError> {
         let (timestamp_ms, command) = decode_command(&entry.data)?;
-        Ok(self.machine().apply(timestamp_ms, &command))
+        let outcome = self.machine().apply(timestamp_ms, &command);
+        if let Command::Retain { .. } = command {
+            let lowest = self.machine().lowest();
+            if lowest > self.retained.load(Ordering::Acquire) {
+                self.retained.store(lowest, Ordering::Release);
+                self.pending_cut = Some(lowest);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Readers' lowest offset (retention's cut), shared.
+    pub(crate) fn retained(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.retained)
+    }
+
+    /// Carries out an applied retention cut: Raft forgets the entries whose
+    /// records go (compaction to the first applied entry whose records end at
+    /// or past the cut), then the data log drops its segments wholly below it.
+    pub(crate) fn cut_retained(&mut self) -> Result<(), LogError> {
+        let Some(lowest) = self.pending_cut.take() else { return Ok(()) };
+        if self.meta.snapshot.end_offset < lowest {
+            let covering = (self.first()..=self.applied)
+                .find(|index| self.end_offset(*index).is_some_and(|end| end >= lowest))
+                .unwrap_or(self.applied);
+            self.compact(covering)?;
+        }
+        self.data.truncate_before(lowest)?;
+        Ok(())
+    }
+
+    /// Where the leader's retention would cut now: after the oldest sealed
+    /// segments (all applied) that together leave at least `bytes` behind them
+    /// (0: no limit by size), or whose newest record is older than `ms` before
+    /// `now_ms` (0: no limit by age; records without a timestamp never count
+    /// as old). 0 when nothing is to go.
+    pub(crate) fn retention_cut(&self, bytes: u64, ms: u64, now_ms: u64) -> u64 {
+        if bytes == 0 && ms == 0 {
+            return 0;
+        }
+        let segments = self.data.segments();
+        let applied_end = self.applied_end();
+        let mut left: u64 = segments.iter().map(|segment| segment.bytes).sum();
+        let mut cut = 0;
+        for segment in segments.iter().take(segments.len().saturating_sub(1)) {
+            if segment.next_offset > applied_end || segment.next_offset == segment.base_offset {
+                break;
+            }
+            let by_size = bytes > 0 && left - segment.bytes >= bytes;
+            let by_age = ms > 0 && {
+                let last = segment.next_offset - 1;
+                let stamped = self.data.read(last).ok().and_then(|record| {
+                    record_value(self.meta.framed_from, last, record.value).ok().map(|(_, ts)| ts)
+                });
+                stamped.is_some_and(|ts| ts > 0 && ts.saturating_add(ms) < now_ms)
+            };
+            if !(by_size || by_age) {
+                break;
+            }
+            left -= segment.bytes;
+            cut = segment.next_offset;
+        }
+        cut
     }
 
     /// After a restart: applies the commands between the saved state and
