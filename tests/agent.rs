@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use proglog_api::v1::{ConsumeRequest, GetServersRequest};
+use proglog_api::v1::{ConsumeRequest, GetOffsetsRequest, GetServersRequest};
 use support::{AGENT, Agent, Pki, http, produce};
 use tonic::Code;
 
@@ -73,6 +73,47 @@ async fn http_and_grpc_serve_one_log_and_metrics_count_calls() {
     );
     drop(client); // a connected client would hold the graceful shutdown for its grace period
     assert!(agent.terminate().await.success());
+}
+
+#[tokio::test]
+async fn retention_flags_cut_the_log_and_reads_below_the_cut_are_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--segment-max-store-bytes", "4096", "--retention-bytes", "8192", "--retention-ms", "0"];
+    let agent = Agent::start(dir.path(), &flags);
+    let mut client = agent.grpc().await;
+    let value = "v".repeat(300);
+    for _ in 0..100 {
+        client.produce(produce(&value)).await.unwrap();
+    }
+    // The leader cuts within a tick or two; GetOffsets and /metrics say so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lowest = loop {
+        let offsets = client.get_offsets(GetOffsetsRequest {}).await.unwrap().into_inner();
+        if offsets.lowest > 0 {
+            assert_eq!(offsets.next, 100);
+            break offsets.lowest;
+        }
+        assert!(std::time::Instant::now() < deadline, "no retention cut: {offsets:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // At least 8 KiB stays: the newest 27 or so records of 300 B.
+    assert!(lowest <= 100 - 8192 / 330, "cut too far: {lowest}");
+    let below =
+        client.consume(ConsumeRequest { offset: lowest - 1, ..Default::default() }).await.unwrap_err();
+    assert_eq!(below.code(), Code::OutOfRange, "{below:?}");
+    let kept = client.consume(ConsumeRequest { offset: lowest, ..Default::default() }).await.unwrap();
+    assert_eq!(kept.into_inner().record.unwrap().value, value.as_str());
+    let (_, metrics) = http(agent.http(), "GET", "/metrics", None);
+    assert!(metrics.contains(&format!("proglog_log_lowest_offset {lowest}")), "{metrics}");
+    // The cut survives a restart.
+    drop(client);
+    assert_eq!(agent.terminate().await.code(), Some(0));
+    let agent = Agent::start(dir.path(), &flags);
+    let mut client = agent.grpc().await;
+    let offsets = client.get_offsets(GetOffsetsRequest {}).await.unwrap().into_inner();
+    assert!(offsets.lowest >= lowest, "{offsets:?}");
+    drop(client);
+    assert_eq!(agent.terminate().await.code(), Some(0));
 }
 
 #[tokio::test]
