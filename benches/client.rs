@@ -116,7 +116,10 @@ async fn produce_direct(leader: &Channel, per_producer: usize, pool: &[Bytes]) -
             while answered < per_producer {
                 while sent < per_producer && sent - answered < WINDOW {
                     let value = pool[sent % pool.len()].clone();
-                    let request = ProduceRequest { record: Some(Record { value, ..Record::default() }) };
+                    let request = ProduceRequest {
+                        record: Some(Record { value, ..Record::default() }),
+                        ..Default::default()
+                    };
                     tx.send(request).await.unwrap();
                     sent += 1;
                 }

@@ -83,7 +83,7 @@ fn value() -> Bytes {
 }
 
 fn request() -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: value(), ..Record::default() }) }
+    ProduceRequest { record: Some(Record { value: value(), ..Record::default() }), ..Default::default() }
 }
 
 /// `producers` sequential unary producers for `duration`: records/s and every

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use proglog_api::v1::{CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest};
+use proglog_api::v1::{
+    CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest, InitProducerRequest, ProduceRequest,
+};
 use support::cluster::{self, DEADLINE, produce_through, servers, wait_for_record, wait_for_servers};
 use support::{Agent, Pki};
 
@@ -103,6 +105,13 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // An idempotent producer (SPEC §11) appends through the leader…
+    let mut client = pki.grpc(agents[leader.as_str()].rpc, "root");
+    let producer_id = client.init_producer(InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let idempotent = |value: &str| ProduceRequest { producer_id, sequence: 0, ..support::produce(value) };
+    let stored = client.produce(idempotent("once")).await.unwrap().into_inner().offset;
+    assert_eq!(stored, offset + 1);
+
     // kill -9 the leader: the survivors elect another and serve produces
     // (through either: a follower forwards).
     let killed = leader.clone();
@@ -117,8 +126,22 @@ async fn agents_form_a_cluster_by_gossip_and_survive_failures() {
         assert!(Instant::now() < deadline, "no new leader: {servers:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // …and its retry after the kill, through a survivor, finds the record
+    // where it is: nothing is stored twice.
+    let mut client = pki.grpc(agents[survivors[0]].rpc, "root");
+    let deadline = Instant::now() + DEADLINE;
+    let again = loop {
+        match client.produce(idempotent("once")).await {
+            Ok(response) => break response.into_inner().offset,
+            Err(status) => assert!(Instant::now() < deadline, "the retry failed: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again, stored);
+    let gap = client.produce(ProduceRequest { sequence: 5, ..idempotent("gap") }).await.unwrap_err();
+    assert_eq!(gap.code(), tonic::Code::FailedPrecondition, "{gap:?}");
     let second = produce_through(&pki, &agents[survivors[1]], "second").await;
-    assert_eq!(second, offset + 1);
+    assert_eq!(second, offset + 2);
 
     // The killed node restarts with its name and data (on new ports) and catches up.
     let name: &'static str = all.iter().copied().find(|name| *name == killed).unwrap();

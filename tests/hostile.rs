@@ -329,7 +329,8 @@ async fn t3d_unread_produce_streams_read_ahead_a_bounded_amount() {
         let (response, body) = ready.send_request(grpc_request(agent.rpc, "ProduceStream"), false).unwrap();
         let message = {
             let record = proglog_api::v1::Record { value: big.clone(), ..Default::default() };
-            let encoded = prost::Message::encode_to_vec(&ProduceRequest { record: Some(record) });
+            let encoded =
+                prost::Message::encode_to_vec(&ProduceRequest { record: Some(record), ..Default::default() });
             let mut framed = vec![0u8];
             framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
             framed.extend_from_slice(&encoded);

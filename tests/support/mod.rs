@@ -296,7 +296,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (
 }
 
 pub fn produce(value: &str) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: value.to_owned().into(), ..Default::default() }) }
+    ProduceRequest {
+        record: Some(Record { value: value.to_owned().into(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// Mutual-TLS material for one test.

@@ -56,6 +56,10 @@ pub mod error_info {
     /// changed, so that the same request may be sent again (to the leader).
     pub const NOTHING_DONE: [&str; 5] =
         [NOT_LEADER, OVERLOADED, CHANGE_IN_PROGRESS, NO_LIVE_QUORUM, LEADERSHIP_TRANSFER];
+    /// An idempotent append whose sequence does not follow the producer's
+    /// (`FAILED_PRECONDITION`). Nothing was appended; sending it again cannot
+    /// succeed.
+    pub const OUT_OF_ORDER_SEQUENCE: &str = "OUT_OF_ORDER_SEQUENCE";
 }
 
 /// Encoded `FileDescriptorSet` of `log.v1`, for gRPC server reflection.

@@ -370,7 +370,7 @@ impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
 }
 
 fn produce_request(value: Bytes) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value, ..Record::default() }) }
+    ProduceRequest { record: Some(Record { value, ..Record::default() }), ..ProduceRequest::default() }
 }
 
 /// Doubles `backoff`, up to 400 ms: how long to wait between failover tries.

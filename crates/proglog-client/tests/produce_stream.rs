@@ -14,7 +14,7 @@ use proglog_api::v1::log_server::{Log, LogServer};
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
     FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
-    ProduceRequest, ProduceResponse, Server,
+    InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Server,
 };
 use proglog_client::{Client, Delivery, Error, Options};
 use tokio::sync::mpsc;
@@ -156,6 +156,13 @@ impl Log for Fake {
     ) -> Result<Response<GetOffsetsResponse>, Status> {
         let next = self.cluster.lock().unwrap().log.len() as u64;
         Ok(Response::new(GetOffsetsResponse { lowest: 0, next }))
+    }
+
+    async fn init_producer(
+        &self,
+        _: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster has no idempotent producers"))
     }
 
     async fn commit_offset(

@@ -11,7 +11,7 @@ use proglog_api::v1::log_server::{Log, LogServer};
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
     FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
-    ProduceRequest, ProduceResponse, Record, Server,
+    InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Record, Server,
 };
 use proglog_client::{Client, Options};
 use tokio_stream::Stream;
@@ -69,6 +69,13 @@ impl Log for Fake {
         _: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
         Ok(Response::new(GetOffsetsResponse { lowest: 0, next: 0 }))
+    }
+
+    async fn init_producer(
+        &self,
+        _: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster has no idempotent producers"))
     }
 
     async fn commit_offset(

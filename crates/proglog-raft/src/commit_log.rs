@@ -19,12 +19,15 @@ pub struct Append {
     pub values: Vec<Bytes>,
     /// The caller's context (the current one unless set).
     pub context: opentelemetry::Context,
+    /// An idempotent producer's id and the sequence number of the first value
+    /// (SPEC §11): the log stores each sequence once.
+    pub producer: Option<(u64, u64)>,
 }
 
 impl Append {
     /// Appends `values` in the current context.
     pub fn new(values: Vec<Bytes>) -> Self {
-        Self { values, context: opentelemetry::Context::current() }
+        Self { values, context: opentelemetry::Context::current(), producer: None }
     }
 
     /// Appends one value in the current context.
@@ -35,6 +38,14 @@ impl Append {
     /// The same values, appended in `context`.
     pub fn with_context(self, context: opentelemetry::Context) -> Self {
         Self { context, ..self }
+    }
+
+    /// The same values, as sequences `sequence..` of producer `producer_id`
+    /// (not 0): a retry of values already appended returns their offset and
+    /// appends nothing; a sequence that skips ahead is refused
+    /// ([`LogError::OutOfOrderSequence`]).
+    pub fn with_producer(self, producer_id: u64, sequence: u64) -> Self {
+        Self { producer: (producer_id != 0).then_some((producer_id, sequence)), ..self }
     }
 }
 
@@ -161,6 +172,10 @@ pub trait CommitLog: Send + Sync + 'static {
     /// The position consumer group `group` committed last (`None`: never), as
     /// of the call (linearizable).
     async fn fetch_offset(&self, group: &str) -> Result<Option<u64>, LogError>;
+
+    /// A new idempotent producer id (SPEC §11 InitProducer), unique in the
+    /// cluster: 64 random bits, never 0.
+    async fn init_producer(&self) -> Result<u64, LogError>;
 
     /// The lowest offset still held.
     fn lowest_offset(&self) -> u64;

@@ -61,6 +61,11 @@ pub enum LogError {
     /// no replicated state). → `UNIMPLEMENTED`
     #[error("{0}")]
     Unimplemented(String),
+    /// An idempotent append whose sequence skips ahead of the producer's next
+    /// (or overlaps what it appended only in part); nothing was appended.
+    /// → `FAILED_PRECONDITION` with `ErrorInfo` reason `OUT_OF_ORDER_SEQUENCE`
+    #[error("{0}")]
+    OutOfOrderSequence(String),
 }
 
 /// Why a [`LogError::Refused`] operation was not done (its `google.rpc.ErrorInfo`

@@ -216,7 +216,12 @@ pub(crate) fn sync_in_background(
 
 #[async_trait::async_trait]
 impl CommitLog for LocalLog {
+    /// An idempotent append (one with a producer) is refused: this log keeps
+    /// no producer state, and storing it blindly could store it twice.
     async fn append(&self, append: Append) -> Result<PendingAppend, LogError> {
+        if append.producer.is_some() {
+            return Err(unreplicated("idempotent producers"));
+        }
         let values = append.values;
         let sender = self.sender()?;
         let bytes: usize = values.iter().map(Bytes::len).sum();
@@ -244,6 +249,10 @@ impl CommitLog for LocalLog {
     /// One node: every acknowledged record is already readable here.
     async fn linearize(&self) -> Result<(), LogError> {
         Ok(())
+    }
+
+    async fn init_producer(&self) -> Result<u64, LogError> {
+        Err(unreplicated("idempotent producers"))
     }
 
     async fn commit_offset(&self, _group: &str, _offset: u64) -> Result<(), LogError> {

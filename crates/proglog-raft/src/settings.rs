@@ -66,6 +66,11 @@ pub struct Settings {
     /// segments whose newest record is older (0: keep everything)
     #[cfg_attr(feature = "clap", arg(long, value_name = "MS"))]
     pub retention_ms: u64,
+    /// An idempotent producer is forgotten once it has appended nothing for this
+    /// long (its next retry of an older sequence is then refused, not stored)
+    #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DURATION", value_parser = humantime::parse_duration))]
+    pub producer_expiry: Duration,
 }
 
 impl Settings {
@@ -127,6 +132,7 @@ impl Default for Settings {
             raft_election_timeout: Duration::from_secs(1),
             retention_bytes: 0,
             retention_ms: 0,
+            producer_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -627,3 +627,60 @@ async fn retention_cuts_the_same_lowest_offset_on_every_node_and_it_survives_res
         cluster.stop(&name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_append_is_stored_once_across_retries_leader_changes_and_restarts() {
+    let mut cluster = Cluster::new();
+    cluster.compact_entries = 8;
+    cluster.form(3).await;
+    let producer = cluster.leader().await.init_producer().await.expect("an id");
+    assert_ne!(producer, 0);
+    let send = |node: Arc<RaftLog>, sequence: u64, values: &'static [&'static str]| async move {
+        let values = values.iter().map(|v| Bytes::from_static(v.as_bytes())).collect();
+        node.append(Append::new(values).with_producer(producer, sequence)).await?.await
+    };
+    let leader = cluster.leader().await;
+    let first = send(Arc::clone(&leader), 0, &["a", "b"]).await.expect("appended");
+    assert_eq!(first, 0);
+    // A retry (same sequence): the original offset, nothing appended.
+    assert_eq!(send(Arc::clone(&leader), 0, &["a", "b"]).await.expect("deduplicated"), 0);
+    assert_eq!(send(Arc::clone(&leader), 1, &["b"]).await.expect("deduplicated"), 1);
+    // Through a follower (forwarded), the next sequence, then its retry.
+    let follower = cluster.nodes.values().find(|n| !n.status().is_leader).cloned().expect("a follower");
+    assert_eq!(send(Arc::clone(&follower), 2, &["c"]).await.expect("appended"), 2);
+    assert_eq!(send(Arc::clone(&follower), 2, &["c"]).await.expect("deduplicated"), 2);
+    // A gap is refused, and appends nothing.
+    let gap = send(Arc::clone(&leader), 5, &["x"]).await;
+    assert!(matches!(gap, Err(LogError::OutOfOrderSequence(_))), "{gap:?}");
+    // A plain append in between does not disturb the producer.
+    assert_eq!(cluster.append(&["plain"]).await, 3);
+    // The leader goes: the new one knows the producer's batches.
+    let old = leader.member().name.clone();
+    cluster.stop(&old).await;
+    let leader = cluster.leader().await;
+    assert_eq!(send(Arc::clone(&leader), 2, &["c"]).await.expect("deduplicated"), 2);
+    assert_eq!(send(Arc::clone(&leader), 3, &["d"]).await.expect("appended"), 4);
+    // Enough entries to compact (the state is saved), then every node restarts.
+    for _ in 0..12 {
+        cluster.append(&["more"]).await;
+    }
+    cluster.start(&old, false).await;
+    wait_committed(&cluster.nodes[&old], 17).await;
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+    for name in ["node-0", "node-1", "node-2"] {
+        cluster.start(name, false).await;
+    }
+    let leader = cluster.leader().await;
+    assert_eq!(send(Arc::clone(&leader), 3, &["d"]).await.expect("deduplicated"), 4);
+    assert_eq!(send(Arc::clone(&leader), 0, &["a", "b"]).await.expect("deduplicated"), 0);
+    assert_eq!(send(Arc::clone(&leader), 4, &["e"]).await.expect("appended"), 17);
+    let all = values(&leader, 0, 18).await;
+    for value in ["a", "b", "c", "d", "e"] {
+        assert_eq!(all.iter().filter(|v| *v == value).count(), 1, "{value} stored once: {all:?}");
+    }
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}

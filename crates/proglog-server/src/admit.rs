@@ -68,6 +68,7 @@ fn built_in(path: &str) -> Option<Method> {
     let (action, limit, unary_request) = match path {
         "/log.v1.Log/Produce" => (Some(action::PRODUCE), MessageLimit::Records, true),
         "/log.v1.Log/ProduceStream" => (Some(action::PRODUCE), MessageLimit::Records, false),
+        "/log.v1.Log/InitProducer" => (Some(action::PRODUCE), small, true),
         "/log.v1.Log/Consume"
         | "/log.v1.Log/ConsumeStream"
         | "/log.v1.Log/GetOffsets"
@@ -492,6 +493,7 @@ mod tests {
         assert_eq!(method("/log.v1.Log/ConsumeStream").action, Some(action::CONSUME));
         assert_eq!(method("/log.v1.Log/GetOffsets").action, Some(action::CONSUME));
         assert_eq!(method("/log.v1.Log/CommitOffset").action, Some(action::CONSUME));
+        assert_eq!(method("/log.v1.Log/InitProducer").action, Some(action::PRODUCE));
         assert_eq!(method("/log.v1.Log/FetchOffset").action, Some(action::CONSUME));
         assert_eq!(method("/log.v1.Log/GetServers").action, None);
         assert!(!method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").unary_request);

@@ -450,7 +450,9 @@ impl Transport for PeerTransport {
             if entry.0 != addr || entry.1.is_closed() {
                 *entry = (addr.clone(), spawn_forwarder(inner, to, addr));
             }
-            entry.1.try_send((ForwardRequest { values: append.values, trace_context }, reply)).is_ok()
+            let (producer_id, sequence) = append.producer.unwrap_or_default();
+            let request = ForwardRequest { values: append.values, trace_context, producer_id, sequence };
+            entry.1.try_send((request, reply)).is_ok()
         };
         Box::pin(async move {
             let result = if queued {
@@ -818,7 +820,9 @@ impl Raft for PeerService {
                 let parent =
                     global::get_text_map_propagator(|propagator| propagator.extract(&request.trace_context));
                 let trace = forward_span(SpanKind::Server, &parent);
-                let append = Append::new(request.values).with_context(trace.clone());
+                let append = Append::new(request.values)
+                    .with_context(trace.clone())
+                    .with_producer(request.producer_id, request.sequence);
                 let pending: PendingAppend = match mailbox.append(append).await {
                     Ok(pending) => Box::pin(async move {
                         let result = pending.await;

@@ -14,7 +14,7 @@ use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
     FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
-    ProduceRequest, ProduceResponse, Record, Server,
+    InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Record, Server,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -126,18 +126,42 @@ fn wire_server(server: proglog_raft::ServerInfo) -> Server {
     Server { id: server.id, rpc_addr: server.rpc_addr, is_leader: server.is_leader }
 }
 
-fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<Bytes, Status> {
+fn value_of(request: ProduceRequest, max_record_bytes: u64) -> Result<(Bytes, Option<(u64, u64)>), Status> {
+    let producer = (request.producer_id != 0).then_some((request.producer_id, request.sequence));
     let record = request.record.ok_or_else(|| Status::invalid_argument("produce request has no record"))?;
     check_record_size(record.value.len(), max_record_bytes).map_err(from_log)?;
-    Ok(record.value)
+    Ok((record.value, producer))
+}
+
+/// The append of `values`, as sequences of `producer` if given.
+fn append_of(values: Vec<Bytes>, producer: Option<(u64, u64)>) -> Append {
+    let append = Append::new(values);
+    match producer {
+        Some((id, sequence)) => append.with_producer(id, sequence),
+        None => append,
+    }
+}
+
+/// Whether a value of `next` (its producer and sequence) may join a batch of
+/// `count` values of `batch`: both without a producer, or the same producer's
+/// next sequence.
+fn continues(batch: Option<(u64, u64)>, count: u64, next: Option<(u64, u64)>) -> bool {
+    match (batch, next) {
+        (None, None) => true,
+        (Some((id, first)), Some((next_id, sequence))) => {
+            id == next_id && first.checked_add(count) == Some(sequence)
+        }
+        _ => false,
+    }
 }
 
 #[tonic::async_trait]
 impl LogRpc for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let (_, extensions, request) = request.into_parts();
-        let value = value_of(request, self.max_record_bytes)?;
-        let offset = self.log.append(Append::one(value)).await.map_err(from_log)?.await.map_err(from_log)?;
+        let (value, producer) = value_of(request, self.max_record_bytes)?;
+        let append = append_of(vec![value], producer);
+        let offset = self.log.append(append).await.map_err(from_log)?.await.map_err(from_log)?;
         OffsetSlot::note(&extensions, offset);
         Ok(Response::new(ProduceResponse { offset }))
     }
@@ -220,6 +244,14 @@ impl LogRpc for LogService {
         let CommitOffsetRequest { group, offset } = request.into_inner();
         self.log.commit_offset(&group, offset).await.map_err(from_log)?;
         Ok(Response::new(CommitOffsetResponse {}))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let producer_id = self.log.init_producer().await.map_err(from_log)?;
+        Ok(Response::new(InitProducerResponse { producer_id }))
     }
 
     async fn fetch_offset(
@@ -322,7 +354,7 @@ async fn follow(
 }
 
 /// A value read ahead, with the stream buffer bytes it holds until committed.
-type ReadAhead = Result<(Bytes, Option<OwnedSemaphorePermit>), Status>;
+type ReadAhead = Result<(Bytes, Option<(u64, u64)>, Option<OwnedSemaphorePermit>), Status>;
 
 /// Reads a ProduceStream's requests ahead of the appends, validating each, as
 /// long as the stream's buffer has room for them ([`PRODUCE_STREAM_BUFFER_BYTES`],
@@ -349,9 +381,9 @@ async fn read_requests(
             Err(status) => Err(status),
         };
         let item = match item {
-            Ok(value) => {
+            Ok((value, producer)) => {
                 let held = buffer.hold(value.len()).await;
-                Ok((value, held))
+                Ok((value, producer, held))
             }
             Err(status) => Err(status),
         };
@@ -379,6 +411,9 @@ async fn append_in_order(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut ending: Option<Status> = None;
     let mut input_open = true;
+    // A value read that could not join the batch before it (another producer,
+    // or not its next sequence): the first of the next batch.
+    let mut carried: Option<ReadAhead> = None;
     loop {
         let can_read = input_open && in_flight.len() < PRODUCE_STREAM_BATCHES_IN_FLIGHT;
         let oldest = in_flight.front_mut().map(|(pending, _, _)| pending);
@@ -405,12 +440,18 @@ async fn append_in_order(
                     None => break,
                 }
             }
-            item = values.recv(), if can_read => {
-                let (mut batch, mut held) = (Vec::new(), None);
+            item = async { match carried.take() { Some(item) => Some(item), None => values.recv().await } }, if can_read => {
+                let (mut batch, mut held, mut producer) = (Vec::new(), None, None);
                 let mut next = item;
                 loop {
                     match next {
-                        Some(Ok((value, permit))) => {
+                        Some(Ok((value, from, permit))) => {
+                            if batch.is_empty() {
+                                producer = from;
+                            } else if !continues(producer, batch.len() as u64, from) {
+                                carried = Some(Ok((value, from, permit)));
+                                break;
+                            }
                             batch.push(value);
                             merge(&mut held, permit);
                         }
@@ -430,7 +471,7 @@ async fn append_in_order(
                     // One event per batch on the call's span, never a span per record.
                     let trace = opentelemetry::Context::current();
                     trace.span().add_event("append", vec![KeyValue::new("records", count as i64)]);
-                    match log.append(Append::new(batch)).await {
+                    match log.append(append_of(batch, producer)).await {
                         Ok(pending) => in_flight.push_back((pending, count, held)),
                         Err(error) => { ending = Some(from_log(error)); input_open = false; }
                     }

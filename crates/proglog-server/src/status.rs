@@ -8,7 +8,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 /// Locale of the `google.rpc.LocalizedMessage` detail on `OUT_OF_RANGE`.
 const LOCALE: &str = "en-US";
-use proglog_api::error_info::{DOMAIN as ERROR_DOMAIN, NOT_LEADER};
+use proglog_api::error_info::{DOMAIN as ERROR_DOMAIN, NOT_LEADER, OUT_OF_ORDER_SEQUENCE};
 
 /// The status of a log error: one code per variant. A follower's `NOT_LEADER`
 /// is `UNAVAILABLE` carrying the leader it knows as a `google.rpc.ErrorInfo`
@@ -48,6 +48,11 @@ pub(crate) fn from_log(error: LogError) -> Status {
         LogError::Internal(message) => Status::internal(message),
         LogError::ResourceExhausted(message) => Status::resource_exhausted(message),
         LogError::Unimplemented(message) => Status::unimplemented(message),
+        LogError::OutOfOrderSequence(message) => Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            ErrorDetails::with_error_info(OUT_OF_ORDER_SEQUENCE, ERROR_DOMAIN, HashMap::new()),
+        ),
         other => Status::internal(other.to_string()),
     }
 }
@@ -84,6 +89,9 @@ pub(crate) fn to_log(status: &Status) -> LogError {
         Code::DataLoss => LogError::DataLoss(message),
         Code::ResourceExhausted => LogError::ResourceExhausted(message),
         Code::Unimplemented => LogError::Unimplemented(message),
+        Code::FailedPrecondition if info.is_some_and(|info| info.reason == OUT_OF_ORDER_SEQUENCE) => {
+            LogError::OutOfOrderSequence(message)
+        }
         _ => LogError::Internal(message),
     }
 }
@@ -162,6 +170,7 @@ mod tests {
             LogError::Internal("broken".into()),
             LogError::ResourceExhausted("full".into()),
             LogError::Unimplemented("not here".into()),
+            LogError::OutOfOrderSequence("producer 7: sequence 9 does not follow".into()),
         ];
         errors.extend(proglog_raft::Refusal::ALL.map(|reason| LogError::refused(reason, "not now")));
         for error in errors {

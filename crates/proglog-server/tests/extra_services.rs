@@ -121,7 +121,10 @@ async fn an_extra_service_serves_only_the_subjects_its_action_allows() {
 
     // The built-in services are unchanged beside it.
     let record = Record { value: "hello".into(), ..Default::default() };
-    let produced = LogClient::new(bob).produce(ProduceRequest { record: Some(record) }).await.unwrap();
+    let produced = LogClient::new(bob)
+        .produce(ProduceRequest { record: Some(record), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(produced.into_inner().offset, 0);
     let response = call(alice, "/grpc.health.v1.Health/Check", "log.v1.Log").await.unwrap();
     assert_eq!(response.status(), ServingStatus::Serving);

@@ -12,7 +12,10 @@ use proglog_api::v1::{ConsumeRequest, ProduceRequest, Record};
 use tokio_stream::StreamExt;
 
 fn produce(value: &str) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: value.to_owned().into(), ..Default::default() }) }
+    ProduceRequest {
+        record: Some(Record { value: value.to_owned().into(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 fn process_cpu_seconds() -> f64 {

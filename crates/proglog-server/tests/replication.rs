@@ -192,6 +192,9 @@ impl Cluster {
             self.start(&name, false).await;
             let member = self.nodes[&name].log.member().clone();
             self.leader().await.1.join(member).await.unwrap();
+            // Promoted once caught up: one membership change at a time.
+            let (_, leader) = self.leader().await;
+            wait_until(|| leader.status().voters == i + 1).await;
         }
         for node in self.nodes.values() {
             wait_until(|| node.log.status().voters == size).await;
@@ -239,7 +242,10 @@ async fn wait_until(mut condition: impl FnMut() -> bool) {
 }
 
 fn produce(value: &str) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: value.to_owned().into(), ..Default::default() }) }
+    ProduceRequest {
+        record: Some(Record { value: value.to_owned().into(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 async fn wait_committed(log: &RaftLog, next: u64) {

@@ -15,7 +15,10 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 fn produce(value: &str) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: value.to_owned().into(), ..Default::default() }) }
+    ProduceRequest {
+        record: Some(Record { value: value.to_owned().into(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -157,7 +160,7 @@ async fn bad_records_are_rejected_and_the_server_stays_healthy() {
     let server = TestServer::secure(&pki).await;
     let mut root = client_as(&pki, server.addr, "root");
 
-    let status = root.produce(ProduceRequest { record: None }).await.unwrap_err();
+    let status = root.produce(ProduceRequest { record: None, ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
     let oversized = "x".repeat((1 << 20) + 1);

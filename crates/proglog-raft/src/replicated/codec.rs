@@ -97,6 +97,11 @@ pub(crate) fn batch_header(data: &[u8]) -> Result<(u64, u64), LogError> {
     header(data).map(|(first_offset, count, _, _)| (first_offset, count))
 }
 
+/// Reads only the header: (first offset, record count, what the leader said).
+pub(crate) fn batch_meta(data: &[u8]) -> Result<(u64, u64, BatchMeta), LogError> {
+    header(data).map(|(first_offset, count, meta, _)| (first_offset, count, meta))
+}
+
 /// Decodes a batch, checking every length against the data.
 pub(crate) fn decode_batch(data: &Bytes) -> Result<Batch, LogError> {
     let (first_offset, count, meta, records) = header(data)?;

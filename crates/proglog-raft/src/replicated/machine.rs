@@ -33,6 +33,12 @@ pub(crate) const MAX_COMMAND_BYTES: usize = 4 << 10;
 pub const MAX_GROUP_BYTES: usize = 128;
 /// Consumer groups with a committed position, per log, at most.
 pub const MAX_GROUPS: usize = 10_000;
+/// Idempotent producers remembered per log, at most: a new one beyond it
+/// makes the log forget the one that appended least recently.
+pub const MAX_PRODUCERS: usize = 4096;
+/// Batches remembered per producer (its most recent ones, contiguous ones
+/// merged): a retry of an older batch is refused, not stored again.
+pub(crate) const PRODUCER_WINDOW: usize = 64;
 
 /// What a command entry decides.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +112,31 @@ pub(crate) struct Machine {
     /// Retention removed every record below this offset.
     #[serde(default)]
     lowest: u64,
+    /// Idempotent producers, by id.
+    #[serde(default)]
+    producers: BTreeMap<u64, Producer>,
+}
+
+/// What the log remembers of an idempotent producer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Producer {
+    /// The sequence its next batch must start at.
+    next: u64,
+    /// The timestamp of its last batch.
+    last_ms: u64,
+    /// Its most recent batches: (first sequence, records, first offset).
+    window: std::collections::VecDeque<(u64, u64, u64)>,
+}
+
+/// Where an idempotent append stands against what the log holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sequence {
+    /// The producer's next sequence: append it.
+    Next,
+    /// Appended already, at this offset: append nothing.
+    Appended(u64),
+    /// Neither: refuse it (`expected` is the producer's next sequence).
+    OutOfOrder { expected: u64 },
 }
 
 impl Machine {
@@ -132,6 +163,74 @@ impl Machine {
     /// Retention removed every record below this offset.
     pub(crate) fn lowest(&self) -> u64 {
         self.lowest
+    }
+
+    /// The sequence producer `id`'s next batch must start at (0 for one the
+    /// log does not know).
+    pub(crate) fn next_sequence(&self, id: u64) -> u64 {
+        self.producers.get(&id).map_or(0, |producer| producer.next)
+    }
+
+    /// Where `count` records of producer `id` from `sequence` on stand, given
+    /// that its next sequence is `expected` (the applied state's, or further
+    /// on a leader with proposals in flight).
+    pub(crate) fn check(&self, id: u64, sequence: u64, count: u64, expected: u64) -> Sequence {
+        if sequence == expected {
+            return Sequence::Next;
+        }
+        if sequence < expected && sequence.saturating_add(count) <= expected {
+            let window = self.producers.get(&id).map(|producer| &producer.window);
+            let found = window.into_iter().flatten().find(|(first, records, _)| {
+                *first <= sequence && sequence.saturating_add(count) <= first + records
+            });
+            if let Some((first, _, offset)) = found {
+                return Sequence::Appended(offset + (sequence - first));
+            }
+        }
+        Sequence::OutOfOrder { expected }
+    }
+
+    /// A batch of producer `id` applied: `count` records from `sequence` on, at
+    /// `first_offset`, stamped `timestamp_ms`. Producers silent for longer than
+    /// `expiry_ms` before it are forgotten (0: never), and the least recent one
+    /// once there are more than [`MAX_PRODUCERS`].
+    pub(crate) fn record(
+        &mut self,
+        id: u64,
+        sequence: u64,
+        count: u64,
+        first_offset: u64,
+        timestamp_ms: u64,
+        expiry_ms: u64,
+    ) {
+        if expiry_ms > 0 {
+            self.producers.retain(|_, producer| producer.last_ms.saturating_add(expiry_ms) >= timestamp_ms);
+        }
+        let producer = self.producers.entry(id).or_default();
+        producer.next = producer.next.max(sequence.saturating_add(count));
+        producer.last_ms = producer.last_ms.max(timestamp_ms);
+        match producer.window.back_mut() {
+            // Contiguous in sequences and offsets: one entry.
+            Some((first, records, offset))
+                if *first + *records == sequence && *offset + *records == first_offset =>
+            {
+                *records += count;
+            }
+            _ => producer.window.push_back((sequence, count, first_offset)),
+        }
+        while producer.window.len() > PRODUCER_WINDOW {
+            producer.window.pop_front();
+        }
+        while self.producers.len() > MAX_PRODUCERS {
+            let oldest = self
+                .producers
+                .iter()
+                .min_by_key(|(id, producer)| (producer.last_ms, **id))
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.producers.remove(&oldest);
+            }
+        }
     }
 
     /// The position group `group` committed last, if any.
@@ -178,6 +277,49 @@ mod tests {
         for bad in ["", "a b", "é", "a/b", &"g".repeat(MAX_GROUP_BYTES + 1)] {
             assert!(check_group(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_producer_s_sequences_are_stored_once_and_gaps_are_refused() {
+        let mut machine = Machine::default();
+        assert_eq!(machine.check(7, 0, 2, machine.next_sequence(7)), Sequence::Next);
+        machine.record(7, 0, 2, 100, 1, 0);
+        machine.record(7, 2, 1, 102, 2, 0); // contiguous: merged
+        machine.record(7, 3, 1, 110, 3, 0);
+        let next = machine.next_sequence(7);
+        assert_eq!(next, 4);
+        assert_eq!(machine.check(7, 4, 1, next), Sequence::Next);
+        assert_eq!(machine.check(7, 0, 2, next), Sequence::Appended(100));
+        assert_eq!(machine.check(7, 2, 1, next), Sequence::Appended(102));
+        assert_eq!(machine.check(7, 3, 1, next), Sequence::Appended(110));
+        assert_eq!(machine.check(7, 5, 1, next), Sequence::OutOfOrder { expected: 4 }, "a gap");
+        assert_eq!(machine.check(7, 3, 2, next), Sequence::OutOfOrder { expected: 4 }, "in part appended");
+        assert_eq!(machine.check(8, 1, 1, machine.next_sequence(8)), Sequence::OutOfOrder { expected: 0 });
+        // Only the newest batches are remembered.
+        for i in 0..PRODUCER_WINDOW as u64 {
+            machine.record(7, 4 + i, 1, 1000 + 2 * i, 4, 0);
+        }
+        let next = machine.next_sequence(7);
+        assert_eq!(machine.check(7, 0, 2, next), Sequence::OutOfOrder { expected: next });
+        assert_eq!(
+            machine.check(7, next - 1, 1, next),
+            Sequence::Appended(1000 + 2 * (PRODUCER_WINDOW as u64 - 1))
+        );
+        // Silent longer than the expiry: forgotten.
+        machine.record(9, 0, 1, 5000, 100, 50);
+        assert_eq!(machine.next_sequence(7), 0, "silent since 4, expiry 50 at 100");
+        assert_eq!(machine.next_sequence(9), 1);
+    }
+
+    #[test]
+    fn producers_are_bounded_by_forgetting_the_least_recent() {
+        let mut machine = Machine::default();
+        for id in 1..=MAX_PRODUCERS as u64 + 1 {
+            machine.record(id, 0, 1, id, id, 0);
+        }
+        assert_eq!(machine.producers.len(), MAX_PRODUCERS);
+        assert_eq!(machine.next_sequence(1), 0, "the least recent went");
+        assert_eq!(machine.next_sequence(MAX_PRODUCERS as u64 + 1), 1);
     }
 
     #[test]

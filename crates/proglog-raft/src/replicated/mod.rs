@@ -121,6 +121,7 @@ impl RaftConfig {
             snapshot_fetches: self.metrics.snapshot_fetches.clone(),
             retention_bytes: settings.retention_bytes,
             retention_ms: settings.retention_ms,
+            producer_expiry_ms: u64::try_from(settings.producer_expiry.as_millis()).unwrap_or(u64::MAX),
         })
     }
 }
@@ -257,7 +258,8 @@ impl Mailbox {
         check_append(&append.values, self.max_record_bytes)?;
         let permit = queue_permit(&self.queued, &append.values).await;
         let (reply, done) = oneshot::channel();
-        let proposal = Proposal { values: append.values, context: append.context, reply };
+        let proposal =
+            Proposal { values: append.values, context: append.context, producer: append.producer, reply };
         self.events.send(Event::Append(proposal, permit)).map_err(|_| closed())?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
     }
@@ -877,7 +879,9 @@ impl CommitLog for RaftLog {
             }));
         }
         let (reply, done) = oneshot::channel();
-        self.send(Event::Append(Proposal { values: append.values, context: append.context, reply }, permit))?;
+        let proposal =
+            Proposal { values: append.values, context: append.context, producer: append.producer, reply };
+        self.send(Event::Append(proposal, permit))?;
         Ok(Box::pin(async move { done.await.unwrap_or_else(|_| Err(closed())) }))
     }
 
@@ -917,6 +921,11 @@ impl CommitLog for RaftLog {
         }
         let command = machine::Command::CommitOffset { group: group.to_owned(), offset };
         self.change(|reply| Event::Command(command, reply)).await
+    }
+
+    async fn init_producer(&self) -> Result<u64, LogError> {
+        // The same 64 random bits (never 0) as a member id.
+        Ok(codec::mint_member_id())
     }
 
     /// Linearizable: after a read index, from this node's applied state.

@@ -22,11 +22,9 @@ use raft::{RawNode, StateRole};
 use slog::Logger;
 use tokio::sync::{oneshot, watch};
 
-use super::codec::{
-    BatchMeta, ClusterId, Member, PeerId, batch_header, batch_len, conf_change, encode_batch,
-};
+use super::codec::{BatchMeta, ClusterId, Member, PeerId, batch_len, batch_meta, conf_change, encode_batch};
 use super::gate::{self, Pass, Reason, Rejections, View};
-use super::machine::{Command, encode_command, is_command};
+use super::machine::{Command, Sequence, encode_command, is_command};
 use super::reads::{ReadReply, Reads, parse_read_context};
 use super::store::{SnapshotData, Store};
 use crate::{Leader, LogError, LogStatus, Refusal, ServerInfo};
@@ -39,6 +37,8 @@ pub(crate) type AppendReply = oneshot::Sender<Result<u64, LogError>>;
 pub(crate) struct Proposal {
     pub values: Vec<Bytes>,
     pub context: opentelemetry::Context,
+    /// An idempotent producer's id and first sequence.
+    pub producer: Option<(u64, u64)>,
     pub reply: AppendReply,
 }
 /// Replies to a membership change once it is applied.
@@ -70,6 +70,8 @@ pub(crate) struct NodeConfig {
     /// …and remove segments whose records are all older than this (ms; 0: no
     /// limit by age).
     pub retention_ms: u64,
+    /// Idempotent producers silent this long (ms; 0: never) are forgotten.
+    pub producer_expiry_ms: u64,
 }
 
 /// Work for the driver after [`Node::process_ready`].
@@ -184,6 +186,14 @@ pub(crate) struct Node {
     timestamp: u64,
     /// The index of the retention cut this leader proposed last.
     retaining: u64,
+    /// The index of this leader's first entry of its term: idempotent appends
+    /// are checked against the applied state only once it is applied.
+    term_start: u64,
+    /// Idempotent appends waiting for that.
+    held_back: Vec<Proposal>,
+    /// This leader's idempotent batches proposed and not yet applied, per
+    /// producer: (first sequence, records, entry index).
+    in_flight: BTreeMap<u64, Vec<(u64, u64, u64)>>,
 }
 
 /// A refusal of each kind is logged at most once per this many ticks (10 s at
@@ -235,7 +245,7 @@ impl Node {
             }
         }
         let applied = store.recovered_applied();
-        store.replay_commands(applied)?;
+        store.replay(applied, config.producer_expiry_ms)?;
         store.set_applied(applied);
         store.rebuild_terms();
         let mut hard_state = store.hard_state().clone();
@@ -287,6 +297,9 @@ impl Node {
             reads: Reads::default(),
             timestamp: 0,
             retaining: 0,
+            term_start: u64::MAX,
+            held_back: Vec::new(),
+            in_flight: BTreeMap::new(),
         };
         // A lone voter need not wait out an election timeout.
         let cs = node.raw.store().conf_state();
@@ -460,26 +473,108 @@ impl Node {
         let mut batch: Vec<Proposal> = Vec::new();
         let mut bytes = 0;
         for proposal in appends {
+            if proposal.producer.is_some() {
+                // Its own entry (a batch names one producer), in order.
+                if !batch.is_empty() {
+                    self.propose_entry(std::mem::take(&mut batch), None);
+                    bytes = 0;
+                }
+                self.propose_idempotent(proposal);
+                continue;
+            }
             let size = batch_len(&proposal.values);
             if !batch.is_empty() && bytes + size > self.config.max_batch_bytes {
-                self.propose_entry(std::mem::take(&mut batch));
+                self.propose_entry(std::mem::take(&mut batch), None);
                 bytes = 0;
             }
             bytes += size;
             batch.push(proposal);
         }
         if !batch.is_empty() {
-            self.propose_entry(batch);
+            self.propose_entry(batch, None);
         }
     }
 
-    fn propose_entry(&mut self, batch: Vec<Proposal>) {
+    /// An idempotent append (SPEC §11): checked against the producer's applied
+    /// batches and this leader's in flight — a retry of what is appended gets
+    /// its offset (or waits for the batch in flight), a gap is refused, and the
+    /// next sequence is proposed. Until the leader has applied the first entry
+    /// of its term, the applied state may lack batches an earlier leader
+    /// committed: the append waits for it.
+    fn propose_idempotent(&mut self, proposal: Proposal) {
+        let Some((id, sequence)) = proposal.producer else {
+            self.propose_entry(vec![proposal], None);
+            return;
+        };
+        if !self.is_leader() {
+            let _ = proposal.reply.send(Err(self.not_leader()));
+            return;
+        }
+        if self.applied() < self.term_start {
+            self.held_back.push(proposal);
+            return;
+        }
+        let count = proposal.values.len() as u64;
+        let in_flight = self.in_flight.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let expected = in_flight.last().map_or_else(
+            || self.raw.store().machine().next_sequence(id),
+            |(first, records, _)| first + records,
+        );
+        // A retry of a batch in flight: answered with it.
+        let pending = in_flight.iter().find(|(first, records, _)| {
+            *first <= sequence && sequence.saturating_add(count) <= first + records
+        });
+        if let Some(&(first, _, index)) = pending
+            && let Some(Waiter::Append { replies, .. }) = self.waiters.get_mut(&index)
+        {
+            replies.push((sequence - first, proposal.reply));
+            return;
+        }
+        let checked = self.raw.store().machine().check(id, sequence, count, expected);
+        match checked {
+            Sequence::Next => {
+                let index = self.propose_entry(vec![proposal], Some((id, sequence)));
+                if let Some(index) = index {
+                    self.in_flight.entry(id).or_default().push((sequence, count, index));
+                }
+            }
+            Sequence::Appended(offset) => {
+                let _ = proposal.reply.send(Ok(offset));
+            }
+            Sequence::OutOfOrder { expected } => {
+                let _ = proposal.reply.send(Err(LogError::OutOfOrderSequence(format!(
+                    "producer {id}: sequence {sequence} ({count} records) does not follow; the next is {expected}"
+                ))));
+            }
+        }
+    }
+
+    /// Before a round: forgets applied batches in flight, and proposes the
+    /// idempotent appends held back once the term's first entry is applied
+    /// (or fails them, if this node no longer leads).
+    fn settle_idempotent(&mut self) {
+        let applied = self.applied();
+        for batches in self.in_flight.values_mut() {
+            batches.retain(|(_, _, index)| *index > applied);
+        }
+        self.in_flight.retain(|_, batches| !batches.is_empty());
+        if self.held_back.is_empty() || (self.is_leader() && applied < self.term_start) {
+            return;
+        }
+        for proposal in std::mem::take(&mut self.held_back) {
+            self.propose_idempotent(proposal);
+        }
+    }
+
+    /// Proposes one entry of `batch` (as producer `producer`'s sequences, if
+    /// given); its index, once proposed.
+    fn propose_entry(&mut self, batch: Vec<Proposal>, producer: Option<(u64, u64)>) -> Option<u64> {
         if !self.is_leader() {
             let error = self.not_leader();
             for proposal in batch {
                 let _ = proposal.reply.send(Err(error.clone()));
             }
-            return;
+            return None;
         }
         let first_offset = self.raw.store().tail_end() + self.proposed;
         let trace = commit_span(&batch, first_offset);
@@ -490,7 +585,8 @@ impl Node {
             values.extend(proposal.values);
         }
         let count = values.len() as u64;
-        let meta = BatchMeta { timestamp_ms: self.timestamp, ..BatchMeta::default() };
+        let (producer_id, sequence) = producer.unwrap_or_default();
+        let meta = BatchMeta { timestamp_ms: self.timestamp, producer_id, sequence };
         match self.raw.propose(Vec::new(), encode_batch(first_offset, meta, &values)) {
             Ok(()) => {
                 self.proposed += count;
@@ -500,6 +596,7 @@ impl Node {
                 }
                 trace.span().set_attribute(KeyValue::new("raft.index", index as i64));
                 self.waiters.insert(index, Waiter::Append { term: self.term(), replies, trace });
+                Some(index)
             }
             Err(error) => {
                 let error = match error {
@@ -513,6 +610,7 @@ impl Node {
                 for (_, reply) in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
+                None
             }
         }
     }
@@ -845,6 +943,9 @@ impl Node {
         outbox: &mut Outbox,
         send_early: &mut dyn FnMut(Vec<Message>),
     ) -> Result<(), LogError> {
+        // Before the Ready: what is proposed now is in its entries (never
+        // between a Ready and its advance, which would miscount the offsets).
+        self.settle_idempotent();
         self.ask_read_index();
         if !self.raw.has_ready() {
             return Ok(());
@@ -858,6 +959,12 @@ impl Node {
             }
         }
         let became_leader = ready.ss().is_some_and(|ss| ss.raft_state == StateRole::Leader);
+        if became_leader {
+            // Its empty entry of the new term: the applied state is complete
+            // once it is applied.
+            self.term_start = self.raw.raft.raft_log.last_index();
+            self.in_flight.clear();
+        }
         if let Some(ss) = ready.ss()
             && ss.leader_id != raft::INVALID_ID
             && ss.leader_id != self.seen_leader
@@ -1034,8 +1141,20 @@ impl Node {
 
     /// Makes an entry's records readable (they are stored): their term first.
     fn apply_batch(&mut self, entry: &Entry) -> Result<u64, LogError> {
-        let (first_offset, _) = batch_header(&entry.data)?;
-        self.raw.mut_store().note_term(first_offset, entry.term)?;
+        let (first_offset, count, meta) = batch_meta(&entry.data)?;
+        let store = self.raw.mut_store();
+        store.note_term(first_offset, entry.term)?;
+        if meta.producer_id != 0 {
+            let expiry = self.config.producer_expiry_ms;
+            store.machine().record(
+                meta.producer_id,
+                meta.sequence,
+                count,
+                first_offset,
+                meta.timestamp_ms,
+                expiry,
+            );
+        }
         Ok(first_offset)
     }
 
@@ -1284,7 +1403,7 @@ mod tests {
 
     fn proposal(context: opentelemetry::Context) -> Proposal {
         let (reply, _) = oneshot::channel();
-        Proposal { values: vec![Bytes::from_static(b"v")], context, reply }
+        Proposal { values: vec![Bytes::from_static(b"v")], context, producer: None, reply }
     }
 
     #[test]

@@ -105,6 +105,20 @@ struct Read {
     index: Option<u64>,
 }
 
+/// An idempotent producer: it sends its sequences in order and resends a
+/// batch (same sequence, same values) until it is acknowledged.
+#[derive(Default)]
+struct SimProducer {
+    id: u64,
+    /// The next sequence of a new batch.
+    next: u64,
+    /// The batch being sent: (first sequence, values), and the answer awaited.
+    batch: Option<(u64, Vec<Bytes>)>,
+    reply: Option<oneshot::Receiver<Result<u64, LogError>>>,
+    /// Batches acknowledged.
+    acked: u64,
+}
+
 /// A consumer position committed through node `target`.
 struct Commit {
     group: String,
@@ -133,6 +147,9 @@ struct Sim {
     /// Linearizable reads checked so far.
     reads_checked: u64,
     commits: Vec<Commit>,
+    producers: Vec<SimProducer>,
+    /// Where each committed value is, to find one stored twice.
+    stored_at: HashMap<Bytes, u64>,
     /// Consumer positions acknowledged (each group committed once).
     positions: BTreeMap<String, u64>,
     leaders: HashMap<u64, u64>,
@@ -162,6 +179,7 @@ fn node_config(rng: &mut Rng) -> NodeConfig {
         // Small segments (`records_config`): retention keeps cutting.
         retention_bytes: 6 << 10,
         retention_ms: 0,
+        producer_expiry_ms: 0,
     }
 }
 
@@ -268,6 +286,8 @@ impl Sim {
             reads: Vec::new(),
             reads_checked: 0,
             commits: Vec::new(),
+            producers: (1..=3).map(|id| SimProducer { id, ..SimProducer::default() }).collect(),
+            stored_at: HashMap::new(),
             positions: BTreeMap::new(),
             leaders: HashMap::new(),
             fetches: Vec::new(),
@@ -531,8 +551,67 @@ impl Sim {
         let (reply, done): (AppendReply, _) = oneshot::channel();
         let context = opentelemetry::Context::new();
         let now = self.now;
-        self.node_mut(target).propose(vec![Proposal { values: values.clone(), context, reply }], now);
+        let proposal = Proposal { values: values.clone(), context, producer: None, reply };
+        self.node_mut(target).propose(vec![proposal], now);
         self.pending.push(Pending { target, values, reply: done });
+    }
+
+    /// Sometimes sends an idempotent producer's batch (a new one, or the one
+    /// not acknowledged yet again) to a random node, the leader most often.
+    fn maybe_produce_idempotent(&mut self) {
+        if !self.rng.chance(150) {
+            return;
+        }
+        let p = self.rng.below(self.producers.len() as u64) as usize;
+        let producer = &mut self.producers[p];
+        match producer.reply.as_mut().map(oneshot::Receiver::try_recv) {
+            Some(Err(oneshot::error::TryRecvError::Empty)) => return, // still in flight
+            Some(Ok(Err(LogError::OutOfOrderSequence(message)))) => {
+                let id = producer.id;
+                self.fail(format!("producer {id}: an in-order resend was refused: {message}"))
+            }
+            Some(Ok(Ok(offset))) => {
+                let (_, values) = producer.batch.take().unwrap_or_default();
+                producer.acked += 1;
+                for (offset, value) in (offset..).zip(values) {
+                    if let Some(previous) = self.acked.insert(offset, value.clone())
+                        && previous != value
+                    {
+                        self.fail(format!("offset {offset} acknowledged for {previous:?} and {value:?}"));
+                    }
+                }
+            }
+            // Failed, or its node went away: send the same batch again.
+            Some(Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed)) | None => {}
+        }
+        let producer = &mut self.producers[p];
+        if producer.batch.is_none() {
+            let count = 1 + self.rng.below(3);
+            let first = producer.next;
+            let values =
+                (first..first + count).map(|s| Bytes::from(format!("p{}s{s}", producer.id))).collect();
+            producer.next += count;
+            producer.batch = Some((first, values));
+        }
+        let target = match self.leader() {
+            Some(leader) if self.rng.chance(800) => leader,
+            _ => self.rng.below(self.size() as u64) as usize,
+        };
+        let now = self.now;
+        let producer = &mut self.producers[p];
+        let (Some(node), Some((first, values))) = (self.nodes[target].node.as_mut(), producer.batch.clone())
+        else {
+            return;
+        };
+        let (reply, done) = oneshot::channel();
+        let proposal = Proposal {
+            values,
+            context: opentelemetry::Context::new(),
+            producer: Some((producer.id, first)),
+            reply,
+        };
+        node.propose(vec![proposal], now);
+        producer.reply = Some(done);
     }
 
     /// Sometimes commits a consumer position (of a group of its own) through a
@@ -653,6 +732,7 @@ impl Sim {
         self.maybe_propose();
         self.maybe_read();
         self.maybe_commit_offset();
+        self.maybe_produce_idempotent();
         self.deliver();
         self.run_fetches();
         for i in 0..self.nodes.len() {
@@ -929,6 +1009,12 @@ impl Sim {
                 if timestamp == 0 || before.is_some_and(|before| before > timestamp) {
                     self.fail(format!("{name} serves offset {offset} at {timestamp} ms, after {before:?}"));
                 }
+                // No value is stored twice (an idempotent resend least of all).
+                if let Some(other) = self.stored_at.insert(value.clone(), offset)
+                    && other != offset
+                {
+                    self.fail(format!("{value:?} is stored at {other} and at {offset}"));
+                }
                 match self.history.get(&offset) {
                     Some(committed) if *committed != value => {
                         self.fail(format!("{name} holds {value:?} at {offset}, another node {committed:?}"))
@@ -1042,6 +1128,7 @@ fn simulate(seed: u64, size: usize, steps: u64) {
     assert!(!sim.acked.is_empty(), "seed {seed}: nothing was acknowledged");
     assert!(sim.reads_checked > 0, "seed {seed}: no linearizable read completed");
     assert!(!sim.positions.is_empty(), "seed {seed}: no consumer position was acknowledged");
+    assert!(sim.producers.iter().all(|p| p.acked > 0), "seed {seed}: a producer never got an answer");
     // Every node agrees on the lowest offset (check_positions compares the
     // whole replicated state), and retention did cut.
     let lowest = sim.alive().map(|(_, node)| node.store().machine().lowest()).max().unwrap_or(0);

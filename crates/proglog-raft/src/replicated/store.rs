@@ -1387,18 +1387,38 @@ impl Store {
         cut
     }
 
-    /// After a restart: applies the commands between the saved state and
-    /// `applied` (the entries known applied) again.
-    pub(crate) fn replay_commands(&mut self, applied: u64) -> Result<(), LogError> {
-        let commands: Vec<Entry> = self
-            .meta
-            .control
-            .iter()
-            .filter(|control| control.index > self.machine_index && control.index <= applied)
-            .map(Control::to_entry)
-            .collect::<Result<_, _>>()?;
-        for entry in commands.iter().filter(|entry| is_command(&entry.data)) {
-            let _ = self.apply_command(entry)?;
+    /// After a restart: applies the entries between the saved state and
+    /// `applied` (the entries known applied) to it again — commands, and the
+    /// batches of idempotent producers (read from their first record's header).
+    pub(crate) fn replay(&mut self, applied: u64, producer_expiry_ms: u64) -> Result<(), LogError> {
+        let from = self.machine_index.max(self.meta.snapshot.index) + 1;
+        for index in from..=applied.min(self.last()) {
+            let Some(held) =
+                index.checked_sub(self.first()).and_then(|at| self.held.get(at as usize)).copied()
+            else {
+                continue;
+            };
+            if held.control {
+                let entry = self.read_entry(index)?;
+                if is_command(&entry.data) {
+                    let _ = self.apply_command(&entry)?;
+                }
+                continue;
+            }
+            let stored = self.data.read(held.start)?;
+            if let Kind::First(header) = unframe(held.start, &stored.value)?.kind
+                && header.meta.producer_id != 0
+            {
+                let meta = header.meta;
+                self.machine().record(
+                    meta.producer_id,
+                    meta.sequence,
+                    header.count,
+                    held.start,
+                    meta.timestamp_ms,
+                    producer_expiry_ms,
+                );
+            }
         }
         self.machine_index = self.machine_index.max(applied);
         Ok(())

@@ -113,7 +113,10 @@ pub fn value_pool(size: usize) -> Arc<Vec<Bytes>> {
 }
 
 pub fn produce_request(pool: &[Bytes], i: usize) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value: pool[i % pool.len()].clone(), ..Default::default() }) }
+    ProduceRequest {
+        record: Some(Record { value: pool[i % pool.len()].clone(), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// Sorts `nanos` and returns (p50, p99) in microseconds.

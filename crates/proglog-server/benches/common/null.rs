@@ -11,7 +11,7 @@ use proglog_api::v1::log_server::{Log as LogRpc, LogServer};
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
     FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
-    ProduceRequest, ProduceResponse, Record,
+    InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Record,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
@@ -89,6 +89,13 @@ impl LogRpc for NullLog {
         _: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
         Ok(Response::new(GetOffsetsResponse { lowest: 0, next: 0 }))
+    }
+
+    async fn init_producer(
+        &self,
+        _: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        Err(Status::unimplemented("the null service has no idempotent producers"))
     }
 
     async fn commit_offset(
