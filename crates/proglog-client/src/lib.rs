@@ -39,8 +39,14 @@
 //! leader and spreads consumes round-robin over the followers (the leader when
 //! there are none). Anything else goes to the leader, or any server.
 //!
-//! # Delivery: at most once, unless asked otherwise
-//! A produce is retried only when the record cannot be in the log: no leader
+//! # Delivery: exactly once, where the cluster offers it
+//! By default ([`Delivery::ExactlyOnce`]) produces are idempotent (SPEC §11):
+//! the client takes a producer id from the cluster (`InitProducer`) and numbers
+//! its records, so it sends a record whose produce failed again — to the new
+//! leader — and the log stores it once. A server without idempotent producers
+//! (`InitProducer` unimplemented) gets the at-most-once behaviour below.
+//!
+//! With [`Delivery::AtMostOnce`], a produce is retried only when the record cannot be in the log: no leader
 //! was known, the server refused it saying nothing was appended (not the
 //! leader, overloaded, a membership change in progress: the reasons of
 //! `proglog_api::error_info::NOTHING_DONE`), or the connection was refused. Those retries wait for a new leader for up to
@@ -70,7 +76,7 @@ use bytes::Bytes;
 use proglog_api::v1::log_client::LogClient;
 use proglog_api::v1::{
     CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest, GetOffsetsRequest, GetServersRequest,
-    ProduceRequest, Record, Server,
+    InitProducerRequest, ProduceRequest, Record, Server,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -101,9 +107,15 @@ impl std::fmt::Debug for Tls {
 /// leader.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Delivery {
+    /// It is sent again, as the same sequence of the client's idempotent
+    /// producer: stored exactly once while the client retries (within
+    /// [`Options::failover_timeout`]; after that, [`Error::OutcomeUnknown`]).
+    /// Falls back to `AtMostOnce` against a server without idempotent
+    /// producers.
+    #[default]
+    ExactlyOnce,
     /// It is reported as [`Error::OutcomeUnknown`]: never stored twice, maybe
     /// not stored at all.
-    #[default]
     AtMostOnce,
     /// It is sent again (to the new leader): never lost while the client
     /// retries, maybe stored twice.
@@ -136,7 +148,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(30),
             refresh_interval: Duration::from_secs(10),
             failover_timeout: Duration::from_secs(10),
-            delivery: Delivery::AtMostOnce,
+            delivery: Delivery::ExactlyOnce,
         }
     }
 }
@@ -313,6 +325,9 @@ struct Inner {
     target: Target,
     options: Options,
     state: Mutex<State>,
+    /// Idempotent producers not in use (id, next sequence), or none at all:
+    /// the cluster has none (`None` once InitProducer was unimplemented).
+    producers: Mutex<Option<Vec<(u64, u64)>>>,
 }
 
 /// A client of a proglog cluster (or of one server). Cheap to clone.
@@ -369,8 +384,9 @@ impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
     }
 }
 
-fn produce_request(value: Bytes) -> ProduceRequest {
-    ProduceRequest { record: Some(Record { value, ..Record::default() }), ..ProduceRequest::default() }
+fn produce_request(value: Bytes, producer: Option<(u64, u64)>) -> ProduceRequest {
+    let (producer_id, sequence) = producer.unwrap_or_default();
+    ProduceRequest { record: Some(Record { value, ..Record::default() }), producer_id, sequence }
 }
 
 /// Doubles `backoff`, up to 400 ms: how long to wait between failover tries.
@@ -396,6 +412,7 @@ impl Client {
                 target,
                 options,
                 state: Mutex::new(State { picker: Arc::new(Picker::new(seeds)), channels: HashMap::new() }),
+                producers: Mutex::new(Some(Vec::new())),
             }),
         };
         if client.inner.target.cluster {
@@ -543,28 +560,91 @@ impl Client {
     /// docs for what is retried: while no leader is reachable it waits for one
     /// (up to `failover_timeout`).
     pub async fn produce(&self, value: impl Into<Bytes>) -> Result<u64, Error> {
-        let request = produce_request(value.into());
+        let value = value.into();
         let deadline = tokio::time::Instant::now() + self.leader_patience();
         let mut backoff = FIRST_BACKOFF;
+        // An idempotent producer for this call alone (its sequences stay in
+        // order): back to the pool after, unless its last sequence's fate is unknown.
+        let mut producer = None;
         loop {
-            let (addr, error) = match self.pick(Call::Produce).await {
-                Ok((addr, mut client)) => match self.unary(&addr, client.produce(request.clone())).await {
-                    Ok(response) => return Ok(response.offset),
-                    Err(error) => (Some(addr), error),
-                },
+            let (addr, error) = match self.take_producer(&mut producer).await {
                 Err(error) => (None, error),
+                Ok(()) => match self.pick(Call::Produce).await {
+                    Ok((addr, mut client)) => {
+                        let request = produce_request(value.clone(), producer);
+                        match self.unary(&addr, client.produce(request)).await {
+                            Ok(response) => {
+                                self.give_back(producer.map(|(id, sequence)| (id, sequence + 1)));
+                                return Ok(response.offset);
+                            }
+                            Err(error) => (Some(addr), error),
+                        }
+                    }
+                    Err(error) => (None, error),
+                },
             };
-            let retry = match Outcome::of(&error) {
+            let outcome = Outcome::of(&error);
+            let retry = match outcome {
                 Outcome::NotAppended => true,
-                Outcome::Unknown => self.inner.options.delivery == Delivery::AtLeastOnce,
+                Outcome::Unknown => {
+                    producer.is_some() || self.inner.options.delivery == Delivery::AtLeastOnce
+                }
                 Outcome::Refused => false,
             };
             if !retry || tokio::time::Instant::now() >= deadline {
+                if outcome != Outcome::Unknown && !is_out_of_order(&error) {
+                    self.give_back(producer); // not appended: its sequence serves the next record
+                }
                 return Err(produce::settle(addr.as_deref(), error));
             }
             tokio::time::sleep(backoff).await;
             backoff = next_backoff(backoff);
             let _ = self.refresh().await;
+        }
+    }
+
+    /// Makes sure `producer` holds an idempotent producer when the client
+    /// delivers exactly once and the cluster has them: one from the pool, or a
+    /// new one (InitProducer). Without them it stays `None`.
+    async fn take_producer(&self, producer: &mut Option<(u64, u64)>) -> Result<(), Error> {
+        if producer.is_some() || self.inner.options.delivery != Delivery::ExactlyOnce {
+            return Ok(());
+        }
+        {
+            let mut pool = self.inner.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match pool.as_mut() {
+                None => return Ok(()),
+                Some(idle) => {
+                    if let Some(idle) = idle.pop() {
+                        *producer = Some(idle);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        *producer = self.new_producer().await?.map(|id| (id, 0));
+        Ok(())
+    }
+
+    /// A new idempotent producer id from the cluster; `None` (for good) if it
+    /// has none.
+    pub(crate) async fn new_producer(&self) -> Result<Option<u64>, Error> {
+        let (addr, mut client) = self.pick(Call::Produce).await?;
+        match self.unary(&addr, client.init_producer(InitProducerRequest {})).await {
+            Ok(response) => Ok(Some(response.producer_id)),
+            Err(Error::Status(status)) if status.code() == Code::Unimplemented => {
+                *self.inner.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Returns an idempotent producer (and its next sequence) to the pool.
+    fn give_back(&self, producer: Option<(u64, u64)>) {
+        let mut pool = self.inner.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(producer), Some(idle)) = (producer, pool.as_mut()) {
+            idle.push(producer);
         }
     }
 
@@ -704,6 +784,20 @@ impl Client {
         };
         Ok(Subscription::new(self.clone(), start).for_group(group))
     }
+}
+
+/// Whether `error` refused an idempotent record as out of order (the
+/// producer's sequences no longer match the log's: it is not used again).
+fn is_out_of_order(error: &Error) -> bool {
+    use proglog_api::error_info::{DOMAIN, OUT_OF_ORDER_SEQUENCE};
+    use tonic_types::StatusExt;
+    error.status().is_some_and(|status| {
+        status.code() == Code::FailedPrecondition
+            && status
+                .get_error_details()
+                .error_info()
+                .is_some_and(|info| info.domain == DOMAIN && info.reason == OUT_OF_ORDER_SEQUENCE)
+    })
 }
 
 /// Whether `status` is a server's refusal after which nothing was appended: not

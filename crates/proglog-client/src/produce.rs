@@ -122,6 +122,9 @@ impl ProduceStream {
             client,
             input: Box::pin(values.map(Into::into)),
             input_done: false,
+            producer: None,
+            producer_asked: false,
+            next_sequence: 0,
             to_send: VecDeque::new(),
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
@@ -162,11 +165,17 @@ struct Driver {
     client: Client,
     input: Pin<Box<dyn tokio_stream::Stream<Item = Bytes> + Send>>,
     input_done: bool,
-    /// Values to send before the next one from `input`: not sent yet, or to be
-    /// sent again (oldest first).
-    to_send: VecDeque<Bytes>,
+    /// The stream's idempotent producer (exactly-once delivery, where the
+    /// cluster has them), once asked for.
+    producer: Option<u64>,
+    producer_asked: bool,
+    /// The sequence of the next value taken from `input`.
+    next_sequence: u64,
+    /// Values (with their sequences) to send before the next one from
+    /// `input`: not sent yet, or to be sent again (oldest first).
+    to_send: VecDeque<(Bytes, u64)>,
     /// Values sent on the current call and not answered (oldest first).
-    in_flight: VecDeque<Bytes>,
+    in_flight: VecDeque<(Bytes, u64)>,
     in_flight_bytes: usize,
     /// Values the servers answered (for telling progress).
     answered: u64,
@@ -215,12 +224,14 @@ impl Driver {
         let in_flight = std::mem::take(&mut self.in_flight);
         self.in_flight_bytes = 0;
         let outcome = Outcome::of(&error);
+        // Idempotent: sending again stores nothing twice.
+        let resend = delivery == Delivery::AtLeastOnce || self.producer.is_some();
         let again = nothing_sent(&error)
             || match outcome {
                 // Nothing in flight is lost: only a refusal of the call itself ends the stream.
                 _ if in_flight.is_empty() => outcome != Outcome::Refused,
-                Outcome::NotAppended => in_flight.len() <= 1 || delivery == Delivery::AtLeastOnce,
-                Outcome::Unknown => delivery == Delivery::AtLeastOnce,
+                Outcome::NotAppended => in_flight.len() <= 1 || resend,
+                Outcome::Unknown => resend,
                 Outcome::Refused => false,
             };
         if again && !give_up {
@@ -236,10 +247,17 @@ impl Driver {
         }
         let rest = in_flight.into_iter().skip(1);
         match outcome {
-            // An invalid record: the server read no further, the rest goes again.
+            // An invalid record: the server read no further, the rest goes again
+            // (its sequence, never appended, goes to the next value).
             Outcome::Refused if error.status().is_some_and(|s| s.code() == Code::InvalidArgument) => {
                 for value in rest.rev() {
                     self.to_send.push_front(value);
+                }
+                if self.producer.is_some() {
+                    for (_, sequence) in &mut self.to_send {
+                        *sequence -= 1;
+                    }
+                    self.next_sequence -= 1;
                 }
                 self.results.send(Err(error)).await.is_ok()
             }
@@ -269,15 +287,20 @@ impl Driver {
         }
     }
 
-    /// The next value to send: one waiting to be sent again, else the next
-    /// from the input.
+    /// The next value to send, with its sequence: one waiting to be sent
+    /// again, else the next from the input.
     async fn next_value(
-        to_send: &mut VecDeque<Bytes>,
+        to_send: &mut VecDeque<(Bytes, u64)>,
         input: &mut Pin<Box<dyn tokio_stream::Stream<Item = Bytes> + Send>>,
-    ) -> Option<Bytes> {
+        next_sequence: &mut u64,
+    ) -> Option<(Bytes, u64)> {
         match to_send.pop_front() {
             Some(value) => Some(value),
-            None => input.next().await,
+            None => {
+                let value = input.next().await?;
+                *next_sequence += 1;
+                Some((value, *next_sequence - 1))
+            }
         }
     }
 
@@ -285,9 +308,15 @@ impl Driver {
     async fn call(&mut self) -> End {
         // Nothing is dialled before there is something to send.
         if self.to_send.is_empty() {
-            match self.input.next().await {
+            match Self::next_value(&mut self.to_send, &mut self.input, &mut self.next_sequence).await {
                 Some(value) => self.to_send.push_back(value),
                 None => return End::Finished,
+            }
+        }
+        if !self.producer_asked && self.client.options().delivery == Delivery::ExactlyOnce {
+            match self.client.new_producer().await {
+                Ok(producer) => (self.producer, self.producer_asked) = (producer, true),
+                Err(error) => return End::Failed(None, error),
             }
         }
         let (addr, mut client) = match self.client.pick(Call::Produce).await {
@@ -316,7 +345,7 @@ impl Driver {
                 biased;
                 message = responses.message() => match message {
                     Ok(Some(response)) => {
-                        if let Some(value) = self.in_flight.pop_front() {
+                        if let Some((value, _)) = self.in_flight.pop_front() {
                             self.in_flight_bytes -= value.len();
                         }
                         self.answered += 1;
@@ -332,17 +361,18 @@ impl Driver {
                     }
                     Err(status) => return End::Failed(Some(addr.clone()), call_error(&addr, status)),
                 },
-                value = Self::next_value(&mut self.to_send, &mut self.input), if room && more => match value {
-                    Some(value) => {
+                value = Self::next_value(&mut self.to_send, &mut self.input, &mut self.next_sequence), if room && more => match value {
+                    Some((value, sequence)) => {
                         if self.in_flight.is_empty() {
                             stalled.as_mut().reset(Instant::now() + patience);
                         }
                         self.in_flight_bytes += value.len();
-                        self.in_flight.push_back(value.clone());
+                        self.in_flight.push_back((value.clone(), sequence));
                         // Room in the window is room in the channel; a closed
                         // channel (the call failed) shows in the responses.
                         if let Some(requests) = &requests {
-                            let _ = requests.try_send(produce_request(value));
+                            let producer = self.producer.map(|id| (id, sequence));
+                            let _ = requests.try_send(produce_request(value, producer));
                         }
                     }
                     None => self.input_done = true,

@@ -394,9 +394,26 @@ async fn read_requests(
     }
 }
 
-/// A batch appended and not yet committed: its commit, its record count, and the
-/// stream buffer bytes its values hold.
-type InFlight = (PendingAppend, u64, Option<OwnedSemaphorePermit>);
+/// A batch appended and not yet committed: its commit, its record count, the
+/// stream buffer bytes its values hold, and — for several records of an
+/// idempotent producer — the values and their producer, to append one by one if
+/// the batch as a whole does not follow.
+type InFlight = (PendingAppend, u64, Option<OwnedSemaphorePermit>, Option<(Vec<Bytes>, (u64, u64))>);
+
+/// The offsets of an idempotent producer's records appended one by one (after
+/// their merged batch overlapped what the log holds in part: a resend after a
+/// leader change, batched otherwise than before). Each is stored once.
+async fn append_each(
+    log: &dyn CommitLog,
+    values: Vec<Bytes>,
+    (id, first): (u64, u64),
+) -> Result<Vec<u64>, LogError> {
+    let mut offsets = Vec::with_capacity(values.len());
+    for (sequence, value) in (first..).zip(values) {
+        offsets.push(log.append(append_of(vec![value], Some((id, sequence)))).await?.await?);
+    }
+    Ok(offsets)
+}
 
 /// Appends a ProduceStream's values in request order, merging whatever has been
 /// read ahead into one batch and keeping several batches in flight; answers each
@@ -416,18 +433,25 @@ async fn append_in_order(
     let mut carried: Option<ReadAhead> = None;
     loop {
         let can_read = input_open && in_flight.len() < PRODUCE_STREAM_BATCHES_IN_FLIGHT;
-        let oldest = in_flight.front_mut().map(|(pending, _, _)| pending);
+        let oldest = in_flight.front_mut().map(|(pending, _, _, _)| pending);
         if oldest.is_none() && !input_open {
             break;
         }
         tokio::select! {
             biased;
             committed = async { Some(oldest?.await) }, if oldest.is_some() => {
-                let Some((_, count, held)) = in_flight.pop_front() else { break };
+                let Some((_, count, held, idempotent)) = in_flight.pop_front() else { break };
+                let committed = match (committed, idempotent) {
+                    (Some(Err(LogError::OutOfOrderSequence(_))), Some((values, producer))) => {
+                        Some(append_each(log.as_ref(), values, producer).await)
+                    }
+                    (Some(result), _) => Some(result.map(|first| (first..first + count).collect())),
+                    (None, _) => None,
+                };
                 drop(held);
                 match committed {
-                    Some(Ok(first)) => {
-                        for offset in first..first + count {
+                    Some(Ok(offsets)) => {
+                        for offset in offsets {
                             if tx.send(Ok(ProduceResponse { offset })).await.is_err() {
                                 return;
                             }
@@ -471,8 +495,9 @@ async fn append_in_order(
                     // One event per batch on the call's span, never a span per record.
                     let trace = opentelemetry::Context::current();
                     trace.span().add_event("append", vec![KeyValue::new("records", count as i64)]);
+                    let retry = producer.filter(|_| count > 1).map(|producer| (batch.clone(), producer));
                     match log.append(append_of(batch, producer)).await {
-                        Ok(pending) => in_flight.push_back((pending, count, held)),
+                        Ok(pending) => in_flight.push_back((pending, count, held, retry)),
                         Err(error) => { ending = Some(from_log(error)); input_open = false; }
                     }
                 }
