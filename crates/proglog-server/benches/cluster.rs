@@ -58,6 +58,9 @@
 //! 2. A one-member cluster: a `RaftLog` bootstrapped alone (every append is a Raft
 //!    entry whose records are written once, in the data log, and fsynced before
 //!    they are applied).
+//!    Then, on a fresh one, the stream workload and one producer's unary calls
+//!    again as idempotent producers (SPEC §11: each stream, and the unary
+//!    caller, its own producer; every record carries its sequence).
 //! 3. A three-node cluster: node-0 bootstrapped, node-1 and node-2 joined through
 //!    the leader one at a time (each promoted to voter before the next joins);
 //!    the producers send to the leader. Afterwards every node must hold every
@@ -115,8 +118,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use proglog_api::v1::ConsumeRequest;
 use proglog_api::v1::log_client::LogClient;
+use proglog_api::v1::{ConsumeRequest, InitProducerRequest, ProduceRequest};
 use proglog_raft::{CommitLog, Fsync, Member, RaftConfig, RaftLog, RaftMetrics};
 use proglog_server::{AllowAll, PeerTls, PeerTransport, ServerConfig, ServerError};
 use tempfile::TempDir;
@@ -129,6 +132,8 @@ const PRODUCERS: usize = 8;
 const VALUE_BYTES: usize = 1024;
 const CLUSTER_NODES: usize = 3;
 /// Targets of issue #18.
+/// Idempotent produce against plain (issue #19).
+const IDEMPOTENT_VS_PLAIN: f64 = 0.95;
 const ONE_MEMBER_VS_LOCAL: f64 = 0.9;
 const THREE_NODES_VS_ONE_MEMBER: f64 = 0.6;
 const UNARY_P50_VS_FDATASYNC: f64 = 1.3;
@@ -175,9 +180,15 @@ fn main() -> Result<()> {
         let local = bench.local()?;
         eprintln!("{tag} LocalLog    {}", progress_run(&local));
         results.local.push(local);
-        let one = bench.one_member()?;
+        let (one, idempotent) = bench.one_member()?;
         eprintln!("{tag} one-member  {}", progress_run(&one));
+        eprintln!(
+            "{tag} one-member, idempotent  stream x{PRODUCERS}: {}; unary x1: {}",
+            progress(&idempotent.stream),
+            progress(&idempotent.unary1)
+        );
         results.one_member.push(one);
+        results.idempotent.push(idempotent);
         let (three, reads, failover) = bench.three_nodes()?;
         eprintln!("{tag} 3-node      {}", progress_run(&three));
         eprintln!(
@@ -417,6 +428,13 @@ impl Run {
     }
 }
 
+/// The one-member workloads as idempotent producers (SPEC §11).
+#[derive(Clone, Copy)]
+struct Idempotent {
+    stream: Figure,
+    unary1: Figure,
+}
+
 /// Unary Consume calls to a follower of the 3-node cluster, local and
 /// linearizable, from 1 and from 8 readers.
 #[derive(Clone, Copy)]
@@ -457,8 +475,9 @@ impl Bench<'_> {
         slog::Logger::root(drain.fuse(), slog::o!("n" => name.to_owned()))
     }
 
-    /// The workload against `addr`, latencies included.
-    fn produce(&self, addr: SocketAddr) -> Result<Figure> {
+    /// The workload against `addr`, latencies included (each stream an
+    /// idempotent producer, if `idempotent`).
+    fn produce_as(&self, addr: SocketAddr, idempotent: bool) -> Result<Figure> {
         let settings = self.settings;
         let pool = Arc::clone(&self.pool);
         let cpu = cpu_seconds();
@@ -469,11 +488,35 @@ impl Bench<'_> {
             settings.records,
             settings.cap,
             true,
+            idempotent,
         ))?;
         let cores = (cpu_seconds() - cpu) / run.elapsed.as_secs_f64();
         let (p50_us, p99_us) = percentiles_us(&mut run.latencies);
         let rate = rate(run.acked, run.elapsed);
         Ok(Figure { rate, acked: run.acked, p50_us, p99_us, fsyncs: None, cores: Some(cores) })
+    }
+
+    /// The workload against `addr`, latencies included.
+    fn produce(&self, addr: SocketAddr) -> Result<Figure> {
+        self.produce_as(addr, false)
+    }
+
+    /// Unary Produce calls from one idempotent producer against `addr`.
+    fn unary_idempotent(&self, addr: SocketAddr) -> Result<Figure> {
+        let pool = Arc::clone(&self.pool);
+        let run = self.client_rt.block_on(async {
+            let mut client = connect(addr).await?;
+            let producer_id = client.init_producer(InitProducerRequest {}).await?.into_inner().producer_id;
+            common::calls(vec![(client, 0u64)], self.settings.unary, move |(mut client, sequence), i| {
+                let request = ProduceRequest { producer_id, sequence, ..produce_request(&pool, i) };
+                async move {
+                    client.produce(request).await?;
+                    Ok((client, sequence + 1))
+                }
+            })
+            .await
+        })?;
+        Ok(Figure::of_calls(run, None))
     }
 
     /// Unary Produce calls from `producers` producers against `addr`.
@@ -541,7 +584,9 @@ impl Bench<'_> {
         Ok(run)
     }
 
-    fn one_member(&self) -> Result<Run> {
+    /// A one-member cluster: the workloads, then the stream and one producer's
+    /// unary calls again as idempotent producers (on fresh data dirs, like for like).
+    fn one_member(&self) -> Result<(Run, Idempotent)> {
         let dir = self.settings.tempdir()?;
         let node = Node::start(self, "node-0", &dir.path().join("node-0"), true, Fsync::Always)?;
         self.server_rt.block_on(node.log.wait_for_leader(DEADLINE))?;
@@ -550,7 +595,16 @@ impl Bench<'_> {
         let [node] = nodes;
         node.stop(self.server_rt)?;
         dir.close()?;
-        Ok(run)
+        let dir = self.settings.tempdir()?;
+        let node = Node::start(self, "node-0", &dir.path().join("node-0"), true, Fsync::Always)?;
+        self.server_rt.block_on(node.log.wait_for_leader(DEADLINE))?;
+        let idempotent = Idempotent {
+            stream: self.produce_as(node.addr, true)?,
+            unary1: self.unary_idempotent(node.addr)?,
+        };
+        node.stop(self.server_rt)?;
+        dir.close()?;
+        Ok((run, idempotent))
     }
 
     /// Forms the cluster: node-0 bootstrapped, the others joined one at a time.
@@ -777,6 +831,7 @@ struct Results {
     null: Vec<Figure>,
     local: Vec<Run>,
     one_member: Vec<Run>,
+    idempotent: Vec<Idempotent>,
     three_nodes: Vec<Run>,
     reads: Vec<Reads>,
     failovers: Vec<Failover>,
@@ -969,6 +1024,19 @@ impl Results {
                 median(&self.three_never, |f| f.cores.unwrap_or(0.0))
             ),
         );
+        let idempotent = |f: fn(&Idempotent) -> Figure| self.idempotent.iter().map(f).collect::<Vec<_>>();
+        for (workload, figures) in [
+            (format!("ProduceStream x{PRODUCERS}"), idempotent(|i| i.stream)),
+            ("unary x1".to_owned(), idempotent(|i| i.unary1)),
+        ] {
+            println!(
+                "| one-member `RaftLog`, idempotent producers | {workload} | 1 | {} | {} | {:.2} / {:.2} ms | each stream (or the unary caller) its own producer; every record carries its sequence |",
+                spread(&rates(&figures)),
+                mb_per_s(&rates(&figures), VALUE_BYTES),
+                median(&figures, |f| f.p50_us) / 1e3,
+                median(&figures, |f| f.p99_us) / 1e3,
+            );
+        }
         let reads = |f: fn(&Reads) -> Figure| self.reads.iter().map(f).collect::<Vec<_>>();
         for (workload, figures, details) in [
             ("Consume x1, local", reads(|r| r.local1), "what the follower has applied"),
@@ -1081,6 +1149,17 @@ impl Results {
                     pass(ratio >= THREE_NODES_VS_ETCD)
                 );
             }
+        }
+        let plain = |f: fn(&Run) -> Figure| self.one_member.iter().map(f).collect::<Vec<_>>();
+        for (workload, ours, base) in [
+            (format!("ProduceStream x{PRODUCERS}"), idempotent(|i| i.stream), plain(|r| r.stream)),
+            ("unary x1".to_owned(), idempotent(|i| i.unary1), plain(|r| r.unary1)),
+        ] {
+            let (ratio, text) = ratio_text(&ours, &base);
+            println!(
+                "| one-member idempotent / plain, {workload} | {text} | ≥ {IDEMPOTENT_VS_PLAIN}× | {} | what exactly-once produce costs |",
+                pass(ratio >= IDEMPOTENT_VS_PLAIN)
+            );
         }
         for (readers, linearizable, local) in [
             (1, reads(|r| r.linearizable1), reads(|r| r.local1)),

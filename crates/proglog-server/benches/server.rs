@@ -270,6 +270,7 @@ fn suite(
                 settings.records,
                 settings.stream_cap,
                 false,
+                false,
             )
             .await?;
             figures.push(Figure::new(run.acked, run.elapsed));

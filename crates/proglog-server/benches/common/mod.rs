@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use proglog_api::v1::log_client::LogClient;
-use proglog_api::v1::{ProduceRequest, Record};
+use proglog_api::v1::{InitProducerRequest, ProduceRequest, Record};
 use proglog_raft::{CommitLog, Fsync, LocalLog};
 use proglog_server::{AllowAll, ServerConfig};
 use tempfile::TempDir;
@@ -295,17 +295,25 @@ pub async fn produce_stream(
     total: u64,
     cap: Duration,
     latencies: bool,
+    idempotent: bool,
 ) -> Result<Produced> {
     let mut clients = Vec::with_capacity(producers);
     for _ in 0..producers {
-        clients.push(connect(addr).await?);
+        let mut client = connect(addr).await?;
+        // Each stream its own idempotent producer (SPEC §11), if asked: every
+        // request carries it and the record's sequence.
+        let producer_id = match idempotent {
+            true => client.init_producer(InitProducerRequest {}).await?.into_inner().producer_id,
+            false => 0,
+        };
+        clients.push((client, producer_id));
     }
     let start = Instant::now();
     let deadline = start + cap;
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(producer, mut client)| {
+        .map(|(producer, (mut client, producer_id))| {
             let pool = Arc::clone(&pool);
             let count = total / producers as u64 + u64::from((producer as u64) < total % producers as u64);
             tokio::spawn(async move {
@@ -330,7 +338,12 @@ pub async fn produce_stream(
                             assert!(sent_at.len() < WINDOW, "more requests in flight than the window");
                             sent_at.push_back(Instant::now());
                         }
-                        if tx.send(produce_request(&pool, producer + i * producers)).await.is_err() {
+                        let request = ProduceRequest {
+                            producer_id,
+                            sequence: i as u64,
+                            ..produce_request(&pool, producer + i * producers)
+                        };
+                        if tx.send(request).await.is_err() {
                             break; // the call failed: the reader reports why
                         }
                         sent += 1;
