@@ -12,6 +12,7 @@
 //!
 //! let request = ProduceRequest {
 //!     record: Some(Record { value: "hello world".into(), ..Default::default() }),
+//!     ..Default::default()
 //! };
 //! let bytes = request.encode_to_vec();
 //! assert_eq!(ProduceRequest::decode(bytes.as_slice()).unwrap(), request);
