@@ -21,7 +21,7 @@ use raft::{RawNode, StateRole};
 
 use super::MAX_RECORD_BYTES;
 use super::codec::{ClusterId, Member, PeerId, batch_header, decode_batch};
-use super::machine::{decode_command, is_command};
+use super::machine::{Command, decode_command, is_command};
 use super::reads::parse_read_context;
 use super::store::{SnapshotData, Store};
 
@@ -414,6 +414,15 @@ fn check_offsets(view: &View<'_>, message: &Message) -> Result<(), Reason> {
                 return Err(Reason::Entry);
             }
             end = first.checked_add(count).ok_or(Reason::Entry)?;
+        }
+        // A retention cut never passes the records before it (an honest
+        // leader cuts only applied records).
+        if entry.get_entry_type() == EntryType::EntryNormal
+            && is_command(&entry.data)
+            && let Ok((_, Command::Retain { lowest })) = decode_command(&entry.data)
+            && lowest > end
+        {
+            return Err(Reason::Entry);
         }
         if held.is_some() && offset_after(view, entry.index) != Some(end) {
             // Held with the same term, but other records: not the same entry.

@@ -1321,7 +1321,11 @@ impl Store {
     /// Applies command entry `entry`: the proposer's answer (an error changes
     /// nothing, on every node alike).
     pub(crate) fn apply_command(&mut self, entry: &Entry) -> Result<Result<(), LogError>, LogError> {
-        let (timestamp_ms, command) = decode_command(&entry.data)?;
+        let (timestamp_ms, mut command) = decode_command(&entry.data)?;
+        if let Command::Retain { lowest } = &mut command {
+            // Never past the records applied before it (the same on every node).
+            *lowest = (*lowest).min(self.applied_end());
+        }
         let outcome = self.machine().apply(timestamp_ms, &command);
         if let Command::Retain { .. } = command {
             let lowest = self.machine().lowest();
@@ -1635,6 +1639,20 @@ mod tests {
         store.append(&[batch(4, 1, 3, &["d"])]).expect("stores");
         assert_eq!(timestamps(&store), [0, 0, 0, 4_000]);
         assert_eq!(served(&store, 0), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_retention_cut_never_passes_the_records_applied_before_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = bootstrapped(dir.path());
+        store.append(&[batch(2, 1, 0, &["a", "b", "c"])]).expect("stores");
+        store.set_applied(2);
+        let forged =
+            super::super::machine::encode_command(0, &Command::Retain { lowest: 1_000 }).expect("encodes");
+        let entry = Entry { index: 3, term: 1, data: forged.into(), ..Entry::default() };
+        store.append(std::slice::from_ref(&entry)).expect("stores");
+        store.apply_command(&entry).expect("applies").expect("an outcome");
+        assert_eq!(store.machine().lowest(), 3, "cut at the records before it, not beyond");
     }
 
     #[test]
