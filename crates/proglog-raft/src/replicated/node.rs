@@ -415,14 +415,20 @@ impl Node {
                 let index = self.raw.raft.raft_log.last_index();
                 self.waiters.insert(index, Waiter::Change { term: self.term(), reply });
             }
-            Err(raft::Error::ProposalDropped) if self.is_leader() => {
-                let refusal =
-                    LogError::refused(Refusal::Overloaded, "the leader has too much uncommitted data; retry");
-                let _ = reply.send(Err(refusal));
-            }
             Err(error) => {
-                let _ = reply.send(Err(raft_error(error)));
+                let _ = reply.send(Err(self.proposal_error(error)));
             }
+        }
+    }
+
+    /// Why raft-rs did not take a proposal, as its caller learns it.
+    fn proposal_error(&self, error: raft::Error) -> LogError {
+        match error {
+            raft::Error::ProposalDropped if self.is_leader() => {
+                LogError::refused(Refusal::Overloaded, "the leader has too much uncommitted data; retry")
+            }
+            raft::Error::ProposalDropped => self.not_leader(),
+            other => raft_error(other),
         }
     }
 
@@ -599,14 +605,7 @@ impl Node {
                 Some(index)
             }
             Err(error) => {
-                let error = match error {
-                    raft::Error::ProposalDropped if self.is_leader() => LogError::refused(
-                        Refusal::Overloaded,
-                        "the leader has too much uncommitted data; retry",
-                    ),
-                    raft::Error::ProposalDropped => self.not_leader(),
-                    other => raft_error(other),
-                };
+                let error = self.proposal_error(error);
                 for (_, reply) in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
