@@ -57,6 +57,12 @@ pub enum LogError {
     /// → `RESOURCE_EXHAUSTED`
     #[error("{0}")]
     ResourceExhausted(String),
+    /// What the call would create exists already (a log). → `ALREADY_EXISTS`
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// What the call names does not exist (a log). → `NOT_FOUND`
+    #[error("{0}")]
+    NotFound(String),
     /// This log does not offer the operation (the single-node `LocalLog` keeps
     /// no replicated state). → `UNIMPLEMENTED`
     #[error("{0}")]

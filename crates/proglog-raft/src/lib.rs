@@ -11,6 +11,10 @@
 //!   and [`RaftLog::leave`] change the membership. It talks to its peers through a
 //!   [`Transport`] (the agent's is gRPC, in `proglog-server`; [`ChannelNetwork`]
 //!   connects nodes of one process) which delivers to the node's [`Mailbox`].
+//! - [`Logs`]: the logs of one node — the default log and the named logs
+//!   (SPEC §11), each its own Raft group, the catalog replicated in the default
+//!   log's; a [`Network`] carries every group's traffic, each message tagged
+//!   with its [`GroupId`].
 //! - [`LocalLog`]: a single node's log without Raft, a [`proglog_log::Log`] behind
 //!   one writer thread that group-commits concurrent appends (the benchmarks'
 //!   baseline).
@@ -66,10 +70,13 @@ pub use crate::commit_log::{
 pub use crate::error::{Leader, LogError, Refusal};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{
-    ChannelNetwork, ClusterId, FetchSink, MAX_RECORD_BYTES, Mailbox, Member, PeerId, RaftConfig, RaftLog,
-    RaftMetrics, Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
+    Budgets, ChannelNetwork, ClusterId, FetchSink, GroupId, GroupStart, LogInfo, LogSpec, Logs,
+    MAX_RECORD_BYTES, Mailbox, Member, Network, PeerId, PendingCommand, RaftConfig, RaftLog, RaftMetrics,
+    Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
 };
-pub use crate::replicated::{MAX_GROUP_BYTES, MAX_GROUPS, check_group};
+pub use crate::replicated::{
+    MAX_GROUP_BYTES, MAX_GROUPS, MAX_LOG_NAME_BYTES, MAX_LOGS, check_group, check_log_name,
+};
 pub use crate::settings::{InvalidSetting, Settings};
 /// raft-rs's message type, which [`Transport`]s carry.
 pub use raft::eraftpb::Message as RaftMessage;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proglog_raft::{
-    Append, ChannelNetwork, CommitLog, LogError, Member, RaftConfig, RaftLog, Refusal, Settings,
+    Append, ChannelNetwork, CommitLog, LogError, Logs, Member, RaftConfig, RaftLog, Refusal, Settings,
 };
 
 /// Generous: clusters share two cores with the rest of the suite.
@@ -53,6 +53,8 @@ struct Cluster {
     logs: Captured,
     dir: tempfile::TempDir,
     nodes: BTreeMap<String, Arc<RaftLog>>,
+    /// Each running node's logs (its default log is in `nodes`).
+    hosts: BTreeMap<String, Arc<Logs>>,
     compact_entries: u64,
     /// Node settings beyond the test timings (segment sizes, retention).
     settings: Settings,
@@ -65,6 +67,7 @@ impl Cluster {
             logs: Captured::default(),
             dir: tempfile::tempdir().expect("temp dir"),
             nodes: BTreeMap::new(),
+            hosts: BTreeMap::new(),
             compact_entries: 16_384,
             settings: Settings::default(),
         }
@@ -87,17 +90,21 @@ impl Cluster {
     async fn start(&mut self, name: &str, bootstrap: bool) -> Arc<RaftLog> {
         let config = self.config(name, bootstrap);
         let transport = self.network.transport(name);
-        let log = tokio::task::spawn_blocking(move || {
+        let network = Arc::clone(&self.network);
+        let host = tokio::task::spawn_blocking(move || {
             let records =
                 proglog_log::Log::open(config.data_dir.join("log"), config.settings.record_log_config())?;
-            RaftLog::open(config, records, transport)
+            let log = Arc::new(RaftLog::open(config.clone(), records, transport)?);
+            network.attach(&log);
+            Logs::open(log, config, network)
         })
         .await
         .expect("joined")
         .expect("opens");
-        let log = Arc::new(log);
-        self.network.attach(&log);
+        host.start();
+        let log = Arc::clone(host.default_log());
         self.nodes.insert(name.to_owned(), Arc::clone(&log));
+        self.hosts.insert(name.to_owned(), host);
         log
     }
 
@@ -108,7 +115,19 @@ impl Cluster {
         let refused: Vec<_> =
             log.rejections().snapshot().into_iter().filter(|(_, count)| *count > 0).collect();
         assert!(refused.is_empty(), "{name} refused honest messages: {refused:?}");
-        tokio::task::spawn_blocking(move || log.close()).await.expect("joined").expect("closes");
+        let host = self.hosts.remove(name).expect("running");
+        for (log_name, named) in host.all() {
+            let refused: Vec<_> =
+                named.rejections().snapshot().into_iter().filter(|(_, count)| *count > 0).collect();
+            assert!(refused.is_empty(), "{name} refused honest messages of log {log_name:?}: {refused:?}");
+        }
+        tokio::task::spawn_blocking(move || {
+            host.close()?;
+            log.close()
+        })
+        .await
+        .expect("joined")
+        .expect("closes");
     }
 
     /// Starts node-0 as a one-member cluster and joins the others through it.
@@ -680,6 +699,89 @@ async fn an_idempotent_append_is_stored_once_across_retries_leader_changes_and_r
     for value in ["a", "b", "c", "d", "e"] {
         assert_eq!(all.iter().filter(|v| *v == value).count(), 1, "{value} stored once: {all:?}");
     }
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
+
+/// The leader of log `name` among the running nodes.
+async fn named_leader(cluster: &Cluster, name: &str) -> Arc<RaftLog> {
+    let mut found = None;
+    wait_until(|| {
+        found =
+            cluster.hosts.values().filter_map(|host| host.get(name).ok()).find(|log| log.status().is_leader);
+        found.is_some()
+    })
+    .await;
+    found.expect("a leader")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_logs_are_groups_of_their_own_created_deleted_and_followed_by_every_node() {
+    let mut cluster = Cluster::new();
+    cluster.form(3).await;
+    cluster.append(&["default"]).await;
+    // Created through a follower (forwarded to the default log's leader).
+    let follower =
+        cluster.nodes.values().find(|n| !n.status().is_leader).expect("a follower").member().name.clone();
+    let host = Arc::clone(&cluster.hosts[&follower]);
+    host.create("orders", 0, 0).await.expect("created");
+    let exists = host.create("orders", 0, 0).await;
+    assert!(matches!(exists, Err(LogError::AlreadyExists(_))), "{exists:?}");
+    for bad in ["", "Orders", "a/b"] {
+        assert!(matches!(host.create(bad, 0, 0).await, Err(LogError::InvalidArgument(_))), "{bad:?}");
+    }
+    assert!(matches!(host.get("nope"), Err(LogError::NotFound(_))));
+    for host in cluster.hosts.values() {
+        wait_until(|| host.get("orders").is_ok()).await;
+    }
+    // Its own offsets, its own leader; every node holds its records.
+    let leader = named_leader(&cluster, "orders").await;
+    let first = leader.append(Append::one("o-0")).await.expect("queued").await.expect("committed");
+    assert_eq!(first, 0, "a named log starts at offset 0");
+    for host in cluster.hosts.values() {
+        let orders = host.get("orders").expect("open");
+        wait_committed(&orders, 1).await;
+        assert_eq!(values(&orders, 0, 1).await, ["o-0"]);
+        assert_eq!(host.list().iter().map(|info| info.name.as_str()).collect::<Vec<_>>(), ["", "orders"]);
+    }
+    assert_eq!(*cluster.nodes["node-0"].committed().borrow(), 1, "the default log is untouched");
+
+    // A node joining the cluster joins every log; a restarted one reopens it.
+    cluster.start("node-3", false).await;
+    cluster.join("node-3").await;
+    let late = cluster.hosts["node-3"].clone();
+    wait_until(|| late.get("orders").is_ok_and(|orders| orders.status().voters == 4)).await;
+    wait_committed(&late.get("orders").expect("open"), 1).await;
+    cluster.stop("node-1").await;
+    let leader = named_leader(&cluster, "orders").await;
+    leader.append(Append::one("o-1")).await.expect("queued").await.expect("committed");
+    cluster.start("node-1", false).await;
+    let orders = cluster.hosts["node-1"].get("orders").expect("reopened");
+    wait_committed(&orders, 2).await;
+    assert_eq!(values(&orders, 0, 2).await, ["o-0", "o-1"]);
+
+    // Deleted: gone from every node, its files too; created again, it is new.
+    let dirs = |cluster: &Cluster| -> usize {
+        let root = cluster.dir.path();
+        cluster
+            .nodes
+            .keys()
+            .filter_map(|name| std::fs::read_dir(root.join(name).join("logs")).ok())
+            .map(Iterator::count)
+            .sum()
+    };
+    assert_eq!(dirs(&cluster), 4);
+    cluster.hosts["node-2"].delete("orders").await.expect("deleted");
+    for host in cluster.hosts.values() {
+        wait_until(|| host.get("orders").is_err()).await;
+    }
+    wait_until(|| dirs(&cluster) == 0).await;
+    let missing = cluster.hosts["node-2"].delete("orders").await;
+    assert!(matches!(missing, Err(LogError::NotFound(_))), "{missing:?}");
+    cluster.hosts["node-0"].create("orders", 0, 0).await.expect("created again");
+    let leader = named_leader(&cluster, "orders").await;
+    assert_eq!(leader.append(Append::one("new")).await.expect("queued").await.expect("committed"), 0);
     for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
         cluster.stop(&name).await;
     }

@@ -5,6 +5,10 @@
 //! - **Consumer positions**: `CommitOffset` per group, read by `FetchOffset`.
 //! - **Retention**: the lowest offset kept, as the leader decided it
 //!   (`Retain`), the same on every node.
+//! - **Idempotent producers**: each one's next sequence and recent batches.
+//! - **The catalog of named logs** (the default log's machine only):
+//!   `CreateLog` / `DeleteLog`, each log with its incarnation (the index of the
+//!   entry that created it) and the voters its Raft group started with.
 //!
 //! A command is a Raft entry without records: its kind byte ([`COMMAND`],
 //! which no record batch starts with), the leader's timestamp, then the command
@@ -15,13 +19,15 @@
 //!
 //! Bounds: a command is at most [`MAX_COMMAND_BYTES`]; group names are
 //! [`check_group`]'s; at most [`MAX_GROUPS`] groups per log, so the state
-//! stays under about 1.5 MiB.
+//! stays under about 1.5 MiB; at most [`MAX_LOGS`] named logs, each named by
+//! [`check_log_name`].
 
 use std::collections::BTreeMap;
 
 use bytes::{Buf, BufMut};
 use serde::{Deserialize, Serialize};
 
+use super::codec::Member;
 use crate::LogError;
 
 /// The first byte of a command entry (a record batch starts with its version,
@@ -36,6 +42,11 @@ pub const MAX_GROUPS: usize = 10_000;
 /// Idempotent producers remembered per log, at most: a new one beyond it
 /// makes the log forget the one that appended least recently.
 pub const MAX_PRODUCERS: usize = 4096;
+/// Named logs a cluster holds, at most (beside the default log): each is a
+/// Raft group with threads and memory of its own (ARCHITECTURE.md "Named logs").
+pub const MAX_LOGS: usize = 100;
+/// Bytes of a log's name, at most.
+pub const MAX_LOG_NAME_BYTES: usize = 128;
 /// Batches remembered per producer (its most recent ones, contiguous ones
 /// merged): a retry of an older batch is refused, not stored again.
 pub(crate) const PRODUCER_WINDOW: usize = 64;
@@ -48,6 +59,26 @@ pub(crate) enum Command {
     CommitOffset { group: String, offset: u64 },
     /// Retention (decided by the leader): the records below `lowest` go.
     Retain { lowest: u64 },
+    /// A named log, whose Raft group starts with `voters` (the default log's
+    /// voters when the leader proposed it).
+    CreateLog { name: String, retention_bytes: u64, retention_ms: u64, voters: Vec<Member> },
+    /// A named log goes, with its records.
+    DeleteLog { name: String },
+}
+
+/// A named log as the catalog holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// Its name ([`check_log_name`]; never empty).
+    pub name: String,
+    /// The index of the default log's entry that created it: a log deleted
+    /// and created again under its name is another Raft group.
+    pub incarnation: u64,
+    /// Its retention (0: keep everything).
+    pub retention_bytes: u64,
+    pub retention_ms: u64,
+    /// The voters its Raft group started with.
+    pub voters: Vec<Member>,
 }
 
 /// A command entry's data.
@@ -86,8 +117,30 @@ pub(crate) fn decode_command(data: &[u8]) -> Result<(u64, Command), LogError> {
     match &command {
         Command::CommitOffset { group, .. } => check_group(group).map_err(|_| damaged("a bad group name"))?,
         Command::Retain { .. } => {}
+        Command::CreateLog { name, .. } | Command::DeleteLog { name } => match check_log_name(name) {
+            Ok(()) if !name.is_empty() => {}
+            _ => return Err(damaged("a bad log name")),
+        },
     }
     Ok((timestamp_ms, command))
+}
+
+/// A command a follower forwarded to this leader (see `Mailbox::command`):
+/// the JSON of one a client may ask for, checked as an entry's would be.
+pub(crate) fn decode_forwarded(data: &[u8]) -> Result<Command, LogError> {
+    let bad = |what: &str| LogError::InvalidArgument(format!("a forwarded command {what}"));
+    if data.len() > MAX_COMMAND_BYTES {
+        return Err(bad("is too large"));
+    }
+    let command: Command = serde_json::from_slice(data).map_err(|_| bad("does not decode"))?;
+    match &command {
+        Command::CommitOffset { group, .. } => check_group(group)?,
+        Command::CreateLog { name, .. } | Command::DeleteLog { name } if !name.is_empty() => {
+            check_log_name(name)?
+        }
+        _ => return Err(bad("is not one a client may ask for")),
+    }
+    Ok(command)
 }
 
 /// A consumer group's name: 1 to [`MAX_GROUP_BYTES`] bytes of ASCII letters,
@@ -103,6 +156,26 @@ pub fn check_group(group: &str) -> Result<(), LogError> {
     Ok(())
 }
 
+/// A log's name (SPEC §11): `[a-z0-9][a-z0-9._-]{0,127}`, or empty for the
+/// default log.
+pub fn check_log_name(name: &str) -> Result<(), LogError> {
+    let first = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let rest = |c: char| first(c) || matches!(c, '.' | '_' | '-');
+    let mut chars = name.chars();
+    let good = match chars.next() {
+        None => true,
+        Some(c) => first(c) && name.len() <= MAX_LOG_NAME_BYTES && chars.all(rest),
+    };
+    if good {
+        return Ok(());
+    }
+    Err(LogError::InvalidArgument(format!(
+        "a log name is [a-z0-9][a-z0-9._-]{{0,{}}} (empty: the default log); got {:?}",
+        MAX_LOG_NAME_BYTES - 1,
+        name.chars().take(MAX_LOG_NAME_BYTES + 1).collect::<String>()
+    )))
+}
+
 /// The replicated state of one log.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Machine {
@@ -115,6 +188,9 @@ pub(crate) struct Machine {
     /// Idempotent producers, by id.
     #[serde(default)]
     producers: BTreeMap<u64, Producer>,
+    /// The named logs (in the default log's machine), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    logs: BTreeMap<String, LogSpec>,
 }
 
 /// What the log remembers of an idempotent producer.
@@ -140,10 +216,34 @@ pub(crate) enum Sequence {
 }
 
 impl Machine {
-    /// Applies `command` (as every node does, in log order); the error is the
-    /// proposer's answer, the same on every node, and changes nothing.
-    pub(crate) fn apply(&mut self, _timestamp_ms: u64, command: &Command) -> Result<(), LogError> {
+    /// Applies `command`, the entry at `index` (as every node does, in log
+    /// order); the error is the proposer's answer, the same on every node, and
+    /// changes nothing.
+    pub(crate) fn apply(&mut self, index: u64, command: &Command) -> Result<(), LogError> {
         match command {
+            Command::CreateLog { name, retention_bytes, retention_ms, voters } => {
+                if self.logs.contains_key(name) {
+                    return Err(LogError::AlreadyExists(format!("log {name:?} exists")));
+                }
+                if self.logs.len() >= MAX_LOGS {
+                    return Err(LogError::ResourceExhausted(format!(
+                        "the cluster already holds {MAX_LOGS} named logs"
+                    )));
+                }
+                let spec = LogSpec {
+                    name: name.clone(),
+                    incarnation: index,
+                    retention_bytes: *retention_bytes,
+                    retention_ms: *retention_ms,
+                    voters: voters.clone(),
+                };
+                self.logs.insert(name.clone(), spec);
+                Ok(())
+            }
+            Command::DeleteLog { name } => match self.logs.remove(name) {
+                Some(_) => Ok(()),
+                None => Err(LogError::NotFound(format!("no log is named {name:?}"))),
+            },
             Command::CommitOffset { group, offset } => {
                 if !self.positions.contains_key(group) && self.positions.len() >= MAX_GROUPS {
                     return Err(LogError::ResourceExhausted(format!(
@@ -237,6 +337,11 @@ impl Machine {
     pub(crate) fn position(&self, group: &str) -> Option<u64> {
         self.positions.get(group).copied()
     }
+
+    /// The named logs, by name.
+    pub(crate) fn logs(&self) -> &BTreeMap<String, LogSpec> {
+        &self.logs
+    }
 }
 
 /// The machine as `raft/state.json` holds it: the state after applying the
@@ -267,6 +372,44 @@ mod tests {
         huge.resize(MAX_COMMAND_BYTES + 1, b' ');
         assert!(decode_command(&huge).is_err());
         assert!(!is_command(&[2, 0, 0]), "a record batch");
+    }
+
+    #[test]
+    fn log_names_follow_the_spec_and_the_catalog_is_bounded() {
+        for good in ["", "a", "0", "orders.v2_eu-1", &"l".repeat(MAX_LOG_NAME_BYTES)] {
+            assert!(check_log_name(good).is_ok(), "{good:?}");
+        }
+        for bad in ["A", "-a", ".a", "_a", "a b", "a/b", "é", "a\u{0}", &"l".repeat(MAX_LOG_NAME_BYTES + 1)]
+        {
+            assert!(check_log_name(bad).is_err(), "{bad:?}");
+        }
+        let create = |name: &str| Command::CreateLog {
+            name: name.into(),
+            retention_bytes: 0,
+            retention_ms: 0,
+            voters: Vec::new(),
+        };
+        let mut machine = Machine::default();
+        machine.apply(7, &create("a")).expect("applies");
+        assert_eq!(machine.logs()["a"].incarnation, 7);
+        assert!(matches!(machine.apply(8, &create("a")), Err(LogError::AlreadyExists(_))));
+        assert_eq!(machine.logs()["a"].incarnation, 7, "unchanged");
+        for i in 1..MAX_LOGS {
+            machine.apply(10 + i as u64, &create(&format!("l{i}"))).expect("applies");
+        }
+        assert!(matches!(machine.apply(9, &create("one-too-many")), Err(LogError::ResourceExhausted(_))));
+        machine.apply(9, &Command::DeleteLog { name: "a".into() }).expect("deletes");
+        assert!(matches!(
+            machine.apply(9, &Command::DeleteLog { name: "a".into() }),
+            Err(LogError::NotFound(_))
+        ));
+        machine.apply(20_000, &create("a")).expect("created again");
+        assert_eq!(machine.logs()["a"].incarnation, 20_000, "another incarnation");
+        // What a peer could forge: a bad name, or the default log's.
+        for name in ["", "A"] {
+            let data = encode_command(1, &create(name)).expect("encodes");
+            assert!(decode_command(&data).is_err(), "{name:?}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 mod codec;
 mod gate;
+mod logs;
 mod machine;
 mod network;
 mod node;
@@ -31,7 +32,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub use self::codec::{ClusterId, Member, PeerId, decode_message, encode_message, node_id};
 pub use self::gate::{Reason, Rejections};
-pub use self::machine::{MAX_GROUP_BYTES, MAX_GROUPS, check_group};
+pub use self::logs::{GroupId, GroupStart, LogInfo, Logs, Network};
+pub use self::machine::{
+    LogSpec, MAX_GROUP_BYTES, MAX_GROUPS, MAX_LOG_NAME_BYTES, MAX_LOGS, check_group, check_log_name,
+};
 pub use self::network::ChannelNetwork;
 use self::node::{ChangeReply, Node, NodeConfig, Outbox, Proposal, Shared};
 use self::store::Store;
@@ -88,7 +92,43 @@ pub struct RaftConfig {
     /// Where the node logs (raft-rs included); the caller names the node in it
     /// if its lines need that (the agent's logger does, once for every line).
     pub logger: Logger,
+    /// The Raft group: the default log's ([`GroupId::default`]) or a named
+    /// log's, whose messages the transport tags with it.
+    pub group: GroupId,
+    /// How a named log's group starts on this node (set by [`Logs`]); `None`
+    /// for the default log's.
+    pub start: Option<GroupStart>,
+    /// Memory the remote side fills (queued appends, received messages,
+    /// fetched records), bounded in bytes for every group sharing it: [`Logs`]
+    /// gives every log of a process the default log's.
+    pub budgets: Budgets,
 }
+
+/// Byte budgets shared by the Raft groups of a process (clones share them).
+#[derive(Clone, Debug)]
+pub struct Budgets {
+    queued: Arc<Semaphore>,
+    inbound: Arc<Semaphore>,
+    fetched: Arc<Semaphore>,
+}
+
+impl Default for Budgets {
+    /// [`QUEUE_BYTES`] of queued appends, [`INBOUND_BYTES`] of received
+    /// messages, [`FETCH_BUDGET_BYTES`] of fetched records.
+    fn default() -> Self {
+        Self {
+            queued: Arc::new(Semaphore::new(QUEUE_BYTES)),
+            inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
+            fetched: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES)),
+        }
+    }
+}
+
+/// What a named log's group holds of its own, at most: proposed entries not
+/// yet committed, and the newest entries kept in memory for followers (the
+/// default log's are [`QUEUE_BYTES`] and 8 MiB).
+const NAMED_UNCOMMITTED_BYTES: u64 = 8 << 20;
+const NAMED_RECENT_BYTES: usize = 1 << 20;
 
 impl RaftConfig {
     /// Defaults of SPEC §3 for `member`, storing under `data_dir`.
@@ -102,6 +142,9 @@ impl RaftConfig {
             trailing_entries: 1_024,
             metrics: RaftMetrics::default(),
             logger: Logger::root(slog::Discard, slog::o!()),
+            group: GroupId::default(),
+            start: None,
+            budgets: Budgets::default(),
         }
     }
 
@@ -116,7 +159,11 @@ impl RaftConfig {
             compact_entries: self.compact_entries.max(1),
             trailing_entries: self.trailing_entries,
             max_batch_bytes: 1 << 20,
-            max_uncommitted_bytes: QUEUE_BYTES as u64,
+            max_uncommitted_bytes: if self.group.is_default() {
+                QUEUE_BYTES as u64
+            } else {
+                NAMED_UNCOMMITTED_BYTES
+            },
             leader_changes: self.metrics.leader_changes.clone(),
             snapshot_fetches: self.metrics.snapshot_fetches.clone(),
             retention_bytes: settings.retention_bytes,
@@ -171,7 +218,13 @@ pub trait Transport: Send + Sync + 'static {
     /// forwarded before; the future resolves with the leader's answer (which is
     /// never retried: a lost answer is an error, never a second append).
     fn forward(&self, to: u64, append: Append) -> PendingAppend;
+    /// Forwards a command (as [`Mailbox::command`] takes it) to node `to`
+    /// (the leader); resolves with its answer once applied there.
+    fn command(&self, to: u64, command: Vec<u8>) -> PendingCommand;
 }
+
+/// The answer to a forwarded command.
+pub type PendingCommand = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>> + Send>>;
 
 /// Fetched records: values from `first_offset` on, with their timestamps.
 struct Chunk {
@@ -242,6 +295,18 @@ impl Mailbox {
     /// Node `id` could not be reached.
     pub fn unreachable(&self, id: u64) {
         let _ = self.events.send(Event::Unreachable(id));
+    }
+
+    /// A command a follower forwarded (JSON, at most a command entry's size):
+    /// checked as an entry would be, then proposed here, never forwarded again
+    /// (`NotLeader` if this node no longer leads). Only what a client may ask
+    /// for is taken (a log created or deleted, a consumer position); retention
+    /// is the leader's own decision. Answers once applied.
+    pub async fn command(&self, command: &[u8]) -> Result<(), LogError> {
+        let command = machine::decode_forwarded(command)?;
+        let (reply, done) = oneshot::channel();
+        self.events.send(Event::Command(command, reply)).map_err(|_| closed())?;
+        done.await.unwrap_or_else(|_| Err(closed()))
     }
 
     /// A snapshot message to node `id` was delivered (or not).
@@ -361,6 +426,7 @@ pub struct RaftLog {
     inbound: Arc<Semaphore>,
     events: std::sync::mpsc::Sender<Event>,
     thread: Mutex<Option<JoinHandle<Result<(), LogError>>>>,
+    group: GroupId,
     syncer: Mutex<Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -383,18 +449,24 @@ impl RaftLog {
         }
         let logger = config.logger.clone();
         let records = Arc::new(records);
-        let store = Store::open(
+        let mut store = Store::open(
             &config.data_dir.join("raft"),
             config.settings.fsync,
             &config.member.name,
             Arc::clone(&records),
         )?;
+        let mut bootstrap = config.bootstrap;
+        if let Some(start) = &config.start {
+            store.start_group(start.member_id, start.cluster_id, &start.voters)?;
+            store.limit_recent(NAMED_RECENT_BYTES);
+            bootstrap = false;
+        }
         let framed_from = store.framed_from();
         let rejections = Arc::new(Rejections::default());
         let node = Node::open(
             config.member.clone(),
             store,
-            config.bootstrap,
+            bootstrap,
             node_config,
             logger,
             Arc::clone(&rejections),
@@ -433,16 +505,18 @@ impl RaftLog {
         let mailbox_events = events.clone();
         let interval = config.settings.raft_heartbeat_interval;
         let (failed, failure) = watch::channel(None);
+        let budgets = config.budgets.clone();
         let thread = std::thread::Builder::new()
             .name(format!("proglog-raft-{}", member.name))
             .spawn({
                 let transport = Arc::clone(&transport);
+                let fetched = Arc::clone(&budgets.fetched);
                 move || {
                     // A panic (an invariant of raft-rs or ours) stops the node like
                     // an error: it is reported, never hidden behind a live process.
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let sync = Syncs { requests: &sync_requests, seconds: &inline_seconds };
-                        run(node, &inbox, &mailbox_events, &sync, transport.as_ref(), interval)
+                        run(node, &inbox, &mailbox_events, &sync, transport.as_ref(), interval, &fetched)
                     }));
                     drop(sync_requests);
                     let _ = fsyncer.join();
@@ -476,8 +550,9 @@ impl RaftLog {
             },
             machine,
             shared,
-            queued_bytes: Arc::new(Semaphore::new(QUEUE_BYTES)),
-            inbound: Arc::new(Semaphore::new(INBOUND_BYTES)),
+            queued_bytes: Arc::clone(&budgets.queued),
+            inbound: Arc::clone(&budgets.inbound),
+            group: config.group.clone(),
             events,
             thread: Mutex::new(Some(thread)),
             syncer: Mutex::new(syncer),
@@ -487,6 +562,31 @@ impl RaftLog {
     /// This node.
     pub fn member(&self) -> &Member {
         &self.member
+    }
+
+    /// The Raft group this node is of.
+    pub fn group(&self) -> &GroupId {
+        &self.group
+    }
+
+    /// Runs a command on the leader: here if this node leads, else forwarded
+    /// (once: the answer is the leader's) to the leader it knows.
+    async fn command(&self, command: machine::Command) -> Result<(), LogError> {
+        match self.change(|reply| Event::Command(command.clone(), reply)).await {
+            Err(LogError::NotLeader { leader: Some(_) }) => {
+                let leader_id = self.shared.borrow().leader_id;
+                let encoded = serde_json::to_vec(&command)
+                    .map_err(|error| LogError::Internal(format!("cannot encode a command: {error}")))?;
+                self.transport.command(leader_id, encoded).await
+            }
+            other => other,
+        }
+    }
+
+    /// The catalog of named logs as this node applied it (on the default
+    /// log's node; empty on a named log's).
+    pub fn catalog(&self) -> std::collections::BTreeMap<String, LogSpec> {
+        self.machine.lock().unwrap_or_else(std::sync::PoisonError::into_inner).logs().clone()
     }
 
     /// This node as its peers see it: name, member id, address, and its
@@ -668,6 +768,7 @@ fn run(
     syncs: &Syncs<'_>,
     transport: &dyn Transport,
     interval: Duration,
+    fetched: &Arc<Semaphore>,
 ) -> Result<(), LogError> {
     use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
     let mut next_tick = Instant::now() + interval;
@@ -699,7 +800,7 @@ fn run(
                 break;
             }
         }
-        dispatch(&mut outbox, transport, events, &fetching);
+        dispatch(&mut outbox, transport, events, &fetching, fetched);
         // More is ready (a backlog applied in slices, a round synced inline): go on at once.
         let wait = if node.has_ready() || queued.is_some() {
             Duration::ZERO
@@ -774,7 +875,7 @@ fn handle(node: &mut Node, event: Event, outbox: &mut Outbox) -> Result<(), LogE
         Event::Join(member, reply) => node.join(member, reply),
         Event::Leave(id, reply) => node.leave(id, reply),
         Event::ReadIndex(reply) => node.read_index(reply),
-        Event::Command(command, reply) => node.propose_command(&command, reply, now_ms()),
+        Event::Command(command, reply) => node.propose_command(command, reply, now_ms()),
         Event::Append(..) | Event::Close => {}
     }
     Ok(())
@@ -827,6 +928,7 @@ fn dispatch(
     transport: &dyn Transport,
     events: &std::sync::mpsc::Sender<Event>,
     fetching: &Arc<AtomicU64>,
+    fetched: &Arc<Semaphore>,
 ) {
     if let Some(members) = outbox.members.take() {
         transport.set_members(&members);
@@ -836,7 +938,7 @@ fn dispatch(
         let sink = FetchSink {
             id: fetch.id,
             events: events.clone(),
-            budget: Arc::new(Semaphore::new(FETCH_BUDGET_BYTES)),
+            budget: Arc::clone(fetched),
             current: Arc::clone(fetching),
             done: false,
         };

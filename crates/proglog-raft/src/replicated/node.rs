@@ -397,13 +397,18 @@ impl Node {
 
     /// Proposes `command` (leader only), stamped like a batch; `reply` learns
     /// its outcome once it is applied.
-    pub(crate) fn propose_command(&mut self, command: &Command, reply: ChangeReply, now_ms: u64) {
+    pub(crate) fn propose_command(&mut self, mut command: Command, reply: ChangeReply, now_ms: u64) {
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
+        if let Command::CreateLog { voters, .. } = &mut command {
+            // The new log's group starts with this group's voters.
+            let conf = self.raw.raft.prs().conf().voters().ids();
+            *voters = conf.iter().filter_map(|id| self.members.get(&id).cloned()).collect();
+        }
         self.timestamp = self.timestamp.max(self.raw.store().tail_timestamp()).max(now_ms);
-        let data = match encode_command(self.timestamp, command) {
+        let data = match encode_command(self.timestamp, &command) {
             Ok(data) => data,
             Err(error) => {
                 let _ = reply.send(Err(error));
@@ -445,7 +450,7 @@ impl Node {
             return;
         }
         let (reply, _) = oneshot::channel();
-        self.propose_command(&Command::Retain { lowest: cut }, reply, now_ms);
+        self.propose_command(Command::Retain { lowest: cut }, reply, now_ms);
         self.retaining = self.raw.raft.raft_log.last_index();
         slog::debug!(self.logger, "retention cut proposed"; "lowest" => cut);
     }

@@ -630,7 +630,7 @@ impl Sim {
         let (group, offset) = (format!("g{}", self.counter), node.applied_end());
         let (reply, done) = oneshot::channel();
         let command = Command::CommitOffset { group: group.clone(), offset };
-        node.propose_command(&command, reply, now);
+        node.propose_command(command, reply, now);
         self.commits.push(Commit { group, offset, reply: done });
     }
 

@@ -413,6 +413,8 @@ pub(crate) struct Store {
     /// and the apply path ask for, served without reading the disk back.
     recent: VecDeque<Entry>,
     recent_bytes: usize,
+    /// What `recent` holds, at most ([`RECENT_BYTES`] unless limited).
+    recent_limit: usize,
     /// Offset after the last entry's records.
     tail_end: u64,
     /// The newest batch timestamp stored or staged since open (never goes
@@ -493,6 +495,7 @@ impl Store {
             held: VecDeque::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
+            recent_limit: RECENT_BYTES,
             tail_end: 0,
             tail_timestamp: 0,
             synced_index: 0,
@@ -631,6 +634,12 @@ impl Store {
         let timestamp = batch.meta.timestamp_ms;
         let kinds = std::iter::once(Kind::First(header)).chain(std::iter::repeat(Kind::Next));
         batch.values.iter().zip(kinds).map(|(value, kind)| framed(kind, timestamp, value)).collect()
+    }
+
+    /// Keeps at most `bytes` of the newest entries in memory (a named log's
+    /// smaller share).
+    pub(crate) fn limit_recent(&mut self, bytes: usize) {
+        self.recent_limit = bytes;
     }
 
     /// This node's Raft id.
@@ -926,14 +935,42 @@ impl Store {
         if !self.is_empty() {
             return Err(LogError::Internal("bootstrap of a node that has Raft state".into()));
         }
+        self.meta.cluster_id = Some(ClusterId::mint());
+        self.start(std::slice::from_ref(member))
+    }
+
+    /// A named log's fresh state (nothing if it has Raft state already): this
+    /// node's member id and cluster are the default log's, and, if `voters`
+    /// name it, the group starts with them as [`Store::bootstrap`] starts one
+    /// (every initial voter alike, so their states agree). A node they do not
+    /// name waits for the group's leader to add it.
+    pub(crate) fn start_group(
+        &mut self,
+        member_id: u64,
+        cluster_id: Option<ClusterId>,
+        voters: &[Member],
+    ) -> Result<(), LogError> {
+        if !self.is_empty() {
+            return Ok(());
+        }
+        self.meta.member_id = member_id;
+        self.meta.cluster_id = cluster_id;
+        if voters.iter().any(|voter| voter.id == member_id) { self.start(voters) } else { self.write_meta() }
+    }
+
+    /// Starts the Raft state as if from a snapshot at index 1 (term 1) whose
+    /// configuration is `voters`. One atomic write.
+    fn start(&mut self, voters: &[Member]) -> Result<(), LogError> {
         let record_end = self.data.next_offset();
         self.meta.snapshot = SnapshotPoint { index: 1, term: 1, end_offset: record_end };
         self.meta.framed_from = record_end;
         self.meta.commit = 1;
-        self.meta.conf = Conf { voters: vec![member.id], ..Conf::default() };
+        let mut ids: Vec<u64> = voters.iter().map(|voter| voter.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.meta.conf = Conf { voters: ids, ..Conf::default() };
         self.meta.conf_index = 1;
-        self.meta.members = vec![member.clone()];
-        self.meta.cluster_id = Some(ClusterId::mint());
+        self.meta.members = voters.to_vec();
         self.hard_state.term = 1;
         self.hard_state.commit = 1;
         self.write_meta()?;
@@ -1010,7 +1047,7 @@ impl Store {
             self.recent_bytes += entry.compute_size() as usize;
             self.recent.push_back(entry.clone());
         }
-        while self.recent_bytes > RECENT_BYTES && self.recent.len() > 1 {
+        while self.recent_bytes > self.recent_limit && self.recent.len() > 1 {
             self.forget_recent(true);
         }
         Ok(())
@@ -1321,12 +1358,12 @@ impl Store {
     /// Applies command entry `entry`: the proposer's answer (an error changes
     /// nothing, on every node alike).
     pub(crate) fn apply_command(&mut self, entry: &Entry) -> Result<Result<(), LogError>, LogError> {
-        let (timestamp_ms, mut command) = decode_command(&entry.data)?;
+        let (_, mut command) = decode_command(&entry.data)?;
         if let Command::Retain { lowest } = &mut command {
             // Never past the records applied before it (the same on every node).
             *lowest = (*lowest).min(self.applied_end());
         }
-        let outcome = self.machine().apply(timestamp_ms, &command);
+        let outcome = self.machine().apply(entry.index, &command);
         if let Command::Retain { .. } = command {
             let lowest = self.machine().lowest();
             if lowest > self.retained.load(Ordering::Acquire) {
