@@ -1,7 +1,7 @@
 //! `proglog-client`: the client of a proglog cluster (SPEC §8).
 //!
 //! ```no_run
-//! use proglog_client::{Client, Options};
+//! use proglog_client::{Client, Error, LogOptions, Options};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), proglog_client::Error> {
@@ -25,6 +25,19 @@
 //! while let Ok(record) = subscription.next().await {
 //!     println!("{}: {}", record.offset, String::from_utf8_lossy(&record.value));
 //!     # break;
+//! }
+//!
+//! // A named log: its own Raft group, with its own leader.
+//! let retention = LogOptions { retention_ms: 7 * 24 * 3600 * 1000, ..LogOptions::default() };
+//! match client.create_log("orders", retention).await {
+//!     Ok(()) | Err(Error::LogExists { .. }) => {}
+//!     Err(error) => return Err(error),
+//! }
+//! let orders = client.log("orders")?;
+//! let offset = orders.produce("order 1").await?;
+//! assert_eq!(orders.consume(offset).await?.value, "order 1");
+//! for log in client.list_logs().await? {
+//!     println!("{:?}: offsets {}..{}", log.name, log.lowest, log.next);
 //! }
 //! # Ok(())
 //! # }
@@ -62,13 +75,36 @@
 //! Consumes are idempotent: they move on to another server when one is
 //! unavailable, and a [`Subscription`] resumes on another server from the
 //! next offset it has not delivered (no gap, no duplicate).
+//!
+//! # Logs
+//! A cluster holds the default log and named logs (SPEC §11), each a Raft
+//! group of its own whose leader may be another server than the default
+//! log's. [`Client::connect`] gives a client of the default log, whose calls
+//! name no log (as an old client's); [`Client::log`] gives a client of a named
+//! log over the same connections: every call it makes carries the name in the
+//! `proglog-log` metadata ([`LOG_METADATA_KEY`]) — GetServers too, so its
+//! resolver follows that log's servers and leader, and its produces (and
+//! idempotent producers, and consumer positions) go to that log's leader. A
+//! named log the cluster does not hold gets its calls sent where the default
+//! log's go: a produce creates it where the servers create logs on a first
+//! produce (the default), anything else is [`Error::LogNotFound`].
+//! [`Client::create_log`], [`Client::delete_log`] and [`Client::list_logs`]
+//! name their log in the request instead, and go to the default log's leader
+//! (which keeps the catalog of logs), whichever log's client sends them.
+//!
+//! # What it does not do
+//! It holds no records: no client-side batching beyond the produce stream's
+//! pipelining, no cache of what was consumed. It does not validate more of a
+//! log than its name; the servers decide the rest.
 
+mod logs;
 mod picker;
 mod produce;
 mod subscription;
 mod target;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -78,9 +114,11 @@ use proglog_api::v1::{
     CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest, GetOffsetsRequest, GetServersRequest,
     InitProducerRequest, ProduceRequest, Record, Server,
 };
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+pub use crate::logs::{LOG_METADATA_KEY, LogInfo, LogOptions, MAX_LOG_NAME_BYTES, validate_log_name};
 pub use crate::picker::{Call, Picker};
 pub use crate::produce::ProduceStream;
 pub use crate::subscription::Subscription;
@@ -194,6 +232,35 @@ pub enum Error {
         /// The status tonic reported; its sources say why.
         status: Status,
     },
+    /// A log name is not one a server accepts (SPEC §11:
+    /// `[a-z0-9][a-z0-9._-]{0,127}`): nothing was sent.
+    #[error("invalid log name '{name}': {reason}")]
+    InvalidLogName {
+        /// The name given.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The log `name` does not exist (`NOT_FOUND`): a call on a named log the
+    /// cluster does not hold (a produce, when the servers do not create logs on
+    /// a first produce), or [`Client::delete_log`] of an unknown log. Nothing
+    /// was changed.
+    #[error("log '{name}' does not exist")]
+    LogNotFound {
+        /// The log's name.
+        name: String,
+        /// The server's answer.
+        status: Status,
+    },
+    /// [`Client::create_log`] of a log that exists (`ALREADY_EXISTS`): it was
+    /// left as it was.
+    #[error("log '{name}' already exists")]
+    LogExists {
+        /// The log's name.
+        name: String,
+        /// The server's answer.
+        status: Status,
+    },
     /// A produce failed after its record may have reached the leader at `addr`
     /// (a broken connection, a dead leader, a timeout): the record may or may
     /// not be in the log. See [`Delivery`].
@@ -239,9 +306,11 @@ impl Error {
     /// The gRPC status behind the error, if there is one.
     pub fn status(&self) -> Option<&Status> {
         match self {
-            Self::Status(status) | Self::Connection { status, .. } | Self::OutcomeUnknown { status, .. } => {
-                Some(status)
-            }
+            Self::Status(status)
+            | Self::Connection { status, .. }
+            | Self::OutcomeUnknown { status, .. }
+            | Self::LogNotFound { status, .. }
+            | Self::LogExists { status, .. } => Some(status),
             _ => None,
         }
     }
@@ -316,21 +385,87 @@ impl Offsets {
     }
 }
 
-struct State {
-    picker: Arc<Picker>,
-    channels: HashMap<String, Channel>,
-}
-
-struct Inner {
+/// What the clients of every log made from one [`Client::connect`] share: where
+/// and how to connect, and one channel per server (whichever logs it serves).
+struct Shared {
     target: Target,
     options: Options,
-    state: Mutex<State>,
+    /// The runtime `connect` ran on, which runs the periodic refreshes of the
+    /// logs' views (`None` for a single server: nothing to refresh).
+    runtime: Option<tokio::runtime::Handle>,
+    /// The channel to each server a view lists (and to the seeds), by RPC
+    /// address. Nothing awaits under this lock.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The view of each log (by name; empty: the default log) while a client
+    /// of it lives: one per log, however many times [`Client::log`] names it.
+    /// At most one entry per log a live client names: dead ones go when the
+    /// next view is added. Locked before a view's `picker`, never after.
+    views: Mutex<HashMap<String, Weak<Inner>>>,
+}
+
+/// One log's view of the cluster: its servers and its leader (each log is a
+/// Raft group of its own), and its idempotent producers.
+struct Inner {
+    shared: Arc<Shared>,
+    /// The log's name; empty for the default log.
+    log: String,
+    /// The `proglog-log` metadata every call on the log carries (`None` for the
+    /// default log: its calls carry none, as an old client's).
+    log_metadata: Option<AsciiMetadataValue>,
+    /// Where this log's calls go. Nothing awaits under this lock.
+    picker: Mutex<Arc<Picker>>,
+    /// Whether `picker` holds the log's GetServers answer: a named log's view
+    /// starts empty and asks on first use (and, while the cluster does not
+    /// hold the log, before each call).
+    resolved: AtomicBool,
     /// Idempotent producers not in use (id, next sequence), or none at all:
     /// the cluster has none (`None` once InitProducer was unimplemented).
     producers: Mutex<Option<Vec<(u64, u64)>>>,
 }
 
-/// A client of a proglog cluster (or of one server). Cheap to clone.
+impl Inner {
+    /// A view of `log` (empty: the default log) over `shared`, its name
+    /// checked: for a cluster, empty until resolved; for a single server, that
+    /// server, as leader.
+    fn new(shared: Arc<Shared>, log: &str) -> Result<Self, Error> {
+        let log_metadata = if log.is_empty() {
+            None
+        } else {
+            validate_log_name(log)?;
+            let value = AsciiMetadataValue::try_from(log).map_err(|_| Error::InvalidLogName {
+                name: log.to_owned(),
+                reason: "not a gRPC metadata value".into(),
+            })?;
+            Some(value)
+        };
+        let (picker, resolved) = if shared.target.cluster {
+            (Picker::default(), false)
+        } else {
+            let servers = shared
+                .target
+                .seeds
+                .iter()
+                .map(|seed| Server { id: seed.to_addr(), rpc_addr: seed.to_addr(), is_leader: true })
+                .collect();
+            (Picker::new(servers), true)
+        };
+        Ok(Self {
+            shared,
+            log: log.to_owned(),
+            log_metadata,
+            picker: Mutex::new(Arc::new(picker)),
+            resolved: AtomicBool::new(resolved),
+            producers: Mutex::new(Some(Vec::new())),
+        })
+    }
+
+    fn picker(&self) -> Arc<Picker> {
+        Arc::clone(&lock(&self.picker))
+    }
+}
+
+/// A client of a proglog cluster (or of one server), for one log: the default
+/// log, or the one [`Client::log`] named. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -338,31 +473,41 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("target", &self.inner.target).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("target", &self.inner.shared.target)
+            .field("log", &self.inner.log)
+            .finish_non_exhaustive()
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A server's gRPC client: every call carries the caller's trace context.
-type Rpc = LogClient<tonic::service::interceptor::InterceptedService<Channel, TraceContext>>;
+/// A server's gRPC client: every call carries the caller's trace context, and
+/// the log's name for a named log.
+type Rpc = LogClient<tonic::service::interceptor::InterceptedService<Channel, CallMetadata>>;
 
-/// A server's gRPC client for `channel`, taking responses of any size (the
-/// server bounds record sizes).
-fn log_client(channel: Channel) -> Rpc {
-    LogClient::with_interceptor(channel, TraceContext).max_decoding_message_size(usize::MAX)
+/// A server's gRPC client for `channel` whose calls carry `log` as their
+/// `proglog-log` metadata (none: the default log, or a call naming its log in
+/// its body), taking responses of any size (the server bounds record sizes).
+fn log_client(channel: Channel, log: Option<AsciiMetadataValue>) -> Rpc {
+    LogClient::with_interceptor(channel, CallMetadata { log }).max_decoding_message_size(usize::MAX)
 }
 
-/// Puts the caller's current OpenTelemetry context into each call's metadata
-/// (W3C `traceparent`, `tracestate`), through the global propagator: nothing
-/// until the program installs one.
-#[derive(Clone, Copy, Debug)]
-struct TraceContext;
+/// Puts the log's name into each call's metadata, and the caller's current
+/// OpenTelemetry context (W3C `traceparent`, `tracestate`), through the global
+/// propagator: nothing until the program installs one.
+#[derive(Clone, Debug)]
+struct CallMetadata {
+    log: Option<AsciiMetadataValue>,
+}
 
-impl tonic::service::Interceptor for TraceContext {
+impl tonic::service::Interceptor for CallMetadata {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(log) = &self.log {
+            request.metadata_mut().insert(LOG_METADATA_KEY, log.clone());
+        }
         let context = opentelemetry::Context::current();
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
@@ -397,60 +542,84 @@ fn next_backoff(backoff: Duration) -> Duration {
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 
 impl Client {
-    /// Connects to `addr`; for a cluster, learns its servers from the first seed
-    /// that answers GetServers. A single server is dialled on first use.
+    /// Connects to `addr`, a client of the default log; for a cluster, learns
+    /// its servers from the first seed that answers GetServers. A single
+    /// server is dialled on first use.
     pub async fn connect(addr: &str, options: Options) -> Result<Self, Error> {
         let target =
             Target::parse(addr).map_err(|reason| Error::InvalidAddress { addr: addr.to_owned(), reason })?;
-        let seeds: Vec<Server> = target
-            .seeds
-            .iter()
-            .map(|seed| Server { id: seed.to_addr(), rpc_addr: seed.to_addr(), is_leader: !target.cluster })
-            .collect();
-        let client = Self {
-            inner: Arc::new(Inner {
-                target,
-                options,
-                state: Mutex::new(State { picker: Arc::new(Picker::new(seeds)), channels: HashMap::new() }),
-                producers: Mutex::new(Some(Vec::new())),
-            }),
-        };
-        if client.inner.target.cluster {
+        let runtime = if target.cluster { tokio::runtime::Handle::try_current().ok() } else { None };
+        let shared = Arc::new(Shared {
+            target,
+            options,
+            runtime,
+            channels: Mutex::new(HashMap::new()),
+            views: Mutex::new(HashMap::new()),
+        });
+        let client = Self::view(&shared, "")?;
+        if shared.target.cluster {
             client.refresh().await?;
-            let weak = Arc::downgrade(&client.inner);
-            tokio::spawn(refresh_periodically(weak, client.inner.options.refresh_interval));
         }
         Ok(client)
+    }
+
+    /// The client of log `log` over `shared`: the view a live client of it
+    /// has, or a new one (refreshed periodically, for a cluster).
+    fn view(shared: &Arc<Shared>, log: &str) -> Result<Self, Error> {
+        let inner = {
+            let mut views = lock(&shared.views);
+            if let Some(inner) = views.get(log).and_then(Weak::upgrade) {
+                return Ok(Self { inner });
+            }
+            let inner = Arc::new(Inner::new(Arc::clone(shared), log)?);
+            views.retain(|_, view| view.strong_count() > 0);
+            views.insert(log.to_owned(), Arc::downgrade(&inner));
+            inner
+        };
+        if let Some(runtime) = &shared.runtime {
+            runtime.spawn(refresh_periodically(Arc::downgrade(&inner), shared.options.refresh_interval));
+        }
+        Ok(Self { inner })
     }
 
     /// How long produces wait for a leader: `failover_timeout` for a cluster;
     /// a single server has no other leader to wait for.
     fn leader_patience(&self) -> Duration {
-        if self.inner.target.cluster { self.inner.options.failover_timeout } else { Duration::ZERO }
+        let shared = &self.inner.shared;
+        if shared.target.cluster { shared.options.failover_timeout } else { Duration::ZERO }
     }
 
     /// The options the client was made with.
     pub fn options(&self) -> &Options {
-        &self.inner.options
+        &self.inner.shared.options
     }
 
-    /// Asks the known servers (then the seeds) for the server list, and picks from
-    /// the first answer that names a leader (or else the first answer). A
-    /// single-server client has nothing to refresh.
+    /// Asks the known servers (this log's, then other logs', then the seeds)
+    /// for this log's servers, and picks from the first answer that names a
+    /// leader (or else the first answer). A named log the servers do not hold
+    /// (`NOT_FOUND`) is given the default log's servers: a produce goes to the
+    /// default log's leader, which creates the log if the cluster creates logs
+    /// on a first produce. A single-server client has nothing to refresh.
     pub async fn refresh(&self) -> Result<(), Error> {
-        if !self.inner.target.cluster {
+        let shared = &self.inner.shared;
+        if !shared.target.cluster {
             return Ok(());
         }
-        let known: Vec<String> = {
-            let state = lock(&self.inner.state);
-            state.picker.servers().iter().map(|server| server.rpc_addr.clone()).collect()
-        };
-        let seeds = self.inner.target.seeds.iter().map(Authority::to_addr);
+        let mut candidates: Vec<String> =
+            self.inner.picker().servers().iter().map(|s| s.rpc_addr.clone()).collect();
+        for view in self.other_views() {
+            candidates.extend(view.picker().servers().iter().map(|server| server.rpc_addr.clone()));
+        }
+        candidates.extend(shared.target.seeds.iter().map(Authority::to_addr));
+        let mut asked = std::collections::HashSet::new();
+        candidates.retain(|addr| asked.insert(addr.clone()));
+
         let mut last = Error::NoServer("no server to ask for the cluster's servers".into());
         let mut leaderless = None;
-        for addr in known.into_iter().chain(seeds) {
+        let mut unknown_at = None;
+        for addr in candidates {
             let mut client = match self.channel(&addr).await {
-                Ok(channel) => log_client(channel),
+                Ok(channel) => self.rpc(channel),
                 Err(error) => {
                     last = error;
                     continue;
@@ -460,7 +629,7 @@ impl Client {
                 Ok(response) => {
                     let servers = response.servers;
                     if servers.iter().any(|server| server.is_leader) {
-                        self.replace_servers(servers);
+                        self.replace_servers(servers, true);
                         return Ok(());
                     }
                     // A server that knows no leader (an election, a lagging node):
@@ -469,35 +638,67 @@ impl Client {
                         leaderless = Some(servers);
                     }
                 }
+                // A node that has not applied the log's creation yet may say
+                // so while the others know it: ask them too.
+                Err(error @ Error::LogNotFound { .. }) => {
+                    unknown_at.get_or_insert(addr);
+                    last = error;
+                }
                 Err(error) => last = error,
             }
         }
-        match leaderless {
-            Some(servers) => {
-                self.replace_servers(servers);
-                Ok(())
-            }
-            None => Err(last),
+        if let Some(servers) = leaderless {
+            self.replace_servers(servers, true);
+            return Ok(());
         }
+        let Some(addr) = unknown_at else { return Err(last) };
+        let mut client = log_client(self.channel(&addr).await?, None);
+        let servers = self.unary_any(&addr, client.get_servers(GetServersRequest {})).await?.servers;
+        if servers.is_empty() {
+            return Err(last);
+        }
+        // Until the log exists, each call asks again first: the call after the
+        // produce that created it goes to its own leader.
+        self.replace_servers(servers, false);
+        Ok(())
     }
 
-    /// Picks from `servers` from now on, and drops the channels to servers no
-    /// longer listed (a seed's stays: refreshes may ask it).
-    fn replace_servers(&self, servers: Vec<Server>) {
-        let seeds: Vec<String> = self.inner.target.seeds.iter().map(Authority::to_addr).collect();
-        let mut state = lock(&self.inner.state);
-        state.channels.retain(|addr, _| seeds.contains(addr) || servers.iter().any(|s| &s.rpc_addr == addr));
-        state.picker = Arc::new(Picker::succeeding(&state.picker, servers));
+    /// The views of the other logs that live clients use.
+    fn other_views(&self) -> Vec<Arc<Inner>> {
+        lock(&self.inner.shared.views)
+            .iter()
+            .filter(|(log, _)| **log != self.inner.log)
+            .filter_map(|(_, view)| view.upgrade())
+            .collect()
+    }
+
+    /// Picks from `servers` from now on (`resolved`: the log's own), and drops
+    /// the channels to servers no log's view lists any longer (a seed's stays:
+    /// refreshes may ask it).
+    fn replace_servers(&self, servers: Vec<Server>, resolved: bool) {
+        {
+            let mut picker = lock(&self.inner.picker);
+            *picker = Arc::new(Picker::succeeding(&picker, servers));
+        }
+        self.inner.resolved.store(resolved, Ordering::Release);
+        let shared = &self.inner.shared;
+        let mut listed: Vec<String> = shared.target.seeds.iter().map(Authority::to_addr).collect();
+        listed.extend(self.inner.picker().servers().iter().map(|server| server.rpc_addr.clone()));
+        for view in self.other_views() {
+            listed.extend(view.picker().servers().iter().map(|server| server.rpc_addr.clone()));
+        }
+        lock(&shared.channels).retain(|addr, _| listed.contains(addr));
     }
 
     /// The channel to `addr`. The first use connects (so a server that cannot
     /// be reached is reported as [`Error::Connect`]: nothing was sent); the
     /// channel then reconnects by itself after failures.
     async fn channel(&self, addr: &str) -> Result<Channel, Error> {
-        if let Some(channel) = lock(&self.inner.state).channels.get(addr) {
+        let shared = &self.inner.shared;
+        if let Some(channel) = lock(&shared.channels).get(addr) {
             return Ok(channel.clone());
         }
-        let options = &self.inner.options;
+        let options = &shared.options;
         let connector = match &options.tls {
             None => proglog_tls::Connector::plaintext(),
             Some(tls) => {
@@ -519,12 +720,19 @@ impl Client {
             .await
             .map_err(|cause| Error::Connect { addr: addr.to_owned(), cause })?;
         // Two first uses at once both connect; the first one stored wins.
-        Ok(lock(&self.inner.state).channels.entry(addr.to_owned()).or_insert(channel).clone())
+        Ok(lock(&shared.channels).entry(addr.to_owned()).or_insert(channel).clone())
     }
 
-    /// The RPC address of the server the picker chooses now for `call`.
+    /// A gRPC client over `channel` for this log's calls.
+    fn rpc(&self, channel: Channel) -> Rpc {
+        log_client(channel, self.inner.log_metadata.clone())
+    }
+
+    /// The RPC address of the server the picker chooses now for `call`. A
+    /// named log's client learns its servers on its first call (or
+    /// [`Client::refresh`]): until then, none is known.
     pub fn address_for(&self, call: Call) -> Result<String, Error> {
-        let picker = Arc::clone(&lock(&self.inner.state).picker);
+        let picker = self.inner.picker();
         picker.pick(call).map(|server| server.rpc_addr.clone()).ok_or_else(|| {
             Error::NoServer(match call {
                 Call::Produce => "no leader is known".into(),
@@ -533,20 +741,52 @@ impl Client {
         })
     }
 
+    /// Learns the log's servers if it never did (a new named log's client, or
+    /// one of a log the cluster did not hold when it last asked).
+    async fn resolve(&self) -> Result<(), Error> {
+        if self.inner.resolved.load(Ordering::Acquire) { Ok(()) } else { self.refresh().await }
+    }
+
     /// The address picked for `call` and a gRPC client for it.
     async fn pick(&self, call: Call) -> Result<(String, Rpc), Error> {
+        self.resolve().await?;
         let addr = self.address_for(call)?;
-        let client = log_client(self.channel(&addr).await?);
+        let client = self.rpc(self.channel(&addr).await?);
         Ok((addr, client))
     }
 
-    /// Runs a unary call to `addr` within the request timeout.
+    /// `status` from a call on this log to `addr`, as an [`Error`]: for a
+    /// named log, `NOT_FOUND` is [`Error::LogNotFound`].
+    fn call_error(&self, addr: &str, status: Status) -> Error {
+        self.log_error(call_error(addr, status))
+    }
+
+    fn log_error(&self, error: Error) -> Error {
+        match error {
+            Error::Status(status) if status.code() == Code::NotFound && !self.inner.log.is_empty() => {
+                Error::LogNotFound { name: self.inner.log.clone(), status }
+            }
+            error => error,
+        }
+    }
+
+    /// Runs a unary call on this log to `addr` within the request timeout.
     async fn unary<T>(
         &self,
         addr: &str,
         call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.inner.options.request_timeout, call).await {
+        self.unary_any(addr, call).await.map_err(|error| self.log_error(error))
+    }
+
+    /// Runs a unary call to `addr` within the request timeout (a call that
+    /// names its log in its body: `NOT_FOUND` stays a status).
+    async fn unary_any<T>(
+        &self,
+        addr: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.inner.shared.options.request_timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(call_error(addr, status)),
             Err(_elapsed) => Err(Error::Connection {
@@ -586,9 +826,7 @@ impl Client {
             let outcome = Outcome::of(&error);
             let retry = match outcome {
                 Outcome::NotAppended => true,
-                Outcome::Unknown => {
-                    producer.is_some() || self.inner.options.delivery == Delivery::AtLeastOnce
-                }
+                Outcome::Unknown => producer.is_some() || self.options().delivery == Delivery::AtLeastOnce,
                 Outcome::Refused => false,
             };
             if !retry || tokio::time::Instant::now() >= deadline {
@@ -607,11 +845,11 @@ impl Client {
     /// delivers exactly once and the cluster has them: one from the pool, or a
     /// new one (InitProducer). Without them it stays `None`.
     async fn take_producer(&self, producer: &mut Option<(u64, u64)>) -> Result<(), Error> {
-        if producer.is_some() || self.inner.options.delivery != Delivery::ExactlyOnce {
+        if producer.is_some() || self.options().delivery != Delivery::ExactlyOnce {
             return Ok(());
         }
         {
-            let mut pool = self.inner.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pool = lock(&self.inner.producers);
             match pool.as_mut() {
                 None => return Ok(()),
                 Some(idle) => {
@@ -633,7 +871,7 @@ impl Client {
         match self.unary(&addr, client.init_producer(InitProducerRequest {})).await {
             Ok(response) => Ok(Some(response.producer_id)),
             Err(Error::Status(status)) if status.code() == Code::Unimplemented => {
-                *self.inner.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                *lock(&self.inner.producers) = None;
                 Ok(None)
             }
             Err(error) => Err(error),
@@ -642,7 +880,7 @@ impl Client {
 
     /// Returns an idempotent producer (and its next sequence) to the pool.
     fn give_back(&self, producer: Option<(u64, u64)>) {
-        let mut pool = self.inner.producers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pool = lock(&self.inner.producers);
         if let (Some(producer), Some(idle)) = (producer, pool.as_mut()) {
             idle.push(producer);
         }
@@ -696,7 +934,8 @@ impl Client {
     }
 
     async fn read(&self, request: ConsumeRequest) -> Result<Record, Error> {
-        let attempts = lock(&self.inner.state).picker.servers().len().max(1);
+        self.resolve().await?;
+        let attempts = self.inner.picker().servers().len().max(1);
         let mut last = None;
         for _ in 0..attempts {
             let (addr, mut client) = self.pick(Call::Consume).await?;

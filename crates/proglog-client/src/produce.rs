@@ -14,8 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use crate::{
-    Call, Client, Delivery, Error, FIRST_BACKOFF, call_error, io_kind, next_backoff, nothing_done,
-    produce_request,
+    Call, Client, Delivery, Error, FIRST_BACKOFF, io_kind, next_backoff, nothing_done, produce_request,
 };
 
 /// Records sent on a produce stream and not answered yet, at most (the
@@ -65,7 +64,11 @@ impl Outcome {
                 Some(std::io::ErrorKind::InvalidData) => Self::Refused,
                 _ => Self::NotAppended,
             },
-            Error::InvalidAddress { .. } | Error::Tls(_) => Self::Refused,
+            Error::InvalidAddress { .. }
+            | Error::Tls(_)
+            | Error::InvalidLogName { .. }
+            | Error::LogNotFound { .. }
+            | Error::LogExists { .. } => Self::Refused,
             Error::OutcomeUnknown { .. } => Self::Unknown,
         }
     }
@@ -328,7 +331,7 @@ impl Driver {
         let outgoing = ReceiverStream::new(outgoing);
         let mut responses = match client.produce_stream(outgoing).await {
             Ok(response) => response.into_inner(),
-            Err(status) => return End::Failed(Some(addr.clone()), call_error(&addr, status)),
+            Err(status) => return End::Failed(Some(addr.clone()), self.client.call_error(&addr, status)),
         };
         // A leader that stops answering (cut off from its peers, it can commit
         // nothing) fails the call after the request timeout without progress.
@@ -359,7 +362,7 @@ impl Driver {
                         let status = Status::unknown("the server ended the stream before answering every record");
                         return End::Failed(Some(addr), Error::Status(status));
                     }
-                    Err(status) => return End::Failed(Some(addr.clone()), call_error(&addr, status)),
+                    Err(status) => return End::Failed(Some(addr.clone()), self.client.call_error(&addr, status)),
                 },
                 value = Self::next_value(&mut self.to_send, &mut self.input, &mut self.next_sequence), if room && more => match value {
                     Some((value, sequence)) => {

@@ -3,7 +3,7 @@
 use proglog_api::v1::{ConsumeRequest, ConsumeResponse};
 use tonic::{Code, Status};
 
-use crate::{Call, Client, Error, FIRST_BACKOFF, call_error, log_client, next_backoff};
+use crate::{Call, Client, Error, FIRST_BACKOFF, next_backoff};
 
 /// Whether a consume that failed with `error` may succeed on another server
 /// (or later): the server was unavailable or the connection failed.
@@ -131,7 +131,7 @@ impl Subscription {
                         return Ok(record);
                     }
                     Ok(None) => Error::Status(Status::unavailable("the server ended the stream")),
-                    Err(status) => call_error(self.server.as_deref().unwrap_or_default(), status),
+                    Err(status) => self.client.call_error(self.server.as_deref().unwrap_or_default(), status),
                 },
             };
             self.stream = None;
@@ -147,12 +147,11 @@ impl Subscription {
     }
 
     async fn open(&mut self) -> Result<(), Error> {
-        let addr = self.client.address_for(Call::Consume)?;
-        let mut client = log_client(self.client.channel(&addr).await?);
+        let (addr, mut client) = self.client.pick(Call::Consume).await?;
         let stream = client
             .consume_stream(ConsumeRequest { offset: self.next, linearizable: false })
             .await
-            .map_err(|status| call_error(&addr, status))?
+            .map_err(|status| self.client.call_error(&addr, status))?
             .into_inner();
         self.stream = Some(stream);
         self.server = Some(addr);

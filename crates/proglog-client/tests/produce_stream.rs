@@ -12,9 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use proglog_api::v1::log_server::{Log, LogServer};
 use proglog_api::v1::{
-    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
-    FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
-    InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Server,
+    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, CreateLogRequest,
+    CreateLogResponse, DeleteLogRequest, DeleteLogResponse, FetchOffsetRequest, FetchOffsetResponse,
+    GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse, InitProducerRequest,
+    InitProducerResponse, ListLogsRequest, ListLogsResponse, ProduceRequest, ProduceResponse, Server,
 };
 use proglog_client::{Client, Delivery, Error, Options};
 use tokio::sync::mpsc;
@@ -177,6 +178,18 @@ impl Log for Fake {
         _: Request<FetchOffsetRequest>,
     ) -> Result<Response<FetchOffsetResponse>, Status> {
         Err(Status::unimplemented("the fake cluster keeps no consumer positions"))
+    }
+
+    async fn create_log(&self, _: Request<CreateLogRequest>) -> Result<Response<CreateLogResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster has the default log only"))
+    }
+
+    async fn delete_log(&self, _: Request<DeleteLogRequest>) -> Result<Response<DeleteLogResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster has the default log only"))
+    }
+
+    async fn list_logs(&self, _: Request<ListLogsRequest>) -> Result<Response<ListLogsResponse>, Status> {
+        Err(Status::unimplemented("the fake cluster has the default log only"))
     }
 }
 
