@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use proglog_api::v1::{
-    CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest, InitProducerRequest, ProduceRequest,
+    CommitOffsetRequest, ConsumeRequest, FetchOffsetRequest, GetOffsetsRequest, InitProducerRequest,
+    ProduceRequest,
 };
 use support::cluster::{self, DEADLINE, produce_through, servers, wait_for_record, wait_for_servers};
 use support::{Agent, Pki};
@@ -255,4 +256,104 @@ async fn agents_reached_by_name_join_before_their_seed_exists_and_advertise_name
     for agent in agents {
         assert!(agent.terminate().await.success());
     }
+}
+
+/// A call on log `log` (SPEC §11: the name travels in `proglog-log` metadata).
+fn on_log<T>(log: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("proglog-log", log.parse().unwrap());
+    request.set_timeout(Duration::from_secs(10));
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_logs_on_a_three_node_cluster_are_created_used_listed_and_deleted() {
+    use proglog_api::v1::{CreateLogRequest, DeleteLogRequest, GetServersRequest, ListLogsRequest};
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let agents = cluster::form(&pki, data.path(), 3);
+    let all = ["node-0", "node-1", "node-2"];
+    for agent in &agents {
+        wait_for_servers(&pki, agent, &all).await;
+    }
+    let default_leader = wait_for_servers(&pki, &agents[0], &all).await;
+    let follower = agents.iter().zip(all).find(|(_, name)| *name != default_leader).unwrap().0;
+    let mut client = pki.grpc(follower.rpc, "root");
+    // Created through a follower; again: ALREADY_EXISTS; bad names refused.
+    let create = |name: &str| CreateLogRequest { name: name.into(), retention_bytes: 0, retention_ms: 0 };
+    client.create_log(create("orders")).await.unwrap();
+    let again = client.create_log(create("orders")).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    for bad in ["Orders", "a/b", &"x".repeat(129)] {
+        let refused = client.create_log(create(bad)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad}: {refused:?}");
+    }
+    let bad_header = client.get_offsets(on_log("no spaces", GetOffsetsRequest {})).await.unwrap_err();
+    assert_eq!(bad_header.code(), tonic::Code::InvalidArgument, "{bad_header:?}");
+    // Its own offsets and servers, through any node.
+    let deadline = Instant::now() + DEADLINE;
+    let offset = loop {
+        match client.produce(on_log("orders", support::produce("o-0"))).await {
+            Ok(response) => break response.into_inner().offset,
+            Err(status) => assert!(Instant::now() < deadline, "{status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(offset, 0, "a named log starts at 0");
+    let servers = client.get_servers(on_log("orders", GetServersRequest {})).await.unwrap().into_inner();
+    assert_eq!(servers.servers.len(), 3, "{servers:?}");
+    for agent in &agents {
+        let mut client = pki.grpc(agent.rpc, "root");
+        let request = on_log("orders", ConsumeRequest { offset: 0, linearizable: true });
+        assert_eq!(client.consume(request).await.unwrap().into_inner().record.unwrap().value, "o-0");
+        // The default log is untouched by it.
+        let offsets = client.get_offsets(GetOffsetsRequest {}).await.unwrap().into_inner();
+        assert_eq!(offsets.next, 0, "{offsets:?}");
+        let path = "/logs/orders/records/0";
+        let (code, body) = pki.https(agent.http(), Some("root"), "GET", path, None).unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    // A first produce creates a log (--auto-create-logs, the default), over HTTP too.
+    client.produce(on_log("auto", support::produce("a-0"))).await.unwrap();
+    let (code, body) = pki
+        .https(
+            follower.http(),
+            Some("root"),
+            "POST",
+            "/logs/web/records",
+            Some(r#"{"record":{"value":"aGk="}}"#),
+        )
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, r#"{"offset":0}"#));
+    let listed = client.list_logs(ListLogsRequest {}).await.unwrap().into_inner().logs;
+    let names: Vec<&str> = listed.iter().map(|log| log.name.as_str()).collect();
+    assert_eq!(names, ["", "auto", "orders", "web"]);
+    assert_eq!((listed[2].lowest, listed[2].next), (0, 1), "{listed:?}");
+    let lowest = cluster::metric(&pki, follower, r#"proglog_log_highest_offset{log="orders"}"#);
+    assert_eq!(lowest, Some(0.0));
+    // Without `admin`, no log is created or deleted (nobody may do anything).
+    let mut nobody = pki.grpc(follower.rpc, "nobody");
+    let denied = nobody.create_log(create("mine")).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("admin"), "{denied:?}");
+    // Deleted: gone from every node, with its files; unknown: NOT_FOUND.
+    client.delete_log(DeleteLogRequest { name: "orders".into() }).await.unwrap();
+    for (agent, name) in agents.iter().zip(all) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut client = pki.grpc(agent.rpc, "root");
+        loop {
+            let status = client.get_offsets(on_log("orders", GetOffsetsRequest {})).await;
+            let gone = std::fs::read_dir(data.path().join(name).join("logs"))
+                .unwrap()
+                .filter_map(Result::ok)
+                .all(|entry| !entry.file_name().to_string_lossy().starts_with("orders@"));
+            if status.as_ref().is_err_and(|status| status.code() == tonic::Code::NotFound) && gone {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} still holds orders: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let missing = client.delete_log(DeleteLogRequest { name: "orders".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 }

@@ -186,7 +186,7 @@ impl Peer {
     /// Sends `messages` in one batch on one `Messages` call, and ends it.
     pub async fn send(&mut self, messages: &[proglog_raft::RaftMessage]) -> Result<(), tonic::Status> {
         let messages = messages.iter().map(|m| proglog_raft::encode_message(m).unwrap()).collect();
-        let request = self.request(tokio_stream::iter([Batch { messages }]));
+        let request = self.request(tokio_stream::iter([Batch { messages, group: None }]));
         let call = self.client.messages(request);
         tokio::time::timeout(Duration::from_secs(10), call).await.expect("answered in time").map(|_| ())
     }

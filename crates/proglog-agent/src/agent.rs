@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proglog_discovery::{Config as DiscoveryConfig, Discovery};
-use proglog_raft::{CommitLog, Member, RaftConfig, RaftLog};
+use proglog_raft::{Catalog, CommitLog, Logs, Member, RaftConfig, RaftLog};
 use proglog_server::{Authorizer, Limits, PeerTransport, RpcObserver, ServerConfig};
 use slog::{Logger, error, info, warn};
 use tokio::net::{TcpListener, TcpSocket};
@@ -69,6 +69,8 @@ pub enum AgentError {
 pub struct Agent {
     logger: Logger,
     log: Arc<RaftLog>,
+    /// Every log of this node (the default one is `log`).
+    logs: Arc<Logs>,
     transport: PeerTransport,
     discovery: Arc<Discovery>,
     membership: JoinHandle<()>,
@@ -185,11 +187,16 @@ impl Agent {
             logger: logger.clone(),
             ..RaftConfig::new(member, config.data_dir.clone())
         };
-        let peer_transport = Arc::new(transport.clone());
-        let log =
-            tokio::task::spawn_blocking(move || RaftLog::open(raft_config, log, peer_transport)).await??;
-        let log = Arc::new(log);
-        transport.bind(&log);
+        let network = Arc::new(transport.clone());
+        let logs = tokio::task::spawn_blocking(move || {
+            let log = Arc::new(RaftLog::open(raft_config.clone(), log, Arc::new(network.as_ref().clone()))?);
+            network.bind(&log);
+            // The named logs (SPEC §11), each its own Raft group, on the same transport.
+            Logs::open(log, raft_config, network)
+        })
+        .await??;
+        logs.start();
+        let log = Arc::clone(logs.default_log());
         let identity = log.identity();
         info!(logger, "this node"; "member_id" => identity.member_id,
             "cluster_id" => identity.cluster_id.map(|id| id.to_string()).unwrap_or_default());
@@ -237,11 +244,12 @@ impl Agent {
             limits,
             observer: Some(observer),
             logger: logger.clone(),
-            extra_services: vec![transport.service(Arc::clone(&log))],
+            extra_services: vec![transport.service()],
+            auto_create_logs: config.auto_create_logs,
         };
         let mut rpc_stopped = stopped.clone();
-        let served: Arc<dyn CommitLog> = log.clone();
-        let rpc = tokio::spawn(proglog_server::serve(
+        let served: Arc<dyn Catalog> = logs.clone();
+        let rpc = tokio::spawn(proglog_server::serve_logs(
             rpc_listener,
             Arc::clone(&served),
             Arc::clone(&authorizer),
@@ -252,7 +260,8 @@ impl Agent {
         ));
         let http = http_listener.map(|listener| {
             let state = HttpState {
-                log: served,
+                logs: served,
+                auto_create_logs: config.auto_create_logs,
                 authorizer,
                 metrics,
                 max_record_bytes: config.log.max_record_bytes,
@@ -278,6 +287,7 @@ impl Agent {
         Ok(Self {
             logger,
             log,
+            logs,
             transport,
             discovery,
             membership,
@@ -305,6 +315,11 @@ impl Agent {
     /// leave other nodes through it).
     pub fn log(&self) -> Arc<RaftLog> {
         Arc::clone(&self.log)
+    }
+
+    /// Every log this agent serves: the default log and the named logs.
+    pub fn logs(&self) -> Arc<Logs> {
+        Arc::clone(&self.logs)
     }
 
     /// Resolves with the reason once this node's replicated log has stopped for
@@ -339,8 +354,12 @@ impl Agent {
             }
         };
         let _ = tokio::join!(within(deadline, self.rpc, &self.logger, "rpc"), http);
-        let log = Arc::clone(&self.log);
-        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        let (log, logs) = (Arc::clone(&self.log), Arc::clone(&self.logs));
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = logs.close();
+            log.close()
+        })
+        .await;
     }
 
     /// Stops accepting, finishes in-flight requests (for at most
@@ -362,8 +381,8 @@ impl Agent {
             }
         };
         let (served, http) = tokio::join!(within(deadline, self.rpc, &self.logger, "rpc"), http);
-        let log = Arc::clone(&self.log);
-        let closed = tokio::task::spawn_blocking(move || log.close()).await?;
+        let (log, logs) = (Arc::clone(&self.log), Arc::clone(&self.logs));
+        let closed = tokio::task::spawn_blocking(move || logs.close().and(log.close())).await?;
         if let Some(traces) = self.traces {
             traces.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
         }

@@ -213,6 +213,10 @@ pub struct AgentConfig {
     /// trace, 0 to 1 (a sampled traceparent is always followed)
     #[arg(long, value_name = "RATIO")]
     pub trace_sample_ratio: f64,
+    /// A produce to a log that does not exist creates it, with the default
+    /// retention (SPEC §11); false: NOT_FOUND until CreateLog
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub auto_create_logs: bool,
     /// The log: fsync, record and segment sizes, Raft timing.
     #[command(flatten)]
     #[serde(flatten)]
@@ -249,6 +253,7 @@ impl Default for AgentConfig {
             gossip_key_file: None,
             otlp_endpoint: None,
             trace_sample_ratio: 0.01,
+            auto_create_logs: true,
             log: proglog_raft::Settings::default(),
             serving: proglog_server::Settings::default(),
         }

@@ -1,6 +1,7 @@
 //! The HTTP API (SPEC §4): the book's chapter-1 JSON endpoints, `/records`,
 //! `/metrics`, `/healthz`, `/readyz` — behind the same TLS, client certificates
-//! and ACL as the gRPC port.
+//! and ACL as the gRPC port. `/logs/{name}/records[/{offset}]` are the same
+//! calls on a named log (SPEC §11; its name is the ACL object).
 
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use proglog_raft::{Append, CommitLog, LogError};
-use proglog_server::{Authorizer, BodyError, Limits, Listener, OBJECT_WILDCARD, Peer, action};
+use proglog_raft::{Append, Catalog, LogError};
+use proglog_server::{Authorizer, BodyError, Limits, Listener, Peer, action, object_of};
 use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::net::TcpListener;
@@ -35,7 +36,9 @@ const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 
 /// What the handlers share.
 pub(crate) struct HttpState {
-    pub(crate) log: Arc<dyn CommitLog>,
+    pub(crate) logs: Arc<dyn Catalog>,
+    /// A produce to a log that does not exist creates it.
+    pub(crate) auto_create_logs: bool,
     pub(crate) authorizer: Arc<dyn Authorizer>,
     pub(crate) metrics: Metrics,
     pub(crate) max_record_bytes: u64,
@@ -82,6 +85,8 @@ impl From<LogError> for ApiError {
             }
             LogError::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             LogError::Unimplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            LogError::NotFound(_) => StatusCode::NOT_FOUND,
+            LogError::AlreadyExists(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self(status, error.to_string())
@@ -112,13 +117,16 @@ struct RecordOut {
     offset: u64,
 }
 
-fn authorize(state: &HttpState, peer: &Peer, action: &str) -> Result<(), ApiError> {
-    if state.authorizer.is_allowed(peer.subject(), OBJECT_WILDCARD, action) {
+/// Refuses a caller that may not do `action` to log `log` (a bad name: 400).
+fn authorize(state: &HttpState, peer: &Peer, action: &str, log: &str) -> Result<(), ApiError> {
+    proglog_raft::check_log_name(log)?;
+    let object = object_of(log);
+    if state.authorizer.is_allowed(peer.subject(), object, action) {
         Ok(())
     } else {
         Err(ApiError(
             StatusCode::FORBIDDEN,
-            format!("{} not permitted to {action} to {OBJECT_WILDCARD}", peer.subject()),
+            format!("{} not permitted to {action} to {object}", peer.subject()),
         ))
     }
 }
@@ -141,11 +149,29 @@ fn json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 async fn produce(
-    State(state): State<Arc<HttpState>>,
-    Extension(peer): Extension<Peer>,
+    state: State<Arc<HttpState>>,
+    peer: Extension<Peer>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &peer, action::PRODUCE)?;
+    produce_to(state, peer, String::new(), body).await
+}
+
+async fn produce_named(
+    state: State<Arc<HttpState>>,
+    peer: Extension<Peer>,
+    Path(log): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    produce_to(state, peer, log, body).await
+}
+
+async fn produce_to(
+    State(state): State<Arc<HttpState>>,
+    Extension(peer): Extension<Peer>,
+    log: String,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &peer, action::PRODUCE, &log)?;
     // Read only now that the caller is authorized: a denied caller's body is
     // never read. Too large a body is named by the record size it implies.
     let body = peer.read_body(body, state.max_produce_body_bytes()).await.map_err(|error| match error {
@@ -164,19 +190,22 @@ async fn produce(
         .decode(request.record.value.as_bytes())
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("record value is not base64: {error}")))?;
     proglog_raft::check_record_size(value.len(), state.max_record_bytes)?;
-    let offset = state.log.append(Append::one(value)).await?.await?;
+    let log = state.logs.to_produce(&log, state.auto_create_logs).await?;
+    let offset = log.append(Append::one(value)).await?.await?;
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
 
 async fn consume_at(
     state: &HttpState,
+    log: &str,
     offset: u64,
     linearizable: bool,
 ) -> Result<impl IntoResponse + use<>, ApiError> {
+    let log = state.logs.get(log)?;
     if linearizable {
-        state.log.linearize().await?;
+        log.linearize().await?;
     }
-    let record = state.log.read(offset).await?;
+    let record = log.read(offset).await?;
     let record = RecordOut { value: BASE64.encode(&record.value), offset: record.offset };
     Ok(axum::Json(serde_json::json!({ "record": record })))
 }
@@ -187,22 +216,41 @@ async fn consume_body(
     Extension(peer): Extension<Peer>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &peer, action::CONSUME)?;
+    authorize(&state, &peer, action::CONSUME, "")?;
     let request: ConsumeIn = json(&peer.read_body(body, SMALL_BODY_BYTES).await?)?;
-    consume_at(&state, request.offset, request.linearizable).await
+    consume_at(&state, "", request.offset, request.linearizable).await
 }
 
 async fn consume_path(
+    state: State<Arc<HttpState>>,
+    peer: Extension<Peer>,
+    Path(offset): Path<String>,
+    query: RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    consume_from(state, peer, String::new(), offset, query).await
+}
+
+async fn consume_named(
+    state: State<Arc<HttpState>>,
+    peer: Extension<Peer>,
+    Path((log, offset)): Path<(String, String)>,
+    query: RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    consume_from(state, peer, log, offset, query).await
+}
+
+async fn consume_from(
     State(state): State<Arc<HttpState>>,
     Extension(peer): Extension<Peer>,
-    Path(offset): Path<String>,
+    log: String,
+    offset: String,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorize(&state, &peer, action::CONSUME)?;
+    authorize(&state, &peer, action::CONSUME, &log)?;
     let offset = offset
         .parse()
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{offset:?} is not an offset")))?;
-    consume_at(&state, offset, linearizable(query.as_deref())?).await
+    consume_at(&state, &log, offset, linearizable(query.as_deref())?).await
 }
 
 /// The `linearizable` parameter of a query string: `true`/`false` (or `1`/`0`;
@@ -221,13 +269,15 @@ fn linearizable(query: Option<&str>) -> Result<bool, ApiError> {
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
-    let text = state.metrics.render(&state.log.status());
+    let logs = state.logs.list();
+    let default = logs.first().map(|info| info.status.clone()).unwrap_or_default();
+    let text = state.metrics.render(&default, &logs);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 
 /// Serving, unless the log stopped for good (then 503 with the reason).
 async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
-    match state.log.status().failure {
+    match default_status(&state).failure {
         None => axum::Json(serde_json::json!({ "status": "serving" })).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,17 +287,41 @@ async fn healthz(State(state): State<Arc<HttpState>>) -> Response {
     }
 }
 
-/// Ready (SPEC §4) when the node knows a leader and has applied the committed log.
+fn default_status(state: &HttpState) -> proglog_raft::LogStatus {
+    state.logs.get("").map(|log| log.status()).unwrap_or_default()
+}
+
+/// Ready (SPEC §4) when the node knows a leader and has applied the committed
+/// log — the default log's, and no named log here has stopped for good. Named
+/// logs without a leader yet (an election, a log just created) do not make
+/// the node unready: they are listed, with the reason, under `logs`.
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
-    let status = state.log.status();
+    let logs = state.logs.list();
+    let status = logs.first().map(|info| info.status.clone()).unwrap_or_default();
+    let failed: Vec<_> = logs.iter().skip(1).filter(|info| info.status.failure.is_some()).collect();
+    let unready: Vec<_> = logs
+        .iter()
+        .skip(1)
+        .filter(|info| !info.status.is_ready())
+        .map(|info| {
+            serde_json::json!({
+                "log": info.name,
+                "leader": info.status.leader.as_ref().map(|leader| &leader.id),
+                "failure": info.status.failure,
+            })
+        })
+        .collect();
+    let ready = status.is_ready() && failed.is_empty();
     let body = serde_json::json!({
-        "status": if status.is_ready() { "ready" } else { "not ready" },
+        "status": if ready { "ready" } else { "not ready" },
         "leader": status.leader.as_ref().map(|leader| &leader.id),
         "commit_index": status.commit_index,
         "applied_index": status.applied_index,
         "failure": status.failure,
+        "logs": logs.len(),
+        "logs_not_ready": unready,
     });
-    let code = if status.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
 }
 
@@ -308,6 +382,11 @@ fn router(state: Arc<HttpState>) -> Router {
         .route("/", post(produce).get(consume_body).layer(traced("/")))
         .route("/records", post(produce).layer(traced("/records")))
         .route("/records/{offset}", get(consume_path).layer(traced("/records/{offset}")))
+        .route("/logs/{name}/records", post(produce_named).layer(traced("/logs/{name}/records")))
+        .route(
+            "/logs/{name}/records/{offset}",
+            get(consume_named).layer(traced("/logs/{name}/records/{offset}")),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such path".into()) })
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), certified));

@@ -129,9 +129,34 @@ impl Metrics {
         self.recorder.register_gauge(&Key::from_parts(name, Vec::<Label>::new()), &metadata).set(value);
     }
 
-    /// The Prometheus text, with the log's gauges as `status` has them.
-    pub(crate) fn render(&self, status: &LogStatus) -> String {
+    /// A named log's gauges, labelled `log` (SPEC §11): where it stands on
+    /// this node, as the default log's unlabelled ones say for it.
+    fn log_gauges(&self, name: &str, status: &LogStatus) {
         let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
+        let highest = status.highest_offset.map_or(-1.0, |offset| offset as f64);
+        let gauges = [
+            ("proglog_log_lowest_offset", status.lowest_offset as f64),
+            ("proglog_log_highest_offset", highest),
+            ("proglog_log_bytes", status.bytes as f64),
+            ("proglog_raft_is_leader", if status.is_leader { 1.0 } else { 0.0 }),
+            ("proglog_raft_term", status.term as f64),
+            ("proglog_raft_commit_index", status.commit_index as f64),
+            ("proglog_raft_applied_index", status.applied_index as f64),
+            ("proglog_raft_voters", status.voters as f64),
+        ];
+        for (metric, value) in gauges {
+            let key = Key::from_parts(metric, vec![Label::new("log", name.to_owned())]);
+            self.recorder.register_gauge(&key, &metadata).set(value);
+        }
+    }
+
+    /// The Prometheus text, with the default log's gauges as `status` has them
+    /// and each named log's, labelled.
+    pub(crate) fn render(&self, status: &LogStatus, named: &[proglog_raft::LogInfo]) -> String {
+        let metadata = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
+        for info in named.iter().filter(|info| !info.name.is_empty()) {
+            self.log_gauges(&info.name, &info.status);
+        }
         self.gauge("proglog_log_lowest_offset", status.lowest_offset as f64);
         // -1 while the log is empty: "no highest offset".
         self.gauge("proglog_log_highest_offset", status.highest_offset.map_or(-1.0, |offset| offset as f64));

@@ -194,7 +194,9 @@ fn generate(what: String) -> impl FnOnce(rcgen::Error) -> Error {
     move |source| Error::Generate { what, source }
 }
 
-/// The casbin model written to `model.conf`: the book's ACL without roles.
+/// The casbin model written to `model.conf`: the book's ACL without roles,
+/// objects matched with `keyMatch` (SPEC §11), so that a policy's `*` covers
+/// every log and `orders*` the logs whose names start so.
 pub const ACL_MODEL: &str = "\
 [request_definition]
 r = sub, obj, act
@@ -206,15 +208,17 @@ p = sub, obj, act
 e = some(where (p.eft == allow))
 
 [matchers]
-m = r.sub == p.sub && r.obj == p.obj && r.act == p.act
+m = r.sub == p.sub && keyMatch(r.obj, p.obj) && r.act == p.act
 ";
 
-/// The casbin policy written to `policy.csv`: `root` may produce, consume and replicate;
-/// nobody else (in particular `nobody`) may do anything.
+/// The casbin policy written to `policy.csv`: `root` may produce, consume,
+/// replicate and administer logs, on every log; nobody else (in particular
+/// `nobody`) may do anything.
 pub const ACL_POLICY: &str = "\
 p, root, *, produce
 p, root, *, consume
 p, root, *, replicate
+p, root, *, admin
 ";
 
 /// The files written by [`write_dev_set`].

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -195,4 +197,86 @@ pub trait CommitLog: Send + Sync + 'static {
     /// it then reports not serving at once, rather than looking healthy while
     /// it can no longer append or catch up.
     fn failure(&self) -> watch::Receiver<Option<String>>;
+}
+
+/// A log as [`Catalog::list`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogInfo {
+    /// Its name (empty: the default log).
+    pub name: String,
+    /// Where it stands on this node.
+    pub status: LogStatus,
+    /// Its retention (0: keep everything).
+    pub retention_bytes: u64,
+    pub retention_ms: u64,
+}
+
+/// The logs a server serves (SPEC §11): the default log (the empty name) and,
+/// where the implementation offers them, named logs.
+#[async_trait::async_trait]
+pub trait Catalog: Send + Sync + 'static {
+    /// The log named `name`: `InvalidArgument` for a bad name (see
+    /// [`crate::check_log_name`]), `NotFound` for one not held here.
+    fn get(&self, name: &str) -> Result<Arc<dyn CommitLog>, LogError>;
+
+    /// Creates log `name` (retention 0: the server's default for new logs);
+    /// answers once it can be served here. `AlreadyExists`, or
+    /// `ResourceExhausted` past the bound on logs.
+    async fn create(&self, name: &str, retention_bytes: u64, retention_ms: u64) -> Result<(), LogError>;
+
+    /// Deletes log `name` and its records. `NotFound` if there is none.
+    async fn delete(&self, name: &str) -> Result<(), LogError>;
+
+    /// The logs held here: the default log first, then by name.
+    fn list(&self) -> Vec<LogInfo>;
+
+    /// The log a produce names: with `auto_create`, one that does not exist
+    /// is created first (with the default retention; SPEC §11
+    /// `--auto-create-logs`).
+    async fn to_produce(&self, name: &str, auto_create: bool) -> Result<Arc<dyn CommitLog>, LogError> {
+        match self.get(name) {
+            Err(LogError::NotFound(_)) if auto_create => {
+                match self.create(name, 0, 0).await {
+                    Ok(()) | Err(LogError::AlreadyExists(_)) => {}
+                    Err(error) => return Err(error),
+                }
+                self.get(name)
+            }
+            found => found,
+        }
+    }
+}
+
+/// One log alone as a [`Catalog`]: it is the default log, and there are no
+/// named ones (creating one is `Unimplemented`).
+pub struct SingleLog(pub Arc<dyn CommitLog>);
+
+impl std::fmt::Debug for SingleLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SingleLog")
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for SingleLog {
+    fn get(&self, name: &str) -> Result<Arc<dyn CommitLog>, LogError> {
+        crate::check_log_name(name)?;
+        if name.is_empty() {
+            return Ok(Arc::clone(&self.0));
+        }
+        Err(LogError::NotFound(format!("no log is named {name:?} (this server holds only the default log)")))
+    }
+
+    async fn create(&self, _name: &str, _retention_bytes: u64, _retention_ms: u64) -> Result<(), LogError> {
+        Err(LogError::Unimplemented("this server holds only the default log".into()))
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), LogError> {
+        self.get(name)?;
+        Err(LogError::InvalidArgument("the default log cannot be deleted".into()))
+    }
+
+    fn list(&self) -> Vec<LogInfo> {
+        vec![LogInfo { name: String::new(), status: self.0.status(), retention_bytes: 0, retention_ms: 0 }]
+    }
 }

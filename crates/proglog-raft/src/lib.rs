@@ -65,14 +65,15 @@ mod replicated;
 mod settings;
 
 pub use crate::commit_log::{
-    Append, CommitLog, LogStatus, PendingAppend, Record, ServerInfo, check_record_size,
+    Append, Catalog, CommitLog, LogInfo, LogStatus, PendingAppend, Record, ServerInfo, SingleLog,
+    check_record_size,
 };
 pub use crate::error::{Leader, LogError, Refusal};
 pub use crate::local::{BACKGROUND_SYNC_INTERVAL, Fsync, LocalLog};
 pub use crate::replicated::{
-    Budgets, ChannelNetwork, ClusterId, FetchSink, GroupId, GroupStart, LogInfo, LogSpec, Logs,
-    MAX_RECORD_BYTES, Mailbox, Member, Network, PeerId, PendingCommand, RaftConfig, RaftLog, RaftMetrics,
-    Reason, Rejections, StatusWatch, Transport, decode_message, encode_message, node_id,
+    Budgets, ChannelNetwork, ClusterId, FetchSink, GroupId, GroupStart, LogSpec, Logs, MAX_RECORD_BYTES,
+    Mailbox, Member, Network, PeerId, PendingCommand, RaftConfig, RaftLog, RaftMetrics, Reason, Rejections,
+    StatusWatch, Transport, decode_message, encode_message, node_id,
 };
 pub use crate::replicated::{
     MAX_GROUP_BYTES, MAX_GROUPS, MAX_LOG_NAME_BYTES, MAX_LOGS, check_group, check_log_name,

@@ -350,7 +350,7 @@ impl Node {
         let (stop, stopped) = oneshot::channel::<()>();
         let config = ServerConfig {
             max_record_bytes: MAX_RECORD_BYTES,
-            extra_services: vec![transport.service(Arc::clone(&log))],
+            extra_services: vec![transport.service()],
             ..ServerConfig::default()
         };
         let task =

@@ -16,8 +16,9 @@ use http_body::{Body, Frame};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::auth::{Authorizer, OBJECT_WILDCARD, action};
+use crate::auth::{Authorizer, OBJECT_WILDCARD, action, object_of};
 use crate::listener::{Held, Peer, RequestBudget};
+use crate::service::LOG_METADATA;
 use crate::status;
 
 /// Bytes a request message may take beyond the record value it carries (field
@@ -74,6 +75,9 @@ fn built_in(path: &str) -> Option<Method> {
         | "/log.v1.Log/GetOffsets"
         | "/log.v1.Log/CommitOffset"
         | "/log.v1.Log/FetchOffset" => (Some(action::CONSUME), small, true),
+        "/log.v1.Log/ListLogs" => (Some(action::ADMIN), small, true),
+        // The log they act on is in their body: authorized once it is decoded.
+        "/log.v1.Log/CreateLog" | "/log.v1.Log/DeleteLog" => (None, small, true),
         "/log.v1.Log/GetServers" | "/grpc.health.v1.Health/Check" | "/grpc.health.v1.Health/Watch" => {
             (None, small, true)
         }
@@ -166,10 +170,15 @@ where
             return reject(Status::internal("call without a connection peer"));
         };
         let method = method(request.uri().path(), &self.layer.extras);
+        // The log the call acts on (SPEC §11): its name is the ACL object.
+        let object = match object(request.headers()) {
+            Ok(object) => object.to_owned(),
+            Err(status) => return reject(status),
+        };
         if let Some(action) = method.action
-            && !self.layer.authorizer.is_allowed(peer.subject(), OBJECT_WILDCARD, action)
+            && !self.layer.authorizer.is_allowed(peer.subject(), &object, action)
         {
-            return reject(status::permission_denied(peer.subject(), action, OBJECT_WILDCARD));
+            return reject(status::permission_denied(peer.subject(), action, &object));
         }
         let (limit, max_record_bytes) = match method.limit {
             MessageLimit::Records => (self.layer.max_message_bytes(), Some(self.layer.max_record_bytes)),
@@ -192,6 +201,16 @@ where
             None => Box::pin(call),
         }
     }
+}
+
+/// The ACL object of the log a call's `proglog-log` header names (SPEC §11);
+/// a bad name is refused before the body is read.
+fn object(headers: &http::HeaderMap) -> Result<&str, Status> {
+    let Some(value) = headers.get(LOG_METADATA) else { return Ok(OBJECT_WILDCARD) };
+    let name =
+        value.to_str().map_err(|_| Status::invalid_argument(format!("{LOG_METADATA} is not ASCII")))?;
+    proglog_raft::check_log_name(name).map_err(status::from_log)?;
+    Ok(object_of(name))
 }
 
 /// The `grpc-timeout` header: up to 8 digits and a unit (`H`, `M`, `S`, `m`,

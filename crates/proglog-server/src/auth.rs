@@ -20,6 +20,13 @@ pub mod action {
     pub const CONSUME: &str = "consume";
     /// Agent-to-agent traffic (Raft, forwarding).
     pub const REPLICATE: &str = "replicate";
+    /// Create, delete and list logs (SPEC §11).
+    pub const ADMIN: &str = "admin";
+}
+
+/// The ACL object of log `name` (SPEC §11): its name, or `*` for the default log.
+pub fn object_of(name: &str) -> &str {
+    if name.is_empty() { OBJECT_WILDCARD } else { name }
 }
 
 /// Decides whether a subject may perform an action on an object. The gRPC

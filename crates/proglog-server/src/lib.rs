@@ -53,7 +53,7 @@ mod tls;
 
 pub use crate::auth::{
     ANONYMOUS, Acl, AllowAll, Authorizer, OBJECT_WILDCARD, action, authorizer_from_files, names_of_chain,
-    subject_of_chain,
+    object_of, subject_of_chain,
 };
 pub use crate::error::ServerError;
 pub use crate::listener::{BodyError, Limits, Listener, Peer, Serves, TrackedBody};
@@ -61,7 +61,7 @@ pub use crate::observe::{RPC_DURATION_SECONDS, RPC_REQUESTS_TOTAL, RpcObserver};
 pub use crate::peer::{
     FETCH_CHUNK_BYTES, FORWARD_QUEUE, MAX_MESSAGE_BYTES, PEER_QUEUE_BYTES, PeerTls, PeerTransport,
 };
-pub use crate::server::{ExtraService, ServerConfig, serve};
-pub use crate::service::{PRODUCE_STREAM_WINDOW, RecordStream};
+pub use crate::server::{ExtraService, ServerConfig, serve, serve_logs};
+pub use crate::service::{LOG_METADATA, PRODUCE_STREAM_WINDOW, RecordStream};
 pub use crate::settings::{Settings, check_readable};
 pub use crate::tls::TlsFiles;

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,11 +21,13 @@ use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{KeyValue, global};
 use proglog_api::internal::v1::raft_client::RaftClient;
 use proglog_api::internal::v1::raft_server::{Raft, RaftServer};
-use proglog_api::internal::v1::{Ack, Batch, Chunk, FetchRequest, ForwardRequest, ForwardResponse};
+use proglog_api::internal::v1::{
+    Ack, Batch, Chunk, CommandRequest, FetchRequest, ForwardRequest, ForwardResponse, Group,
+};
 use proglog_raft::{
-    Append, ClusterId, CommitLog, FetchSink, LogError, MAX_RECORD_BYTES, Mailbox, Member, PeerId,
-    PendingAppend, RaftLog, RaftMessage, RaftMessageType, Reason, Refusal, Rejections, StatusWatch,
-    Transport, decode_message, encode_message,
+    Append, ClusterId, CommitLog, FetchSink, GroupId, LogError, MAX_RECORD_BYTES, Mailbox, Member, Network,
+    PeerId, PendingAppend, PendingCommand, RaftLog, RaftMessage, RaftMessageType, Reason, Refusal,
+    Rejections, StatusWatch, Transport, decode_message, encode_message,
 };
 use slog::Logger;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,18 +83,33 @@ impl std::fmt::Debug for PeerTls {
     }
 }
 
+/// Messages of one group for one peer, as queued: raft-rs's, and encoded.
+type Queued = (GroupId, Vec<RaftMessage>, Vec<Bytes>);
+
 struct Peer {
     addr: String,
-    queue: mpsc::UnboundedSender<(Vec<RaftMessage>, Vec<Bytes>)>,
+    queue: mpsc::UnboundedSender<Queued>,
     queued: Arc<AtomicUsize>,
 }
 
-/// What the transport knows of the log it carries traffic for, once bound.
+/// What the transport knows of a group's node it carries traffic for, once
+/// attached.
+#[derive(Clone)]
 struct Bound {
+    log: Arc<RaftLog>,
     mailbox: Mailbox,
     /// Its identity (stamped on every call) and configuration.
     status: StatusWatch,
     rejections: Arc<Rejections>,
+}
+
+/// A group as calls name it (none: the default log's).
+fn wire_group(group: &GroupId) -> Option<Group> {
+    (!group.is_default()).then(|| Group { log: group.log.clone(), incarnation: group.incarnation })
+}
+
+fn group_of(group: Option<Group>) -> GroupId {
+    group.map(|group| GroupId { log: group.log, incarnation: group.incarnation }).unwrap_or_default()
 }
 
 /// Where peers are reached.
@@ -115,7 +132,8 @@ struct Inner {
     tls: PeerTls,
     runtime: tokio::runtime::Handle,
     logger: Logger,
-    bound: OnceLock<Bound>,
+    /// The nodes of each group this node is in (the default log's first of all).
+    groups: RwLock<HashMap<GroupId, Bound>>,
     addresses: Mutex<Addresses>,
     peers: Mutex<HashMap<u64, Peer>>,
     forwarders: Mutex<HashMap<u64, (String, mpsc::Sender<Forwarded>)>>,
@@ -153,7 +171,7 @@ impl PeerTransport {
                 tls,
                 runtime,
                 logger,
-                bound: OnceLock::new(),
+                groups: RwLock::default(),
                 addresses: Mutex::default(),
                 peers: Mutex::default(),
                 forwarders: Mutex::default(),
@@ -163,15 +181,11 @@ impl PeerTransport {
         }
     }
 
-    /// Carries traffic for `log` (opened with this transport): what peers send
-    /// goes to its mailbox, and calls name it as its peers know it.
-    pub fn bind(&self, log: &RaftLog) {
-        let bound = Bound {
-            mailbox: log.mailbox(),
-            status: log.watch_status(),
-            rejections: Arc::clone(log.rejections()),
-        };
-        let _ = self.inner.bound.set(bound);
+    /// Carries traffic for `log` (the default log, opened with this
+    /// transport): what peers send goes to its mailbox, and calls name it as
+    /// its peers know it. Named logs are attached by [`Network::attach`].
+    pub fn bind(&self, log: &Arc<RaftLog>) {
+        Network::attach(self, log);
     }
 
     /// Ends every stream, both ways, so that the server's graceful shutdown is
@@ -218,25 +232,69 @@ impl PeerTransport {
         self.inner.refuse(reason, node, detail);
     }
 
-    /// The internal service, answering for `log`; mount it on the RPC port.
-    pub fn service(&self, log: Arc<RaftLog>) -> ExtraService {
+    /// The internal service, answering for every attached group; mount it on
+    /// the RPC port.
+    pub fn service(&self) -> ExtraService {
         let limit = MAX_MESSAGE_BYTES;
-        let server = RaftServer::new(PeerService { log, inner: Arc::clone(&self.inner) })
+        let server = RaftServer::new(PeerService { inner: Arc::clone(&self.inner) })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
         ExtraService::new(server, action::REPLICATE, limit).streaming_requests(&["Messages", "Forward"])
     }
 }
 
+/// The transport of one named log's group: [`PeerTransport`]'s connections,
+/// every call naming the group.
+struct GroupTransport {
+    inner: Arc<Inner>,
+    group: GroupId,
+}
+
+impl Network for PeerTransport {
+    fn transport(&self, _node: &str, group: &GroupId) -> Arc<dyn Transport> {
+        if group.is_default() {
+            return Arc::new(self.clone());
+        }
+        Arc::new(GroupTransport { inner: Arc::clone(&self.inner), group: group.clone() })
+    }
+
+    fn attach(&self, log: &Arc<RaftLog>) {
+        let bound = Bound {
+            log: Arc::clone(log),
+            mailbox: log.mailbox(),
+            status: log.watch_status(),
+            rejections: Arc::clone(log.rejections()),
+        };
+        write(&self.inner.groups).insert(log.group().clone(), bound);
+    }
+
+    fn detach(&self, log: &RaftLog) {
+        write(&self.inner.groups).remove(log.group());
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Inner {
-    fn mailbox(&self) -> Option<&Mailbox> {
-        self.bound.get().map(|bound| &bound.mailbox)
+    /// The node of `group` on this side, if attached.
+    fn group(&self, group: &GroupId) -> Option<Bound> {
+        read(&self.groups).get(group).cloned()
+    }
+
+    fn mailbox(&self, group: &GroupId) -> Option<Mailbox> {
+        read(&self.groups).get(group).map(|bound| bound.mailbox.clone())
     }
 
     /// A call to a peer, naming this node in its metadata.
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        if let Some(bound) = self.bound.get() {
+        if let Some(bound) = self.group(&GroupId::default()) {
             identify(request.metadata_mut(), &bound.status.identity());
         }
         request
@@ -245,7 +303,7 @@ impl Inner {
     /// Counts a refused call (or message) and says so, at most once per reason
     /// every ten seconds.
     fn refuse(&self, reason: Reason, caller: &str, detail: &str) {
-        if let Some(bound) = self.bound.get() {
+        if let Some(bound) = self.group(&GroupId::default()) {
             let before = bound.rejections.count(reason);
             self.throttles[reason as usize].hit(|occurrences| {
                 slog::warn!(self.logger, "refused a peer's call"; "reason" => reason.as_str(), "caller" => caller,
@@ -254,8 +312,8 @@ impl Inner {
         }
     }
 
-    fn unreachable(&self, to: u64, messages: &[RaftMessage]) {
-        if let Some(mailbox) = self.mailbox() {
+    fn unreachable(&self, group: &GroupId, to: u64, messages: &[RaftMessage]) {
+        if let Some(mailbox) = self.mailbox(group) {
             mailbox.unreachable(to);
             for message in messages.iter().filter(|m| is_snapshot(m)) {
                 mailbox.snapshot_status(message.to, false);
@@ -351,7 +409,52 @@ fn is_snapshot(message: &RaftMessage) -> bool {
 
 impl Transport for PeerTransport {
     fn set_members(&self, members: &[Member]) {
-        let mut addresses = lock(&self.inner.addresses);
+        self.inner.set_members(members);
+    }
+
+    fn send(&self, to: u64, messages: Vec<RaftMessage>) {
+        self.inner.send(&GroupId::default(), to, messages);
+    }
+
+    fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
+        Inner::fetch(&self.inner, GroupId::default(), from, start, end, sink);
+    }
+
+    fn forward(&self, to: u64, append: Append) -> PendingAppend {
+        Inner::forward(&self.inner, &GroupId::default(), to, append)
+    }
+
+    fn command(&self, to: u64, command: Vec<u8>) -> PendingCommand {
+        Inner::command(&self.inner, GroupId::default(), to, command)
+    }
+}
+
+impl Transport for GroupTransport {
+    /// Addresses come from the default log's configuration (every member of a
+    /// named log's group is one of the cluster's, or was until its leader
+    /// removes it).
+    fn set_members(&self, _members: &[Member]) {}
+
+    fn send(&self, to: u64, messages: Vec<RaftMessage>) {
+        self.inner.send(&self.group, to, messages);
+    }
+
+    fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
+        Inner::fetch(&self.inner, self.group.clone(), from, start, end, sink);
+    }
+
+    fn forward(&self, to: u64, append: Append) -> PendingAppend {
+        Inner::forward(&self.inner, &self.group, to, append)
+    }
+
+    fn command(&self, to: u64, command: Vec<u8>) -> PendingCommand {
+        Inner::command(&self.inner, self.group.clone(), to, command)
+    }
+}
+
+impl Inner {
+    fn set_members(&self, members: &[Member]) {
+        let mut addresses = lock(&self.addresses);
         let Addresses { members: known, learned, names } = &mut *addresses;
         *known = members.iter().map(|member| (member.id, member.rpc_addr.clone())).collect();
         learned.retain(|id, _| !known.contains_key(id));
@@ -359,13 +462,13 @@ impl Transport for PeerTransport {
         names.extend(members.iter().map(|member| (member.id, member.name.clone())));
     }
 
-    fn send(&self, to: u64, messages: Vec<RaftMessage>) {
-        let inner = &self.inner;
+    fn send(self: &Arc<Self>, group: &GroupId, to: u64, messages: Vec<RaftMessage>) {
+        let inner = self;
         if *inner.closing.borrow() {
             return;
         }
         let Some(addr) = inner.address(to) else {
-            return inner.unreachable(to, &messages);
+            return inner.unreachable(group, to, &messages);
         };
         let mut encoded = Vec::with_capacity(messages.len());
         for message in &messages {
@@ -388,23 +491,25 @@ impl Transport for PeerTransport {
         if queued > 0 && queued + bytes > PEER_QUEUE_BYTES {
             peer.queued.fetch_sub(bytes, Ordering::AcqRel);
             drop(peers);
-            return inner.unreachable(to, &messages);
+            return inner.unreachable(group, to, &messages);
         }
-        if let Err(mpsc::error::SendError((messages, _))) = peer.queue.send((messages, encoded)) {
+        if let Err(mpsc::error::SendError((_, messages, _))) =
+            peer.queue.send((group.clone(), messages, encoded))
+        {
             peer.queued.fetch_sub(bytes, Ordering::AcqRel);
             drop(peers);
-            inner.unreachable(to, &messages);
+            inner.unreachable(group, to, &messages);
         }
     }
 
-    fn fetch(&self, from: u64, start: u64, end: u64, sink: FetchSink) {
-        let inner = Arc::clone(&self.inner);
-        self.inner.runtime.spawn(async move {
+    fn fetch(self: &Arc<Self>, group: GroupId, from: u64, start: u64, end: u64, sink: FetchSink) {
+        let inner = Arc::clone(self);
+        self.runtime.spawn(async move {
             let copied = async {
                 let addr = inner.address(from).ok_or_else(|| "the source's address is unknown".to_owned())?;
                 let mut client = RaftClient::new(inner.channel(from, &addr)?);
                 let mut chunks = client
-                    .fetch(inner.request(FetchRequest { start, end }))
+                    .fetch(inner.request(FetchRequest { start, end, group: wire_group(&group) }))
                     .await
                     .map_err(|status| status.message().to_owned())?
                     .into_inner();
@@ -428,8 +533,8 @@ impl Transport for PeerTransport {
         });
     }
 
-    fn forward(&self, to: u64, append: Append) -> PendingAppend {
-        let inner = &self.inner;
+    fn forward(self: &Arc<Self>, group: &GroupId, to: u64, append: Append) -> PendingAppend {
+        let inner = self;
         if *inner.closing.borrow() {
             return Box::pin(async { Err(LogError::Unavailable("the node is shutting down".into())) });
         }
@@ -451,7 +556,13 @@ impl Transport for PeerTransport {
                 *entry = (addr.clone(), spawn_forwarder(inner, to, addr));
             }
             let (producer_id, sequence) = append.producer.unwrap_or_default();
-            let request = ForwardRequest { values: append.values, trace_context, producer_id, sequence };
+            let request = ForwardRequest {
+                values: append.values,
+                trace_context,
+                producer_id,
+                sequence,
+                group: wire_group(group),
+            };
             entry.1.try_send((request, reply)).is_ok()
         };
         Box::pin(async move {
@@ -464,6 +575,26 @@ impl Transport for PeerTransport {
             result
         })
     }
+
+    /// A command to the leader `to`, on a call of its own.
+    fn command(self: &Arc<Self>, group: GroupId, to: u64, command: Vec<u8>) -> PendingCommand {
+        let inner = Arc::clone(self);
+        Box::pin(async move {
+            let addr = inner.address(to).ok_or(LogError::NotLeader { leader: None })?;
+            let channel = inner.channel(to, &addr).map_err(LogError::Unavailable)?;
+            let request = CommandRequest { group: wire_group(&group), command: command.into() };
+            let answer = RaftClient::new(channel).command(inner.request(request)).await;
+            match answer {
+                Ok(response) => from_response(response.into_inner()).map(|_| ()),
+                // The call may or may not have reached the leader.
+                Err(status) => Err(LogError::Unavailable(format!(
+                    "the command's outcome is unknown (the leader answered {}: {})",
+                    status.code(),
+                    status.message()
+                ))),
+            }
+        })
+    }
 }
 
 fn outcome_unknown() -> LogError {
@@ -474,7 +605,7 @@ fn outcome_unknown() -> LogError {
 
 /// Starts the task that streams messages to one peer, reconnecting with backoff.
 fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
-    let (queue, mut rx) = mpsc::unbounded_channel::<(Vec<RaftMessage>, Vec<Bytes>)>();
+    let (queue, mut rx) = mpsc::unbounded_channel::<Queued>();
     let queued = Arc::new(AtomicUsize::new(0));
     let (task_inner, task_queued, task_addr) = (Arc::clone(inner), Arc::clone(&queued), addr.clone());
     inner.runtime.spawn(async move {
@@ -486,8 +617,8 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                 Err(reason) => {
                     slog::warn!(inner.logger, "cannot dial a peer"; "peer" => &task_addr, "reason" => reason);
                     rx.close();
-                    while let Ok((messages, _)) = rx.try_recv() {
-                        inner.unreachable(to, &messages);
+                    while let Ok((group, messages, _)) = rx.try_recv() {
+                        inner.unreachable(&group, to, &messages);
                     }
                     return;
                 }
@@ -500,23 +631,23 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                 tokio::select! {
                     result = &mut call => break result.err(),
                     next = rx.recv() => {
-                        let Some((messages, encoded)) = next else { return };
+                        let Some((group, messages, encoded)) = next else { return };
                         let bytes: usize = encoded.iter().map(Bytes::len).sum();
                         task_queued.fetch_sub(bytes, Ordering::AcqRel);
                         let mut failed = false;
                         for messages in batches_of(encoded) {
-                            let batch = Batch { messages };
+                            let batch = Batch { messages, group: wire_group(&group) };
                             if tx.send(batch).await.is_err() {
                                 failed = true;
                                 break;
                             }
                         }
                         if failed {
-                            inner.unreachable(to, &messages);
+                            inner.unreachable(&group, to, &messages);
                             break None;
                         }
                         sent_any = true;
-                        if let Some(mailbox) = inner.mailbox() {
+                        if let Some(mailbox) = inner.mailbox(&group) {
                             for message in messages.iter().filter(|m| is_snapshot(m)) {
                                 mailbox.snapshot_status(message.to, true);
                             }
@@ -531,9 +662,9 @@ fn spawn_peer(inner: &Arc<Inner>, to: u64, addr: String) -> Peer {
                 slog::debug!(inner.logger, "peer stream ended"; "peer" => &task_addr, "status" => %status);
             }
             // Drop what queued meanwhile (Raft resends), then wait before redialling.
-            while let Ok((messages, encoded)) = rx.try_recv() {
+            while let Ok((group, messages, encoded)) = rx.try_recv() {
                 task_queued.fetch_sub(encoded.iter().map(Bytes::len).sum(), Ordering::AcqRel);
-                inner.unreachable(to, &messages);
+                inner.unreachable(&group, to, &messages);
             }
             let mut closing = inner.closing.subscribe();
             tokio::select! {
@@ -676,7 +807,6 @@ fn from_response(response: ForwardResponse) -> Result<u64, LogError> {
 }
 
 struct PeerService {
-    log: Arc<RaftLog>,
     inner: Arc<Inner>,
 }
 
@@ -704,11 +834,23 @@ impl PeerService {
         Ok(caller)
     }
 
-    /// The caller, who must be a member of this node's cluster (snapshot
-    /// records and forwarded appends are for members only).
-    fn member<T>(&self, request: &Request<T>) -> Result<PeerId, Status> {
+    /// This node of `group`: `NOT_FOUND` if it has none (the log is not, or no
+    /// longer, or not yet, here).
+    fn group(&self, group: &GroupId) -> Result<Bound, Status> {
+        self.inner.group(group).ok_or_else(|| {
+            status::from_log(LogError::NotFound(format!(
+                "this node holds no log {:?} of incarnation {}",
+                group.log, group.incarnation
+            )))
+        })
+    }
+
+    /// The caller, who must be a member of `log`'s group and this node's
+    /// cluster (snapshot records, forwarded appends and commands are for
+    /// members only).
+    fn member<T>(&self, request: &Request<T>, log: &RaftLog) -> Result<PeerId, Status> {
         let caller = self.caller(request)?;
-        self.log.check_peer(&caller).map_err(|reason| {
+        log.check_peer(&caller).map_err(|reason| {
             let detail = format!("member {} of cluster {:?}", caller.member_id, caller.cluster_id);
             self.inner.refuse(reason, &caller.name, &detail);
             Status::permission_denied(format!(
@@ -729,7 +871,7 @@ impl Raft for PeerService {
         // A new node answers the leader that added it before it knows the
         // configuration: it must know where that leader is.
         self.inner.learn(&caller);
-        let mailbox = self.log.mailbox();
+        let mut mailboxes: HashMap<GroupId, Option<Mailbox>> = HashMap::new();
         let mut batches = request.into_inner();
         let mut closing = self.inner.closing.subscribe();
         loop {
@@ -738,6 +880,14 @@ impl Raft for PeerService {
                 _ = closing.wait_for(|closing| *closing) => None,
             };
             let Some(batch) = batch else { break };
+            let group = group_of(batch.group);
+            if mailboxes.len() > 2 * proglog_raft::MAX_LOGS {
+                mailboxes.clear();
+            }
+            let mailbox = mailboxes.entry(group.clone()).or_insert_with(|| self.inner.mailbox(&group));
+            // A group this node does not hold (yet, or any more): dropped, as
+            // a lost message (Raft resends).
+            let Some(mailbox) = mailbox.as_ref() else { continue };
             for bytes in batch.messages {
                 let message = decode_message(&bytes).map_err(|error| {
                     self.inner.refuse(Reason::Decode, &caller.name, &error.to_string());
@@ -754,14 +904,15 @@ impl Raft for PeerService {
     type FetchStream = BoxStream<Chunk>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
-        let caller = self.member(&request)?;
-        let FetchRequest { start, end } = request.into_inner();
+        let group = group_of(request.get_ref().group.clone());
+        let log = self.group(&group)?.log;
+        let caller = self.member(&request, &log)?;
+        let FetchRequest { start, end, .. } = request.into_inner();
         if start >= end {
             let detail = format!("an empty range of records [{start}, {end})");
             self.inner.refuse(Reason::Fetch, &caller.name, &detail);
             return Err(status::from_log(LogError::InvalidArgument(detail)));
         }
-        let log = Arc::clone(&self.log);
         let (tx, rx) = mpsc::channel(2);
         let closing = self.inner.closing.subscribe();
         tokio::spawn(async move {
@@ -801,9 +952,9 @@ impl Raft for PeerService {
         &self,
         request: Request<Streaming<ForwardRequest>>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        let caller = self.member(&request)?;
-        let mailbox = self.log.mailbox();
+        let caller = self.caller(&request)?;
         let mut requests = request.into_inner();
+        let service = PeerService { inner: Arc::clone(&self.inner) };
         let (pending_tx, mut pending_rx) = mpsc::channel::<PendingAppend>(FORWARD_QUEUE);
         let (tx, rx) = mpsc::channel(16);
         let mut closing = self.inner.closing.subscribe();
@@ -817,6 +968,30 @@ impl Raft for PeerService {
                     _ = closing.wait_for(|closing| *closing) => return,
                 };
                 let Ok(Some(request)) = request else { return };
+                // One stream carries every group's appends: each is checked
+                // against its own group (a member of it, as a caller of
+                // `member` is).
+                let group = group_of(request.group.clone());
+                let mailbox = service.group(&group).and_then(|bound| {
+                    bound.log.check_peer(&caller).map_err(|reason| {
+                        inner.refuse(reason, &caller.name, "a forwarded append from a non-member");
+                        Status::permission_denied(format!(
+                            "{} is not a member of log {:?}",
+                            caller.name, group.log
+                        ))
+                    })?;
+                    Ok(bound.mailbox)
+                });
+                let mailbox = match mailbox {
+                    Ok(mailbox) => mailbox,
+                    Err(status) => {
+                        let error = status::to_log(&status);
+                        if pending_tx.send(Box::pin(std::future::ready(Err(error)))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let parent =
                     global::get_text_map_propagator(|propagator| propagator.extract(&request.trace_context));
                 let trace = forward_span(SpanKind::Server, &parent);
@@ -850,5 +1025,17 @@ impl Raft for PeerService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn command(&self, request: Request<CommandRequest>) -> Result<Response<ForwardResponse>, Status> {
+        let group = group_of(request.get_ref().group.clone());
+        let bound = self.group(&group)?;
+        let caller = self.member(&request, &bound.log)?;
+        let CommandRequest { command, .. } = request.into_inner();
+        let result = bound.mailbox.command(&command).await;
+        if let Err(LogError::InvalidArgument(detail)) = &result {
+            self.inner.refuse(Reason::Forward, &caller.name, detail);
+        }
+        Ok(Response::new(to_response(result.map(|()| 0))))
     }
 }

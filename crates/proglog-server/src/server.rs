@@ -19,7 +19,7 @@ use crate::listener::{Limits, Listener};
 use crate::observe::{ObserveLayer, ObservedBody, RpcObserver};
 use crate::service::LogService;
 use crate::{ServerError, TlsFiles, status};
-use proglog_raft::CommitLog;
+use proglog_raft::{Catalog, CommitLog, SingleLog};
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// service), each admitted with its own ACL action and message limit.
     /// Default none.
     pub extra_services: Vec<ExtraService>,
+    /// A produce to a log that does not exist creates it with the default
+    /// retention (`--auto-create-logs`, default true); otherwise `NOT_FOUND`.
+    pub auto_create_logs: bool,
 }
 
 /// Services `serve` mounts itself: an extra service may not take their names.
@@ -163,6 +166,7 @@ impl Default for ServerConfig {
             observer: None,
             logger: Logger::root(slog::Discard, slog::o!()),
             extra_services: Vec::new(),
+            auto_create_logs: true,
         }
     }
 }
@@ -192,6 +196,20 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    serve_logs(listener, Arc::new(SingleLog(log)), authorizer, config, shutdown).await
+}
+
+/// [`serve`] for every log of `logs` (SPEC §11): each call acts on the log
+/// its `proglog-log` metadata names; CreateLog, DeleteLog and ListLogs manage
+/// them. The default log's failure is the server's.
+pub async fn serve_logs(
+    listener: TcpListener,
+    logs: Arc<dyn Catalog>,
+    authorizer: Arc<dyn Authorizer>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let log = logs.get("").map_err(|error| ServerError::Config(error.to_string()))?;
     if config.max_record_bytes == 0 {
         return Err(ServerError::Config("max-record-bytes must be positive".into()));
     }
@@ -200,11 +218,13 @@ pub async fn serve(
     let tls = config.tls.as_ref().map(|tls| tls.server_config(&[b"h2"])).transpose()?;
     let observer = config.observer.unwrap_or_else(|| RpcObserver::new(config.logger.clone(), None));
     let extra_rules = config.extra_services.iter().map(ExtraService::rule).collect();
-    let admit = AdmitLayer::new(authorizer, config.max_record_bytes, extra_rules);
+    let admit = AdmitLayer::new(Arc::clone(&authorizer), config.max_record_bytes, extra_rules);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut failure = log.failure();
     let mut failure_stop = stop_rx.clone();
-    let service = LogServer::new(LogService::new(log, config.max_record_bytes, stop_rx))
+    let service =
+        LogService::new(logs, authorizer, config.auto_create_logs, config.max_record_bytes, stop_rx);
+    let service = LogServer::new(service)
         // A backstop: the admission layer refuses larger messages first.
         .max_decoding_message_size(admit.max_message_bytes());
 

@@ -12,18 +12,39 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{FutureExt, TraceContextExt};
 use proglog_api::v1::log_server::Log as LogRpc;
 use proglog_api::v1::{
-    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, FetchOffsetRequest,
-    FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
-    InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Record, Server,
+    CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, CreateLogRequest,
+    CreateLogResponse, DeleteLogRequest, DeleteLogResponse, FetchOffsetRequest, FetchOffsetResponse,
+    GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse, InitProducerRequest,
+    InitProducerResponse, ListLogsRequest, ListLogsResponse, LogInfo, ProduceRequest, ProduceResponse,
+    Record, Server,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use proglog_raft::{Append, CommitLog, LogError, PendingAppend, check_record_size};
+use proglog_raft::{Append, Catalog, CommitLog, LogError, PendingAppend, check_record_size};
 
+use crate::auth::{Authorizer, action};
 use crate::observe::OffsetSlot;
-use crate::status::from_log;
+use crate::status::{from_log, permission_denied};
+
+/// The gRPC metadata key naming the log a call acts on (SPEC §11; absent or
+/// empty: the default log).
+pub const LOG_METADATA: &str = "proglog-log";
+
+/// The log name a call's metadata gives (admission checked it already).
+pub(crate) fn log_name(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Status> {
+    match metadata.get(LOG_METADATA) {
+        None => Ok(""),
+        Some(value) => {
+            let name = value
+                .to_str()
+                .map_err(|_| Status::invalid_argument(format!("{LOG_METADATA} is not ASCII")))?;
+            proglog_raft::check_log_name(name).map_err(from_log)?;
+            Ok(name)
+        }
+    }
+}
 
 /// Bytes read from the log per step of a ConsumeStream.
 const CONSUME_STREAM_READ_BYTES: u64 = 128 << 10;
@@ -85,9 +106,12 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, permit: Option<OwnedSemaphoreP
     }
 }
 
-/// The gRPC service over any [`CommitLog`].
+/// The gRPC service over the logs of a [`Catalog`].
 pub struct LogService {
-    log: Arc<dyn CommitLog>,
+    logs: Arc<dyn Catalog>,
+    authorizer: Arc<dyn Authorizer>,
+    /// A produce to a log that does not exist creates it (`--auto-create-logs`).
+    auto_create: bool,
     max_record_bytes: u64,
     /// Flips to `true` when the server shuts down; ends the streams.
     shutdown: watch::Receiver<bool>,
@@ -101,11 +125,38 @@ impl std::fmt::Debug for LogService {
 
 impl LogService {
     pub(crate) fn new(
-        log: Arc<dyn CommitLog>,
+        logs: Arc<dyn Catalog>,
+        authorizer: Arc<dyn Authorizer>,
+        auto_create: bool,
         max_record_bytes: u64,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { log, max_record_bytes, shutdown }
+        Self { logs, authorizer, auto_create, max_record_bytes, shutdown }
+    }
+
+    /// The log a call's metadata names.
+    fn log<T>(&self, request: &Request<T>) -> Result<Arc<dyn CommitLog>, Status> {
+        self.logs.get(log_name(request.metadata())?).map_err(from_log)
+    }
+
+    /// The log a produce call names (created first, if it does not exist
+    /// and the server creates logs on a first produce).
+    async fn log_to_produce<T>(&self, request: &Request<T>) -> Result<Arc<dyn CommitLog>, Status> {
+        let name = log_name(request.metadata())?;
+        self.logs.to_produce(name, self.auto_create).await.map_err(from_log)
+    }
+
+    /// Refuses a caller that may not administer log `name` (authorized once
+    /// the body naming it is decoded; admission could not).
+    fn authorize_admin<T>(&self, request: &Request<T>, name: &str) -> Result<(), Status> {
+        let subject = crate::Peer::of(request.extensions()).map(|peer| peer.subject().to_owned());
+        let subject = subject.ok_or_else(|| Status::internal("call without a connection peer"))?;
+        let object = crate::auth::object_of(name);
+        if self.authorizer.is_allowed(&subject, object, action::ADMIN) {
+            Ok(())
+        } else {
+            Err(permission_denied(&subject, action::ADMIN, object))
+        }
     }
 }
 
@@ -158,21 +209,23 @@ fn continues(batch: Option<(u64, u64)>, count: u64, next: Option<(u64, u64)>) ->
 #[tonic::async_trait]
 impl LogRpc for LogService {
     async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let log = self.log_to_produce(&request).await?;
         let (_, extensions, request) = request.into_parts();
         let (value, producer) = value_of(request, self.max_record_bytes)?;
         let append = append_of(vec![value], producer);
-        let offset = self.log.append(append).await.map_err(from_log)?.await.map_err(from_log)?;
+        let offset = log.append(append).await.map_err(from_log)?.await.map_err(from_log)?;
         OffsetSlot::note(&extensions, offset);
         Ok(Response::new(ProduceResponse { offset }))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<ConsumeResponse>, Status> {
+        let log = self.log(&request)?;
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
         if request.get_ref().linearizable {
-            self.log.linearize().await.map_err(from_log)?;
+            log.linearize().await.map_err(from_log)?;
         }
-        let record = self.log.read(offset).await.map_err(from_log)?;
+        let record = log.read(offset).await.map_err(from_log)?;
         Ok(Response::new(ConsumeResponse { record: Some(wire_record(record)) }))
     }
 
@@ -182,13 +235,14 @@ impl LogRpc for LogService {
         &self,
         request: Request<ConsumeRequest>,
     ) -> Result<Response<Self::ConsumeStreamStream>, Status> {
+        let log = self.log(&request)?;
         let offset = request.get_ref().offset;
         OffsetSlot::note(request.extensions(), offset);
         if request.get_ref().linearizable {
             // The stream starts from a linearizable point, then follows the tail.
-            self.log.linearize().await.map_err(from_log)?;
+            log.linearize().await.map_err(from_log)?;
         }
-        if offset < self.log.lowest_offset() {
+        if offset < log.lowest_offset() {
             return Err(from_log(LogError::OutOfRange { offset }));
         }
         // Batches are bounded in bytes by the semaphore; the channel only hands
@@ -196,7 +250,7 @@ impl LogRpc for LogService {
         let (tx, rx) = mpsc::channel(2);
         // The call's span stays current in the tasks that serve it.
         let trace = opentelemetry::Context::current();
-        tokio::spawn(follow(Arc::clone(&self.log), offset, tx, self.shutdown.clone()).with_context(trace));
+        tokio::spawn(follow(log, offset, tx, self.shutdown.clone()).with_context(trace));
         Ok(Response::new(RecordStream { batches: rx, batch: VecDeque::new(), held: None }))
     }
 
@@ -206,6 +260,7 @@ impl LogRpc for LogService {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let log = self.log_to_produce(&request).await?;
         let inbound = request.into_inner();
         // Requests read ahead: validated values, or the error that ends the stream.
         let (values_tx, values_rx) = mpsc::channel(PRODUCE_STREAM_WINDOW);
@@ -213,27 +268,28 @@ impl LogRpc for LogService {
         let reader = read_requests(inbound, self.max_record_bytes, values_tx, self.shutdown.clone());
         let trace = opentelemetry::Context::current();
         tokio::spawn(reader.with_context(trace.clone()));
-        tokio::spawn(append_in_order(Arc::clone(&self.log), values_rx, tx).with_context(trace));
+        tokio::spawn(append_in_order(log, values_rx, tx).with_context(trace));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_servers(
         &self,
-        _request: Request<GetServersRequest>,
+        request: Request<GetServersRequest>,
     ) -> Result<Response<GetServersResponse>, Status> {
-        let servers = self.log.servers().await.map_err(from_log)?;
+        let servers = self.log(&request)?.servers().await.map_err(from_log)?;
         let servers = servers.into_iter().map(wire_server).collect();
         Ok(Response::new(GetServersResponse { servers }))
     }
 
     async fn get_offsets(
         &self,
-        _request: Request<GetOffsetsRequest>,
+        request: Request<GetOffsetsRequest>,
     ) -> Result<Response<GetOffsetsResponse>, Status> {
+        let log = self.log(&request)?;
         // The commit point first: retention only ever raises the lowest offset,
         // so `lowest <= next` even if it moves in between.
-        let next = *self.log.committed().borrow();
-        let lowest = self.log.lowest_offset().min(next);
+        let next = *log.committed().borrow();
+        let lowest = log.lowest_offset().min(next);
         Ok(Response::new(GetOffsetsResponse { lowest, next }))
     }
 
@@ -241,16 +297,17 @@ impl LogRpc for LogService {
         &self,
         request: Request<CommitOffsetRequest>,
     ) -> Result<Response<CommitOffsetResponse>, Status> {
+        let log = self.log(&request)?;
         let CommitOffsetRequest { group, offset } = request.into_inner();
-        self.log.commit_offset(&group, offset).await.map_err(from_log)?;
+        log.commit_offset(&group, offset).await.map_err(from_log)?;
         Ok(Response::new(CommitOffsetResponse {}))
     }
 
     async fn init_producer(
         &self,
-        _request: Request<InitProducerRequest>,
+        request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        let producer_id = self.log.init_producer().await.map_err(from_log)?;
+        let producer_id = self.log_to_produce(&request).await?.init_producer().await.map_err(from_log)?;
         Ok(Response::new(InitProducerResponse { producer_id }))
     }
 
@@ -258,8 +315,54 @@ impl LogRpc for LogService {
         &self,
         request: Request<FetchOffsetRequest>,
     ) -> Result<Response<FetchOffsetResponse>, Status> {
-        let position = self.log.fetch_offset(&request.get_ref().group).await.map_err(from_log)?;
+        let position = self.log(&request)?.fetch_offset(&request.get_ref().group).await.map_err(from_log)?;
         Ok(Response::new(FetchOffsetResponse { offset: position.unwrap_or(0), found: position.is_some() }))
+    }
+
+    async fn create_log(
+        &self,
+        request: Request<CreateLogRequest>,
+    ) -> Result<Response<CreateLogResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        proglog_raft::check_log_name(&name).map_err(from_log)?;
+        self.authorize_admin(&request, &name)?;
+        let CreateLogRequest { retention_bytes, retention_ms, .. } = request.into_inner();
+        self.logs.create(&name, retention_bytes, retention_ms).await.map_err(from_log)?;
+        Ok(Response::new(CreateLogResponse {}))
+    }
+
+    async fn delete_log(
+        &self,
+        request: Request<DeleteLogRequest>,
+    ) -> Result<Response<DeleteLogResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        proglog_raft::check_log_name(&name).map_err(from_log)?;
+        self.authorize_admin(&request, &name)?;
+        self.logs.delete(&name).await.map_err(from_log)?;
+        Ok(Response::new(DeleteLogResponse {}))
+    }
+
+    /// Authorized (`admin` on `*`) from the headers.
+    async fn list_logs(
+        &self,
+        _request: Request<ListLogsRequest>,
+    ) -> Result<Response<ListLogsResponse>, Status> {
+        let logs = self.logs.list().into_iter().map(wire_log).collect();
+        Ok(Response::new(ListLogsResponse { logs }))
+    }
+}
+
+/// A log as `ListLogs` reports it.
+fn wire_log(info: proglog_raft::LogInfo) -> LogInfo {
+    let status = info.status;
+    let next = status.highest_offset.map_or(status.lowest_offset, |highest| highest + 1);
+    LogInfo {
+        name: info.name,
+        lowest: status.lowest_offset.min(next),
+        next,
+        retention_bytes: info.retention_bytes,
+        retention_ms: info.retention_ms,
+        bytes: status.bytes,
     }
 }
 

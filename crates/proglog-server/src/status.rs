@@ -48,6 +48,8 @@ pub(crate) fn from_log(error: LogError) -> Status {
         LogError::Internal(message) => Status::internal(message),
         LogError::ResourceExhausted(message) => Status::resource_exhausted(message),
         LogError::Unimplemented(message) => Status::unimplemented(message),
+        LogError::AlreadyExists(message) => Status::already_exists(message),
+        LogError::NotFound(message) => Status::not_found(message),
         LogError::OutOfOrderSequence(message) => Status::with_error_details(
             Code::FailedPrecondition,
             message,
@@ -89,6 +91,8 @@ pub(crate) fn to_log(status: &Status) -> LogError {
         Code::DataLoss => LogError::DataLoss(message),
         Code::ResourceExhausted => LogError::ResourceExhausted(message),
         Code::Unimplemented => LogError::Unimplemented(message),
+        Code::AlreadyExists => LogError::AlreadyExists(message),
+        Code::NotFound => LogError::NotFound(message),
         Code::FailedPrecondition if info.is_some_and(|info| info.reason == OUT_OF_ORDER_SEQUENCE) => {
             LogError::OutOfOrderSequence(message)
         }
@@ -169,6 +173,8 @@ mod tests {
             LogError::DataLoss("damaged".into()),
             LogError::Internal("broken".into()),
             LogError::ResourceExhausted("full".into()),
+            LogError::AlreadyExists("exists".into()),
+            LogError::NotFound("none".into()),
             LogError::Unimplemented("not here".into()),
             LogError::OutOfOrderSequence("producer 7: sequence 9 does not follow".into()),
         ];

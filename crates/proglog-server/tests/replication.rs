@@ -70,6 +70,13 @@ impl Transport for Filtered {
         }
         self.inner.forward(to, append)
     }
+
+    fn command(&self, to: u64, command: Vec<u8>) -> proglog_raft::PendingCommand {
+        if self.cut(to) {
+            return Box::pin(async { Err(LogError::Unavailable("cut off".into())) });
+        }
+        self.inner.command(to, command)
+    }
 }
 
 struct Node {
@@ -160,7 +167,7 @@ impl Cluster {
         transport.bind(&log);
         let server_config = ServerConfig {
             tls: Some(self.pki.tls_files(true)),
-            extra_services: vec![transport.service(Arc::clone(&log))],
+            extra_services: vec![transport.service()],
             ..ServerConfig::default()
         };
         let (stop, stopped) = oneshot::channel();
@@ -374,7 +381,7 @@ async fn a_certificate_without_replicate_cannot_call_the_internal_service() {
     let addr = cluster.nodes["node-0"].addr;
     let root = cluster.pki.ca.client_cert("root").unwrap();
     let mut client = RaftClient::new(tls_channel(&cluster.pki, addr, Some(&root)));
-    let denied = client.fetch(FetchRequest { start: 0, end: 10 }).await.unwrap_err();
+    let denied = client.fetch(FetchRequest { start: 0, end: 10, group: None }).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert_eq!(denied.message(), "root not permitted to replicate to *");
     let batches = tokio_stream::iter([Batch::default()]);

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use super::codec::{ClusterId, Member};
 use super::machine::{Command, LogSpec, check_log_name};
 use super::{RaftConfig, RaftLog, Transport};
-use crate::{CommitLog, LogError, LogStatus};
+use crate::{Catalog, CommitLog, LogError, LogInfo};
 
 /// A Raft group on the wire: a log's name (empty: the default log) and its
 /// incarnation (0 for the default log).
@@ -75,18 +75,6 @@ pub trait Network: Send + Sync + 'static {
     fn attach(&self, log: &Arc<RaftLog>);
     /// Stops handing anything to `log` (it is closing).
     fn detach(&self, log: &RaftLog);
-}
-
-/// A log as [`Logs::list`] reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogInfo {
-    /// Its name (empty: the default log).
-    pub name: String,
-    /// Where it stands on this node.
-    pub status: LogStatus,
-    /// Its retention (0: keep everything).
-    pub retention_bytes: u64,
-    pub retention_ms: u64,
 }
 
 struct Opened {
@@ -235,12 +223,15 @@ impl Logs {
         std::iter::once(default).chain(named).collect()
     }
 
-    /// Creates log `name` with its retention (replicated through the default
-    /// log's leader, wherever it is called); answers once this node has
-    /// opened it. `AlreadyExists` if it exists, `ResourceExhausted` past
-    /// [`MAX_LOGS`](super::MAX_LOGS).
+    /// Creates log `name` with its retention (0: the default log's settings
+    /// for new logs), replicated through the default log's leader wherever it
+    /// is called; answers once this node has opened it. `AlreadyExists` if it
+    /// exists, `ResourceExhausted` past [`MAX_LOGS`](super::MAX_LOGS).
     pub async fn create(&self, name: &str, retention_bytes: u64, retention_ms: u64) -> Result<(), LogError> {
         check_named(name)?;
+        let settings = &self.template.settings;
+        let retention_bytes = if retention_bytes == 0 { settings.retention_bytes } else { retention_bytes };
+        let retention_ms = if retention_ms == 0 { settings.retention_ms } else { retention_ms };
         let command =
             Command::CreateLog { name: name.to_owned(), retention_bytes, retention_ms, voters: Vec::new() };
         self.default.command(command).await?;
@@ -406,6 +397,25 @@ impl Logs {
             }
         }
         result
+    }
+}
+
+#[async_trait::async_trait]
+impl Catalog for Logs {
+    fn get(&self, name: &str) -> Result<Arc<dyn CommitLog>, LogError> {
+        Logs::get(self, name).map(|log| log as Arc<dyn CommitLog>)
+    }
+
+    async fn create(&self, name: &str, retention_bytes: u64, retention_ms: u64) -> Result<(), LogError> {
+        Logs::create(self, name, retention_bytes, retention_ms).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), LogError> {
+        Logs::delete(self, name).await
+    }
+
+    fn list(&self) -> Vec<LogInfo> {
+        Logs::list(self)
     }
 }
 

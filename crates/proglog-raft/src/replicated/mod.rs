@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 pub use self::codec::{ClusterId, Member, PeerId, decode_message, encode_message, node_id};
 pub use self::gate::{Reason, Rejections};
-pub use self::logs::{GroupId, GroupStart, LogInfo, Logs, Network};
+pub use self::logs::{GroupId, GroupStart, Logs, Network};
 pub use self::machine::{
     LogSpec, MAX_GROUP_BYTES, MAX_GROUPS, MAX_LOG_NAME_BYTES, MAX_LOGS, check_group, check_log_name,
 };

@@ -13,6 +13,10 @@ use proglog_api::v1::{
     FetchOffsetResponse, GetOffsetsRequest, GetOffsetsResponse, GetServersRequest, GetServersResponse,
     InitProducerRequest, InitProducerResponse, ProduceRequest, ProduceResponse, Record,
 };
+use proglog_api::v1::{
+    CreateLogRequest, CreateLogResponse, DeleteLogRequest, DeleteLogResponse, ListLogsRequest,
+    ListLogsResponse,
+};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio_stream::{Stream, StreamExt};
@@ -110,6 +114,18 @@ impl LogRpc for NullLog {
         _: Request<FetchOffsetRequest>,
     ) -> Result<Response<FetchOffsetResponse>, Status> {
         Err(Status::unimplemented("the null service keeps no consumer positions"))
+    }
+
+    async fn create_log(&self, _: Request<CreateLogRequest>) -> Result<Response<CreateLogResponse>, Status> {
+        Err(Status::unimplemented("the null service has no named logs"))
+    }
+
+    async fn delete_log(&self, _: Request<DeleteLogRequest>) -> Result<Response<DeleteLogResponse>, Status> {
+        Err(Status::unimplemented("the null service has no named logs"))
+    }
+
+    async fn list_logs(&self, _: Request<ListLogsRequest>) -> Result<Response<ListLogsResponse>, Status> {
+        Err(Status::unimplemented("the null service has no named logs"))
     }
 }
 
