@@ -1,11 +1,11 @@
-//! The subcommands: produce, consume, servers, each a few calls of
+//! The subcommands: produce, consume, servers, logs, each a few calls of
 //! `proglog_client`.
 
 use std::ffi::OsString;
 use std::future::Future;
 use std::io::BufRead as _;
 
-use proglog_client::{Client, ProduceStream, Subscription};
+use proglog_client::{Client, Offsets, ProduceStream, Subscription};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -97,19 +97,32 @@ fn read_lines(lines: mpsc::Sender<Vec<u8>>, error: oneshot::Sender<std::io::Erro
     }
 }
 
+/// What `proglog consume` reads.
+#[derive(Debug)]
+pub(crate) struct Consume {
+    /// The first offset [default: the lowest the log holds].
+    pub(crate) offset: Option<u64>,
+    /// Wait for new records at the end instead of stopping there.
+    pub(crate) follow: bool,
+    /// At most this many records.
+    pub(crate) count: Option<u64>,
+    /// The consumer group to read (and commit) for.
+    pub(crate) group: Option<String>,
+    /// Read each record linearizably (not with `follow`).
+    pub(crate) linearizable: bool,
+}
+
 /// `proglog consume`: from `offset` (default: the lowest offset the log still
-/// holds) to the end of the log as it is now, or on forever with `follow`; at
-/// most `count` records.
-pub(crate) async fn consume(
-    client: &Client,
-    offset: Option<u64>,
-    follow: bool,
-    count: Option<u64>,
-    group: Option<&str>,
-    out: &mut Printer,
-) -> anyhow::Result<()> {
+/// holds, or the group's position) to the end of the log as it is now, or on
+/// forever with `follow`; at most `count` records.
+pub(crate) async fn consume(client: &Client, read: &Consume, out: &mut Printer) -> anyhow::Result<()> {
+    let Consume { offset, follow, count, ref group, linearizable } = *read;
+    let group = group.as_deref();
     if count == Some(0) {
         return Ok(());
+    }
+    if linearizable {
+        return consume_linearizable(client, offset, count, group, out).await;
     }
     let mut subscription = match group {
         Some(group) => Some(client.subscribe_group(group).await?),
@@ -120,12 +133,7 @@ pub(crate) async fn consume(
     let start = offset.or(range.map(|range| range.lowest)).unwrap_or_default();
     let mut left = count.unwrap_or(u64::MAX);
     if let (Some(range), false) = (range, follow) {
-        // The log's end when the command started; beyond it, or below the
-        // lowest offset, there is nothing to read.
-        if start > range.next || start < range.lowest {
-            anyhow::bail!("offset out of range: {start}");
-        }
-        left = left.min(range.next - start);
+        left = left.min(readable(start, range)?);
     }
     let mut subscription = subscription.take().unwrap_or_else(|| client.subscribe(start));
     let mut committed = tokio::time::Instant::now();
@@ -146,10 +154,68 @@ pub(crate) async fn consume(
     Ok(())
 }
 
+/// How many records there are from `start` to the end of `range` (the log's
+/// end when the command started); beyond it, or below the lowest offset, there
+/// is nothing to read.
+fn readable(start: u64, range: Offsets) -> anyhow::Result<u64> {
+    if start > range.next || start < range.lowest {
+        anyhow::bail!("offset out of range: {start}");
+    }
+    Ok(range.next - start)
+}
+
+/// `proglog consume --linearizable`: each record with its own linearizable
+/// Consume, from `offset` (or the group's position, or the lowest offset) to
+/// the log's end when the command started; the group's position is committed
+/// as `consume --group` does.
+async fn consume_linearizable(
+    client: &Client,
+    offset: Option<u64>,
+    count: Option<u64>,
+    group: Option<&str>,
+    out: &mut Printer,
+) -> anyhow::Result<()> {
+    let position = match group {
+        Some(group) => client.fetch_offset(group).await?,
+        None => None,
+    };
+    let range = client.offsets().await?;
+    let start = position.or(offset).unwrap_or(range.lowest);
+    let end = start + readable(start, range)?.min(count.unwrap_or(u64::MAX));
+    let (mut next, mut committed, mut committed_at) = (start, start, tokio::time::Instant::now());
+    while next < end && !out.closed() {
+        let record = flushing(out, client.consume_linearizable(next)).await??;
+        out.record(&record)?;
+        next += 1;
+        if let Some(group) = group
+            && committed_at.elapsed() >= GROUP_COMMIT_INTERVAL
+        {
+            out.flush()?;
+            client.commit_offset(group, next).await?;
+            (committed, committed_at) = (next, tokio::time::Instant::now());
+        }
+    }
+    out.flush()?;
+    if let Some(group) = group
+        && committed != next
+    {
+        client.commit_offset(group, next).await?;
+    }
+    Ok(())
+}
+
 /// `proglog servers`.
 pub(crate) async fn servers(client: &Client, out: &mut Printer) -> anyhow::Result<()> {
     for server in &client.servers().await? {
         out.server(server)?;
+    }
+    Ok(())
+}
+
+/// `proglog logs list`.
+pub(crate) async fn list_logs(client: &Client, out: &mut Printer) -> anyhow::Result<()> {
+    for log in &client.list_logs().await? {
+        out.log(log)?;
     }
     Ok(())
 }

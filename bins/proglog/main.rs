@@ -1,8 +1,10 @@
 //! `proglog`: the client CLI (SPEC §6). Produces records, consumes them, lists the
-//! servers. Thin: flags (clap) → a `proglog_client::Client` → one command.
+//! servers, manages logs (SPEC §11). Thin: flags (clap) → a `proglog_client::Client`
+//! (of the log `--log` names) → one command.
 //!
 //! Exit codes: 0 success, 1 runtime error (connection, TLS, `PERMISSION_DENIED`,
-//! `OUT_OF_RANGE`, unreadable file...), 2 usage error (bad flags or flag values).
+//! `OUT_OF_RANGE`, a log that does not exist or already exists, unreadable
+//! file...), 2 usage error (bad flags or flag values).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -24,11 +26,12 @@ const USAGE_ERROR: u8 = 2;
 /// The address dialled without `--addr`.
 const DEFAULT_ADDR: &str = "proglog://127.0.0.1:8400";
 
-/// Client for a proglog cluster: produce records, consume them, list the servers.
+/// Client for a proglog cluster: produce records, consume them, list the servers, manage logs.
 #[derive(Debug, Parser)]
 #[command(name = "proglog", version, propagate_version = true)]
 #[command(after_help = "Exit status: 0 on success, 1 on a runtime error (connection, TLS, \
-                        permission denied, offset out of range), 2 on a usage error.")]
+                        permission denied, offset out of range, no such log, log already exists), \
+                        2 on a usage error.")]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -62,6 +65,13 @@ struct Common {
     #[arg(long, global = true, value_name = "NAME")]
     server_name: Option<String>,
 
+    /// The log produce, consume and servers act on: a name matching `[a-z0-9][a-z0-9._-]{0,127}`
+    /// (`--log ''` is the default log). A produce to a log that does not exist creates it, unless
+    /// the servers run with `--auto-create-logs=false`; anything else on it fails.
+    /// [default: the default log]
+    #[arg(long, global = true, value_name = "NAME", value_parser = parse_log)]
+    log: Option<String>,
+
     /// Output format: `text`, or `json` (one JSON object per line).
     #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = Output::Text)]
     output: Output,
@@ -70,9 +80,11 @@ struct Common {
 /// How results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Output {
-    /// Offsets as numbers, values as (lossy) UTF-8, servers as `id rpc_addr [leader]`.
+    /// Offsets as numbers, values as (lossy) UTF-8, servers as `id rpc_addr [leader]`, logs as
+    /// `name lowest next bytes retention_bytes retention_ms`.
     Text,
-    /// `{"offset":N}`, `{"offset":N,"value":"<base64>"}`, `{"id":..,"rpc_addr":..,"is_leader":..}`.
+    /// `{"offset":N}`, `{"offset":N,"value":"<base64>"}`, `{"id":..,"rpc_addr":..,"is_leader":..}`,
+    /// `{"name":..,"lowest":..,"next":..,"bytes":..,"retention_bytes":..,"retention_ms":..}`.
     Json,
 }
 
@@ -108,9 +120,71 @@ enum Command {
         /// (every second, and at the end).
         #[arg(long, value_name = "G", conflicts_with = "offset")]
         group: Option<String>,
+        /// Read each record with a linearizable Consume: the server that answers first has every
+        /// record acknowledged before the read (Raft ReadIndex: a heartbeat round of the leader
+        /// per record). Without it, records stream from a follower. Not with --follow, whose
+        /// stream waits for new records anyway.
+        #[arg(long, conflicts_with = "follow")]
+        linearizable: bool,
     },
-    /// List the servers of the cluster: id, RPC address and leader mark.
+    /// List the servers of the log's Raft group: id, RPC address and leader mark.
+    ///
+    /// Each log is a Raft group of its own: with --log, its servers and its leader, which may
+    /// differ from the default log's.
     Servers,
+    /// Create, delete or list logs (the default log and named logs).
+    #[command(subcommand)]
+    Logs(LogsCommand),
+}
+
+/// `proglog logs ...`: each names its log itself (not with --log).
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// Create a log; it fails if one of that name exists. Prints nothing.
+    ///
+    /// Without --retention-bytes and --retention-ms the log keeps every record (the servers'
+    /// --retention-* defaults apply to logs created by a first produce only).
+    Create {
+        /// The new log's name: `[a-z0-9][a-z0-9._-]{0,127}`.
+        #[arg(value_name = "NAME", value_parser = parse_named_log)]
+        name: String,
+        /// Retention by size: the leader removes the oldest segments while the rest still hold
+        /// at least N bytes (0: keep everything).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retention_bytes: u64,
+        /// Retention by age: the leader removes the segments whose newest record is older than N
+        /// milliseconds (0: keep everything).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retention_ms: u64,
+    },
+    /// Delete a log and its records, on every server; it fails if there is none. Prints nothing.
+    ///
+    /// The default log cannot be deleted.
+    Delete {
+        /// The log's name.
+        #[arg(value_name = "NAME", value_parser = parse_named_log)]
+        name: String,
+    },
+    /// List the logs, one per line: `name lowest next bytes retention_bytes retention_ms`.
+    ///
+    /// The default log comes first, named `(default)` (in JSON: `""`), then the others by name.
+    /// Offsets lowest..next (exclusive) can be consumed; `bytes` is what the log's files hold on
+    /// the server that answered; a retention of 0 keeps everything.
+    List,
+}
+
+/// `--log`: a log name, or empty for the default log.
+fn parse_log(name: &str) -> Result<String, String> {
+    if name.is_empty() { Ok(String::new()) } else { parse_named_log(name) }
+}
+
+/// A named log's name.
+fn parse_named_log(name: &str) -> Result<String, String> {
+    match proglog_client::validate_log_name(name) {
+        Ok(()) => Ok(name.to_owned()),
+        Err(proglog_client::Error::InvalidLogName { reason, .. }) => Err(reason),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// A usage error found after parsing (a bad flag value): exit code 2.
@@ -169,16 +243,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce { .. } => "produce",
         Command::Consume { .. } => "consume",
         Command::Servers => "servers",
+        Command::Logs(LogsCommand::Create { .. }) => "logs create",
+        Command::Logs(LogsCommand::Delete { .. }) => "logs delete",
+        Command::Logs(LogsCommand::List) => "logs list",
     };
+    if matches!(command, Command::Logs(_)) && common.log.is_some() {
+        return Err(UsageError(format!("--log does not apply to 'proglog {name}'")).into());
+    }
     traces::traced(name, async {
         let client = connect::client(&common.addr, tls.as_ref()).await.map_err(hint)?;
+        let client = match &common.log {
+            Some(log) => client.log(log)?,
+            None => client,
+        };
         let mut out = Printer::new(common.output);
         let result = match command {
             Command::Produce { values } => commands::produce(&client, values, &mut out).await,
-            Command::Consume { offset, follow, count, group } => {
-                commands::consume(&client, offset, follow, count, group.as_deref(), &mut out).await
+            Command::Consume { offset, follow, count, group, linearizable } => {
+                let read = commands::Consume { offset, follow, count, group, linearizable };
+                commands::consume(&client, &read, &mut out).await
             }
             Command::Servers => commands::servers(&client, &mut out).await,
+            Command::Logs(LogsCommand::Create { name, retention_bytes, retention_ms }) => {
+                let options = proglog_client::LogOptions { retention_bytes, retention_ms };
+                client.create_log(&name, options).await.map_err(Into::into)
+            }
+            Command::Logs(LogsCommand::Delete { name }) => client.delete_log(&name).await.map_err(Into::into),
+            Command::Logs(LogsCommand::List) => commands::list_logs(&client, &mut out).await,
         };
         // Whatever was printed before an error is still flushed.
         let flushed = out.flush();
@@ -210,4 +301,65 @@ fn with_hint(error: anyhow::Error, tls: Option<&TlsOptions>) -> anyhow::Error {
 /// Keeps an error message on one line.
 fn one_line(message: &str) -> String {
     message.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("proglog").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_flags_hold_together() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn log_names_are_checked_as_flags_and_the_empty_one_is_the_default_log() {
+        let cli = parse(&["produce", "x", "--log", "orders.v2"]).unwrap();
+        assert_eq!(cli.common.log.as_deref(), Some("orders.v2"));
+        assert_eq!(parse(&["--log", "", "servers"]).unwrap().common.log.as_deref(), Some(""));
+        assert_eq!(parse(&["servers"]).unwrap().common.log, None);
+        for bad in ["Orders", "a/b", "-x", ".x"] {
+            let error = parse(&["servers", &format!("--log={bad}")]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+        }
+        assert!(parse(&["logs", "create", ""]).is_err(), "the default log is not created");
+        assert!(parse(&["logs", "delete", "No"]).is_err());
+    }
+
+    #[test]
+    fn logs_subcommands_parse() {
+        let cli = parse(&["logs", "create", "orders", "--retention-bytes", "1048576"]).unwrap();
+        match cli.command {
+            Command::Logs(LogsCommand::Create { name, retention_bytes, retention_ms }) => {
+                assert_eq!((name.as_str(), retention_bytes, retention_ms), ("orders", 1 << 20, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["logs", "delete", "orders"]).unwrap().command,
+            Command::Logs(LogsCommand::Delete { .. })
+        ));
+        assert!(matches!(
+            parse(&["logs", "list", "--output", "json"]).unwrap().command,
+            Command::Logs(LogsCommand::List)
+        ));
+        assert!(parse(&["logs"]).is_err());
+        assert!(parse(&["logs", "create", "orders", "--retention-ms", "-1"]).is_err());
+    }
+
+    #[test]
+    fn linearizable_reads_do_not_follow() {
+        assert!(matches!(
+            parse(&["consume", "--linearizable", "--group", "g"]).unwrap().command,
+            Command::Consume { linearizable: true, .. }
+        ));
+        let error = parse(&["consume", "--linearizable", "-f"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
 }

@@ -4,7 +4,7 @@ use std::io::{BufWriter, ErrorKind, Stdout, Write};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use proglog_api::v1::{Record, Server};
+use proglog_api::v1::{LogInfo, Record, Server};
 use serde::Serialize;
 
 use crate::Output;
@@ -25,6 +25,34 @@ struct JsonServer<'a> {
     id: &'a str,
     rpc_addr: &'a str,
     is_leader: bool,
+}
+
+#[derive(Serialize)]
+struct JsonLog<'a> {
+    name: &'a str,
+    lowest: u64,
+    next: u64,
+    bytes: u64,
+    retention_bytes: u64,
+    retention_ms: u64,
+}
+
+impl<'a> JsonLog<'a> {
+    fn of(log: &'a LogInfo) -> Self {
+        let LogInfo { ref name, lowest, next, retention_bytes, retention_ms, bytes } = *log;
+        Self { name, lowest, next, bytes, retention_bytes, retention_ms }
+    }
+}
+
+/// How `logs list` names the default log in text (a name cannot hold
+/// parentheses, so no log is named so).
+const DEFAULT_LOG_TEXT: &str = "(default)";
+
+/// A log as `logs list` prints it in text.
+fn log_text(log: &LogInfo) -> String {
+    let LogInfo { ref name, lowest, next, retention_bytes, retention_ms, bytes } = *log;
+    let name = if name.is_empty() { DEFAULT_LOG_TEXT } else { name };
+    format!("{name} {lowest} {next} {bytes} {retention_bytes} {retention_ms}")
 }
 
 /// Buffered stdout in the chosen format. A closed stdout (the reader went away, as in
@@ -80,6 +108,15 @@ impl Printer {
         }
     }
 
+    /// One log: `name lowest next bytes retention_bytes retention_ms`, the
+    /// default log named `(default)` (in JSON, `""`).
+    pub(crate) fn log(&mut self, log: &LogInfo) -> anyhow::Result<()> {
+        match self.format {
+            Output::Text => self.line(log_text(log).as_bytes()),
+            Output::Json => self.json(&JsonLog::of(log)),
+        }
+    }
+
     fn json(&mut self, value: &impl Serialize) -> anyhow::Result<()> {
         let line = serde_json::to_vec(value)?;
         self.line(&line)
@@ -111,5 +148,27 @@ impl Printer {
             }
             Err(error) => Err(anyhow::anyhow!("cannot write to stdout: {error}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_is_one_line_of_columns_and_the_default_log_is_named_so() {
+        let log = |name: &str| LogInfo {
+            name: name.into(),
+            lowest: 1,
+            next: 5,
+            retention_bytes: 1024,
+            retention_ms: 60_000,
+            bytes: 300,
+        };
+        assert_eq!(log_text(&log("")), "(default) 1 5 300 1024 60000");
+        assert_eq!(log_text(&log("orders")), "orders 1 5 300 1024 60000");
+        let json = serde_json::to_string(&JsonLog::of(&log(""))).unwrap();
+        let fields = r#""lowest":1,"next":5,"bytes":300,"retention_bytes":1024,"retention_ms":60000"#;
+        assert_eq!(json, format!(r#"{{"name":"",{fields}}}"#));
     }
 }
