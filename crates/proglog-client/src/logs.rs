@@ -45,11 +45,11 @@ pub fn validate_log_name(name: &str) -> Result<(), Error> {
 /// How [`Client::create_log`] makes a log. The default keeps everything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogOptions {
-    /// Retention by size: once the log holds more bytes than this, its oldest
-    /// records are removed (0: no limit).
+    /// Retention by size: the leader removes the log's oldest segments while
+    /// the rest still hold at least this many bytes (0: keep everything).
     pub retention_bytes: u64,
-    /// Retention by age: records older than this many milliseconds are
-    /// removed (0: no limit).
+    /// Retention by age, in milliseconds: the leader removes the segments
+    /// whose newest record is older (0: keep everything).
     pub retention_ms: u64,
 }
 
