@@ -871,7 +871,7 @@ impl Raft for PeerService {
         // A new node answers the leader that added it before it knows the
         // configuration: it must know where that leader is.
         self.inner.learn(&caller);
-        let mut mailboxes: HashMap<GroupId, Option<Mailbox>> = HashMap::new();
+        let mut mailboxes: HashMap<GroupId, Mailbox> = HashMap::new();
         let mut batches = request.into_inner();
         let mut closing = self.inner.closing.subscribe();
         loop {
@@ -881,20 +881,34 @@ impl Raft for PeerService {
             };
             let Some(batch) = batch else { break };
             let group = group_of(batch.group);
-            if mailboxes.len() > 2 * proglog_raft::MAX_LOGS {
-                mailboxes.clear();
-            }
-            let mailbox = mailboxes.entry(group.clone()).or_insert_with(|| self.inner.mailbox(&group));
-            // A group this node does not hold (yet, or any more): dropped, as
-            // a lost message (Raft resends).
-            let Some(mailbox) = mailbox.as_ref() else { continue };
+            // Looked up again while this node does not hold the group (not
+            // yet created here, or deleted): its messages are dropped, as lost
+            // ones (Raft resends).
+            let mailbox = match mailboxes.get(&group) {
+                Some(mailbox) => mailbox.clone(),
+                None => match self.inner.mailbox(&group) {
+                    Some(mailbox) => {
+                        if mailboxes.len() > proglog_raft::MAX_LOGS {
+                            mailboxes.clear();
+                        }
+                        mailboxes.insert(group.clone(), mailbox.clone());
+                        mailbox
+                    }
+                    None => continue,
+                },
+            };
             for bytes in batch.messages {
                 let message = decode_message(&bytes).map_err(|error| {
                     self.inner.refuse(Reason::Decode, &caller.name, &error.to_string());
                     status::from_log(error)
                 })?;
                 if !mailbox.receive(caller.clone(), message, bytes.len()).await {
-                    return Err(status::from_log(LogError::Unavailable("the log is closed".into())));
+                    if group.is_default() {
+                        return Err(status::from_log(LogError::Unavailable("the log is closed".into())));
+                    }
+                    // A named log closed (deleted): the others go on.
+                    mailboxes.remove(&group);
+                    break;
                 }
             }
         }
