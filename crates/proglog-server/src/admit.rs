@@ -172,13 +172,13 @@ where
         let method = method(request.uri().path(), &self.layer.extras);
         // The log the call acts on (SPEC §11): its name is the ACL object.
         let object = match object(request.headers()) {
-            Ok(object) => object.to_owned(),
+            Ok(object) => object,
             Err(status) => return reject(status),
         };
         if let Some(action) = method.action
-            && !self.layer.authorizer.is_allowed(peer.subject(), &object, action)
+            && !self.layer.authorizer.is_allowed(peer.subject(), object, action)
         {
-            return reject(status::permission_denied(peer.subject(), action, &object));
+            return reject(status::permission_denied(peer.subject(), action, object));
         }
         let (limit, max_record_bytes) = match method.limit {
             MessageLimit::Records => (self.layer.max_message_bytes(), Some(self.layer.max_record_bytes)),

@@ -150,19 +150,14 @@ impl Logs {
         let logs = Arc::clone(self);
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
-            let mut status = logs.default.watch_status();
-            let mut catalog = logs.default.catalog();
+            let mut catalog = logs.default.watch_catalog();
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
-                    changed = status.changed() => if changed.is_err() { return },
+                    changed = catalog.changed() => if changed.is_err() { return },
                 }
-                let now = logs.default.catalog();
-                if now != catalog {
-                    catalog = now;
-                    let logs = Arc::clone(&logs);
-                    let _ = tokio::task::spawn_blocking(move || logs.reconcile()).await;
-                }
+                let logs = Arc::clone(&logs);
+                let _ = tokio::task::spawn_blocking(move || logs.reconcile()).await;
             }
         });
         let logs = Arc::clone(self);
@@ -289,7 +284,7 @@ impl Logs {
             if let Err(error) = opened.log.close() {
                 slog::warn!(self.logger, "closing a deleted log failed"; "log" => &opened.spec.name, "error" => %error);
             }
-            self.remove_dir(&self.dir_of(&opened.spec));
+            // Its directory goes with the sweep below.
             slog::info!(self.logger, "deleted a log"; "log" => &opened.spec.name);
         }
         for spec in catalog.values() {

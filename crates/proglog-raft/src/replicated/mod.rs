@@ -421,6 +421,7 @@ pub struct RaftLog {
     records: Committed,
     /// The replicated state (consumer positions), as the Raft thread applies it.
     machine: Arc<std::sync::Mutex<machine::Machine>>,
+    catalog: watch::Receiver<u64>,
     shared: watch::Receiver<Shared>,
     queued_bytes: Arc<Semaphore>,
     inbound: Arc<Semaphore>,
@@ -500,6 +501,7 @@ impl RaftLog {
         let committed = node.committed();
         let terms = node.store().terms().clone();
         let machine = node.store().shared_machine();
+        let catalog = node.store().watch_catalog();
         let retained = node.store().retained();
         let shared = node.shared();
         let mailbox_events = events.clone();
@@ -549,6 +551,7 @@ impl RaftLog {
                 retained,
             },
             machine,
+            catalog,
             shared,
             queued_bytes: Arc::clone(&budgets.queued),
             inbound: Arc::clone(&budgets.inbound),
@@ -581,6 +584,12 @@ impl RaftLog {
             }
             other => other,
         }
+    }
+
+    /// Watches the catalog: changes after every `CreateLog`/`DeleteLog`
+    /// applied here (and a snapshot's state installed).
+    pub fn watch_catalog(&self) -> watch::Receiver<u64> {
+        self.catalog.clone()
     }
 
     /// The catalog of named logs as this node applied it (on the default

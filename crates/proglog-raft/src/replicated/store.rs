@@ -429,6 +429,10 @@ pub(crate) struct Store {
     /// The replicated state (commands applied up to `machine_index`), shared
     /// with readers.
     machine: Arc<Mutex<Machine>>,
+    /// Bumped whenever the catalog of named logs may have changed (a
+    /// `CreateLog`/`DeleteLog` applied, a snapshot's state installed): what
+    /// `Logs` waits on, instead of comparing the catalog after every round.
+    catalog: tokio::sync::watch::Sender<u64>,
     machine_index: u64,
     /// The machine's lowest offset, for readers.
     retained: Arc<AtomicU64>,
@@ -502,6 +506,7 @@ impl Store {
             applied: 0,
             recovered_commit: 0,
             machine: Arc::default(),
+            catalog: tokio::sync::watch::Sender::new(0),
             machine_index: 0,
             retained: Arc::default(),
             pending_cut: None,
@@ -1209,6 +1214,7 @@ impl Store {
         self.meta.members = data.members.clone();
         self.adopt_terms(&data.terms);
         *self.machine() = data.machine.clone().unwrap_or_default();
+        self.catalog_changed();
         let lowest = self.machine().lowest();
         self.retained.store(lowest, Ordering::Release);
         // Whatever this node still holds below the cut goes too.
@@ -1355,6 +1361,15 @@ impl Store {
         Arc::clone(&self.machine)
     }
 
+    /// Watches for changes of the catalog of named logs (see `catalog`).
+    pub(crate) fn watch_catalog(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.catalog.subscribe()
+    }
+
+    fn catalog_changed(&self) {
+        self.catalog.send_modify(|changes| *changes += 1);
+    }
+
     /// Applies command entry `entry`: the proposer's answer (an error changes
     /// nothing, on every node alike).
     pub(crate) fn apply_command(&mut self, entry: &Entry) -> Result<Result<(), LogError>, LogError> {
@@ -1364,6 +1379,9 @@ impl Store {
             *lowest = (*lowest).min(self.applied_end());
         }
         let outcome = self.machine().apply(entry.index, &command);
+        if outcome.is_ok() && matches!(command, Command::CreateLog { .. } | Command::DeleteLog { .. }) {
+            self.catalog_changed();
+        }
         if let Command::Retain { .. } = command {
             let lowest = self.machine().lowest();
             if lowest > self.retained.load(Ordering::Acquire) {
