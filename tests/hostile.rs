@@ -734,3 +734,68 @@ async fn t9c_a_stream_delivers_the_records_before_a_damaged_one() {
     drop((stream, client));
     assert_eq!(agent.terminate().await.code(), Some(0));
 }
+
+/// 10. A client creating logs (SPEC §11) until the bound gets
+/// `RESOURCE_EXHAUSTED` past it, never more logs; oversized or malformed names
+/// are `INVALID_ARGUMENT`, in a body or in the `proglog-log` header; the agent
+/// keeps serving within a memory bound per log, and deleting the logs frees
+/// their disk. Prints what each log costs (threads, memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_logs_created_until_the_bound_then_refused_and_deleting_frees_their_disk() {
+    use proglog_api::v1::{CreateLogRequest, DeleteLogRequest, ListLogsRequest};
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &[]);
+    let mut client = agent.grpc().await;
+    client.produce(produce("warm")).await.unwrap();
+    let (threads, baseline) = (agent.threads(), agent.reset_peak_rss());
+    let create = |name: String| CreateLogRequest { name, retention_bytes: 0, retention_ms: 0 };
+    let named = |name: &str, value: &str| {
+        let mut request = tonic::Request::new(produce(value));
+        request.metadata_mut().insert("proglog-log", name.parse().unwrap());
+        request
+    };
+    // Half by CreateLog, half by a first produce (auto-created).
+    for i in 0..proglog_raft::MAX_LOGS {
+        let name = format!("log-{i}");
+        if i % 2 == 0 {
+            client.create_log(create(name.clone())).await.unwrap();
+        }
+        assert_eq!(client.produce(named(&name, "x")).await.unwrap().into_inner().offset, 0, "{name}");
+    }
+    let per_log_threads = (agent.threads() - threads) as f64 / proglog_raft::MAX_LOGS as f64;
+    let per_log_rss = agent.peak_rss().saturating_sub(baseline) / proglog_raft::MAX_LOGS as u64;
+    eprintln!(
+        "{} logs: {per_log_threads:.2} threads and {} KiB of peak memory per log",
+        proglog_raft::MAX_LOGS,
+        per_log_rss >> 10
+    );
+    let full = client.create_log(create("one-too-many".into())).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    let full = client.produce(named("one-more", "x")).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    for bad in ["x".repeat(129), "x".repeat(60 << 10), "UPPER".into(), "-lead".into(), "a/../b".into()] {
+        let status = client.create_log(create(bad.clone())).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{} bytes: {status:?}", bad.len());
+    }
+    for bad in ["x".repeat(129), "x".repeat(8 << 10), "UPPER".into(), "a b".into()] {
+        let status = client.produce(named(&bad, "x")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{} bytes: {status:?}", bad.len());
+    }
+    let listed = client.list_logs(ListLogsRequest {}).await.unwrap().into_inner().logs;
+    assert_eq!(listed.len(), proglog_raft::MAX_LOGS + 1, "the default log and the bound, no more");
+    served_promptly(&agent, &format!("{} logs", proglog_raft::MAX_LOGS)).await;
+    // Bounded per log: its threads, Raft state, index map and buffers, and the
+    // lines its group logs as it starts (raft-rs's, as for the default log).
+    assert!(per_log_threads <= 3.0, "{per_log_threads} threads per log");
+    let logs = proglog_raft::MAX_LOGS as u64;
+    assert_bounded(&agent, baseline, logs * MIB, logs * (4 << 10));
+    for i in 0..proglog_raft::MAX_LOGS {
+        client.delete_log(DeleteLogRequest { name: format!("log-{i}") }).await.unwrap();
+    }
+    let logs_dir = dir.path().join("logs");
+    assert_eq!(std::fs::read_dir(&logs_dir).unwrap().count(), 0, "every deleted log's files are gone");
+    assert_eq!(agent.threads(), threads, "and its threads");
+    client.create_log(create("after".into())).await.unwrap();
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}

@@ -215,7 +215,7 @@ impl Agent {
 
     /// The agent's peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
-        self.status_kib("VmHWM:") * 1024
+        self.status_number("VmHWM:") * 1024
     }
 
     /// Restarts the peak measure (VmHWM) from the resident memory now, which it
@@ -227,10 +227,16 @@ impl Agent {
 
     /// The agent's resident memory now (VmRSS), in bytes.
     pub fn rss(&self) -> u64 {
-        self.status_kib("VmRSS:") * 1024
+        self.status_number("VmRSS:") * 1024
     }
 
-    fn status_kib(&self, field: &str) -> u64 {
+    /// The agent's threads now.
+    pub fn threads(&self) -> u64 {
+        self.status_number("Threads:")
+    }
+
+    /// The number a `/proc/<pid>/status` line gives (memory in KiB).
+    fn status_number(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|line| line.starts_with(field)).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()

@@ -268,24 +268,24 @@ impl Logs {
             return;
         }
         let catalog = self.default.catalog();
-        let gone: Vec<Opened> = {
-            let mut open = write(&self.open);
-            let names: Vec<String> = open
-                .iter()
-                .filter(|(name, opened)| {
-                    catalog.get(*name).map(|spec| spec.incarnation) != Some(opened.spec.incarnation)
-                })
-                .map(|(name, _)| name.clone())
-                .collect();
-            names.iter().filter_map(|name| open.remove(name)).collect()
-        };
-        for opened in gone {
-            self.network.detach(&opened.log);
-            if let Err(error) = opened.log.close() {
-                slog::warn!(self.logger, "closing a deleted log failed"; "log" => &opened.spec.name, "error" => %error);
+        // A deleted log is closed and its files removed before it leaves the
+        // map: whoever waits for it to be gone (a `DeleteLog`) finds its disk
+        // freed.
+        let gone: Vec<(LogSpec, Arc<RaftLog>)> = read(&self.open)
+            .values()
+            .filter(|opened| {
+                catalog.get(&opened.spec.name).map(|spec| spec.incarnation) != Some(opened.spec.incarnation)
+            })
+            .map(|opened| (opened.spec.clone(), Arc::clone(&opened.log)))
+            .collect();
+        for (spec, log) in gone {
+            self.network.detach(&log);
+            if let Err(error) = log.close() {
+                slog::warn!(self.logger, "closing a deleted log failed"; "log" => &spec.name, "error" => %error);
             }
-            // Its directory goes with the sweep below.
-            slog::info!(self.logger, "deleted a log"; "log" => &opened.spec.name);
+            self.remove_dir(&self.dir_of(&spec));
+            write(&self.open).remove(&spec.name);
+            slog::info!(self.logger, "deleted a log"; "log" => &spec.name);
         }
         for spec in catalog.values() {
             if read(&self.open).contains_key(&spec.name) {
