@@ -26,6 +26,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("log", "proglog-log"),
     ("server", "proglog-server"),
     ("cluster", "proglog-server"),
+    ("logs", "proglog-server"),
     ("client", "proglog"),
     ("traces", "proglog"),
 ];

@@ -105,9 +105,9 @@ mod common;
 use common::peers;
 use common::support::{filesystem_of, human, mb_per_s, rate, spread, stats};
 use common::{
-    Invocation, MAX_RECORD_BYTES, WINDOW, base_dir_from_env, connect, env_parse, fdatasync_loop, listen,
-    machine, percentiles_us, produce_request, produce_stream, runtime, runtime_threads_from_env, start_local,
-    unary, value_pool,
+    Destination, Invocation, MAX_RECORD_BYTES, WINDOW, base_dir_from_env, connect, cpu_seconds, env_parse,
+    fdatasync_loop, listen, machine, percentiles_us, produce_request, produce_stream, runtime,
+    runtime_threads_from_env, start_local, unary, value_pool,
 };
 
 use std::net::SocketAddr;
@@ -482,8 +482,7 @@ impl Bench<'_> {
         let pool = Arc::clone(&self.pool);
         let cpu = cpu_seconds();
         let mut run = self.client_rt.block_on(produce_stream(
-            addr,
-            PRODUCERS,
+            Destination::default_log(addr, PRODUCERS),
             pool,
             settings.records,
             settings.cap,
@@ -1198,18 +1197,6 @@ fn workloads(runs: &[Run]) -> [(String, Vec<Figure>); 3] {
         ("unary x1".to_owned(), of(|run| run.unary1)),
         (format!("unary x{PRODUCERS}"), of(|run| run.unary8)),
     ]
-}
-
-/// User and system CPU time of this process so far.
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage only writes the struct it is given; zeroed is a valid rusage.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 fn records_per_fsync(figure: &Figure) -> f64 {

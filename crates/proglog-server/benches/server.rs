@@ -69,8 +69,8 @@ mod common;
 use common::null::start_null;
 use common::support::{filesystem_of, human, mb_per_s, rate, spread, stats};
 use common::{
-    Invocation, WINDOW, base_dir_from_env, connect, env_parse, machine, percentiles_us, produce_stream,
-    runtime, runtime_threads_from_env, start_local, unary, value_pool,
+    Destination, Invocation, WINDOW, base_dir_from_env, connect, env_parse, machine, percentiles_us,
+    produce_stream, runtime, runtime_threads_from_env, start_local, unary, value_pool,
 };
 
 use std::net::SocketAddr;
@@ -264,8 +264,7 @@ fn suite(
         }
         for producers in PRODUCERS {
             let run = produce_stream(
-                addr,
-                producers,
+                Destination::default_log(addr, producers),
                 Arc::clone(pool),
                 settings.records,
                 settings.stream_cap,

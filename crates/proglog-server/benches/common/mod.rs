@@ -1,4 +1,4 @@
-//! Helpers shared by `proglog-server`'s benchmarks (`server`, `cluster`): the
+//! Helpers shared by `proglog-server`'s benchmarks (`server`, `cluster`, `logs`): the
 //! command line and environment, runtimes, the value pool, the ProduceStream
 //! client, and a `LocalLog` served as the agent serves it. Generic helpers
 //! (medians, rates, temp dirs) come from `proglog-log`'s bench support, included
@@ -33,6 +33,18 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use self::support::Invocation;
 use self::support::XorShift;
+
+/// User and system CPU time of this process so far.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given; zeroed is a valid rusage.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
 
 /// Requests each ProduceStream producer keeps in flight, at most.
 pub const WINDOW: usize = 256;
@@ -270,6 +282,30 @@ pub fn fdatasync_loop(dir: &std::path::Path, block: usize, duration: Duration) -
     Ok(Produced { acked: latencies.len() as u64, elapsed, latencies })
 }
 
+/// Where one producer of a [`produce_stream`] sends: a server, and the log
+/// (SPEC §11; empty: the default log).
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub addr: SocketAddr,
+    pub log: String,
+}
+
+impl Destination {
+    /// `producers` producers, all to the default log at `addr`.
+    pub fn default_log(addr: SocketAddr, producers: usize) -> Vec<Self> {
+        vec![Self { addr, log: String::new() }; producers]
+    }
+
+    /// A call naming this target's log in its metadata.
+    fn on_log<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(log) = self.log.parse() {
+            request.metadata_mut().insert(proglog_server::LOG_METADATA, log);
+        }
+        request
+    }
+}
+
 /// What a [`produce_stream`] or [`unary`] run did.
 pub struct Produced {
     /// Records acknowledged, over all producers.
@@ -282,38 +318,44 @@ pub struct Produced {
     pub latencies: Vec<u64>,
 }
 
-/// `producers` ProduceStreams, each over its own channel, together producing
+/// One ProduceStream per destination, each over its own channel, together producing
 /// `total` records (or fewer, if `cap` passes first: then they stop sending and
 /// drain), each keeping at most `WINDOW` requests unanswered. Checks every
 /// producer gets one response per request, with increasing offsets. With
 /// `latencies`, each producer keeps a FIFO of its requests' send instants
 /// (responses on a stream come back in request order) and times every record.
 pub async fn produce_stream(
-    addr: SocketAddr,
-    producers: usize,
+    destinations: Vec<Destination>,
     pool: Arc<Vec<Bytes>>,
     total: u64,
     cap: Duration,
     latencies: bool,
     idempotent: bool,
 ) -> Result<Produced> {
+    let producers = destinations.len();
     let mut clients = Vec::with_capacity(producers);
-    for _ in 0..producers {
-        let mut client = connect(addr).await?;
+    for destination in destinations {
+        let mut client = connect(destination.addr).await?;
         // Each stream its own idempotent producer (SPEC §11), if asked: every
         // request carries it and the record's sequence.
         let producer_id = match idempotent {
-            true => client.init_producer(InitProducerRequest {}).await?.into_inner().producer_id,
+            true => {
+                client
+                    .init_producer(destination.on_log(InitProducerRequest {}))
+                    .await?
+                    .into_inner()
+                    .producer_id
+            }
             false => 0,
         };
-        clients.push((client, producer_id));
+        clients.push((client, producer_id, destination));
     }
     let start = Instant::now();
     let deadline = start + cap;
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(producer, (mut client, producer_id))| {
+        .map(|(producer, (mut client, producer_id, destination))| {
             let pool = Arc::clone(&pool);
             let count = total / producers as u64 + u64::from((producer as u64) < total % producers as u64);
             tokio::spawn(async move {
@@ -350,7 +392,8 @@ pub async fn produce_stream(
                     }
                     anyhow::Ok(sent)
                 });
-                let mut responses = client.produce_stream(ReceiverStream::new(rx)).await?.into_inner();
+                let mut responses =
+                    client.produce_stream(destination.on_log(ReceiverStream::new(rx))).await?.into_inner();
                 let (mut got, mut last) = (0u64, None);
                 let mut nanos = Vec::with_capacity(if latencies { count as usize } else { 0 });
                 while let Some(response) = responses.message().await? {
