@@ -354,6 +354,13 @@ async fn named_logs_on_a_three_node_cluster_are_created_used_listed_and_deleted(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Its gauges leave /metrics too.
+    let deadline = Instant::now() + DEADLINE;
+    while cluster::metric(&pki, follower, r#"proglog_log_highest_offset{log="orders"}"#).is_some() {
+        assert!(Instant::now() < deadline, "a deleted log's gauges stay in /metrics");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(cluster::metric(&pki, follower, r#"proglog_log_highest_offset{log="auto"}"#).is_some());
     let missing = client.delete_log(DeleteLogRequest { name: "orders".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 }

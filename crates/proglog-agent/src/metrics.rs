@@ -57,11 +57,18 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// How long a gauge no render has set stays in the output.
+const GAUGE_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The agent's recorder, its histograms' buckets set and every metric
 /// described; make it before the log, whose [`proglog_raft::RaftMetrics`]
 /// record into it.
 pub(crate) fn recorder() -> Arc<PrometheusRecorder> {
-    let builder = PrometheusBuilder::new();
+    // Every gauge is set as `/metrics` renders, so one not set for this long
+    // belongs to what is gone (a deleted log, a follower no longer followed):
+    // it leaves the output.
+    let builder =
+        PrometheusBuilder::new().idle_timeout(metrics_util::MetricKindMask::GAUGE, Some(GAUGE_IDLE_TIMEOUT));
     let bucketed = builder
         .set_buckets_for_metric(Matcher::Full(proglog_server::RPC_DURATION_SECONDS.into()), DURATION_BUCKETS)
         .and_then(|builder| {
