@@ -243,6 +243,50 @@ async fn the_cli_and_http_produce_and_consume_on_the_real_agent() {
 }
 
 #[tokio::test]
+async fn the_cli_manages_and_uses_named_logs_on_the_real_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &["--retention-ms", "86400000"]);
+    let addr = agent.rpc.to_string();
+    async fn on(addr: &str, args: &[&str]) -> (Option<i32>, String) {
+        let mut all = vec!["--addr", addr];
+        all.extend_from_slice(args);
+        cli(&all, "").await
+    }
+    let run = |args: &'static [&'static str]| on(&addr, args);
+    assert_eq!(
+        run(&["logs", "create", "orders", "--retention-bytes", "4096"]).await,
+        (Some(0), String::new())
+    );
+    assert_eq!(run(&["logs", "create", "orders"]).await.0, Some(1), "exists: a runtime error");
+    assert_eq!(run(&["logs", "create", "Bad"]).await.0, Some(2), "a bad name: a usage error");
+    assert_eq!(run(&["--log", "orders", "produce", "o-1", "o-2"]).await, (Some(0), "0\n1\n".into()));
+    assert_eq!(run(&["--log", "clicks", "produce", "c-1"]).await, (Some(0), "0\n".into()), "auto-created");
+    assert_eq!(run(&["produce", "d-1"]).await, (Some(0), "0\n".into()), "the default log is apart");
+    let read = run(&["--log", "orders", "consume", "--linearizable"]).await;
+    assert_eq!(read, (Some(0), "o-1\no-2\n".into()));
+    let (code, list) = run(&["logs", "list"]).await;
+    assert_eq!(code, Some(0));
+    let rows: Vec<Vec<&str>> = list.lines().map(|line| line.split_whitespace().collect()).collect();
+    let row = |name: &str| rows.iter().find(|row| row[0] == name).cloned().unwrap_or_default();
+    assert_eq!(
+        rows.iter().map(|row| row[0]).collect::<Vec<_>>(),
+        ["(default)", "clicks", "orders"],
+        "{list}"
+    );
+    // name lowest next bytes retention_bytes retention_ms: orders its own bytes
+    // and the agent's default age; clicks (auto-created) the defaults.
+    assert_eq!(
+        (row("orders")[1], row("orders")[2], row("orders")[4], row("orders")[5]),
+        ("0", "2", "4096", "86400000")
+    );
+    assert_eq!((row("clicks")[4], row("clicks")[5]), ("0", "86400000"));
+    assert_eq!(run(&["logs", "delete", "clicks"]).await, (Some(0), String::new()));
+    assert_eq!(run(&["logs", "delete", "clicks"]).await.0, Some(1), "gone: a runtime error");
+    assert_eq!(run(&["--log", "orders", "servers"]).await.0, Some(0));
+    assert_eq!(agent.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
 async fn each_request_gets_one_structured_debug_line() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(dir.path(), &["--log-level", "debug"]);

@@ -142,18 +142,19 @@ enum Command {
 enum LogsCommand {
     /// Create a log; it fails if one of that name exists. Prints nothing.
     ///
-    /// Without --retention-bytes and --retention-ms the log keeps every record (the servers'
-    /// --retention-* defaults apply to logs created by a first produce only).
+    /// Without --retention-bytes or --retention-ms (or with 0) the log takes the servers'
+    /// defaults for new logs (the agent's --retention-bytes and --retention-ms; 0 there keeps
+    /// every record), as a log created by a first produce does.
     Create {
         /// The new log's name: `[a-z0-9][a-z0-9._-]{0,127}`.
         #[arg(value_name = "NAME", value_parser = parse_named_log)]
         name: String,
         /// Retention by size: the leader removes the oldest segments while the rest still hold
-        /// at least N bytes (0: keep everything).
+        /// at least N bytes (0: the servers' default).
         #[arg(long, value_name = "N", default_value_t = 0)]
         retention_bytes: u64,
         /// Retention by age: the leader removes the segments whose newest record is older than N
-        /// milliseconds (0: keep everything).
+        /// milliseconds (0: the servers' default).
         #[arg(long, value_name = "N", default_value_t = 0)]
         retention_ms: u64,
     },

@@ -42,14 +42,17 @@ pub fn validate_log_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// How [`Client::create_log`] makes a log. The default keeps everything.
+/// How [`Client::create_log`] makes a log. A 0 (the default) takes the
+/// servers' default for new logs (the agent's `--retention-bytes` and
+/// `--retention-ms`, which keep everything unless set), as a log created by a
+/// first produce does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogOptions {
     /// Retention by size: the leader removes the log's oldest segments while
-    /// the rest still hold at least this many bytes (0: keep everything).
+    /// the rest still hold at least this many bytes (0: the servers' default).
     pub retention_bytes: u64,
     /// Retention by age, in milliseconds: the leader removes the segments
-    /// whose newest record is older (0: keep everything).
+    /// whose newest record is older (0: the servers' default).
     pub retention_ms: u64,
 }
 
