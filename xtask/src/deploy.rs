@@ -108,7 +108,10 @@ pub struct Binaries {
 
 /// Builds the agent and the CLI with glibc linked statically (crt-static: the
 /// toolchain here has no musl target, and glibc's allocator is faster than
-/// musl's), stripped.
+/// musl's), stripped, and with whole-program LTO in one codegen unit: a quarter
+/// smaller (agent 17.7 → 13.4 MB, CLI 7.3 → 5.5 MB at named logs), for a
+/// minute more of build. Only the image's build: `cargo build --release` stays
+/// quick for the quickstart.
 fn build_static() -> Result<Binaries> {
     let root = root_dir()?;
     let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
@@ -119,6 +122,8 @@ fn build_static() -> Result<Binaries> {
         // With --target, RUSTFLAGS reach only the target's code, not build scripts.
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .env("CARGO_PROFILE_RELEASE_LTO", "fat")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .status()
         .context("running cargo build")?;
     ensure!(status.success(), "the static build failed: {status}");
