@@ -126,7 +126,8 @@ pub(crate) fn decode_command(data: &[u8]) -> Result<(u64, Command), LogError> {
 }
 
 /// A command a follower forwarded to this leader (see `Mailbox::command`):
-/// the JSON of one a client may ask for, checked as an entry's would be.
+/// the JSON of a catalog command (the only ones followers forward), checked as
+/// an entry's would be.
 pub(crate) fn decode_forwarded(data: &[u8]) -> Result<Command, LogError> {
     let bad = |what: &str| LogError::InvalidArgument(format!("a forwarded command {what}"));
     if data.len() > MAX_COMMAND_BYTES {
@@ -134,11 +135,10 @@ pub(crate) fn decode_forwarded(data: &[u8]) -> Result<Command, LogError> {
     }
     let command: Command = serde_json::from_slice(data).map_err(|_| bad("does not decode"))?;
     match &command {
-        Command::CommitOffset { group, .. } => check_group(group)?,
         Command::CreateLog { name, .. } | Command::DeleteLog { name } if !name.is_empty() => {
             check_log_name(name)?
         }
-        _ => return Err(bad("is not one a client may ask for")),
+        _ => return Err(bad("is not one a follower forwards")),
     }
     Ok(command)
 }
@@ -410,6 +410,23 @@ mod tests {
             let data = encode_command(1, &create(name)).expect("encodes");
             assert!(decode_command(&data).is_err(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn a_forwarded_command_is_a_catalog_command_or_refused() {
+        let forwarded = |command: &Command| decode_forwarded(&serde_json::to_vec(command).expect("encodes"));
+        let delete = Command::DeleteLog { name: "orders".into() };
+        assert_eq!(forwarded(&delete).expect("taken"), delete);
+        for refused in [
+            Command::DeleteLog { name: String::new() },
+            Command::DeleteLog { name: "Bad".into() },
+            Command::Retain { lowest: 5 },
+            Command::CommitOffset { group: "g".into(), offset: 1 },
+        ] {
+            assert!(matches!(forwarded(&refused), Err(LogError::InvalidArgument(_))), "{refused:?}");
+        }
+        assert!(decode_forwarded(b"{").is_err());
+        assert!(decode_forwarded(&vec![b' '; MAX_COMMAND_BYTES + 1]).is_err());
     }
 
     #[test]

@@ -299,9 +299,10 @@ impl Mailbox {
 
     /// A command a follower forwarded (JSON, at most a command entry's size):
     /// checked as an entry would be, then proposed here, never forwarded again
-    /// (`NotLeader` if this node no longer leads). Only what a client may ask
-    /// for is taken (a log created or deleted, a consumer position); retention
-    /// is the leader's own decision. Answers once applied.
+    /// (`NotLeader` if this node no longer leads). Only what followers forward
+    /// is taken: a log created or deleted (a consumer position is committed on
+    /// the leader only, and retention is the leader's own decision). Answers
+    /// once applied.
     pub async fn command(&self, command: &[u8]) -> Result<(), LogError> {
         let command = machine::decode_forwarded(command)?;
         let (reply, done) = oneshot::channel();
