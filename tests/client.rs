@@ -202,3 +202,44 @@ async fn a_subscription_survives_the_loss_of_its_server() {
         assert!(agent.terminate().await.success());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_log_goes_on_through_its_leader_s_kill_and_comes_back_new_after_a_delete() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut agents, client) = cluster(data.path()).await;
+    client.create_log("orders", proglog_client::LogOptions::default()).await.unwrap();
+    let orders = client.log("orders").unwrap();
+    let mut stored = Vec::new();
+    for i in 0..40 {
+        if i == 20 {
+            // kill -9 the named log's own leader (which may not lead the
+            // default log): its client carries on, each record stored once.
+            let leader = orders.servers().await.unwrap().into_iter().find(|s| s.is_leader).unwrap().rpc_addr;
+            Agent::kill_serving(&mut agents, &leader);
+        }
+        stored.push((orders.produce(format!("o-{i}")).await.unwrap(), format!("o-{i}")));
+    }
+    let offsets: Vec<u64> = stored.iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(offsets, (0..40).collect::<Vec<_>>(), "each record once, in order");
+    for (offset, value) in &stored {
+        assert_eq!(orders.consume_linearizable(*offset).await.unwrap().value, value.as_bytes());
+    }
+    assert_eq!(client.offsets().await.unwrap().next, 0, "the default log holds none of them");
+    // Deleted and created again: another log, from offset 0, holding nothing old.
+    client.delete_log("orders").await.unwrap();
+    client.create_log("orders", proglog_client::LogOptions::default()).await.unwrap();
+    let again = client.log("orders").unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let offset = loop {
+        match again.produce("new").await {
+            Ok(offset) => break offset,
+            Err(error) => assert!(std::time::Instant::now() < deadline, "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(offset, 0);
+    assert_eq!(again.offsets().await.unwrap().next, 1);
+    for agent in agents {
+        assert!(agent.terminate().await.success());
+    }
+}

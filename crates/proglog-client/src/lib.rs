@@ -934,15 +934,26 @@ impl Client {
     }
 
     async fn read(&self, request: ConsumeRequest) -> Result<Record, Error> {
+        let response = self
+            .on_some_server(Call::Consume, move |mut client| async move { client.consume(request).await })
+            .await?;
+        response.record.ok_or_else(|| Error::Status(Status::internal("no record")))
+    }
+
+    /// Runs a call that changes nothing on the server picked for `kind`, and
+    /// again on the next one picked (after a refresh) while the one tried is
+    /// gone or cannot answer: at most once per server.
+    async fn on_some_server<T, Fut>(&self, kind: Call, call: impl Fn(Rpc) -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         self.resolve().await?;
         let attempts = self.inner.picker().servers().len().max(1);
         let mut last = None;
         for _ in 0..attempts {
-            let (addr, mut client) = self.pick(Call::Consume).await?;
-            match self.unary(&addr, client.consume(request)).await {
-                Ok(response) => {
-                    return response.record.ok_or_else(|| Error::Status(Status::internal("no record")));
-                }
+            let (addr, client) = self.pick(kind).await?;
+            match self.unary(&addr, call(client)).await {
+                Ok(response) => return Ok(response),
                 Err(error) if subscription::resumable(&error) => {
                     let _ = self.refresh().await;
                     last = Some(error);
@@ -961,17 +972,18 @@ impl Client {
         Subscription::new(self.clone(), offset)
     }
 
-    /// The cluster's servers, as the leader (or any server) reports them.
+    /// The cluster's servers, as the leader (or any server) reports them;
+    /// asked of another server if that one is gone.
     pub async fn servers(&self) -> Result<Vec<Server>, Error> {
-        let (addr, mut client) = self.pick(Call::Other).await?;
-        Ok(self.unary(&addr, client.get_servers(GetServersRequest {})).await?.servers)
+        let call = |mut client: Rpc| async move { client.get_servers(GetServersRequest {}).await };
+        Ok(self.on_some_server(Call::Other, call).await?.servers)
     }
 
     /// The range of offsets the log holds, as the leader (or, without one, any
-    /// server) has it now.
+    /// server) has it now; asked of another server if that one is gone.
     pub async fn offsets(&self) -> Result<Offsets, Error> {
-        let (addr, mut client) = self.pick(Call::Other).await?;
-        let response = self.unary(&addr, client.get_offsets(GetOffsetsRequest {})).await?;
+        let call = |mut client: Rpc| async move { client.get_offsets(GetOffsetsRequest {}).await };
+        let response = self.on_some_server(Call::Other, call).await?;
         Ok(Offsets { lowest: response.lowest, next: response.next })
     }
 
