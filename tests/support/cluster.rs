@@ -255,7 +255,26 @@ pub async fn wait_for_voters(pki: &Pki, agents: &[&Agent], names: &[&str]) {
         if voting {
             return;
         }
-        assert!(Instant::now() < deadline, "not every member of {names:?} votes");
+        if Instant::now() >= deadline {
+            // What each agent said meanwhile about membership: why it did not converge.
+            let said: Vec<String> = agents
+                .iter()
+                .map(|agent| {
+                    let lines: Vec<String> = agent
+                        .log
+                        .try_iter()
+                        .filter(|line| {
+                            ["member", "cluster", "leader", "refused"].iter().any(|w| line.contains(w))
+                        })
+                        .collect();
+                    format!("{}:\n{}", agent.rpc, lines[lines.len().saturating_sub(30)..].join("\n"))
+                })
+                .collect();
+            panic!(
+                "not every member of {names:?} votes within {DEADLINE:?}; membership lines:\n{}",
+                said.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
