@@ -47,6 +47,9 @@ pub const MAX_PRODUCERS: usize = 4096;
 pub const MAX_LOGS: usize = 100;
 /// Bytes of a log's name, at most.
 pub const MAX_LOG_NAME_BYTES: usize = 128;
+/// How often (in batch time) the producers silent past their expiry are
+/// looked for, at most.
+pub(crate) const EXPIRY_SWEEP_MS: u64 = 1000;
 /// Batches remembered per producer (its most recent ones, contiguous ones
 /// merged): a retry of an older batch is refused, not stored again.
 pub(crate) const PRODUCER_WINDOW: usize = 64;
@@ -188,6 +191,10 @@ pub(crate) struct Machine {
     /// Idempotent producers, by id.
     #[serde(default)]
     producers: BTreeMap<u64, Producer>,
+    /// The timestamp of the batch at which silent producers were last
+    /// forgotten (see [`Machine::record`]).
+    #[serde(default)]
+    swept_ms: u64,
     /// The named logs (in the default log's machine), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     logs: BTreeMap<String, LogSpec>,
@@ -292,7 +299,9 @@ impl Machine {
 
     /// A batch of producer `id` applied: `count` records from `sequence` on, at
     /// `first_offset`, stamped `timestamp_ms`. Producers silent for longer than
-    /// `expiry_ms` before it are forgotten (0: never), and the least recent one
+    /// `expiry_ms` before it are forgotten (0: never) — looked for once per
+    /// [`EXPIRY_SWEEP_MS`] (or per expiry, if shorter) of batch time, not on
+    /// every batch: a sweep reads every producer — and the least recent one
     /// once there are more than [`MAX_PRODUCERS`].
     pub(crate) fn record(
         &mut self,
@@ -303,8 +312,9 @@ impl Machine {
         timestamp_ms: u64,
         expiry_ms: u64,
     ) {
-        if expiry_ms > 0 {
+        if expiry_ms > 0 && timestamp_ms >= self.swept_ms.saturating_add(expiry_ms.min(EXPIRY_SWEEP_MS)) {
             self.producers.retain(|_, producer| producer.last_ms.saturating_add(expiry_ms) >= timestamp_ms);
+            self.swept_ms = timestamp_ms;
         }
         let producer = self.producers.entry(id).or_default();
         producer.next = producer.next.max(sequence.saturating_add(count));
