@@ -364,3 +364,58 @@ async fn named_logs_on_a_three_node_cluster_are_created_used_listed_and_deleted(
     let missing = client.delete_log(DeleteLogRequest { name: "orders".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_s_name_is_its_acl_object_and_without_auto_create_an_unknown_log_is_not_found() {
+    use proglog_api::v1::CreateLogRequest;
+    let pki = Pki::new();
+    // `nobody` may produce to and consume the logs named orders*, nothing else
+    // (the keyMatch model of `cargo xtask certs`).
+    let policy = "p, root, *, produce\np, root, *, consume\np, root, *, replicate\np, root, *, admin\n\
+                  p, nobody, orders*, produce\np, nobody, orders*, consume\n";
+    std::fs::write(pki.path("policy.csv"), policy).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let agent = cluster::start(&pki, data.path(), "node-0", None, &["--auto-create-logs", "false"]);
+    let mut root = pki.grpc(agent.rpc, "root");
+    for name in ["orders-eu", "billing"] {
+        let request = CreateLogRequest { name: name.into(), retention_bytes: 0, retention_ms: 0 };
+        root.create_log(request).await.unwrap();
+    }
+    let missing = root.produce(on_log("nope", support::produce("x"))).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let mut nobody = pki.grpc(agent.rpc, "nobody");
+    let offset =
+        nobody.produce(on_log("orders-eu", support::produce("o"))).await.unwrap().into_inner().offset;
+    assert_eq!(offset, 0);
+    for (log, object) in [("billing", "billing"), ("", "*")] {
+        let request = match log {
+            "" => tonic::Request::new(support::produce("x")),
+            log => on_log(log, support::produce("x")),
+        };
+        let denied = nobody.produce(request).await.unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        assert_eq!(denied.message(), format!("nobody not permitted to produce to {object}"));
+    }
+    // Positions are per log.
+    let commit = CommitOffsetRequest { group: "g".into(), offset: 1 };
+    nobody.commit_offset(on_log("orders-eu", commit)).await.unwrap();
+    let request = on_log("orders-eu", FetchOffsetRequest { group: "g".into() });
+    let fetched = nobody.fetch_offset(request).await.unwrap().into_inner();
+    assert_eq!((fetched.offset, fetched.found), (1, true));
+    let default = root.fetch_offset(FetchOffsetRequest { group: "g".into() }).await.unwrap().into_inner();
+    assert!(!default.found, "the default log's group g committed nothing");
+    // Over HTTP: the same object, a bad name 400, an unknown log 404.
+    let get = |client, path: &str| pki.https(agent.http(), Some(client), "GET", path, None).unwrap().0;
+    assert_eq!(get("nobody", "/logs/orders-eu/records/0"), 200);
+    assert_eq!(get("nobody", "/logs/billing/records/0"), 403);
+    assert_eq!(get("root", "/logs/Bad/records/0"), 400);
+    assert_eq!(get("root", "/logs/nope/records/0"), 404);
+    let post = pki.https(
+        agent.http(),
+        Some("root"),
+        "POST",
+        "/logs/nope/records",
+        Some(r#"{"record":{"value":"aGk="}}"#),
+    );
+    assert_eq!(post.unwrap().0, 404, "not created without --auto-create-logs");
+}
