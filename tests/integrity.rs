@@ -155,6 +155,19 @@ async fn a_committed_record_applies_on_a_node_with_a_lower_limit() {
 /// non-zero with the reason in its last log line, so a supervisor restarts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_replication_stopped_exits_with_the_reason() {
+    replication_stops_on_one_node("").await;
+}
+
+/// The same for a named log's group: the node cannot do its job either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_named_log_stopped_exits_with_the_reason() {
+    replication_stops_on_one_node("big").await;
+}
+
+/// node-2's files cannot grow past 2 MiB; records produced to `log` (created
+/// by the first produce when named) grow them until its replication of that
+/// log fails: it exits non-zero, its last line the reason, and the others go on.
+async fn replication_stops_on_one_node(log: &str) {
     let pki = Pki::new();
     let data = tempfile::tempdir().unwrap();
     let first = cluster::start(&pki, data.path(), "node-0", None, &[]);
@@ -171,16 +184,19 @@ async fn a_node_whose_replication_stopped_exits_with_the_reason() {
             break status;
         }
         assert!(Instant::now() < deadline, "the node whose files cannot grow still runs");
-        cluster::produce_through(&pki, &agents[0], &value).await;
+        cluster::produce_to(&pki, &agents[0], log, &value).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert!(!status.success(), "{status:?}");
     let lines: Vec<String> = third.log.try_iter().collect();
     let last = lines.last().cloned().unwrap_or_default();
     assert!(last.contains("File too large"), "the last log line does not give the reason: {last}");
+    if !log.is_empty() {
+        assert!(last.contains(&format!("log \\\"{log}\\\"")), "the last line names the log: {last}");
+    }
     // The two others go on.
-    let offset = cluster::produce_through(&pki, &agents[1], "still serving").await;
-    cluster::wait_for_record(&pki, &agents[0], offset, "still serving").await;
+    let offset = cluster::produce_to(&pki, &agents[1], log, "still serving").await;
+    cluster::wait_for_record_in(&pki, &agents[0], log, offset, "still serving").await;
 }
 
 /// Three members at fixed addresses (node-0 without join addresses, as pod 0

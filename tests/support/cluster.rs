@@ -80,11 +80,19 @@ pub async fn wait_for_servers(pki: &Pki, agent: &Agent, names: &[&str]) -> Strin
 
 /// Produces `value` through `agent`, retrying while the cluster elects a leader.
 pub async fn produce_through(pki: &Pki, agent: &Agent, value: &str) -> u64 {
+    produce_to(pki, agent, "", value).await
+}
+
+/// [`produce_through`] to log `log` (SPEC §11; empty: the default log).
+pub async fn produce_to(pki: &Pki, agent: &Agent, log: &str, value: &str) -> u64 {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut client = pki.grpc(agent.rpc, "root");
         let mut request = tonic::Request::new(produce(value));
         request.set_timeout(Duration::from_secs(5));
+        if !log.is_empty() {
+            request.metadata_mut().insert("proglog-log", log.parse().unwrap());
+        }
         match client.produce(request).await {
             Ok(response) => return response.into_inner().offset,
             Err(status) => {
@@ -97,14 +105,23 @@ pub async fn produce_through(pki: &Pki, agent: &Agent, value: &str) -> u64 {
 
 /// Waits until `agent` holds `value` at `offset`.
 pub async fn wait_for_record(pki: &Pki, agent: &Agent, offset: u64, value: &str) {
+    wait_for_record_in(pki, agent, "", offset, value).await;
+}
+
+/// [`wait_for_record`] in log `log` (empty: the default log).
+pub async fn wait_for_record_in(pki: &Pki, agent: &Agent, log: &str, offset: u64, value: &str) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let mut client = pki.grpc(agent.rpc, "root");
-        if let Ok(response) = client.consume(ConsumeRequest { offset, ..Default::default() }).await {
+        let mut request = tonic::Request::new(ConsumeRequest { offset, ..Default::default() });
+        if !log.is_empty() {
+            request.metadata_mut().insert("proglog-log", log.parse().unwrap());
+        }
+        if let Ok(response) = client.consume(request).await {
             assert_eq!(response.into_inner().record.unwrap().value, value.as_bytes());
             return;
         }
-        assert!(Instant::now() < deadline, "{} never held offset {offset}", agent.rpc);
+        assert!(Instant::now() < deadline, "{} never held offset {offset} of {log:?}", agent.rpc);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -322,20 +322,13 @@ impl Agent {
         Arc::clone(&self.logs)
     }
 
-    /// Resolves with the reason once this node's replicated log has stopped for
-    /// good (its Raft, fsync or apply path failed): the node can no longer do
-    /// its job. It already reports not ready and NOT_SERVING; the caller should
+    /// Resolves with the reason once one of this node's logs (the default log
+    /// or a named one) has stopped for good (its Raft, fsync or apply path
+    /// failed): the node can no longer do its job. It already reports not ready and NOT_SERVING; the caller should
     /// then [`Agent::abort`] and exit non-zero, so that a supervisor restarts it.
     pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
-        let mut failure = self.log.failure();
-        async move {
-            let reason = failure.wait_for(Option::is_some).await.map(|reason| reason.clone());
-            match reason {
-                Ok(reason) => reason.unwrap_or_default(),
-                // The log is gone without a failure: never resolves.
-                Err(_) => std::future::pending().await,
-            }
-        }
+        let logs = Arc::clone(&self.logs);
+        async move { logs.failed().await }
     }
 
     /// Stops a node whose log failed (see [`Agent::failed`]): it does not leave

@@ -378,6 +378,36 @@ impl Logs {
         }
     }
 
+    /// Resolves with the reason once any log of this node (the default log or
+    /// a named one) has stopped for good: the node can no longer do its job
+    /// (SPEC §2: it says so and exits). A log closed cleanly (deleted, or at
+    /// shutdown) is no failure; logs created later are watched too.
+    pub async fn failed(&self) -> String {
+        let mut reconciled = self.reconciled.subscribe();
+        loop {
+            let watched: Vec<_> = self
+                .all()
+                .into_iter()
+                .map(|(name, log)| {
+                    let mut failure = log.failure();
+                    Box::pin(async move {
+                        let failed = failure.wait_for(Option::is_some).await;
+                        match failed.map(|reason| reason.clone().unwrap_or_default()) {
+                            Ok(reason) if name.is_empty() => reason,
+                            Ok(reason) => format!("log {name:?}: {reason}"),
+                            // Closed without a failure: never resolves.
+                            Err(_) => std::future::pending().await,
+                        }
+                    })
+                })
+                .collect();
+            tokio::select! {
+                (reason, _, _) = futures_util::future::select_all(watched) => return reason,
+                changed = reconciled.changed() => if changed.is_err() { return std::future::pending().await },
+            }
+        }
+    }
+
     /// Stops following the catalog and closes the named logs (the default
     /// log is its opener's to close). Blocks on disk.
     pub fn close(&self) -> Result<(), LogError> {
