@@ -786,3 +786,51 @@ async fn named_logs_are_groups_of_their_own_created_deleted_and_followed_by_ever
         cluster.stop(&name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_named_log_keeps_its_own_retention_and_idempotent_producers() {
+    let mut cluster = Cluster::new();
+    cluster.settings.segment_max_store_bytes = 2 << 10;
+    cluster.form(3).await;
+    let host = Arc::clone(&cluster.hosts["node-0"]);
+    host.create("short", 4 << 10, 0).await.expect("created");
+    host.create("all", 0, 0).await.expect("created");
+    let value = "r".repeat(200);
+    for name in ["short", "all"] {
+        let leader = named_leader(&cluster, name).await;
+        let producer = leader.init_producer().await.expect("an id");
+        for sequence in 0..60 {
+            let append = Append::one(value.clone()).with_producer(producer, sequence);
+            let offset = leader.append(append).await.expect("queued").await.expect("committed");
+            assert_eq!(offset, sequence, "{name}");
+        }
+        // A retry of an old sequence: its original offset, nothing appended.
+        let retry = Append::one(value.clone()).with_producer(producer, 10);
+        assert_eq!(leader.append(retry).await.expect("queued").await.expect("deduplicated"), 10);
+    }
+    // `short` is cut the same on every node; `all` keeps everything.
+    let mut lowest = 0;
+    wait_until(|| {
+        let lows: Vec<u64> =
+            cluster.hosts.values().map(|host| host.get("short").expect("open").lowest_offset()).collect();
+        lowest = lows[0];
+        lowest > 0 && lows.iter().all(|low| *low == lowest)
+    })
+    .await;
+    assert!(lowest < 60, "{lowest}");
+    for host in cluster.hosts.values() {
+        let short = host.get("short").expect("open");
+        assert!(matches!(short.read(lowest - 1).await, Err(LogError::OutOfRange { .. })));
+        let all = host.get("all").expect("open");
+        wait_committed(&all, 60).await;
+        assert_eq!((all.lowest_offset(), all.read(0).await.expect("kept").value), (0, value.clone().into()));
+        let listed = host.list();
+        assert_eq!(
+            listed.iter().find(|info| info.name == "short").map(|info| info.retention_bytes),
+            Some(4 << 10)
+        );
+    }
+    for name in cluster.nodes.keys().cloned().collect::<Vec<_>>() {
+        cluster.stop(&name).await;
+    }
+}
