@@ -366,7 +366,7 @@ async fn named_logs_on_a_three_node_cluster_are_created_used_listed_and_deleted(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_s_name_is_its_acl_object_and_without_auto_create_an_unknown_log_is_not_found() {
+async fn a_log_s_name_is_its_acl_object_and_only_an_admin_s_first_produce_creates_a_log() {
     use proglog_api::v1::CreateLogRequest;
     let pki = Pki::new();
     // `nobody` may produce to and consume the logs named orders*, nothing else
@@ -418,4 +418,22 @@ async fn a_log_s_name_is_its_acl_object_and_without_auto_create_an_unknown_log_i
         Some(r#"{"record":{"value":"aGk="}}"#),
     );
     assert_eq!(post.unwrap().0, 404, "not created without --auto-create-logs");
+    assert!(agent.terminate().await.success());
+
+    // With it (the default), a first produce creates a log only for a caller
+    // that may administer it: `nobody` may produce to orders*, not create them.
+    let agent = cluster::start(&pki, data.path(), "node-1", None, &[]);
+    let mut nobody = pki.grpc(agent.rpc, "nobody");
+    let denied = nobody.produce(on_log("orders-new", support::produce("x"))).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert_eq!(denied.message(), "nobody not permitted to admin to orders-new");
+    let body = Some(r#"{"record":{"value":"aGk="}}"#);
+    let post = pki.https(agent.http(), Some("nobody"), "POST", "/logs/orders-new/records", body).unwrap();
+    assert_eq!(post.0, 403, "{post:?}");
+    let mut root = pki.grpc(agent.rpc, "root");
+    root.produce(on_log("orders-new", support::produce("x"))).await.unwrap();
+    let offset =
+        nobody.produce(on_log("orders-new", support::produce("y"))).await.unwrap().into_inner().offset;
+    assert_eq!(offset, 1, "created, it takes nobody's produces");
+    assert!(agent.terminate().await.success());
 }

@@ -214,7 +214,8 @@ pub struct AgentConfig {
     #[arg(long, value_name = "RATIO")]
     pub trace_sample_ratio: f64,
     /// A produce to a log that does not exist creates it, with the default
-    /// retention (SPEC §11); false: NOT_FOUND until CreateLog
+    /// retention, for a caller the ACL allows admin on its name (SPEC §11);
+    /// false: NOT_FOUND until CreateLog
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub auto_create_logs: bool,
     /// The log: fsync, record and segment sizes, Raft timing.

@@ -190,7 +190,14 @@ async fn produce_to(
         .decode(request.record.value.as_bytes())
         .map_err(|error| ApiError(StatusCode::BAD_REQUEST, format!("record value is not base64: {error}")))?;
     proglog_raft::check_record_size(value.len(), state.max_record_bytes)?;
-    let log = state.logs.to_produce(&log, state.auto_create_logs).await?;
+    let log = match state.logs.get(&log) {
+        // Created by its first produce, for a caller that may create it (as gRPC).
+        Err(LogError::NotFound(_)) if state.auto_create_logs => {
+            authorize(&state, &peer, action::ADMIN, &log)?;
+            state.logs.get_or_create(&log).await?
+        }
+        found => found?,
+    };
     let offset = log.append(Append::one(value)).await?.await?;
     Ok(axum::Json(serde_json::json!({ "offset": offset })))
 }
@@ -294,11 +301,11 @@ fn default_status(state: &HttpState) -> proglog_raft::LogStatus {
 /// Ready (SPEC §4) when the node knows a leader and has applied the committed
 /// log — the default log's, and no named log here has stopped for good. Named
 /// logs without a leader yet (an election, a log just created) do not make
-/// the node unready: they are listed, with the reason, under `logs`.
+/// the node unready: they are listed under `logs_not_ready`.
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let logs = state.logs.list();
     let status = logs.first().map(|info| info.status.clone()).unwrap_or_default();
-    let failed: Vec<_> = logs.iter().skip(1).filter(|info| info.status.failure.is_some()).collect();
+    let failed = logs.iter().skip(1).any(|info| info.status.failure.is_some());
     let unready: Vec<_> = logs
         .iter()
         .skip(1)
@@ -311,7 +318,7 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
             })
         })
         .collect();
-    let ready = status.is_ready() && failed.is_empty();
+    let ready = status.is_ready() && !failed;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not ready" },
         "leader": status.leader.as_ref().map(|leader| &leader.id),

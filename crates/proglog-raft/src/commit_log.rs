@@ -230,20 +230,17 @@ pub trait Catalog: Send + Sync + 'static {
     /// The logs held here: the default log first, then by name.
     fn list(&self) -> Vec<LogInfo>;
 
-    /// The log a produce names: with `auto_create`, one that does not exist
-    /// is created first (with the default retention; SPEC §11
-    /// `--auto-create-logs`).
-    async fn to_produce(&self, name: &str, auto_create: bool) -> Result<Arc<dyn CommitLog>, LogError> {
-        match self.get(name) {
-            Err(LogError::NotFound(_)) if auto_create => {
-                match self.create(name, 0, 0).await {
-                    Ok(()) | Err(LogError::AlreadyExists(_)) => {}
-                    Err(error) => return Err(error),
-                }
-                self.get(name)
+    /// The log named `name`, created first (with the default retention) if
+    /// it does not exist: a log created by its first produce (SPEC §11
+    /// `--auto-create-logs`; the caller decides who may).
+    async fn get_or_create(&self, name: &str) -> Result<Arc<dyn CommitLog>, LogError> {
+        if let Err(LogError::NotFound(_)) = self.get(name) {
+            match self.create(name, 0, 0).await {
+                Ok(()) | Err(LogError::AlreadyExists(_)) => {}
+                Err(error) => return Err(error),
             }
-            found => found,
         }
+        self.get(name)
     }
 }
 

@@ -39,7 +39,8 @@ pub struct ServerConfig {
     /// Default none.
     pub extra_services: Vec<ExtraService>,
     /// A produce to a log that does not exist creates it with the default
-    /// retention (`--auto-create-logs`, default true); otherwise `NOT_FOUND`.
+    /// retention, for a caller the ACL allows `admin` on its name
+    /// (`--auto-create-logs`, default true); otherwise `NOT_FOUND`.
     pub auto_create_logs: bool,
 }
 

@@ -139,11 +139,19 @@ impl LogService {
         self.logs.get(log_name(request.metadata())?).map_err(from_log)
     }
 
-    /// The log a produce call names (created first, if it does not exist
-    /// and the server creates logs on a first produce).
+    /// The log a produce call names: one that does not exist is created
+    /// first if the server creates logs on a first produce and the caller may
+    /// create it (`admin` on its name, as for CreateLog: a producer alone
+    /// cannot use up the bound on logs).
     async fn log_to_produce<T>(&self, request: &Request<T>) -> Result<Arc<dyn CommitLog>, Status> {
         let name = log_name(request.metadata())?;
-        self.logs.to_produce(name, self.auto_create).await.map_err(from_log)
+        match self.logs.get(name) {
+            Err(LogError::NotFound(_)) if self.auto_create => {
+                self.authorize_admin(request, name)?;
+                self.logs.get_or_create(name).await.map_err(from_log)
+            }
+            found => found.map_err(from_log),
+        }
     }
 
     /// Refuses a caller that may not administer log `name` (authorized once
