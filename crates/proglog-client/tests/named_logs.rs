@@ -5,13 +5,15 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use proglog_api::v1::log_server::{Log, LogServer};
+use proglog_api::v1::log_server::Log;
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, CreateLogRequest,
     CreateLogResponse, DeleteLogRequest, DeleteLogResponse, FetchOffsetRequest, FetchOffsetResponse,
@@ -278,14 +280,8 @@ impl Log for Fake {
 async fn cluster() -> (Shared, Client) {
     let shared = Shared::default();
     for number in 0..3 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        shared.lock().unwrap().addrs.push(listener.local_addr().unwrap().to_string());
-        let fake = Fake { number, cluster: Arc::clone(&shared) };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(LogServer::new(fake))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let addr = common::serve(Fake { number, cluster: Arc::clone(&shared) }).await;
+        shared.lock().unwrap().addrs.push(addr);
     }
     let seed = {
         let mut cluster = shared.lock().unwrap();

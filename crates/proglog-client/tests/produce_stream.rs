@@ -4,13 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use proglog_api::v1::log_server::{Log, LogServer};
+use proglog_api::v1::log_server::Log;
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, CreateLogRequest,
     CreateLogResponse, DeleteLogRequest, DeleteLogResponse, FetchOffsetRequest, FetchOffsetResponse,
@@ -200,14 +202,8 @@ async fn cluster(fail_at: u64, failure: Failure, delivery: Delivery) -> (Shared,
 async fn cluster_with(fail_at: u64, failure: Failure, options: Options) -> (Shared, Client) {
     let shared = Shared::default();
     for number in 0..2 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        shared.lock().unwrap().addrs.push(listener.local_addr().unwrap().to_string());
-        let fake = Fake { number, cluster: Arc::clone(&shared) };
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(LogServer::new(fake))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let addr = common::serve(Fake { number, cluster: Arc::clone(&shared) }).await;
+        shared.lock().unwrap().addrs.push(addr);
     }
     shared.lock().unwrap().fail_at = Some((fail_at, failure));
     let addr = format!("proglog://{}", shared.lock().unwrap().addrs[0]);

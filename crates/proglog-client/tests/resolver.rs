@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+mod common;
+
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use proglog_api::v1::log_server::{Log, LogServer};
+use proglog_api::v1::log_server::Log;
 use proglog_api::v1::{
     CommitOffsetRequest, CommitOffsetResponse, ConsumeRequest, ConsumeResponse, CreateLogRequest,
     CreateLogResponse, DeleteLogRequest, DeleteLogResponse, FetchOffsetRequest, FetchOffsetResponse,
@@ -107,15 +109,7 @@ impl Log for Fake {
 }
 
 async fn start(number: u64, servers: &Servers) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let fake = Fake { number, name: format!("s{number}"), servers: Arc::clone(servers) };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(LogServer::new(fake))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
+    common::serve(Fake { number, name: format!("s{number}"), servers: Arc::clone(servers) }).await
 }
 
 fn listing(addrs: &[String], leader: usize) -> Vec<Server> {

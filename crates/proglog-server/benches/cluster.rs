@@ -105,15 +105,15 @@ mod common;
 use common::peers;
 use common::support::{filesystem_of, human, mb_per_s, rate, spread, stats};
 use common::{
-    Destination, Invocation, MAX_RECORD_BYTES, WINDOW, base_dir_from_env, connect, cpu_seconds, env_parse,
-    fdatasync_loop, listen, machine, percentiles_us, produce_request, produce_stream, runtime,
+    Destination, FsyncCount, Invocation, MAX_RECORD_BYTES, WINDOW, base_dir_from_env, connect, cpu_seconds,
+    env_parse, fdatasync_loop, listen, machine, percentiles_us, produce_request, produce_stream, runtime,
     runtime_threads_from_env, start_local, unary, value_pool,
 };
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -305,17 +305,6 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------- nodes
-
-/// Counts a node's fsyncs of its Raft entries: each is one observation of its
-/// fsync histogram.
-#[derive(Default)]
-struct FsyncCount(AtomicU64);
-
-impl metrics::HistogramFn for FsyncCount {
-    fn record(&self, _seconds: f64) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// One node of a replicated log, assembled as the agent assembles it.
 struct Node {

@@ -33,14 +33,14 @@
 mod common;
 use common::support::{human, rate};
 use common::{
-    Destination, Invocation, MAX_RECORD_BYTES, base_dir_from_env, connect, cpu_seconds, env_parse, listen,
-    percentiles_us, produce_request, produce_stream, runtime, value_pool,
+    Destination, FsyncCount, Invocation, MAX_RECORD_BYTES, base_dir_from_env, connect, cpu_seconds,
+    env_parse, listen, percentiles_us, produce_request, produce_stream, runtime, value_pool,
 };
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -55,23 +55,13 @@ const VALUE_BYTES: usize = 1024;
 const NODES: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Counts fsyncs (one observation of the fsync histogram each), of every group
-/// of a node: the named logs' groups share the default log's metrics.
-#[derive(Default)]
-struct FsyncCount(AtomicU64);
-
-impl metrics::HistogramFn for FsyncCount {
-    fn record(&self, _seconds: f64) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 struct Node {
     addr: SocketAddr,
     transport: PeerTransport,
     logs: Arc<Logs>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ServerError>>,
+    /// Every group's fsyncs: the named logs' groups share the default log's metrics.
     fsyncs: Arc<FsyncCount>,
 }
 

@@ -34,6 +34,17 @@ use tonic::transport::{Channel, Endpoint};
 pub use self::support::Invocation;
 use self::support::XorShift;
 
+/// Counts a node's fsyncs of its Raft entries: each is one observation of its
+/// fsync histogram.
+#[derive(Default)]
+pub struct FsyncCount(pub std::sync::atomic::AtomicU64);
+
+impl metrics::HistogramFn for FsyncCount {
+    fn record(&self, _seconds: f64) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// User and system CPU time of this process so far.
 pub fn cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes the struct it is given; zeroed is a valid rusage.
